@@ -1,0 +1,279 @@
+"""Tests for chronoforge_jax.checkpoint and configs/ckpt.py (8 fake CPU devices)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import grain
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+
+from chronoforge_jax import checkpoint
+from configs import ckpt as ckpt_config
+from configs import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+
+
+def _state(mesh, seed=0):
+  """A train-state-like tree: sharded, replicated, int, bf16 leaves; odd sizes."""
+  rng = np.random.default_rng(seed)
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  w = rng.standard_normal((4, 6)).astype(np.float32)
+  return {
+      "params": {"w": put(w, P("fsdp", "tensor")),
+                 "b": put(rng.standard_normal(5).astype(np.float32), P()),
+                 "emb": put(rng.standard_normal((8, 3)).astype(jnp.bfloat16),
+                            P("data"))},
+      "opt_state": {"mu": put(w * 0.5, P("fsdp", "tensor")),
+                    "count": put(np.int32(seed + 7), P())},
+  }
+
+
+def _abstract(state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+def _assert_same_values(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sharded_roundtrip_gives_values_and_requested_shardings(mesh, tmp_path):
+  state = _state(mesh)
+  key = jax.random.fold_in(jax.random.key(11), 3)
+  with checkpoint.Checkpointer(str(tmp_path / "ckpt"), save_every=1, keep=2) as ckpt:
+    assert ckpt.save(12, state, rng=key, extra={"tokens": 1234})
+    ckpt.wait()
+    # Restore onto DIFFERENT shardings than saved: the requested ones must win.
+    requested = {
+        "params": {"w": NamedSharding(mesh, P(("data", "fsdp"), None)),
+                   "b": NamedSharding(mesh, P()),
+                   "emb": NamedSharding(mesh, P(("fsdp", "tensor")))},
+        "opt_state": {"mu": NamedSharding(mesh, P("data")),
+                      "count": NamedSharding(mesh, P())},
+    }
+    restored = ckpt.restore(_abstract(state, requested))
+  assert (restored.source, restored.step) == ("own", 12)
+  assert restored.extra == {"tokens": 1234}
+  _assert_same_values(restored.state, state)
+  for x, want, orig in zip(jax.tree.leaves(restored.state), jax.tree.leaves(requested),
+                           jax.tree.leaves(state)):
+    assert x.sharding == want and x.dtype == orig.dtype
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng),
+                                jax.random.key_data(key))
+  assert jax.random.key_impl(restored.rng) == jax.random.key_impl(key)
+
+
+def test_restore_without_shardings_names_the_leaf(mesh, tmp_path):
+  state = _state(mesh)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=1) as ckpt:
+    ckpt.save(1, state)
+    ckpt.wait()
+    abstract = checkpoint.abstract_like(state)
+    b = state["params"]["b"]
+    abstract["params"]["b"] = jax.ShapeDtypeStruct(b.shape, b.dtype)  # No sharding.
+    with pytest.raises(ValueError, match=r"\['params'\]\['b'\].*no sharding"):
+      ckpt.restore(abstract)
+
+
+def test_async_save_survives_deleting_the_saved_buffers(mesh, tmp_path):
+  # The trainer donates the state to the next step right after `save` returns.
+  state, reference = _state(mesh, seed=3), jax.device_get(_state(mesh, seed=3))
+  abstract = checkpoint.abstract_like(state)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=1) as ckpt:
+    ckpt.save(1, state)
+    for leaf in jax.tree.leaves(state):
+      leaf.delete()
+    ckpt.wait()
+    _assert_same_values(ckpt.restore(abstract).state, reference)
+
+
+def test_save_every_and_keep_last_k(mesh, tmp_path):
+  state = _state(mesh)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=2, keep=2, keep_every=4)
+  saved = [ckpt.maybe_save(step, state) for step in range(1, 10)]
+  ckpt.wait()
+  assert saved == [step % 2 == 0 for step in range(1, 10)]
+  # Latest two (6, 8) plus the keep_every=4 multiples (4, 8).
+  assert ckpt.all_steps() == [4, 6, 8]
+  assert ckpt.save(9, state)  # A forced save off the grid (preemption, end of run).
+  assert not ckpt.save(9, state)  # Already on disk: skipped, not overwritten.
+  ckpt.close()
+  assert sorted(int(d) for d in os.listdir(tmp_path) if d.isdigit()) == [4, 8, 9]
+
+
+def test_grain_iterator_restored_mid_epoch_continues_identically(mesh, tmp_path):
+  dataset = grain.MapDataset.range(100).shuffle(seed=5).batch(7).to_iter_dataset()
+  it = iter(dataset)
+  head = [next(it) for _ in range(5)]
+  state = _state(mesh)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=1) as ckpt:
+    ckpt.save(5, state, data_iter=it)
+    ckpt.wait()
+    tail = list(it)  # The rest of the epoch, as an uninterrupted run sees it.
+    fresh = iter(dataset)
+    restored = ckpt.restore(checkpoint.abstract_like(state), data_iter=fresh)
+  assert restored.data_restored
+  resumed_tail = list(fresh)
+  assert len(resumed_tail) == len(tail) == 10  # ceil(100 / 7) - 5 batches.
+  for a, b in zip(resumed_tail, tail):
+    np.testing.assert_array_equal(a, b)
+  # Independent check that the split really was mid-epoch: every element exactly once.
+  assert sorted(np.concatenate(head + resumed_tail).tolist()) == list(range(100))
+
+
+def test_resume_order_picks_each_source_in_turn(mesh, tmp_path):
+  own_dir, other_dir, hf_dir = (str(tmp_path / n) for n in ("own", "other", "hf"))
+  state_a, state_b = _state(mesh, seed=1), _state(mesh, seed=2)
+  abstract = checkpoint.abstract_like(state_a)
+  # Another run with steps 3 and 6; a params-only export (a "converted HF model").
+  with checkpoint.Checkpointer(other_dir, save_every=3, keep=5) as other:
+    other.save(3, state_a, rng=jax.random.key(3))
+    other.save(6, state_b, rng=jax.random.key(6))
+  checkpoint.save_params(hf_dir, state_b["params"])
+  with pytest.raises(FileExistsError):
+    checkpoint.save_params(hf_dir, state_b["params"])
+
+  ckpt = checkpoint.Checkpointer(own_dir, save_every=1, keep=2)
+  order = lambda **kw: checkpoint.restore_or_init(ckpt, abstract, **kw)
+  assert order().source == "scratch"
+
+  got = order(init_from=hf_dir)
+  assert (got.source, got.step, got.state) == ("init_from", 0, None)
+  _assert_same_values(got.params, state_b["params"])
+  assert got.params["w"].sharding == state_b["params"]["w"].sharding
+  got = order(init_from=other_dir)  # Params taken out of a training checkpoint.
+  assert got.source == "init_from"
+  _assert_same_values(got.params, state_b["params"])
+
+  got = order(resume=other_dir, init_from=hf_dir)  # A run dir: its latest step.
+  assert (got.source, got.step) == ("resume", 6)
+  _assert_same_values(got.state, state_b)
+  np.testing.assert_array_equal(jax.random.key_data(got.rng),
+                                jax.random.key_data(jax.random.key(6)))
+  got = order(resume=os.path.join(other_dir, "3"))  # One step directory.
+  assert (got.source, got.step) == ("resume", 3)
+  _assert_same_values(got.state, state_a)
+
+  with pytest.raises(FileNotFoundError, match="config.ckpt.resume"):
+    order(resume=str(tmp_path / "missing"))
+  with pytest.raises(FileNotFoundError, match="config.ckpt.init_from"):
+    order(init_from=str(tmp_path / "missing"))
+
+  ckpt.save(4, state_a)
+  ckpt.wait()
+  got = order(resume=other_dir, init_from=hf_dir)  # Own checkpoint wins over both.
+  assert (got.source, got.step, got.path) == ("own", 4, os.path.join(own_dir, "4"))
+  _assert_same_values(got.state, state_a)
+  ckpt.close()
+
+
+def test_init_from_wrong_tree_names_path_and_fix(mesh, tmp_path):
+  state = _state(mesh)
+  checkpoint.save_params(str(tmp_path / "p"), state["params"])
+  params = state["params"]
+  wrong = checkpoint.abstract_like({"w": params["w"], "z": params["b"]})
+  with pytest.raises(ValueError,
+                     match=r"(?s)cannot load params from .*/p: .*convert_hf"):
+    checkpoint.load_params(str(tmp_path / "p"), wrong)
+
+
+_KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.path import atomicity
+    from chronoforge_jax import checkpoint
+
+    ckpt = checkpoint.Checkpointer(sys.argv[1], save_every=1, keep=3)
+    ckpt.save(1, {"w": jnp.arange(6.0)})
+    ckpt.wait()
+
+    async def killed_before_commit(self):  # Every file written, nothing committed.
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = killed_before_commit
+    ckpt.save(2, {"w": jnp.arange(6.0) * 2})
+    ckpt.wait()
+    print("not killed")
+""")
+
+
+def test_killed_save_leaves_previous_step_restorable(tmp_path):
+  directory = str(tmp_path / "ckpt")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, directory], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+  leftovers = [d for d in os.listdir(directory) if d.startswith("2.")]
+  assert leftovers, "the killed save should have left a temporary directory"
+  ckpt = checkpoint.Checkpointer(directory, save_every=1, keep=3)
+  assert ckpt.latest_step() == 1
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored = ckpt.restore({"w": jax.ShapeDtypeStruct((6,), jnp.float32,
+                                                     sharding=sharding)})
+  np.testing.assert_array_equal(restored.state["w"], np.arange(6.0))
+  assert not [d for d in os.listdir(directory) if d.startswith("2.")]  # Cleaned up.
+  assert ckpt.save(2, {"w": jnp.ones(6)})  # And step 2 can be written again.
+  ckpt.close()
+
+
+def test_sigterm_sets_flag_and_loop_saves_current_step(mesh, tmp_path):
+  before = signal.getsignal(signal.SIGTERM)
+  state = _state(mesh)
+  with checkpoint.Checkpointer(str(tmp_path), save_every=100, keep=2) as ckpt:
+    with checkpoint.PreemptionGuard() as guard:
+      assert not guard.should_stop()
+      for step in range(1, 50):
+        if step == 3:
+          os.kill(os.getpid(), signal.SIGTERM)
+        if guard.should_stop():
+          ckpt.save(step, state)
+          break
+    assert (step, guard.received) == (3, signal.SIGTERM)
+    ckpt.wait()
+    assert ckpt.all_steps() == [3]
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_second_sigint_falls_through_to_previous_handler():
+  before = signal.getsignal(signal.SIGINT)
+  guard = checkpoint.PreemptionGuard(signals=(signal.SIGINT,))
+  os.kill(os.getpid(), signal.SIGINT)
+  assert guard.should_stop()
+  with pytest.raises(KeyboardInterrupt):  # Python's default SIGINT handler.
+    os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+  guard.close()
+
+
+def test_ckpt_config_variants_and_validation(tmp_path):
+  default, smoke = ckpt_config.get_config(), ckpt_config.get_config("smoke")
+  assert (default.save_every, default.keep, default.async_save) == (1000, 3, True)
+  assert (smoke.save_every, smoke.keep) == (5, 2)
+  with pytest.raises(common.ConfigError, match="variant"):
+    ckpt_config.get_config("smok")
+  for field, value, match in (("save_every", 0, "ckpt.save_every"),
+                              ("keep", -1, "ckpt.keep"),
+                              ("keep_every", -2, "ckpt.keep_every"),
+                              ("subdir", "/abs", "ckpt.subdir")):
+    config = ckpt_config.get_config()
+    config[field] = value
+    with pytest.raises(common.ConfigError, match=match):
+      ckpt_config.validate_ckpt(config)
+  with pytest.raises(AttributeError):
+    ckpt_config.get_config().save_evry = 3  # Locked: typos fail.
+  ckpt = checkpoint.Checkpointer.from_config(str(tmp_path), smoke)
+  assert ckpt.directory == os.path.join(str(tmp_path), "checkpoints")
+  ckpt.close()
