@@ -1,0 +1,398 @@
+"""KF-GRPO rewards: accuracy, format and the saliency-enhanced keyframe bonus.
+
+Two kinds of reward live here:
+
+* Text rewards (`accuracy`, `format`) score decoded completions on the host in plain
+  Python. They are registered by name in `REWARDS`, take `[B][G]` nested lists of strings
+  (B prompts, G rollouts each) and return a `RewardResult` with a `[B, G]` float32 array.
+* The saliency-enhanced keyframe reward (PAPER.md, KF-GRPO) is a pure `jnp` function of
+  the `[B, G]` correctness of the ordered-keyframe rollouts and the `[B, G']` correctness
+  of the hybrid-disordered rollouts, so it runs inside jitted code and under pmap.
+
+`combine_rewards` applies the config's weights and keeps every component for logging;
+`kf_grpo_rewards` puts text rewards and bonus together into the ordered rollouts' total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import string
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chronoforge_jax.registry import Registry
+
+Options = Sequence[str] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardResult:
+  """A text reward for a batch of groups.
+
+  Attributes:
+    values_bg: float32 [B, G] reward per rollout.
+    metrics: host-side scalars to log (e.g. the unparseable fraction).
+  """
+  values_bg: np.ndarray
+  metrics: dict[str, float]
+
+
+RewardFn = Callable[..., RewardResult]
+REWARDS: Registry[RewardFn] = Registry("reward function")
+
+# ----------------------------------------------------------------------------------------
+# Answer extraction.
+# ----------------------------------------------------------------------------------------
+
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_OPEN_ANSWER = re.compile(r"<answer>", re.IGNORECASE)
+_DECOR = r"[\s*\"'`]*"  # markdown bold, quotes: "**B**", "'B'"
+# The whole span is one letter, however wrapped: "B", "(b)", "[C].", "**D**".
+_LONE_LETTER = re.compile(
+    _DECOR + r"[(\[{]?\s*([A-Za-z])\s*[)\]}]?[\s.:;,!*\"'`]*")
+# A span that starts with a marked letter: "B. the dog", "(c) red", "A: two".
+_LEADING_LETTER = re.compile(
+    _DECOR + r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z])\s*[.:)])(?=\s|$)")
+# "the answer is (B)", "Answer: c", "option D", "choice: b".
+# A lowercase bare letter must end the clause: "answer is a dog" is not option A.
+_PHRASE_LETTER = re.compile(
+    r"\b(?i:answer|option|choice)\s*(?i:is|:|=)?\s*"
+    r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Z])(?![A-Za-z0-9])"
+    r"|([a-z])(?=\s*(?:[.,;!)]|$)))")
+# Marked letters in free text: uppercase "B." / "B)" / "B:", or any case in brackets.
+_MARKED_LETTER = re.compile(
+    r"(?<![A-Za-z0-9])(?:([A-Z])[.:)](?=\s|$)|[(\[]\s*([A-Za-z])\s*[)\]])")
+# Standalone uppercase letters: lowercase singles are too often English ("a").
+_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+_OPTION_PREFIX = re.compile(r"^\s*[(\[]?\s*[A-Za-z]\s*[)\].:]\s+")
+_NON_WORD = re.compile(r"[^\w\s]")
+
+
+def _letter_index(letter: str, num_options: int) -> int | None:
+  idx = ord(letter.upper()) - ord("A")
+  return idx if 0 <= idx < num_options else None
+
+
+def _normalise(text: str) -> str:
+  return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def _match_option_text(span: str, options: Sequence[str]) -> int | None:
+  """Index of the option whose text the span states, or None if none or ambiguous."""
+  span_n = f" {_normalise(span)} "
+  texts = [_normalise(_OPTION_PREFIX.sub("", o)) for o in options]
+  hits = [i for i, t in enumerate(texts) if t and f" {t} " in span_n]
+  # "red ball" also contains option "red": keep only maximal matches (so an exact
+  # answer "red" still picks "red", which "red ball" does not fit in).
+  hits = [i for i in hits
+          if not any(j != i and f" {texts[i]} " in f" {texts[j]} " for j in hits)]
+  return hits[0] if len(hits) == 1 else None
+
+
+def _last_letter(pattern: re.Pattern, text: str, num_options: int) -> tuple[int, int] | None:
+  """(position, index) of the last in-range letter `pattern` finds, or None."""
+  best = None
+  for m in pattern.finditer(text):
+    letter = next(g for g in m.groups() if g)
+    idx = _letter_index(letter, num_options)
+    if idx is not None:
+      best = (m.start(), idx)
+  return best
+
+
+def _parse_answer_span(span: str, options: Options, num_options: int) -> int | None:
+  for pattern in (_LONE_LETTER, _LEADING_LETTER):
+    m = pattern.fullmatch(span) if pattern is _LONE_LETTER else pattern.match(span)
+    if m:
+      idx = _letter_index(next(g for g in m.groups() if g), num_options)
+      if idx is not None:
+        return idx
+  if options:
+    idx = _match_option_text(span, options)
+    if idx is not None:
+      return idx
+  hit = _last_letter(_PHRASE_LETTER, span, num_options)
+  if hit:
+    return hit[1]
+  # Several distinct letters in the answer ("B or C") is a hedge: no credit.
+  found = {_letter_index(c, num_options) for c in _BARE_LETTER.findall(span)} - {None}
+  return found.pop() if len(found) == 1 else None
+
+
+def extract_choice(text: str, options: Options = None, num_options: int = 4) -> int | None:
+  """Extracts the chosen option index from a model's answer.
+
+  The letter inside the last `<answer>...</answer>` wins (an unclosed final `<answer>`,
+  as left by a length cut, counts too); it may be wrapped or punctuated ("(B)", "b.",
+  "**C**"), lead the option text ("D. the dog"), or be replaced by the option text
+  itself. A span that names several letters is a hedge and gives None. Without an answer
+  tag, the last "answer is X" phrase, else the last marked letter ("B." or "(b)"), else
+  the last standalone uppercase option letter is taken.
+
+  Args:
+    text: a decoded completion.
+    options: the option texts, with or without "A." prefixes; enables text matching and
+      sets the number of options.
+    num_options: number of options when `options` is None.
+
+  Returns:
+    The 0-based option index, or None when no answer can be read.
+  """
+  n = len(options) if options is not None else num_options
+  if not 1 <= n <= 26:
+    raise ValueError(f"extract_choice: {n} options; need 1..26 (letters A..Z)")
+  spans = _ANSWER_SPAN.findall(text)
+  if spans:
+    return _parse_answer_span(spans[-1], options, n)
+  opened = list(_OPEN_ANSWER.finditer(text))
+  if opened:
+    return _parse_answer_span(text[opened[-1].end():], options, n)
+  for pattern in (_PHRASE_LETTER, _MARKED_LETTER, _BARE_LETTER):
+    hit = _last_letter(pattern, text, n)
+    if hit:
+      return hit[1]
+  return None
+
+
+def answer_index(answer: int | str, num_options: int) -> int:
+  """The 0-based index of a reference answer given as an index or a letter."""
+  if isinstance(answer, str):
+    idx = _letter_index(answer.strip()[:1] or "?", num_options)
+  else:
+    idx = int(answer) if 0 <= int(answer) < num_options else None
+  if idx is None:
+    raise ValueError(
+        f"reference answer {answer!r} is not one of {num_options} options "
+        f"({string.ascii_uppercase[:num_options]} or 0..{num_options - 1})")
+  return idx
+
+
+# ----------------------------------------------------------------------------------------
+# Text rewards (host side), registered by name.
+# ----------------------------------------------------------------------------------------
+
+
+def _check_groups(texts_bg: Sequence[Sequence[str]], num_prompts: int | None) -> int:
+  if num_prompts is not None and len(texts_bg) != num_prompts:
+    raise ValueError(f"{len(texts_bg)} groups of completions but {num_prompts} answers")
+  sizes = {len(g) for g in texts_bg}
+  if len(sizes) > 1:
+    raise ValueError(f"groups of completions differ in size {sorted(sizes)}; every "
+                     "prompt needs the same number of rollouts")
+  return sizes.pop() if sizes else 0
+
+
+@REWARDS.register("accuracy")
+def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
+             options_b: Sequence[Options] | None = None,
+             num_options: int = 4) -> RewardResult:
+  """1 where the extracted option equals the reference answer, else 0.
+
+  Args:
+    texts_bg: B groups of G decoded completions.
+    answers_b: the reference answer of each prompt (index or letter).
+    options_b: option texts per prompt (or None), see `extract_choice`.
+    num_options: number of options where a prompt's options are not given.
+
+  Returns:
+    Rewards [B, G] and metrics `unparseable_frac` (answers that could not be read).
+  """
+  g = _check_groups(texts_bg, len(answers_b))
+  options_b = options_b if options_b is not None else [None] * len(answers_b)
+  values = np.zeros((len(texts_bg), g), np.float32)
+  unparsed = 0
+  for b, (group, answer, options) in enumerate(zip(texts_bg, answers_b, options_b)):
+    n = len(options) if options is not None else num_options
+    target = answer_index(answer, n)
+    for i, text in enumerate(group):
+      choice = extract_choice(text, options, n)
+      unparsed += choice is None
+      values[b, i] = float(choice == target)
+  return RewardResult(values, {"unparseable_frac": unparsed / max(values.size, 1)})
+
+
+def has_format(text: str) -> bool:
+  """True for `<think>...</think><answer>...</answer>` (whitespace around allowed)."""
+  m = re.fullmatch(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", text, re.DOTALL)
+  if not m:
+    return False
+  # Non-greedy groups can swallow extra tags ("...</answer><answer>..."); reject those.
+  tags = re.compile(r"</?(?:think|answer)>", re.IGNORECASE)
+  return not any(tags.search(part) for part in m.groups()) and bool(m.group(2).strip())
+
+
+@REWARDS.register("format")
+def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str] = (),
+                  options_b: Sequence[Options] | None = None,
+                  num_options: int = 4) -> RewardResult:
+  """1 where a completion has the think/answer structure (see `has_format`), else 0.
+
+  Args:
+    texts_bg: B groups of G decoded completions.
+    answers_b, options_b, num_options: unused; the shared reward signature.
+
+  Returns:
+    Rewards [B, G]; no metrics.
+  """
+  del answers_b, options_b, num_options
+  g = _check_groups(texts_bg, None)
+  values = np.array([[float(has_format(t)) for t in group] for group in texts_bg],
+                    np.float32).reshape(len(texts_bg), g)
+  return RewardResult(values, {})
+
+
+def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
+                       answers_b: Sequence[int | str],
+                       options_b: Sequence[Options] | None = None,
+                       num_options: int = 4
+                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Runs the registered text rewards `names` over one batch of groups.
+
+  Returns:
+    ({name: rewards [B, G]}, {"<name>/<metric>": value}).
+  """
+  values, metrics = {}, {}
+  for name in names:
+    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options)
+    values[name] = result.values_bg
+    metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
+  return values, metrics
+
+
+# ----------------------------------------------------------------------------------------
+# Saliency-enhanced keyframe reward (pure jnp).
+# ----------------------------------------------------------------------------------------
+
+SALIENCY_RULES: Registry[Callable[[jax.Array, jax.Array, float], jax.Array]] = Registry(
+    "saliency rule")
+
+
+@SALIENCY_RULES.register("ratio")
+def _ratio_rule(p_b: jax.Array, p_tilde_b: jax.Array, mu: float) -> jax.Array:
+  # Video-R1's T-GRPO test: ordered accuracy at least mu times the shuffled accuracy.
+  return p_b >= mu * p_tilde_b
+
+
+@SALIENCY_RULES.register("strict")
+def _strict_rule(p_b: jax.Array, p_tilde_b: jax.Array, mu: float) -> jax.Array:
+  del mu
+  return p_b > p_tilde_b
+
+
+def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Array, *,
+                   alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
+                   axis_name: str | None = None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The KF-GRPO saliency-enhanced reward for the ordered-keyframe rollouts.
+
+  Per prompt, p is the accuracy of its G ordered rollouts and p~ that of its G'
+  disordered rollouts. Where the ordered view wins (`rule`: "ratio" p >= mu p~ as in
+  T-GRPO, or "strict" p > p~), each correct ordered rollout gets `alpha`. A group with
+  no correct ordered rollout cannot earn a bonus and is not counted as a win.
+
+  Args:
+    correct_ordered_bg: [B, G] correctness (bool, or reward values; > 0.5 is correct).
+    correct_disordered_bh: [B, G'] correctness of the disordered rollouts.
+    alpha: the bonus.
+    mu: the ratio rule's factor.
+    rule: a name in `SALIENCY_RULES`.
+    axis_name: if set, metrics are averaged over this mapped axis too.
+
+  Returns:
+    (bonus [B, G] float32, metrics: ordered_acc (mean p), disordered_acc (mean p~),
+    order_win_frac (fraction of groups given the bonus), bonus_mean).
+  """
+  if correct_ordered_bg.ndim != 2 or correct_disordered_bh.ndim != 2 or (
+      correct_ordered_bg.shape[0] != correct_disordered_bh.shape[0]):
+    raise ValueError(
+        f"saliency_bonus: need [B, G] ordered and [B, G'] disordered correctness, got "
+        f"{correct_ordered_bg.shape} and {correct_disordered_bh.shape}")
+  ordered_bg = (jnp.asarray(correct_ordered_bg) > 0.5).astype(jnp.float32)
+  disordered_bh = (jnp.asarray(correct_disordered_bh) > 0.5).astype(jnp.float32)
+  p_b = ordered_bg.mean(axis=1)
+  p_tilde_b = disordered_bh.mean(axis=1)
+  win_b = SALIENCY_RULES.get(rule)(p_b, p_tilde_b, mu) & (p_b > 0)
+  bonus_bg = alpha * win_b[:, None].astype(jnp.float32) * ordered_bg
+  metrics = {
+      "ordered_acc": p_b.mean(),
+      "disordered_acc": p_tilde_b.mean(),
+      "order_win_frac": win_b.astype(jnp.float32).mean(),
+      "bonus_mean": bonus_bg.mean(),
+  }
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+  return bonus_bg, metrics
+
+
+def combine_rewards(components: Mapping[str, jax.Array], weights: Mapping[str, float],
+                    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of reward components, keeping each one for logging.
+
+  Args:
+    components: {name: [B, G] rewards}, e.g. accuracy, format, saliency.
+    weights: {name: weight}; every component needs one (weights of absent components
+      are ignored, so a config can keep a weight for a disabled reward).
+    axis_name: if set, the logged means are averaged over this mapped axis too.
+
+  Returns:
+    (total [B, G], {"reward/<name>": unweighted mean, "reward/total": mean total}).
+  """
+  if not components:
+    raise ValueError("combine_rewards: no reward components")
+  missing = sorted(set(components) - set(weights))
+  if missing:
+    raise KeyError(f"no weight for reward component(s) {missing}; set "
+                   f"config.rl.reward_weights.<name> (known: {sorted(weights)})")
+  total = sum(weights[k] * jnp.asarray(v, jnp.float32) for k, v in components.items())
+  metrics = {f"reward/{k}": jnp.asarray(v, jnp.float32).mean()
+             for k, v in components.items()}
+  metrics["reward/total"] = total.mean()
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+  return total, metrics
+
+
+def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
+                    correct_disordered_bh: jax.Array | None, *,
+                    weights: Mapping[str, float], saliency: bool = True,
+                    alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
+                    axis_name: str | None = None
+                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """Total reward of the ordered rollouts: weighted text rewards + saliency bonus.
+
+  Args:
+    components_bg: text rewards of the ordered rollouts, {name: [B, G]}; with
+      `saliency`, "accuracy" must be among them (the bonus goes to correct answers).
+    correct_disordered_bh: accuracy of the disordered rollouts [B, G'] (None when
+      `saliency` is off).
+    weights: {name: weight} for every component, "saliency" included when on.
+    saliency: add the KF-GRPO bonus (config.rl.saliency.enabled).
+    alpha, mu, rule: the bonus settings, see `saliency_bonus`.
+    axis_name: mapped axis the batch is split over, for the logged means.
+
+  Returns:
+    (total [B, G], weighted bonus [B, G] inside the total (zeros when off; feed it to
+    `grpo.bonus_advantage_shift`), metrics "reward/<name>", "reward/total" and, with
+    saliency, "saliency/<metric>").
+  """
+  components = dict(components_bg)
+  metrics = {}
+  if saliency:
+    if "accuracy" not in components or correct_disordered_bh is None:
+      raise ValueError("the saliency bonus needs the ordered 'accuracy' reward and the "
+                       "disordered rollouts' accuracy; or set config.rl.saliency.enabled"
+                       "=false")
+    bonus_bg, sal_metrics = saliency_bonus(
+        components["accuracy"], correct_disordered_bh, alpha=alpha, mu=mu, rule=rule,
+        axis_name=axis_name)
+    components["saliency"] = bonus_bg
+    metrics.update({f"saliency/{k}": v for k, v in sal_metrics.items()})
+  total_bg, reward_metrics = combine_rewards(components, weights, axis_name)
+  metrics.update(reward_metrics)
+  weighted_bonus_bg = (weights["saliency"] * components["saliency"] if saliency
+                       else jnp.zeros_like(total_bg))
+  return total_bg, weighted_bonus_bg, metrics

@@ -1,0 +1,224 @@
+"""Tests for chronoforge_jax.rl.rewards: answer extraction, text rewards, saliency bonus.
+
+The saliency bonus is checked against a plain NumPy float64 transcription of the rule in
+PAPER.md; extraction against hand-labelled strings and generated ones (hypothesis).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from chronoforge_jax.rl import rewards
+
+OPTIONS = ["A. a blue cube", "B. red", "C. red ball", "D. the dog runs away"]
+
+
+@pytest.mark.parametrize("text, options, expected", [
+    ("<answer>B</answer>", None, 1),
+    ("<think>It is A, no wait.</think><answer>(c)</answer>", None, 2),
+    ("<answer> **D** </answer>", None, 3),
+    ("<answer>[A].</answer>", None, 0),
+    ("<answer>D. the dog runs away</answer>", None, 3),
+    ("<answer>b) red</answer>", None, 1),
+    ("<answer>The answer is C</answer>", None, 2),
+    ("<answer>B or C</answer>", None, None),        # a hedge earns nothing
+    ("<answer>E</answer>", None, None),             # out of range for 4 options
+    ("<answer>maybe</answer>", None, None),
+    ("<answer>B</answer> then <answer>C</answer>", None, 2),  # the last tag counts
+    ("<think>x</think><answer>a red ball.", OPTIONS, 2),  # unclosed tag, option text
+    ("<answer>Red</answer>", OPTIONS, 1),           # "red" vs "red ball": exact wins
+    ("<answer>the dog runs away!</answer>", OPTIONS, 3),
+    ("<answer>A red ball</answer>", OPTIONS, 2),    # article "A" is not option A
+    ("I think the answer is (B).", None, 1),
+    ("the answer is c.", None, 2),
+    ("The answer is a dog", None, None),            # "a" is an article, not option a
+    ("A man walks in, so C. A dog follows.", None, 2),
+    ("Final: D", None, 3),
+    ("nothing to see here", None, None),
+    ("e.g. it is unclear", None, None),
+    ("<answer>F</answer>", OPTIONS + ["E. x", "F. y"], 5),
+])
+def test_extract_choice_labelled(text, options, expected):
+  assert rewards.extract_choice(text, options) == expected
+
+
+_WRAPS = ["{}", "({})", "{}.", "[{}]", "**{}**", " {} ", "{})", "Answer: {}", "option {}",
+          "{}: the thing"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(idx=st.integers(0, 7), wrap=st.sampled_from(_WRAPS), lower=st.booleans(),
+       noise=st.text(alphabet="ABCD bxyz,.()", max_size=30))
+def test_extract_choice_wrapped_letter(idx, wrap, lower, noise):
+  letter = "ABCDEFGH"[idx]
+  letter = letter.lower() if lower else letter
+  # Letters in the reasoning are not the answer.
+  text = f"<think>{noise}</think><answer>{wrap.format(letter)}</answer>"
+  assert rewards.extract_choice(text, num_options=8) == idx
+
+
+@settings(max_examples=40, deadline=None)
+@given(words=st.lists(st.text(alphabet="klmnopqrstuvw", min_size=3, max_size=8),
+                      min_size=2, max_size=6, unique=True),
+       pick=st.integers(0, 5), upper=st.booleans(), tail=st.sampled_from(["", ".", "!"]))
+def test_extract_choice_option_text(words, pick, upper, tail):
+  pick %= len(words)
+  span = words[pick].upper() if upper else words[pick]
+  assert rewards.extract_choice(f"<answer>{span}{tail}</answer>", words) == pick
+
+
+def test_extract_choice_rejects_bad_option_count():
+  with pytest.raises(ValueError, match="options"):
+    rewards.extract_choice("B", num_options=30)
+
+
+def test_accuracy_reward_and_unparseable_fraction():
+  texts = [["<answer>A</answer>", "<answer>B</answer>", "no idea"],
+           ["<answer>the dog runs away</answer>", "<answer>A</answer>", "(D)"]]
+  result = rewards.accuracy(texts, ["A", 3], [None, OPTIONS])
+  np.testing.assert_array_equal(result.values_bg, [[1, 0, 0], [1, 0, 1]])
+  assert result.values_bg.dtype == np.float32
+  assert result.metrics["unparseable_frac"] == pytest.approx(1 / 6)
+
+
+def test_accuracy_reward_rejects_bad_input():
+  with pytest.raises(ValueError, match="not one of 4 options"):
+    rewards.accuracy([["A"]], ["Z"])
+  with pytest.raises(ValueError, match="differ in size"):
+    rewards.accuracy([["A"], ["A", "B"]], [0, 0])
+  with pytest.raises(ValueError, match="2 groups of completions but 1 answers"):
+    rewards.accuracy([["A"], ["B"]], [0])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>because</think><answer>B</answer>", True),
+    ("  <think>\nmulti\nline</think>\n<answer>B</answer>\n", True),
+    ("<think></think><answer>C</answer>", True),
+    ("<answer>B</answer>", False),
+    ("<think>x</think>", False),
+    ("<think>x</think><answer> </answer>", False),
+    ("<think>x</think><answer>B</answer> trailing", False),
+    ("<think>x</think><answer>B</answer><answer>C</answer>", False),
+    ("<think>x<think>y</think><answer>B</answer>", False),
+    ("<answer>B</answer><think>x</think>", False),
+])
+def test_format_reward(text, expected):
+  assert rewards.has_format(text) is expected
+  result = rewards.REWARDS.get("format")([[text, text]])
+  np.testing.assert_array_equal(result.values_bg, [[float(expected)] * 2])
+
+
+def test_score_text_rewards_by_name():
+  texts = [["<think>t</think><answer>B</answer>", "B"]]
+  values, metrics = rewards.score_text_rewards(["accuracy", "format"], texts, [1])
+  np.testing.assert_array_equal(values["accuracy"], [[1, 1]])
+  np.testing.assert_array_equal(values["format"], [[1, 0]])
+  assert metrics == {"accuracy/unparseable_frac": 0.0}
+  with pytest.raises(KeyError, match="unknown reward function 'lenght'"):
+    rewards.score_text_rewards(["lenght"], texts, [1])
+
+
+def _np_saliency(ordered, disordered, alpha, mu, rule):
+  """PAPER.md's rule in float64: bonus alpha for correct ordered answers when order wins."""
+  ordered = ordered.astype(np.float64)
+  p = ordered.mean(1)
+  p_tilde = disordered.astype(np.float64).mean(1)
+  win = (p >= mu * p_tilde) if rule == "ratio" else (p > p_tilde)
+  win &= p > 0
+  bonus = alpha * win[:, None] * ordered
+  return bonus, dict(ordered_acc=p.mean(), disordered_acc=p_tilde.mean(),
+                     order_win_frac=win.mean(), bonus_mean=bonus.mean())
+
+
+_saliency_jit = jax.jit(rewards.saliency_bonus, static_argnames=("rule",))
+
+
+@settings(max_examples=40, deadline=None)
+@given(ordered=hnp.arrays(np.bool_, (5, 4)), disordered=hnp.arrays(np.bool_, (5, 4)),
+       alpha=st.floats(0.0, 1.0),
+       # Values whose products with accuracies k/4 are exact in float32 and float64, so
+       # ties (p == mu p~, where ">=" and ">" differ) compare the same in both.
+       mu=st.sampled_from([0.0, 0.5, 0.75, 0.8, 1.0, 1.25, 2.0]),
+       rule=st.sampled_from(["ratio", "strict"]))
+def test_saliency_bonus_matches_numpy(ordered, disordered, alpha, mu, rule):
+  bonus, metrics = _saliency_jit(jnp.asarray(ordered, jnp.float32), disordered,
+                                 alpha=alpha, mu=mu, rule=rule)
+  want_bonus, want_metrics = _np_saliency(ordered, disordered, alpha, mu, rule)
+  np.testing.assert_allclose(bonus, want_bonus, rtol=1e-6, atol=1e-7)
+  for k, v in want_metrics.items():
+    np.testing.assert_allclose(metrics[k], v, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_saliency_bonus_known_groups():
+  ordered = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+  disordered = np.array([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+  bonus, metrics = rewards.saliency_bonus(ordered, disordered, alpha=0.3, mu=0.8)
+  # Group 0: 0.5 >= 0.8*0.25; group 1: 0.25 < 0.8*0.75; group 2: nothing correct;
+  # group 3: 1 >= 0.8.
+  np.testing.assert_allclose(bonus, 0.3 * np.array(
+      [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]]), rtol=1e-6)
+  assert float(metrics["order_win_frac"]) == pytest.approx(0.5)
+  _, strict = rewards.saliency_bonus(ordered, disordered, rule="strict")
+  assert float(strict["order_win_frac"]) == pytest.approx(0.25)  # group 3 ties: loses
+  _, ratio_one = rewards.saliency_bonus(ordered, disordered, mu=1.0)
+  assert float(ratio_one["order_win_frac"]) == pytest.approx(0.5)  # ">=": a tie wins
+
+
+def test_saliency_bonus_pmap_metrics_are_global():
+  rng = np.random.default_rng(0)
+  ordered = rng.random((16, 4)) > 0.5
+  disordered = rng.random((16, 3)) > 0.6
+  bonus, metrics = jax.pmap(
+      lambda o, d: rewards.saliency_bonus(o, d, axis_name="dev"), axis_name="dev")(
+          ordered.reshape(8, 2, 4), disordered.reshape(8, 2, 3))
+  want_bonus, want_metrics = _np_saliency(ordered, disordered, 0.3, 0.8, "ratio")
+  np.testing.assert_allclose(np.asarray(bonus).reshape(16, 4), want_bonus, rtol=1e-6)
+  for k, v in want_metrics.items():
+    np.testing.assert_allclose(metrics[k], np.full(8, v), rtol=1e-5, err_msg=k)
+
+
+def test_saliency_bonus_rejects_mismatched_batches():
+  with pytest.raises(ValueError, match=r"\[B, G\] ordered"):
+    rewards.saliency_bonus(np.zeros((2, 4)), np.zeros((3, 4)))
+
+
+def test_combine_rewards_weights_and_logs_components():
+  acc = np.array([[1.0, 0.0], [1.0, 1.0]])
+  fmt = np.array([[1.0, 1.0], [0.0, 1.0]])
+  sal = np.array([[0.3, 0.0], [0.0, 0.0]])
+  total, metrics = rewards.combine_rewards(
+      {"accuracy": acc, "format": fmt, "saliency": sal},
+      {"accuracy": 1.0, "format": 0.5, "saliency": 2.0, "unused": 9.0})
+  np.testing.assert_allclose(total, acc + 0.5 * fmt + 2.0 * sal, rtol=1e-6)
+  assert float(metrics["reward/format"]) == pytest.approx(0.75)
+  assert float(metrics["reward/saliency"]) == pytest.approx(0.075)
+  assert float(metrics["reward/total"]) == pytest.approx(np.mean(acc + 0.5 * fmt + 2 * sal))
+  with pytest.raises(KeyError, match="no weight for reward component.*'format'"):
+    rewards.combine_rewards({"format": fmt}, {"accuracy": 1.0})
+
+
+def test_kf_grpo_rewards_composes_text_rewards_and_bonus():
+  rng = np.random.default_rng(1)
+  acc = (rng.random((6, 4)) > 0.4).astype(np.float32)
+  fmt = (rng.random((6, 4)) > 0.2).astype(np.float32)
+  disordered = rng.random((6, 3)) > 0.5
+  weights = {"accuracy": 1.0, "format": 0.5, "saliency": 2.0}
+  total, bonus, metrics = jax.jit(functools.partial(
+      rewards.kf_grpo_rewards, weights=weights, alpha=0.3, mu=0.8))(
+          {"accuracy": acc, "format": fmt}, disordered)
+  want_bonus, want_sal = _np_saliency(acc, disordered, 0.3, 0.8, "ratio")
+  np.testing.assert_allclose(bonus, 2.0 * want_bonus, rtol=1e-6)
+  np.testing.assert_allclose(total, acc + 0.5 * fmt + 2.0 * want_bonus, rtol=1e-6)
+  np.testing.assert_allclose(metrics["saliency/order_win_frac"], want_sal["order_win_frac"])
+  np.testing.assert_allclose(metrics["reward/saliency"], want_bonus.mean(), rtol=1e-6)
+  off_total, off_bonus, off_metrics = rewards.kf_grpo_rewards(
+      {"accuracy": acc, "format": fmt}, None, weights=weights, saliency=False)
+  np.testing.assert_allclose(off_total, acc + 0.5 * fmt, rtol=1e-6)
+  assert not np.asarray(off_bonus).any() and "reward/saliency" not in off_metrics
+  with pytest.raises(ValueError, match="saliency.enabled"):
+    rewards.kf_grpo_rewards({"format": fmt}, disordered, weights=weights)
