@@ -1,0 +1,444 @@
+"""SFT warm-up and KF-GRPO training, written top to bottom.
+
+  mesh -> input -> model (abstract) -> shardings -> jit(init) -> optimizer -> steps
+  (compiled ahead of time, memory analysis logged) -> resume -> loop -> final save
+
+One loop serves both modes: steps below `config.sft_steps` minimise the cross-entropy of
+the reference answers; later steps are KF-GRPO steps. A KF-GRPO step:
+
+  1. rollout (jit): encode each video's union of frames ONCE, gather the ordered-keyframe
+     and hybrid-disordered views, sample G completions on each (KV-cache sampler).
+  2. host: decode completions, score text rewards (accuracy, format) for every rollout.
+  3. train step (jit, donated state): saliency bonus + advantages over the GLOBAL batch,
+     clipped surrogate + KL on the ordered rollouts, AdamW update; a non-finite loss or
+     gradient leaves the state unchanged and the host guard names the metric.
+
+State is a plain pytree {params, opt_state, step}; params are an nnx.State whose
+shardings come from the model's logical axis names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+from flax import nnx
+import optax
+
+from chronoforge_jax import checkpoint as ckpt_lib
+from chronoforge_jax import metrics as metrics_lib
+from chronoforge_jax import sampling
+from chronoforge_jax import sharding
+from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.data import pipeline
+from chronoforge_jax.models import config as model_config_lib
+from chronoforge_jax.models import vlm
+from chronoforge_jax.rl import grpo
+from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import rewards as rewards_lib
+from configs import tad as tad_config
+
+Batch = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------
+# Model and optimizer construction.
+# ----------------------------------------------------------------------------------------
+
+
+def model_config(config: ml_collections.ConfigDict,
+                 tok: tokenizer_lib.Tokenizer | None) -> model_config_lib.ModelConfig:
+  """The model config: a preset (or a checkpoint's config.json) matched to the tokenizer.
+
+  With `config.model.match_tokenizer`, the vocabulary size and the special token ids come
+  from the tokenizer (the tiny synthetic-set tokenizer differs from Qwen's).
+  """
+  mc = config.model
+  if mc.hf_dir:
+    import json  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(mc.hf_dir, "config.json")) as f:
+      cfg = model_config_lib.from_hf_config(json.load(f))
+  else:
+    cfg = model_config_lib.get_preset(mc.preset)
+  if mc.match_tokenizer and tok is not None:
+    ids = {name: tok.token_to_id(token) for name, token in (
+        ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"),
+        ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"),
+        ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
+    missing = [k for k, v in ids.items() if v is None]
+    if missing:
+      raise ValueError(f"tokenizer {tok.name} lacks the special tokens for {missing}")
+    text = dataclasses.replace(cfg.text, vocab_size=max(cfg.text.vocab_size, tok.vocab_size))
+    cfg = dataclasses.replace(cfg, text=text, **ids)
+  return cfg
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   params: nnx.State) -> optax.GradientTransformation:
+  """AdamW with warmup + cosine decay, global-norm clipping, optional frozen tower."""
+  o = config.optax
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.total_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_lr_fraction)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  if o.freeze_vision:
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if "visual" in jax.tree_util.keystr(path) else "train",
+        params)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  if o.grad_accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum)
+  return tx
+
+
+def _opt_shardings(tx, abstract_opt, param_shardings, mesh):
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+
+
+def batch_sharding(mesh, x: np.ndarray) -> jax.sharding.NamedSharding:
+  """Leading (batch) dim over ('data', 'fsdp') where it divides; the rest replicated."""
+  axes = ("batch",) + (None,) * (np.ndim(x) - 1)
+  return jax.sharding.NamedSharding(
+      mesh, sharding.logical_to_spec(axes, shape=np.shape(x), mesh=mesh))
+
+
+def to_global(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Host NumPy batch (this process's rows) -> global jax Arrays sharded on batch."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v), v)
+          for k, v in local.items()}
+
+
+def _global_from_full(mesh, full: np.ndarray) -> jax.Array:
+  """The same full global array on every process -> a batch-sharded jax Array."""
+  return jax.make_array_from_callback(full.shape, batch_sharding(mesh, full),
+                                      lambda idx: full[idx])
+
+
+# ----------------------------------------------------------------------------------------
+# The pure step functions.
+# ----------------------------------------------------------------------------------------
+
+
+def _apply_if_finite(state, grads, loss, tx):
+  grad_norm = optax.global_norm(grads)
+  updates, new_opt = tx.update(grads, state["opt_state"], state["params"])
+  new_params = optax.apply_updates(state["params"], updates)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  new_state = dict(params=keep(new_params, state["params"]),
+                   opt_state=keep(new_opt, state["opt_state"]), step=state["step"] + 1)
+  return new_state, {"grad_norm": grad_norm, "step_ok": ok.astype(jnp.float32),
+                     "param_norm": optax.global_norm(state["params"])}
+
+
+def sft_step(graphdef, tx, state, batch):
+  """One cross-entropy step on the reference answers (ordered keyframe view)."""
+
+  def loss_fn(params):
+    return kf_grpo.sft_loss(nnx.merge(graphdef, params), batch)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
+  return state, {**metrics, **opt_metrics}
+
+
+def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, state, batch, rollout):
+  """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch."""
+  b, g = rollout["accuracy"].shape
+  components = {"accuracy": rollout["accuracy"], "format": rollout["format"]}
+  total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
+      components, rollout["disordered_accuracy"], weights=dict(rl.reward_weights),
+      saliency=rl.saliency.enabled, alpha=rl.saliency.alpha, mu=rl.saliency.mu,
+      rule=rl.saliency.rule)
+  adv_bg = grpo.compute_advantages(total_bg, rl.advantage_estimator, eps=rl.advantage_eps)
+  metrics["adv/bonus_shift"] = grpo.bonus_advantage_shift(
+      total_bg, bonus_bg, rl.advantage_estimator, eps=rl.advantage_eps)
+  metrics["adv/abs_mean"] = jnp.abs(adv_bg).mean()
+  loss_rollout = dict(completions=rollout["completions"], mask=rollout["mask"],
+                      advantages=adv_bg.reshape(b * g))
+  for key in ("old_logp", "ref_logp"):
+    if key in rollout:
+      loss_rollout[key] = rollout[key]
+  loss_config = grpo.LossConfig.from_config(rl)
+
+  def loss_fn(params):
+    return kf_grpo.kf_grpo_loss(nnx.merge(graphdef, params), batch, loss_rollout,
+                                loss_config=loss_config, num_samples=g)
+
+  (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
+  return state, {**metrics, **loss_metrics, **opt_metrics}
+
+
+def views_fn(graphdef, params, batch):
+  """Encodes each union once; the video arrays of both views (grids are static, host)."""
+  views = kf_grpo.batch_views(nnx.merge(graphdef, params), batch)
+  return {name: {k: v for k, v in view.items() if k != "video_grid_thw"}
+          for name, view in views.items()}
+
+
+def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict,
+                 stop_tokens: tuple[int, ...], rng) -> dict[str, Any]:
+  """Samples G completions on the ordered view and G' on the disordered view."""
+  grid = kf_grpo.view_grid(batch["frames"].shape, batch["ordered_patches"].shape[1],
+                           model.config.vision)
+  out = {}
+  for name, g, key in (("ordered", rl.num_generations, 0),
+                       ("disordered", rl.num_disordered, 1)):
+    if name == "disordered" and not rl.saliency.enabled:
+      continue
+    inputs = dict(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
+                  video_grid_thw=grid, **views[name])
+    out[name] = sampling.generate(
+        model, inputs, max_new_tokens=rl.max_new_tokens, num_samples=g,
+        temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+        stop_tokens=stop_tokens, rng=jax.random.fold_in(rng, key), bucket=False)
+  return out
+
+
+def logp_fn(graphdef, num_samples: int, params, batch, completions, mask):
+  """Per-token log-probs of the ordered rollouts (old policy or frozen reference)."""
+  return kf_grpo.completion_logprobs(nnx.merge(graphdef, params), batch, completions, mask,
+                                     view="ordered", num_samples=num_samples)
+
+
+# ----------------------------------------------------------------------------------------
+# Host-side reward scoring.
+# ----------------------------------------------------------------------------------------
+
+
+def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.ndarray,
+                   answers_b: np.ndarray, num_samples: int,
+                   options_b=None) -> tuple[dict[str, np.ndarray], dict[str, float], list]:
+  """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each."""
+  texts = [tok.decode(t[m.astype(bool)], skip_special_tokens=True)
+           for t, m in zip(tokens, mask)]
+  b = len(answers_b)
+  texts_bg = [texts[i * num_samples:(i + 1) * num_samples] for i in range(b)]
+  values, metrics = rewards_lib.score_text_rewards(
+      ("accuracy", "format"), texts_bg, [int(a) for a in answers_b], options_b)
+  return values, metrics, texts_bg
+
+
+# ----------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------
+
+
+def _pipeline_settings(config, *, train: bool) -> pipeline.PipelineSettings:
+  i = config.input
+  common = dict(
+      num_keyframes=config.tad.k, selector=config.tad.selector,
+      select_kwargs=tad_config.tad_kwargs(config.tad), disorder_ratio=i.disorder_ratio,
+      num_nonkey_pairs=i.num_nonkey_pairs, patch_size=i.patch_size,
+      merge_size=i.spatial_merge_size, prompt_buckets=tuple(i.prompt_buckets),
+      target_buckets=tuple(i.target_buckets), seed=i.seed,
+      prefetch_workers=i.prefetch_workers, prefetch_buffer=i.prefetch_buffer,
+      read_threads=i.read_threads)
+  if train:
+    return pipeline.train_settings(i.batch_size, num_epochs=i.num_epochs, **common)
+  return pipeline.eval_settings(i.eval_batch_size, **common)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs training to `config.total_steps` (resuming from `workdir`), then returns the
+  last step's metrics."""
+  from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
+  kf_grpo_config.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+
+  # --- Mesh ---------------------------------------------------------------------------
+  mesh = sharding.mesh_from_config(config.mesh)
+  logging.info("mesh %s", dict(mesh.shape))
+
+  # --- Model: abstract first (outside the mesh context: nnx.eval_shape would read the
+  # logical axis names as mesh axes), then initialised directly into its shardings -----
+  tok = tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir or
+                                         os.path.join(config.input.data_dir, "tokenizer"))
+  mcfg = model_config(config, tok)
+  dtype = jnp.dtype(config.model.dtype)
+  param_dtype = jnp.dtype(config.model.param_dtype)
+
+  def create_model(seed):
+    return vlm.VideoLanguageModel(mcfg, rngs=nnx.Rngs(seed), dtype=dtype,
+                                  param_dtype=param_dtype,
+                                  remat_policy=config.model.remat_policy)
+
+  abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+
+  with jax.set_mesh(mesh):
+    # --- Input ------------------------------------------------------------------------
+    dataset = pipeline.make_dataset(
+        config.input.data_dir, tok, _pipeline_settings(config, train=True),
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+    data_iter = iter(dataset)
+
+    # --- Shardings and state ----------------------------------------------------------
+    param_shardings = sharding.state_shardings(abstract_params, mesh)
+    tx = make_optimizer(config, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    state_shardings = dict(params=param_shardings,
+                           opt_state=_opt_shardings(tx, abstract_opt, param_shardings, mesh),
+                           step=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+    @functools.partial(jax.jit, out_shardings=state_shardings)
+    def init_state(params=None):
+      if params is None:
+        params = nnx.split(create_model(config.seed), nnx.Param)[1]
+      return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(init_state), state_shardings)
+
+    # --- Resume: own latest -> config.ckpt.resume -> config.ckpt.init_from -> scratch ---
+    ckpt = ckpt_lib.Checkpointer.from_config(workdir, config.ckpt)
+    restored = ckpt_lib.restore_or_init(
+        ckpt, abstract_state, resume=config.ckpt.resume, init_from=config.ckpt.init_from,
+        abstract_params=abstract_state["params"], data_iter=data_iter)
+    if restored.state is not None:
+      state = restored.state
+    elif restored.params is not None:
+      state = init_state(restored.params)
+    else:
+      state = init_state()
+    start_step = int(restored.step)
+    rng = (restored.rng if restored.rng is not None
+           else jax.random.key(config.seed))
+    logging.info("start at step %d (from %s)", start_step, restored.source)
+    ref_params = None
+    if config.rl.beta > 0:
+      # The frozen reference: the starting params, held once with the params' shardings.
+      ref_params = jax.tree.map(jnp.copy, state["params"])
+
+    # --- Step functions, compiled ahead of time ---------------------------------------
+    rl = config.rl
+    stop_tokens = tuple(t for t in (mcfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
+                        if t is not None)
+    jit_sft = jax.jit(functools.partial(sft_step, graphdef, tx), donate_argnums=0,
+                      out_shardings=(state_shardings, None))
+    jit_grpo = jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl), donate_argnums=0,
+                       out_shardings=(state_shardings, None))
+    jit_views = jax.jit(functools.partial(views_fn, graphdef))
+    jit_logp = jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations))
+    compiled: dict[tuple, Any] = {}
+
+    def compiled_step(kind, *args):
+      """AOT-compiles each (kind, shapes) once and logs its memory analysis."""
+      key = (kind,) + tuple((k, v.shape) for a in args[1:] for k, v in sorted(a.items()))
+      if key not in compiled:
+        fn = jit_sft if kind == "sft" else jit_grpo
+        t0 = time.perf_counter()
+        compiled[key] = fn.lower(*args).compile()
+        mem = compiled[key].memory_analysis()
+        logging.info("compiled %s step in %.1fs; memory: %s", kind, time.perf_counter() - t0,
+                     _memory_summary(mem))
+      return compiled[key](*args)
+
+    # --- Metrics ----------------------------------------------------------------------
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
+    progress = metrics_lib.ProgressLogger(
+        config.total_steps, every=config.log_every,
+        keys=("loss", "reward/accuracy", "reward/format", "ordered_acc", "disordered_acc",
+              "kl", "clip_frac"))
+    guard = metrics_lib.BadStepGuard(config.max_bad_steps, watch=["loss", "grad_norm"])
+    preempt = ckpt_lib.PreemptionGuard()
+
+    # --- Loop -------------------------------------------------------------------------
+    step_metrics: dict[str, float] = {}
+    step = start_step
+    try:
+      while step < config.total_steps:
+        local, host = pipeline.split_host(next(data_iter))
+        batch = to_global(mesh, local)
+        step_rng = jax.random.fold_in(rng, step)
+        tokens = 0
+        if step < config.sft_steps:
+          state, metrics = compiled_step("sft", state, batch)
+        else:
+          rollout, tokens = _make_rollout(
+              graphdef, jit_views, jit_logp, mesh, tok, config, state, ref_params, batch,
+              host, stop_tokens, step_rng)
+          for _ in range(rl.num_iterations):
+            state, metrics = compiled_step("grpo", state, batch, rollout)
+        metrics = jax.device_get(metrics)
+        step += 1
+        if not guard.check(step, metrics):
+          continue
+        step_metrics = metrics_lib.to_scalars(metrics)
+        writer.write_scalars(step, step_metrics)
+        progress.update(step, step_metrics, tokens=tokens)
+        stop = preempt.should_stop()
+        ckpt.maybe_save(step, state, rng=rng, data_iter=data_iter,
+                        force=stop or step == config.total_steps)
+        if stop:
+          logging.warning("preempted: saved step %d, exiting", step)
+          break
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+      preempt.close()
+  if is_main:
+    logging.info("done at step %d", step)
+  return step_metrics
+
+
+def _make_rollout(graphdef, jit_views, jit_logp, mesh, tok, config, state, ref_params,
+                  batch, host, stop_tokens, rng) -> tuple[dict[str, jax.Array], int]:
+  """Samples both views, scores them on the host, and returns the train-step inputs."""
+  rl = config.rl
+  model = nnx.merge(graphdef, state["params"])
+  out = sample_views(model, jit_views(state["params"], batch), batch, rl, stop_tokens, rng)
+  samples = {k: (v.tokens, v.completion_mask) for k, v in out.items()}
+  # Every process scores the whole global batch (cheap), so rewards need no gather later.
+  gathered = multihost_utils.process_allgather(
+      {"answer": batch["answer_index"], **{f"{k}_{i}": v for k, pair in samples.items()
+                                          for i, v in enumerate(pair)}}, tiled=True)
+  options = host.get("options") if jax.process_count() == 1 else None
+  rollout: dict[str, jax.Array] = {}
+  comps, _, _ = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
+                               gathered["answer"], rl.num_generations, options)
+  rollout["accuracy"] = _global_from_full(mesh, comps["accuracy"])
+  rollout["format"] = _global_from_full(mesh, comps["format"])
+  if "disordered" in samples:
+    dis, _, _ = score_rollouts(tok, gathered["disordered_0"], gathered["disordered_1"],
+                               gathered["answer"], rl.num_disordered, options)
+    rollout["disordered_accuracy"] = _global_from_full(mesh, dis["accuracy"])
+  else:
+    rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
+  completions, mask = samples["ordered"]
+  rollout["completions"], rollout["mask"] = completions, mask
+  if rl.num_iterations > 1:
+    rollout["old_logp"] = jit_logp(state["params"], batch, completions, mask)
+  if ref_params is not None:
+    rollout["ref_logp"] = jit_logp(ref_params, batch, completions, mask)
+  return rollout, int(np.asarray(gathered["ordered_1"]).sum())
+
+
+def _memory_summary(mem) -> str:
+  if mem is None:
+    return "n/a"
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes")
+  return ", ".join(f"{f.replace('_size_in_bytes', '')}={getattr(mem, f, 0) / 2**20:.1f}MiB"
+                   for f in fields)

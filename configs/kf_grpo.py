@@ -1,0 +1,131 @@
+r"""KF-GRPO training (with optional SFT warm-up) of a Qwen2.5-VL-architecture VLM.
+
+Variants:
+  smoke          tiny model, synthetic set, a few steps: seconds on a CPU (tests, CI).
+  demo           tiny model, synthetic set, SFT warm-up then KF-GRPO: `make demo`.
+  qwen2_5_vl_7b  the paper's setup: Qwen2.5-VL-7B from converted HF weights, 16 TAD
+                 keyframes, G = 8 per view, beta = 0.04, lr 1e-6 (Video-R1's recipe where
+                 the paper is silent; see configs/rl.py and ../shared/PAPER.md).
+
+Launch commands:
+  # CPU smoke run on preprocessed synthetic shards:
+  python -m launch.train --config=configs/kf_grpo.py:smoke --workdir=/tmp/kf_smoke \
+      --config.input.data_dir=out/synthetic/train
+  # The paper's setup on a TPU pod / multi-GPU host (one process per host):
+  python -m launch.convert_hf --hf_dir=/data/Qwen2.5-VL-7B-Instruct --out=/ckpt/qwen7b
+  python -m launch.train --config=configs/kf_grpo.py:qwen2_5_vl_7b --workdir=gs://b/run \
+      --config.input.data_dir=/data/videor1_shards \
+      --config.input.tokenizer_dir=/data/Qwen2.5-VL-7B-Instruct \
+      --config.model.hf_dir=/data/Qwen2.5-VL-7B-Instruct --config.ckpt.init_from=/ckpt/qwen7b
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import ckpt as ckpt_config
+from configs import common
+from configs import data as data_config
+from configs import rl as rl_config
+from configs import tad as tad_config
+
+VARIANTS = ("smoke", "demo", "qwen2_5_vl_7b")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`--config=configs/kf_grpo.py:VARIANT`."""
+  args = common.parse_arg(arg, variant="smoke")
+  common.check_choice(args.variant, "variant", set(VARIANTS))
+  v = args.variant
+  data_variant = {"smoke": "smoke", "demo": "demo"}.get(v, "default")
+  rl_variant = {"smoke": "smoke", "demo": "demo"}.get(v, "default")
+
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 1000      # Optimizer steps, SFT warm-up included.
+  c.sft_steps = 0           # Steps < sft_steps are cross-entropy on reference answers.
+  c.log_every = 10          # Console progress line interval (steps).
+  c.max_bad_steps = 5       # Consecutive non-finite steps before the run halts.
+
+  data = data_config.get_config(data_variant)
+  c.input = data.input
+  c.tad = data.tad
+  c.features = data.features
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "qwen2_5_vl_7b"  # models.config preset, unless hf_dir is set.
+  c.model.hf_dir = ""               # A HF checkpoint folder: its config.json is used.
+  c.model.match_tokenizer = False   # Vocab size + special ids from the tokenizer.
+  c.model.dtype = "bfloat16"        # Compute dtype.
+  c.model.param_dtype = "float32"   # Master params.
+  c.model.remat_policy = "dots_no_batch"  # "none", "full", "dots_no_batch".
+
+  c.rl = rl_config.rl_config(rl_variant)
+
+  c.optax = ml_collections.ConfigDict()
+  c.optax.learning_rate = 1e-6
+  c.optax.warmup_steps = 10
+  c.optax.end_lr_fraction = 0.1   # Cosine decays to this fraction of the peak.
+  c.optax.b1 = 0.9
+  c.optax.b2 = 0.999
+  c.optax.weight_decay = 0.01
+  c.optax.grad_clip = 1.0         # Global norm; 0 disables clipping.
+  c.optax.freeze_vision = False   # True: the vision tower gets no updates.
+  c.optax.grad_accum = 1          # Micro-batches per optimizer update.
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.ckpt = ckpt_config.get_config(v if v in ("smoke",) else "default")
+
+  if v in ("smoke", "demo"):
+    c.model.preset = "tiny"
+    c.model.match_tokenizer = True
+    c.model.dtype = "float32"
+    c.model.remat_policy = "none"
+    c.optax.learning_rate = 3e-3
+    c.optax.warmup_steps = 2
+    c.optax.weight_decay = 0.0
+    c.rl.beta = 0.0
+  if v == "smoke":
+    c.total_steps = 4
+    c.sft_steps = 2
+    c.log_every = 1
+  elif v == "demo":
+    c.total_steps = 120
+    c.sft_steps = 80
+    c.log_every = 10
+    c.ckpt.save_every = 40
+  elif v == "qwen2_5_vl_7b":
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.total_steps = 2000
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every section before anything is compiled (raises common.ConfigError)."""
+  check = common.check
+  for f in ("total_steps", "log_every", "max_bad_steps"):
+    check(isinstance(config[f], int) and config[f] >= 1, f, f"got {config[f]!r}; need >= 1")
+  check(isinstance(config.sft_steps, int) and 0 <= config.sft_steps <= config.total_steps,
+        "sft_steps", f"got {config.sft_steps!r}; need 0 <= sft_steps <= total_steps")
+  data_config.validate_data(config)
+  # configs/tad.py's own `input` section means decoding; here `input` is the pipeline.
+  tad_config.validate_tad(ml_collections.ConfigDict(
+      {"tad": config.tad, "features": config.features}))
+  rl_config.validate_rl(config)
+  ckpt_config.validate_ckpt(config.ckpt)
+  check(bool(config.input.data_dir), "input.data_dir",
+        "empty; point it at a folder written by `python -m launch.preprocess`")
+  check(config.model.hf_dir or config.model.preset, "model.preset",
+        "set a preset name (tiny, qwen2_5_vl_7b, ...) or model.hf_dir")
+  common.check_choice(config.model.remat_policy, "model.remat_policy",
+                      {"none", "full", "dots_no_batch"})
+  o = config.optax
+  check(o.learning_rate > 0, "optax.learning_rate", f"got {o.learning_rate}; need > 0")
+  check(isinstance(o.grad_accum, int) and o.grad_accum >= 1, "optax.grad_accum",
+        f"got {o.grad_accum!r}; need an int >= 1")
+  check(config.rl.temperature == 1.0, "rl.temperature",
+        "the trainer's log-probs are of the untempered policy; use temperature 1.0")
+  for axis in ("data", "fsdp", "tensor"):
+    size = config.mesh[axis]
+    check(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}",
+          f"got {size!r}; need a positive int or -1 (all remaining devices)")
