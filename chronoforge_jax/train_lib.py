@@ -25,7 +25,6 @@ import os
 import time
 from typing import Any, Iterator
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
@@ -257,18 +256,26 @@ def _pipeline_settings(config, *, train: bool) -> pipeline.PipelineSettings:
   return pipeline.eval_settings(i.eval_batch_size, **common)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs training to `config.total_steps` (resuming from `workdir`), then returns the
-  last step's metrics."""
-  from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
-  kf_grpo_config.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything the loop needs that depends only on the config and the mesh."""
+  mesh: jax.sharding.Mesh
+  tokenizer: tokenizer_lib.Tokenizer
+  model_config: model_config_lib.ModelConfig
+  graphdef: Any
+  tx: optax.GradientTransformation
+  state_shardings: Any
+  abstract_state: Any
+  init_state: Any          # jitted: (params=None) -> state, placed in state_shardings
+  sft_step: Any            # jitted, donates the state
+  grpo_step: Any           # jitted, donates the state
+  views: Any               # jitted: (params, batch) -> both views' video arrays
+  logprobs: Any            # jitted: (params, batch, completions, mask) -> [B*G, T]
+  stop_tokens: tuple[int, ...]
 
-  # --- Mesh ---------------------------------------------------------------------------
-  mesh = sharding.mesh_from_config(config.mesh)
-  logging.info("mesh %s", dict(mesh.shape))
 
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
+  """Builds the model's abstract state, its shardings and the jitted step functions."""
   # --- Model: abstract first (outside the mesh context: nnx.eval_shape would read the
   # logical axis names as mesh axes), then initialised directly into its shardings -----
   tok = tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir or
@@ -285,81 +292,107 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
 
+  # --- Shardings: params by logical axis names; optimizer state mirrors the params ----
+  param_shardings = sharding.state_shardings(abstract_params, mesh)
+  tx = make_optimizer(config, abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state_shardings = dict(params=param_shardings,
+                         opt_state=_opt_shardings(tx, abstract_opt, param_shardings, mesh),
+                         step=replicated)
+
+  @functools.partial(jax.jit, out_shardings=state_shardings)
+  def init_state(params=None):
+    if params is None:
+      params = nnx.split(create_model(config.seed), nnx.Param)[1]
+    return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+
   with jax.set_mesh(mesh):
-    # --- Input ------------------------------------------------------------------------
-    dataset = pipeline.make_dataset(
-        config.input.data_dir, tok, _pipeline_settings(config, train=True),
-        shard_index=jax.process_index(), shard_count=jax.process_count())
-    data_iter = iter(dataset)
-
-    # --- Shardings and state ----------------------------------------------------------
-    param_shardings = sharding.state_shardings(abstract_params, mesh)
-    tx = make_optimizer(config, abstract_params)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    state_shardings = dict(params=param_shardings,
-                           opt_state=_opt_shardings(tx, abstract_opt, param_shardings, mesh),
-                           step=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-    @functools.partial(jax.jit, out_shardings=state_shardings)
-    def init_state(params=None):
-      if params is None:
-        params = nnx.split(create_model(config.seed), nnx.Param)[1]
-      return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         jax.eval_shape(init_state), state_shardings)
 
+  # --- Step functions ------------------------------------------------------------------
+  rl = config.rl
+  stop_tokens = tuple(t for t in (mcfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
+                      if t is not None)
+  return Setup(
+      mesh=mesh, tokenizer=tok, model_config=mcfg, graphdef=graphdef, tx=tx,
+      state_shardings=state_shardings, abstract_state=abstract_state, init_state=init_state,
+      sft_step=jax.jit(functools.partial(sft_step, graphdef, tx), donate_argnums=0,
+                       out_shardings=(state_shardings, replicated)),
+      grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl), donate_argnums=0,
+                        out_shardings=(state_shardings, replicated)),
+      views=jax.jit(functools.partial(views_fn, graphdef)),
+      logprobs=jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations)),
+      stop_tokens=stop_tokens)
+
+
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint.
+
+  Returns:
+    The metrics of the last step run.
+  """
+  from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
+  kf_grpo_config.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+
+  # --- Mesh, model, shardings, step functions -------------------------------------------
+  mesh = sharding.mesh_from_config(config.mesh)
+  s = setup(config, mesh)
+  _say(f"mesh {dict(mesh.shape)}; model {config.model.hf_dir or config.model.preset}; "
+       f"workdir {workdir}")
+
+  with jax.set_mesh(mesh):
+    # --- Input ------------------------------------------------------------------------
+    dataset = pipeline.make_dataset(
+        config.input.data_dir, s.tokenizer, _pipeline_settings(config, train=True),
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+    data_iter = iter(dataset)
+
     # --- Resume: own latest -> config.ckpt.resume -> config.ckpt.init_from -> scratch ---
     ckpt = ckpt_lib.Checkpointer.from_config(workdir, config.ckpt)
     restored = ckpt_lib.restore_or_init(
-        ckpt, abstract_state, resume=config.ckpt.resume, init_from=config.ckpt.init_from,
-        abstract_params=abstract_state["params"], data_iter=data_iter)
+        ckpt, s.abstract_state, resume=config.ckpt.resume, init_from=config.ckpt.init_from,
+        abstract_params=s.abstract_state["params"], data_iter=data_iter)
     if restored.state is not None:
       state = restored.state
     elif restored.params is not None:
-      state = init_state(restored.params)
+      state = s.init_state(restored.params)
     else:
-      state = init_state()
+      state = s.init_state()
     start_step = int(restored.step)
-    rng = (restored.rng if restored.rng is not None
-           else jax.random.key(config.seed))
-    logging.info("start at step %d (from %s)", start_step, restored.source)
+    rng = restored.rng if restored.rng is not None else jax.random.key(config.seed)
+    _say(f"starting at step {start_step} (from {restored.source})")
     ref_params = None
     if config.rl.beta > 0:
       # The frozen reference: the starting params, held once with the params' shardings.
       ref_params = jax.tree.map(jnp.copy, state["params"])
 
-    # --- Step functions, compiled ahead of time ---------------------------------------
-    rl = config.rl
-    stop_tokens = tuple(t for t in (mcfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
-                        if t is not None)
-    jit_sft = jax.jit(functools.partial(sft_step, graphdef, tx), donate_argnums=0,
-                      out_shardings=(state_shardings, None))
-    jit_grpo = jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl), donate_argnums=0,
-                       out_shardings=(state_shardings, None))
-    jit_views = jax.jit(functools.partial(views_fn, graphdef))
-    jit_logp = jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations))
     compiled: dict[tuple, Any] = {}
 
-    def compiled_step(kind, *args):
-      """AOT-compiles each (kind, shapes) once and logs its memory analysis."""
+    def run_step(kind, *args):
+      """AOT-compiles each (kind, shapes) once, logging its memory analysis, then runs."""
       key = (kind,) + tuple((k, v.shape) for a in args[1:] for k, v in sorted(a.items()))
       if key not in compiled:
-        fn = jit_sft if kind == "sft" else jit_grpo
         t0 = time.perf_counter()
-        compiled[key] = fn.lower(*args).compile()
-        mem = compiled[key].memory_analysis()
-        logging.info("compiled %s step in %.1fs; memory: %s", kind, time.perf_counter() - t0,
-                     _memory_summary(mem))
+        compiled[key] = (s.sft_step if kind == "sft" else s.grpo_step).lower(*args).compile()
+        _say(f"compiled the {kind} step in {time.perf_counter() - t0:.1f}s; memory: "
+             f"{_memory_summary(compiled[key].memory_analysis())}")
       return compiled[key](*args)
 
     # --- Metrics ----------------------------------------------------------------------
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
     progress = metrics_lib.ProgressLogger(
         config.total_steps, every=config.log_every,
-        keys=("loss", "reward/accuracy", "reward/format", "ordered_acc", "disordered_acc",
-              "kl", "clip_frac"))
+        keys=("loss", "reward/accuracy", "reward/format", "saliency/ordered_acc",
+              "saliency/disordered_acc", "kl", "clip_frac"))
     guard = metrics_lib.BadStepGuard(config.max_bad_steps, watch=["loss", "grad_norm"])
     preempt = ckpt_lib.PreemptionGuard()
 
@@ -370,20 +403,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       while step < config.total_steps:
         local, host = pipeline.split_host(next(data_iter))
         batch = to_global(mesh, local)
-        step_rng = jax.random.fold_in(rng, step)
         tokens = 0
         if step < config.sft_steps:
-          state, metrics = compiled_step("sft", state, batch)
+          state, metrics = run_step("sft", state, batch)
         else:
-          rollout, tokens = _make_rollout(
-              graphdef, jit_views, jit_logp, mesh, tok, config, state, ref_params, batch,
-              host, stop_tokens, step_rng)
-          for _ in range(rl.num_iterations):
-            state, metrics = compiled_step("grpo", state, batch, rollout)
+          rollout, tokens = make_rollout(s, config, state, ref_params, batch, host,
+                                         jax.random.fold_in(rng, step))
+          for _ in range(config.rl.num_iterations):
+            state, metrics = run_step("grpo", state, batch, rollout)
         metrics = jax.device_get(metrics)
         step += 1
         if not guard.check(step, metrics):
-          continue
+          continue  # The step left the state unchanged; the last checkpoint stays good.
         step_metrics = metrics_lib.to_scalars(metrics)
         writer.write_scalars(step, step_metrics)
         progress.update(step, step_metrics, tokens=tokens)
@@ -391,24 +422,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.maybe_save(step, state, rng=rng, data_iter=data_iter,
                         force=stop or step == config.total_steps)
         if stop:
-          logging.warning("preempted: saved step %d, exiting", step)
+          _say(f"preempted: saved step {step}; rerun the same command to resume")
           break
     finally:
       ckpt.wait()
       ckpt.close()
       writer.close()
       preempt.close()
-  if is_main:
-    logging.info("done at step %d", step)
+  _say(f"done at step {step}")
   return step_metrics
 
 
-def _make_rollout(graphdef, jit_views, jit_logp, mesh, tok, config, state, ref_params,
-                  batch, host, stop_tokens, rng) -> tuple[dict[str, jax.Array], int]:
+def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, ref_params,
+                 batch: Batch, host: dict, rng) -> tuple[dict[str, jax.Array], int]:
   """Samples both views, scores them on the host, and returns the train-step inputs."""
   rl = config.rl
-  model = nnx.merge(graphdef, state["params"])
-  out = sample_views(model, jit_views(state["params"], batch), batch, rl, stop_tokens, rng)
+  mesh, tok = s.mesh, s.tokenizer
+  model = nnx.merge(s.graphdef, state["params"])
+  out = sample_views(model, s.views(state["params"], batch), batch, rl, s.stop_tokens, rng)
   samples = {k: (v.tokens, v.completion_mask) for k, v in out.items()}
   # Every process scores the whole global batch (cheap), so rewards need no gather later.
   gathered = multihost_utils.process_allgather(
@@ -429,9 +460,9 @@ def _make_rollout(graphdef, jit_views, jit_logp, mesh, tok, config, state, ref_p
   completions, mask = samples["ordered"]
   rollout["completions"], rollout["mask"] = completions, mask
   if rl.num_iterations > 1:
-    rollout["old_logp"] = jit_logp(state["params"], batch, completions, mask)
+    rollout["old_logp"] = s.logprobs(state["params"], batch, completions, mask)
   if ref_params is not None:
-    rollout["ref_logp"] = jit_logp(ref_params, batch, completions, mask)
+    rollout["ref_logp"] = s.logprobs(ref_params, batch, completions, mask)
   return rollout, int(np.asarray(gathered["ordered_1"]).sum())
 
 

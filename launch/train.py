@@ -37,6 +37,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
   import os  # pylint: disable=g-import-not-at-top
   if _CPU_DEVICES.value:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
