@@ -1,0 +1,382 @@
+"""Grain pipelines that turn preprocessed shards into fixed-shape train and eval batches.
+
+  question ids -> shuffle(seed) -> repeat -> global batches of ids
+    -> this process's slice of each global batch (per-process sharding)
+    -> per example: TAD/uniform keyframes (by name) -> ordered + hybrid disordered views
+       -> read only the union's frames -> chat-template prompt, reference answer
+    -> pad to length buckets chosen per GLOBAL batch -> to_iter_dataset -> mp_prefetch
+
+Every random choice is a function of (seed, global position), so the batches do not
+depend on the number of processes or prefetch workers, and the Grain iterator state
+(`get_state`/`set_state`, saved with the checkpoint) restores an exact continuation.
+The prompt/target bucket of a step is chosen from the lengths of the whole global batch
+(all processes compute the same), so processes always agree on shapes.
+
+A batch is a dict of NumPy arrays (U = K + 2M frames, P = K/2 patches):
+  frames u8 [B,U,H,W,3], timestamps f32 [B,U], frame_valid bool [B,U],
+  ordered_patches i32 [B,P], disordered_patches i32 [B,P], keyframe_indices i32 [B,K],
+  prompt_ids i32 [B,L] (left-padded), prompt_mask bool [B,L], answer_index i32 [B],
+  target_ids i32 [B,A] (right-padded), target_mask bool [B,A], example_valid bool [B],
+and host-only object arrays (HOST_KEYS): question_id, video_id, duration_bucket,
+task_type, options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from chronoforge_jax.data import records
+from chronoforge_jax.rl import views as views_lib
+
+HOST_KEYS = ("question_id", "video_id", "duration_bucket", "task_type", "options")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+  """What a batch looks like and how it is produced.
+
+  Attributes:
+    batch_size: GLOBAL batch size (all processes); each process gets batch_size/count.
+    num_keyframes: K, even (consecutive keyframes pair into temporal patches).
+    selector: keyframe selector registered in `tad.SELECTORS` ("tad", "uniform").
+    select_kwargs: selector settings (e.g. `configs.tad.tad_kwargs(config.tad)`).
+    disorder_ratio: fraction of the disordered view taken from non-keyframes.
+    num_nonkey_pairs: M non-keyframe pairs stored; -1 = round(ratio * K/2); 0 = none.
+    patch_size, merge_size: Qwen2.5-VL vision patch side and spatial merge; a temporal
+      patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
+    prompt_buckets: allowed prompt lengths NOT counting the video tokens.
+    target_buckets: allowed reference-answer lengths.
+    seed: shuffling and per-example randomness.
+    shuffle: shuffle questions (train) or keep file order (eval).
+    num_epochs: passes over the data; None repeats forever.
+    pad_final_batch: pad the last global batch with invalid examples instead of dropping
+      it (evaluation: every question is seen exactly once).
+    prefetch_workers: Grain worker processes (0 = build batches in this process).
+    prefetch_buffer: batches buffered per worker / reader.
+    read_threads: threads building batches in each process.
+  """
+  batch_size: int
+  num_keyframes: int = 16
+  selector: str = "tad"
+  select_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  disorder_ratio: float = 0.5
+  num_nonkey_pairs: int = -1
+  patch_size: int = 14
+  merge_size: int = 2
+  prompt_buckets: tuple[int, ...] = (128, 256, 512)
+  target_buckets: tuple[int, ...] = (64, 128, 256)
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None
+  pad_final_batch: bool = False
+  prefetch_workers: int = 0
+  prefetch_buffer: int = 2
+  read_threads: int = 1
+
+  def __post_init__(self):
+    def bad(field, msg):
+      raise ValueError(f"PipelineSettings.{field}: {msg}")
+    if self.batch_size < 1:
+      bad("batch_size", f"got {self.batch_size}; need >= 1")
+    if self.num_keyframes < 2 or self.num_keyframes % 2:
+      bad("num_keyframes", f"got {self.num_keyframes}; need an even K >= 2 (pairs of "
+          "consecutive keyframes form Qwen2.5-VL temporal patches)")
+    if not 0.0 <= self.disorder_ratio <= 1.0:
+      bad("disorder_ratio", f"got {self.disorder_ratio}; need a value in [0, 1]")
+    if self.num_nonkey_pairs < -1:
+      bad("num_nonkey_pairs", f"got {self.num_nonkey_pairs}; need -1 (auto) or >= 0")
+    for field in ("prompt_buckets", "target_buckets"):
+      b = tuple(getattr(self, field))
+      if not b or list(b) != sorted(set(b)) or b[0] < 1:
+        bad(field, f"got {b}; need increasing positive lengths")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      bad("num_epochs", f"got {self.num_epochs}; need >= 1 or None")
+    if self.patch_size < 1 or self.merge_size < 1:
+      bad("patch_size", "patch_size and merge_size must be positive")
+
+  @property
+  def num_pairs(self) -> int:
+    if self.num_nonkey_pairs >= 0:
+      return self.num_nonkey_pairs
+    return views_lib.default_num_pairs(self.num_keyframes, self.disorder_ratio)
+
+  @property
+  def num_frames(self) -> int:
+    """U, frames stored per example."""
+    return self.num_keyframes + 2 * self.num_pairs
+
+
+def num_video_tokens(num_patches: int, height: int, width: int, patch_size: int = 14,
+                     merge_size: int = 2) -> int:
+  """`<|video_pad|>` count for `num_patches` temporal patches of HxW frames."""
+  unit = patch_size * merge_size
+  if height % unit or width % unit:
+    raise ValueError(f"frames of {height}x{width} are not multiples of patch_size * "
+                     f"merge_size = {unit}; preprocess with --size a multiple of {unit}")
+  return num_patches * (height // unit) * (width // unit)
+
+
+def _bucket(length: int, buckets: Sequence[int], what: str, field: str) -> int:
+  for b in buckets:
+    if length <= b:
+      return b
+  raise ValueError(f"{what} is {length} tokens, longer than the largest of "
+                   f"{field}={tuple(buckets)}; add a larger bucket")
+
+
+@functools.lru_cache(maxsize=8)
+def _cpu_select(name: str, k: int, kwargs: tuple) -> Any:
+  """A jitted selector pinned to the host CPU (never the accelerator the trainer uses)."""
+  import jax
+  from chronoforge_jax import tad
+
+  fn = jax.jit(lambda f, m: tad.select(name, f, k, m, **dict(kwargs)))
+  cpu = jax.devices("cpu")[0]
+
+  def run(features_btd: np.ndarray, mask_bt: np.ndarray):
+    idx, valid = fn(jax.device_put(features_btd, cpu), jax.device_put(mask_bt, cpu))
+    return np.asarray(idx), np.asarray(valid)
+  return run
+
+
+def _worker_init(index: int, count: int) -> None:
+  """Grain worker processes compute keyframes on the CPU, never on the accelerator."""
+  del index, count
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  if "jax" in sys.modules:  # Imported already (e.g. by the spawned __main__): set it too.
+    sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+class _BatchBuilder:
+  """Builds this process's slice of global batch `step` (picklable for Grain workers)."""
+
+  def __init__(self, data_dir: str, tokenizer, settings: PipelineSettings, *,
+               shard_index: int, shard_count: int):
+    self.data = records.PreprocessedData(data_dir)
+    self.tok = tokenizer
+    self.s = settings
+    self.shard_index, self.local = shard_index, settings.batch_size // shard_count
+    h, w = self.data.frame_shape[:2]
+    self.num_video = num_video_tokens(settings.num_keyframes // 2, h, w, settings.patch_size,
+                                      settings.merge_size)
+    self.max_t = max(int(self.data.index["max_frames_per_video"]), 1)
+    self.text_len, self.target_len = self._lengths()
+    self._select = None
+
+  def _question_texts(self, q: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], 0)
+    target = self.tok.encode(self.tok.answer_text(q["answer_index"], q.get("reasoning", "")))
+    return prompt, target
+
+  def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt text and target lengths of every question (checked against the buckets)."""
+    n = len(self.data)
+    text, target = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for i in range(n):
+      q = self.data.question(i)
+      p, t = self._question_texts(q)
+      text[i] = len(p)
+      _bucket(len(p), self.s.prompt_buckets, f"question {q['question_id']!r}: the prompt "
+              "without video tokens", "input.prompt_buckets")
+      target[i] = min(len(t), self.s.target_buckets[-1])
+    return text, target
+
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != "_select"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._select = None
+
+  def _target(self, q: Mapping[str, Any], length: int) -> list[int]:
+    ids = self._question_texts(q)[1]
+    if len(ids) <= length:
+      return ids
+    # Too long: shorten the reasoning, keep the answer and the end-of-turn token.
+    head = self.tok.encode("<think>")
+    tail = self.tok.encode(self.tok.answer_text(q["answer_index"])[len("<think>"):])
+    body = self.tok.encode(q.get("reasoning", "").strip())
+    return head + body[:max(0, length - len(head) - len(tail))] + tail
+
+  def __call__(self, step: int, question_ids_g: np.ndarray) -> dict[str, np.ndarray]:
+    s, n = self.s, len(self.data)
+    ids_g = np.asarray(question_ids_g, np.int64)
+    valid_g = ids_g < n  # Padding of the final eval batch points past the end.
+    safe_g = np.where(valid_g, ids_g, 0)
+    prompt_len = self.num_video + _bucket(int(self.text_len[safe_g].max()), s.prompt_buckets,
+                                          "prompt", "input.prompt_buckets")
+    target_len = _bucket(int(self.target_len[safe_g].max()), s.target_buckets, "target",
+                         "input.target_buckets")
+    lo = self.shard_index * self.local
+    local_ids, local_valid = safe_g[lo:lo + self.local], valid_g[lo:lo + self.local]
+    questions = [self.data.question(int(i)) for i in local_ids]
+    videos = [self.data.video(q["video_key"]) for q in questions]
+    key_bk, key_valid_bk = self._keyframes(videos)
+    examples = []
+    for j, (q, video) in enumerate(zip(questions, videos)):
+      position = step * s.batch_size + lo + j
+      rng = np.random.default_rng([s.seed, position])
+      v = views_lib.build_views(video.num_frames, key_bk[j], key_valid_bk[j],
+                                num_pairs=s.num_pairs, disorder_ratio=s.disorder_ratio, rng=rng)
+      examples.append(self._example(q, video, v, prompt_len, target_len, local_valid[j]))
+    return _collate(examples)
+
+  def _keyframes(self, videos: Sequence[records.VideoRecord]):
+    if self._select is None:
+      self._select = _cpu_select(self.s.selector, self.s.num_keyframes,
+                                 tuple(sorted(dict(self.s.select_kwargs).items())))
+    d = videos[0].features.shape[1]
+    feats_btd = np.zeros((len(videos), self.max_t, d), np.float32)
+    mask_bt = np.zeros((len(videos), self.max_t), bool)
+    for b, v in enumerate(videos):  # Padded to one length: one compile per process.
+      feats_btd[b, :v.num_frames] = v.features
+      mask_bt[b, :v.num_frames] = True
+    return self._select(feats_btd, mask_bt)
+
+  def _example(self, q, video, v: views_lib.Views, prompt_len: int, target_len: int,
+               valid: bool) -> dict[str, Any]:
+    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], self.num_video)
+    target = self._target(q, target_len)
+    pad = self.tok.pad_id
+    k = self.s.num_keyframes
+    return {
+        "frames": self.data.frames(video, v.frame_indices),
+        "timestamps": video.timestamps[v.frame_indices].astype(np.float32),
+        "frame_valid": v.frame_valid & valid,
+        "ordered_patches": v.ordered_patches,
+        "disordered_patches": v.disordered_patches,
+        "keyframe_indices": v.frame_indices[:k],
+        "prompt_ids": np.array([pad] * (prompt_len - len(prompt)) + prompt, np.int32),
+        "prompt_mask": np.arange(prompt_len) >= prompt_len - len(prompt),
+        "answer_index": np.int32(q["answer_index"]),
+        "target_ids": np.array(target + [pad] * (target_len - len(target)), np.int32),
+        "target_mask": np.arange(target_len) < len(target),
+        "example_valid": np.bool_(valid),
+        "question_id": q["question_id"], "video_id": q["video_id"],
+        "duration_bucket": q.get("duration_bucket", ""), "task_type": q.get("task_type", ""),
+        "options": list(q["options"]),
+    }
+
+
+def _collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+  out = {}
+  for key in examples[0]:
+    if key in HOST_KEYS:
+      arr = np.empty(len(examples), object)
+      for i, e in enumerate(examples):  # Element-wise: option lists stay lists.
+        arr[i] = e[key]
+      out[key] = arr
+    else:
+      out[key] = np.stack([np.asarray(e[key]) for e in examples])
+  return out
+
+
+def split_host(batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """(device arrays, host-only metadata) of a batch."""
+  return ({k: v for k, v in batch.items() if k not in HOST_KEYS},
+          {k: v for k, v in batch.items() if k in HOST_KEYS})
+
+
+def _check_shard(settings: PipelineSettings, shard_index: int, shard_count: int) -> None:
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count})")
+  if settings.batch_size % shard_count:
+    raise ValueError(f"batch_size={settings.batch_size} (global) is not divisible by "
+                     f"{shard_count} processes; set input.batch_size to a multiple")
+
+
+def make_dataset(data_dir: str | os.PathLike, tokenizer, settings: PipelineSettings, *,
+                 shard_index: int = 0, shard_count: int = 1):
+  """The Grain pipeline over a preprocessed folder.
+
+  Args:
+    data_dir: folder written by `launch/preprocess`.
+    tokenizer: a `chronoforge_jax.tokenizer.Tokenizer`.
+    settings: PipelineSettings (use `train_settings`/`eval_settings` for defaults).
+    shard_index: this process's index (`jax.process_index()`).
+    shard_count: number of processes (`jax.process_count()`).
+
+  Returns:
+    A `grain.IterDataset` of batches; `iter(ds)` has `get_state()`/`set_state()`.
+  """
+  import grain
+
+  _check_shard(settings, shard_index, shard_count)
+  builder = _BatchBuilder(os.fspath(data_dir), tokenizer, settings, shard_index=shard_index,
+                          shard_count=shard_count)
+  n = len(builder.data)
+  ids = grain.MapDataset.range(n)
+  if settings.pad_final_batch:
+    total = -(-n // settings.batch_size) * settings.batch_size
+    ids = grain.MapDataset.range(total)  # Ids >= n mark padding (example_valid False).
+  if settings.shuffle:
+    ids = ids.shuffle(seed=settings.seed)
+  if settings.num_epochs != 1:
+    ids = ids.repeat(settings.num_epochs)
+  if len(ids) < settings.batch_size:
+    raise ValueError(f"{data_dir}: {n} questions cannot fill one global batch of "
+                     f"{settings.batch_size}; lower input.batch_size")
+  ds = ids.batch(settings.batch_size, drop_remainder=True).map_with_index(builder)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=settings.read_threads,
+                                            prefetch_buffer_size=settings.prefetch_buffer))
+  if settings.prefetch_workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # Grain's worker start reads its absl flags; outside an absl app (pytest, a
+      # notebook) they were never parsed, so take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=settings.prefetch_workers,
+        per_worker_buffer_size=settings.prefetch_buffer), worker_init_fn=_worker_init)
+  return ds
+
+
+_TAD_FIELDS = ("distance", "smooth", "prominence", "min_prominence", "window", "boost",
+               "boost_mode")
+
+
+def settings_from_config(config, *, train: bool = True, selector: str | None = None
+                         ) -> PipelineSettings:
+  """PipelineSettings from a config's `input` section and its `tad` section (K, selector).
+
+  Args:
+    config: a ConfigDict with `input` (configs/data.py) and usually `tad` (configs/tad.py).
+    train: training settings (tad.k keyframes, shuffled, disordered view) or evaluation
+      settings (input.eval_num_keyframes, file order, padded last batch).
+    selector: overrides tad.selector (e.g. evaluate "uniform" and "tad" side by side).
+
+  Returns:
+    PipelineSettings.
+  """
+  inp = config.input
+  tad = config.tad if "tad" in config else None
+  shared = dict(
+      selector=selector or (tad.selector if tad is not None else "tad"),
+      select_kwargs={f: tad[f] for f in _TAD_FIELDS if tad is not None and f in tad},
+      disorder_ratio=inp.disorder_ratio, patch_size=inp.patch_size,
+      merge_size=inp.spatial_merge_size, prompt_buckets=tuple(inp.prompt_buckets),
+      target_buckets=tuple(inp.target_buckets), seed=inp.seed,
+      prefetch_workers=inp.prefetch_workers, prefetch_buffer=inp.prefetch_buffer,
+      read_threads=inp.read_threads)
+  if train:
+    return train_settings(inp.batch_size, num_keyframes=tad.k if tad is not None else 16,
+                          num_nonkey_pairs=inp.num_nonkey_pairs, num_epochs=inp.num_epochs,
+                          **shared)
+  return eval_settings(inp.eval_batch_size, num_keyframes=inp.eval_num_keyframes, **shared)
+
+
+def train_settings(batch_size: int, **overrides) -> PipelineSettings:
+  """Training defaults: shuffled, repeated forever, with the disordered view."""
+  return PipelineSettings(batch_size=batch_size, **overrides)
+
+
+def eval_settings(batch_size: int, **overrides) -> PipelineSettings:
+  """Evaluation defaults: file order, one pass, padded last batch, no non-keyframes."""
+  base = dict(shuffle=False, num_epochs=1, pad_final_batch=True, num_nonkey_pairs=0)
+  return PipelineSettings(batch_size=batch_size, **{**base, **overrides})

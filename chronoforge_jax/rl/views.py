@@ -1,0 +1,168 @@
+"""The two views KF-GRPO rolls out on: ordered keyframes and hybrid disordered frames.
+
+Host-side NumPy, run per example in the data pipeline. Qwen2.5-VL's vision tower embeds
+frames in temporal patches of two consecutive frames and never attends across patches,
+so each example stores the UNION of frames both views need, encoded once, and a view is
+a list of temporal-patch indices into that union:
+
+  frames  = [k_0, k_1, ..., k_{K-1},  n_0, n_1, ..., n_{2M-1}]      (U = K + 2M)
+  patches = [(k_0,k_1), ..., (k_{K-2},k_{K-1}), (n_0,n_1), ..., (n_{2M-2},n_{2M-1})]
+
+The K keyframes are in chronological order, so the ordered view is patches 0..K/2-1. The
+non-keyframes are 2M frames TAD did not select, sorted, so each pair is chronological. The
+hybrid disordered view takes round(ratio * K/2) non-keyframe patches and the rest
+keyframe patches, shuffled with the example's own generator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+  """Frame and patch indices of one example.
+
+  Attributes:
+    frame_indices: int32 [U], indices into the video's stored frames (K keyframes, then
+      2M non-keyframes).
+    frame_valid: bool [U]; False where the video had too few frames (the index then
+      repeats a valid frame so gathers stay in range).
+    ordered_patches: int32 [K/2], the ordered view: arange(K/2).
+    disordered_patches: int32 [K/2], patch indices into the union's K/2 + M patches.
+  """
+  frame_indices: np.ndarray
+  frame_valid: np.ndarray
+  ordered_patches: np.ndarray
+  disordered_patches: np.ndarray
+
+
+def default_num_pairs(num_keyframes: int, disorder_ratio: float) -> int:
+  """Non-keyframe pairs M the disordered view needs: round(ratio * K/2)."""
+  return int(round(disorder_ratio * (num_keyframes // 2)))
+
+
+def _check(num_keyframes: int, num_pairs: int, disorder_ratio: float) -> None:
+  if num_keyframes < 2 or num_keyframes % 2:
+    raise ValueError(
+        f"num_keyframes={num_keyframes}: must be even and >= 2, since consecutive "
+        "keyframes pair into Qwen2.5-VL temporal patches of two frames")
+  if num_pairs < 0:
+    raise ValueError(f"num_pairs={num_pairs}: must be >= 0")
+  if not 0.0 <= disorder_ratio <= 1.0:
+    raise ValueError(f"disorder_ratio={disorder_ratio}: must lie in [0, 1]")
+
+
+def fill_invalid(indices_k: np.ndarray, valid_k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Chronological valid keyframes first, then invalid slots repeating the last valid one.
+
+  Args:
+    indices_k: int [K] keyframe indices from a selector.
+    valid_k: bool [K], which slots hold a real keyframe.
+
+  Returns:
+    (indices int32 [K], valid bool [K]).
+  """
+  indices_k = np.asarray(indices_k, np.int64)
+  valid_k = np.asarray(valid_k, bool)
+  kept = np.unique(indices_k[valid_k])  # Sorted; a selector never repeats a frame.
+  k = indices_k.shape[0]
+  out = np.full(k, kept[-1] if kept.size else 0, np.int32)
+  out[:kept.size] = kept
+  return out, np.arange(k) < kept.size
+
+
+def nonkeyframe_indices(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray,
+                        num_pairs: int, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Draws 2M distinct frames that are not keyframes, sorted (so each pair is chronological).
+
+  Args:
+    num_frames: T, frames stored for the video.
+    keyframes_k: int [K] keyframe indices.
+    keyframe_valid_k: bool [K].
+    num_pairs: M.
+    rng: the example's generator.
+
+  Returns:
+    (indices int32 [2M], valid bool [2M]); when fewer than 2M non-keyframes exist, the
+    missing slots repeat the last drawn frame (or frame 0) and are marked invalid.
+  """
+  is_key_t = np.zeros(num_frames, bool)
+  is_key_t[np.asarray(keyframes_k)[np.asarray(keyframe_valid_k, bool)]] = True
+  candidates = np.flatnonzero(~is_key_t)
+  want = 2 * num_pairs
+  take = min(want, candidates.size)
+  chosen = np.sort(rng.choice(candidates, size=take, replace=False)) if take else candidates[:0]
+  out = np.full(want, chosen[-1] if take else 0, np.int32)
+  out[:take] = chosen
+  return out, np.arange(want) < take
+
+
+def disordered_patches(num_keyframes: int, num_pairs: int, disorder_ratio: float,
+                       rng: np.random.Generator, *,
+                       keyframe_patch_valid: np.ndarray | None = None,
+                       nonkey_patch_valid: np.ndarray | None = None) -> np.ndarray:
+  """The hybrid disordered view: a shuffled mix of keyframe and non-keyframe patches.
+
+  Args:
+    num_keyframes: K (even); the view has K/2 patches.
+    num_pairs: M non-keyframe patches available (indices K/2 .. K/2+M-1).
+    disorder_ratio: fraction of the view's patches taken from non-keyframes.
+    rng: the example's generator.
+    keyframe_patch_valid: optional bool [K/2]; valid patches are preferred.
+    nonkey_patch_valid: optional bool [M]; only valid non-keyframe patches are used.
+
+  Returns:
+    int32 [K/2] patch indices; never equal to arange(K/2) when K/2 > 1.
+  """
+  _check(num_keyframes, num_pairs, disorder_ratio)
+  p = num_keyframes // 2
+  key_ok = np.ones(p, bool) if keyframe_patch_valid is None else np.asarray(
+      keyframe_patch_valid, bool)
+  non_ok = np.ones(num_pairs, bool) if nonkey_patch_valid is None else np.asarray(
+      nonkey_patch_valid, bool)
+  non_ids = p + np.flatnonzero(non_ok)
+  n_non = min(int(round(disorder_ratio * p)), non_ids.size)
+  # Valid keyframe patches first in a random order, invalid ones only to fill up.
+  key_ids = np.concatenate([rng.permutation(np.flatnonzero(key_ok)),
+                            rng.permutation(np.flatnonzero(~key_ok))])
+  mix = np.concatenate([key_ids[:p - n_non], rng.choice(non_ids, size=n_non, replace=False)])
+  out = rng.permutation(mix).astype(np.int32)
+  if p > 1 and np.array_equal(out, np.arange(p)):
+    out = np.roll(out, 1)  # Only reachable with no non-keyframes: keep it disordered.
+  return out
+
+
+def build_views(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray, *,
+                num_pairs: int, disorder_ratio: float, rng: np.random.Generator) -> Views:
+  """Both views of one example from its keyframes.
+
+  Args:
+    num_frames: T, frames stored for the video.
+    keyframes_k: int [K] keyframe indices (K even) from a selector.
+    keyframe_valid_k: bool [K].
+    num_pairs: M non-keyframe pairs to add (0 for evaluation without the disordered view).
+    disorder_ratio: fraction of the disordered view taken from non-keyframes.
+    rng: the example's generator (seeded per example for determinism).
+
+  Returns:
+    Views with U = K + 2M frames.
+  """
+  keyframes_k = np.asarray(keyframes_k)
+  num_keyframes = keyframes_k.shape[0]
+  _check(num_keyframes, num_pairs, disorder_ratio)
+  if num_frames < 1:
+    raise ValueError(f"num_frames={num_frames}: a video needs at least one frame")
+  key_idx, key_valid = fill_invalid(keyframes_k, keyframe_valid_k)
+  non_idx, non_valid = nonkeyframe_indices(num_frames, key_idx, key_valid, num_pairs, rng)
+  disordered = disordered_patches(
+      num_keyframes, num_pairs, disorder_ratio, rng,
+      keyframe_patch_valid=key_valid.reshape(-1, 2).all(-1),
+      nonkey_patch_valid=non_valid.reshape(-1, 2).all(-1))
+  return Views(frame_indices=np.concatenate([key_idx, non_idx]).astype(np.int32),
+               frame_valid=np.concatenate([key_valid, non_valid]),
+               ordered_patches=np.arange(num_keyframes // 2, dtype=np.int32),
+               disordered_patches=disordered)
