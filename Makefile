@@ -29,6 +29,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/tad_bench.py
+	$(PY) benchmarks/data_bench.py
+	$(PY) benchmarks/model_bench.py
+	$(PY) benchmarks/sampler_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

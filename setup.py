@@ -29,6 +29,7 @@ _TEST = [
     "transformers>=4.50",
     "scenedetect>=0.6.4",
     "opencv-python-headless>=4.9",
+    "pyarrow>=15",  # VideoMME's official annotations are a parquet file.
 ]
 
 setuptools.setup(

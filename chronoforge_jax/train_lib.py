@@ -198,13 +198,17 @@ def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict
   """Samples G completions on the ordered view and G' on the disordered view."""
   grid = kf_grpo.view_grid(batch["frames"].shape, batch["ordered_patches"].shape[1],
                            model.config.vision)
+  # The sampler checks and buckets prompts on the host: give every process the whole
+  # (small) global prompt batch; the video embeddings stay sharded on device.
+  prompt_ids, prompt_mask = multihost_utils.process_allgather(
+      (batch["prompt_ids"], batch["prompt_mask"]), tiled=True)
   out = {}
   for name, g, key in (("ordered", rl.num_generations, 0),
                        ("disordered", rl.num_disordered, 1)):
     if name == "disordered" and not rl.saliency.enabled:
       continue
-    inputs = dict(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
-                  video_grid_thw=grid, **views[name])
+    inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, video_grid_thw=grid,
+                  **views[name])
     out[name] = sampling.generate(
         model, inputs, max_new_tokens=rl.max_new_tokens, num_samples=g,
         temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
@@ -248,7 +252,7 @@ def _pipeline_settings(config, *, train: bool) -> pipeline.PipelineSettings:
       select_kwargs=tad_config.tad_kwargs(config.tad), disorder_ratio=i.disorder_ratio,
       num_nonkey_pairs=i.num_nonkey_pairs, patch_size=i.patch_size,
       merge_size=i.spatial_merge_size, prompt_buckets=tuple(i.prompt_buckets),
-      target_buckets=tuple(i.target_buckets), seed=i.seed,
+      target_buckets=tuple(i.target_buckets), target_reasoning=i.target_reasoning, seed=i.seed,
       prefetch_workers=i.prefetch_workers, prefetch_buffer=i.prefetch_buffer,
       read_threads=i.read_threads)
   if train:

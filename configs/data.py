@@ -45,6 +45,7 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.temporal_patch_size = 2   # Frames per temporal patch (the pairing assumes 2).
   c.prompt_buckets = (128, 256, 512)   # Prompt lengths, not counting video tokens.
   c.target_buckets = (64, 128, 256)    # Reference-answer lengths (SFT targets).
+  c.target_reasoning = True   # SFT targets keep the annotation's <think> reasoning.
   c.seed = 0
   c.num_epochs = config_dict.placeholder(int)  # None: repeat forever.
   c.prefetch_workers = 2      # Grain worker processes (0: build in the trainer process).
@@ -56,13 +57,15 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.eval_num_keyframes = 8
     c.prompt_buckets = (128, 192)
     c.target_buckets = (48, 64)
+    c.target_reasoning = False
     c.prefetch_workers = 1
   elif variant == "smoke":
     c.batch_size = 2
     c.eval_batch_size = 2
     c.eval_num_keyframes = 4
     c.prompt_buckets = (128, 192)
-    c.target_buckets = (48, 64)
+    c.target_buckets = (16, 48, 64)
+    c.target_reasoning = False
     c.prefetch_workers = 0
   return c
 

@@ -90,10 +90,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft_steps = 2
     c.log_every = 1
   elif v == "demo":
-    c.total_steps = 120
-    c.sft_steps = 80
+    # SFT teaches the answer format (short targets, see input.target_reasoning), then
+    # KF-GRPO runs on rollouts of both views.
+    c.total_steps = 160
+    c.sft_steps = 110
     c.log_every = 10
-    c.ckpt.save_every = 40
+    c.optax.learning_rate = 1e-2
+    c.rl.max_new_tokens = 24
+    c.ckpt.save_every = 50
   elif v == "qwen2_5_vl_7b":
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000

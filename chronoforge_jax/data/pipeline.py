@@ -52,6 +52,9 @@ class PipelineSettings:
       patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
     prompt_buckets: allowed prompt lengths NOT counting the video tokens.
     target_buckets: allowed reference-answer lengths.
+    target_reasoning: SFT targets carry the annotation's reasoning inside <think>; False
+      leaves <think></think> empty (short targets: the tiny demo model learns the format
+      in a few dozen steps).
     seed: shuffling and per-example randomness.
     shuffle: shuffle questions (train) or keep file order (eval).
     num_epochs: passes over the data; None repeats forever.
@@ -71,6 +74,7 @@ class PipelineSettings:
   merge_size: int = 2
   prompt_buckets: tuple[int, ...] = (128, 256, 512)
   target_buckets: tuple[int, ...] = (64, 128, 256)
+  target_reasoning: bool = True
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None
@@ -171,7 +175,8 @@ class _BatchBuilder:
 
   def _question_texts(self, q: Mapping[str, Any]) -> tuple[list[int], list[int]]:
     prompt = self.tok.encode_chat_prompt(q["question"], q["options"], 0)
-    target = self.tok.encode(self.tok.answer_text(q["answer_index"], q.get("reasoning", "")))
+    reasoning = q.get("reasoning", "") if self.s.target_reasoning else ""
+    target = self.tok.encode(self.tok.answer_text(q["answer_index"], reasoning))
     return prompt, target
 
   def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +206,7 @@ class _BatchBuilder:
     # Too long: shorten the reasoning, keep the answer and the end-of-turn token.
     head = self.tok.encode("<think>")
     tail = self.tok.encode(self.tok.answer_text(q["answer_index"])[len("<think>"):])
-    body = self.tok.encode(q.get("reasoning", "").strip())
+    body = self.tok.encode(q.get("reasoning", "").strip() if self.s.target_reasoning else "")
     return head + body[:max(0, length - len(head) - len(tail))] + tail
 
   def __call__(self, step: int, question_ids_g: np.ndarray) -> dict[str, np.ndarray]:
