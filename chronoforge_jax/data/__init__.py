@@ -1,0 +1,1 @@
+"""Data: video decoding (decode.py); records, pipelines and data sets come next to it."""

@@ -1,0 +1,1 @@
+"""Command-line entry points: thin absl launchers that call into chronoforge_jax."""
