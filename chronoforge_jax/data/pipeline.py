@@ -141,7 +141,7 @@ def _cpu_select(name: str, k: int, kwargs: tuple) -> Any:
   from chronoforge_jax import tad
 
   fn = jax.jit(lambda f, m: tad.select(name, f, k, m, **dict(kwargs)))
-  cpu = jax.devices("cpu")[0]
+  cpu = jax.local_devices(backend="cpu")[0]  # This process's own CPU (multi-process safe).
 
   def run(features_btd: np.ndarray, mask_bt: np.ndarray):
     idx, valid = fn(jax.device_put(features_btd, cpu), jax.device_put(mask_bt, cpu))

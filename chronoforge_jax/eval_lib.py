@@ -1,0 +1,662 @@
+"""Benchmark evaluation: multiple-choice accuracy per benchmark, duration bucket and task type.
+
+  model = eval_lib.load_model(eval_lib.model_config(preset="qwen2_5_vl_7b", tokenizer=tok),
+                              checkpoint="/runs/kf_grpo/checkpoints")
+  result = eval_lib.evaluate(model, "data/videomme", tok, selector="tad", num_keyframes=32,
+                             batch_size=8, mode="generate", max_new_tokens=512)
+  eval_lib.write_result(result, "out/eval")      # <name>.jsonl, <name>.json, <name>.md
+  print(eval_lib.compare_results([tad_result, uniform_result]))
+
+Data: a folder written by `launch/preprocess` (VideoMME, LVBench, ... in the shared
+record format), read by the evaluation pipeline (`pipeline.eval_settings`: file order,
+one pass, last batch padded, only the K keyframes of each question's video).
+
+Two ways to read the model's answer:
+  "generate"    greedy decoding with the KV-cache sampler (`sampling.generate`), then
+                `rewards.extract_choice` on the decoded text; an answer that names no
+                option is "unparseable" and counts as wrong (the paper's protocol).
+  "likelihood"  each option letter L is scored as the summed log-probability of the
+                completion `answer_template.format(letter=L)` (default
+                "<answer>L</answer>") right after the prompt (`token_logprobs`), and the
+                argmax is the answer. Fast and deterministic; no sampler involved. The
+                whole completion is scored, not one token, so the choice does not depend
+                on how the tokenizer splits the letter from its tags.
+
+Results: an `EvalResult` holds one `QuestionResult` per question and the accuracy tables
+(overall, per duration bucket, per task type, each with the unparseable fraction).
+`write_result` writes them as JSONL + JSON + Markdown, each to a temporary file first and
+renamed only once all three are complete, so a crash never replaces an earlier result
+with a partial one (`evaluate` keeps everything in memory until the last batch is done).
+`compare_results` puts several results (TAD vs uniform, before vs after) in one table.
+
+Evaluation runs in one process (all local devices; pass a `mesh` to shard a large model
+over them). Multi-host evaluation is not supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from chronoforge_jax import sampling
+from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.data import benchmarks
+from chronoforge_jax.data import pipeline
+from chronoforge_jax.data import records
+from chronoforge_jax.models import config as model_config_lib
+from chronoforge_jax.models import vlm
+from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import rewards
+
+MODES = ("generate", "likelihood")
+ANSWER_TEMPLATE = "<answer>{letter}</answer>"
+GROUPS = ("duration_bucket", "task_type")
+NO_CATEGORY = "(none)"
+
+
+# ---------------------------------------------------------------------------------------
+# Results and accuracy tables.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuestionResult:
+  """One evaluated question.
+
+  Attributes:
+    question_id, video_id: ids from the annotations.
+    duration_bucket: "short" / "medium" / "long" (or "" when unknown).
+    task_type: the benchmark's task / question category ("" when none).
+    answer_index: the correct option (0-based).
+    predicted_index: the model's option, or None when its answer names no option.
+    num_options: how many options the question has.
+    text: the generated answer ("generate") or the winning completion ("likelihood").
+    option_scores: summed log-probs of each option's completion ("likelihood"), else None.
+    keyframe_indices: the K frames the model saw (indices into the stored frames).
+  """
+  question_id: str
+  video_id: str
+  duration_bucket: str
+  task_type: str
+  answer_index: int
+  predicted_index: int | None
+  num_options: int
+  text: str
+  option_scores: tuple[float, ...] | None = None
+  keyframe_indices: tuple[int, ...] = ()
+
+  @property
+  def correct(self) -> bool:
+    return self.predicted_index is not None and self.predicted_index == self.answer_index
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["correct"] = self.correct
+    d["option_scores"] = None if self.option_scores is None else list(self.option_scores)
+    d["keyframe_indices"] = list(self.keyframe_indices)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "QuestionResult":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if k in fields}
+    if d.get("option_scores") is not None:
+      d["option_scores"] = tuple(float(s) for s in d["option_scores"])
+    d["keyframe_indices"] = tuple(int(i) for i in d.get("keyframe_indices", ()))
+    return cls(**d)
+
+
+def summarize(records_: Iterable[QuestionResult]) -> dict[str, Any]:
+  """Counts of one group of questions: total, correct, accuracy, unparseable."""
+  rs = list(records_)
+  n = len(rs)
+  correct = sum(r.correct for r in rs)
+  unparseable = sum(r.predicted_index is None for r in rs)
+  return {"num_questions": n, "num_correct": correct,
+          "accuracy": correct / n if n else math.nan,
+          "num_unparseable": unparseable,
+          "unparseable_fraction": unparseable / n if n else math.nan}
+
+
+def _category_order(names: Iterable[str], group: str) -> list[str]:
+  names = set(names)
+  first = [b for b in benchmarks.DURATION_BUCKETS if b in names and group == "duration_bucket"]
+  return first + sorted(names - set(first))
+
+
+def accuracy_tables(records_: Sequence[QuestionResult]) -> dict[str, Any]:
+  """Accuracy overall and per duration bucket / task type.
+
+  Args:
+    records_: evaluated questions.
+
+  Returns:
+    {"overall": summary, "duration_bucket": {bucket: summary}, "task_type": {type:
+    summary}}; summaries as `summarize`; questions without a category are grouped under
+    "(none)"; duration buckets come in short/medium/long order, other keys sorted.
+  """
+  tables: dict[str, Any] = {"overall": summarize(records_)}
+  for group in GROUPS:
+    by: dict[str, list[QuestionResult]] = {}
+    for r in records_:
+      by.setdefault(getattr(r, group) or NO_CATEGORY, []).append(r)
+    tables[group] = {k: summarize(by[k]) for k in _category_order(by, group)}
+  return tables
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """Per-question records, accuracy tables and the settings that produced them."""
+  name: str
+  records: tuple[QuestionResult, ...]
+  tables: dict[str, Any]
+  settings: dict[str, Any]
+
+  @classmethod
+  def from_records(cls, name: str, records_: Sequence[QuestionResult],
+                   settings: Mapping[str, Any] | None = None) -> "EvalResult":
+    return cls(name=name, records=tuple(records_), tables=accuracy_tables(records_),
+               settings=dict(settings or {}))
+
+  @property
+  def accuracy(self) -> float:
+    return self.tables["overall"]["accuracy"]
+
+  def to_markdown(self) -> str:
+    """The tables as Markdown (accuracy in percent)."""
+    s = self.settings
+    lines = [f"# Evaluation: {self.name}", ""]
+    keys = ("data_dir", "selector", "num_keyframes", "mode", "checkpoint", "num_questions")
+    info = [f"{k}={s[k]}" for k in keys if k in s]
+    if info:
+      lines += ["Settings: " + ", ".join(info), ""]
+    header = ["| group | questions | correct | accuracy | unparseable |",
+              "|---|---:|---:|---:|---:|"]
+
+    def row(label, t):
+      return (f"| {label} | {t['num_questions']} | {t['num_correct']} | "
+              f"{_pct(t['accuracy'])} | {_pct(t['unparseable_fraction'])} |")
+
+    lines += ["## Overall", "", *header, row("all", self.tables["overall"]), ""]
+    for group, title in (("duration_bucket", "By duration"), ("task_type", "By task type")):
+      lines += [f"## {title}", "", *header]
+      lines += [row(k, t) for k, t in self.tables[group].items()]
+      lines.append("")
+    return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+# ---------------------------------------------------------------------------------------
+# Writing and reading results (atomically).
+# ---------------------------------------------------------------------------------------
+
+
+def result_paths(out_dir: str | os.PathLike, name: str) -> dict[str, str]:
+  """Where `write_result` puts a result: {"jsonl", "json", "md"} paths."""
+  base = os.path.join(os.fspath(out_dir), name)
+  return {"jsonl": base + ".jsonl", "json": base + ".json", "md": base + ".md"}
+
+
+def write_files_atomic(contents: Mapping[str, str]) -> None:
+  """Writes several text files so that none is replaced unless all were written.
+
+  Each file goes to `<path>.tmp<pid>` (flushed and fsynced); only when every one is
+  complete are they renamed into place. On any failure the temporary files are removed
+  and the existing files are untouched.
+
+  Args:
+    contents: path -> text.
+  """
+  for path in contents:
+    if os.path.isdir(path):
+      raise IsADirectoryError(f"cannot write {path!r}: a directory is in the way")
+  tmps = {}
+  try:
+    for path, text in contents.items():
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      tmp = f"{path}.tmp{os.getpid()}"
+      tmps[path] = tmp
+      with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    for path, tmp in tmps.items():
+      os.replace(tmp, path)
+  finally:
+    for tmp in tmps.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def _json(obj: Any) -> str:
+  # NaN (an empty group's accuracy) is written as null: strict JSON readers accept it.
+  def clean(x):
+    if isinstance(x, float) and not math.isfinite(x):
+      return None
+    if isinstance(x, dict):
+      return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [clean(v) for v in x]
+    return x
+  return json.dumps(clean(obj), indent=1, default=str)
+
+
+def write_result(result: EvalResult, out_dir: str | os.PathLike,
+                 name: str | None = None) -> dict[str, str]:
+  """Writes `<name>.jsonl` (one line per question), `<name>.json` and `<name>.md`.
+
+  Args:
+    result: the evaluation result.
+    out_dir: destination folder (created).
+    name: file name stem (default `result.name`).
+
+  Returns:
+    The written paths (see `result_paths`).
+  """
+  paths = result_paths(out_dir, name or result.name)
+  lines = "".join(json.dumps(r.to_dict()) + "\n" for r in result.records)
+  summary = {"name": result.name, "settings": result.settings, "tables": result.tables}
+  write_files_atomic({paths["jsonl"]: lines, paths["json"]: _json(summary) + "\n",
+                      paths["md"]: result.to_markdown()})
+  return paths
+
+
+def load_result(path: str | os.PathLike) -> EvalResult:
+  """Reads a result written by `write_result` (path of its .json, .jsonl or stem)."""
+  stem = os.fspath(path)
+  for ext in (".jsonl", ".json", ".md"):
+    if stem.endswith(ext):
+      stem = stem[:-len(ext)]
+      break
+  with open(stem + ".json") as f:
+    summary = json.load(f)
+  with open(stem + ".jsonl") as f:
+    recs = [QuestionResult.from_dict(json.loads(line)) for line in f if line.strip()]
+  return EvalResult.from_records(summary["name"], recs, summary.get("settings"))
+
+
+# ---------------------------------------------------------------------------------------
+# Comparing results.
+# ---------------------------------------------------------------------------------------
+
+
+def comparison_rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
+  """One row per (group, category) present in any result, with each result's summary.
+
+  Returns:
+    [{"group": "overall" | "duration_bucket" | "task_type", "category": str,
+      "summaries": {result name: summary or None}}], overall first.
+  """
+  names = _unique_names(results)
+  rows = [{"group": "overall", "category": "all",
+           "summaries": {n: r.tables["overall"] for n, r in zip(names, results)}}]
+  for group in GROUPS:
+    cats = _category_order({c for r in results for c in r.tables[group]}, group)
+    for c in cats:
+      rows.append({"group": group, "category": c,
+                   "summaries": {n: r.tables[group].get(c) for n, r in zip(names, results)}})
+  return rows
+
+
+def _unique_names(results: Sequence[EvalResult]) -> list[str]:
+  names = [r.name for r in results]
+  if len(set(names)) != len(names):
+    names = [f"{n} ({i})" for i, n in enumerate(names)]
+  return names
+
+
+def compare_results(results: Sequence[EvalResult]) -> str:
+  """A Markdown table of several results side by side (e.g. TAD vs uniform keyframes).
+
+  Columns: the group, its question count(s), each result's accuracy, and (for two or
+  more results) the change of the last result over the first in percentage points.
+  """
+  if not results:
+    raise ValueError("compare_results: no results given")
+  names = _unique_names(results)
+  delta = len(results) > 1
+  head = ["group", "questions", *names] + ([f"{names[-1]} - {names[0]}"] if delta else [])
+  lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+  labels = {"overall": "", "duration_bucket": "duration: ", "task_type": "task: "}
+  for row in comparison_rows(results):
+    sums = [row["summaries"][n] for n in names]
+    counts = {s["num_questions"] for s in sums if s}
+    count = str(counts.pop()) if len(counts) == 1 else "/".join(
+        str(s["num_questions"]) if s else "-" for s in sums)
+    cells = [labels[row["group"]] + row["category"], count,
+             *(_pct(s["accuracy"]) if s else "-" for s in sums)]
+    if delta:
+      first, last = sums[0], sums[-1]
+      cells.append(f"{100 * (last['accuracy'] - first['accuracy']):+.1f}"
+                   if first and last and first["num_questions"] and last["num_questions"]
+                   else "-")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_comparison(out_dir: str | os.PathLike, results: Sequence[EvalResult],
+                     name: str = "comparison") -> dict[str, str]:
+  """Writes `<name>.md` (the `compare_results` table) and `<name>.json` (its rows)."""
+  base = os.path.join(os.fspath(out_dir), name)
+  md = f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
+  rows = _json({"results": _unique_names(results), "rows": comparison_rows(results)})
+  write_files_atomic({base + ".md": md, base + ".json": rows + "\n"})
+  return {"md": base + ".md", "json": base + ".json"}
+
+
+# ---------------------------------------------------------------------------------------
+# Building the model.
+# ---------------------------------------------------------------------------------------
+
+
+def model_config(*, preset: str = "", hf_dir: str = "",
+                 tokenizer: tokenizer_lib.Tokenizer | None = None,
+                 match_tokenizer: bool = True) -> model_config_lib.ModelConfig:
+  """The model config as the trainer builds it (`train_lib.model_config`).
+
+  Args:
+    preset: a `models.config` preset name (tiny, qwen2_5_vl_7b, ...), used without hf_dir.
+    hf_dir: a HF checkpoint folder whose config.json defines the model.
+    tokenizer: the evaluation tokenizer.
+    match_tokenizer: take the vocabulary size and special token ids from the tokenizer
+      (needed for the tiny synthetic-set tokenizer; a no-op for Qwen's own tokenizer).
+
+  Returns:
+    The ModelConfig.
+  """
+  import ml_collections
+  from chronoforge_jax import train_lib  # Late: train_lib may import this module.
+
+  if not preset and not hf_dir:
+    raise ValueError("model_config: give a preset name (e.g. 'qwen2_5_vl_7b') or hf_dir")
+  section = ml_collections.ConfigDict(
+      {"model": {"preset": preset, "hf_dir": hf_dir, "match_tokenizer": match_tokenizer}})
+  return train_lib.model_config(section, tokenizer)
+
+
+def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
+               hf_dir: str = "", random_init: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
+               seed: int = 0) -> vlm.VideoLanguageModel:
+  """Builds the model and restores its params.
+
+  Sources, first match wins: `checkpoint` (a training run's checkpoint directory, one
+  of its step directories, or a `checkpoint.save_params` directory, read by
+  `checkpoint.load_params`), then `hf_dir` safetensors (`convert.load_hf_model`), then
+  random weights if `random_init` (smoke tests only).
+
+  Args:
+    config: the ModelConfig (`model_config`).
+    checkpoint: params checkpoint path ("" for none).
+    hf_dir: HF checkpoint folder ("" for none).
+    random_init: allow random weights when neither source is given.
+    dtype, param_dtype: compute and storage dtypes.
+    mesh: shard the params over this mesh by their logical axes (default: one device).
+    seed: init seed (random weights, and the abstract model's RNG).
+
+  Returns:
+    The VideoLanguageModel.
+
+  Raises:
+    FileNotFoundError: for a missing or empty checkpoint / hf_dir.
+    ValueError: when no source is given, or the checkpoint does not fit the config.
+  """
+  from chronoforge_jax import checkpoint as ckpt_lib
+  from chronoforge_jax import sharding
+
+  def create():
+    return vlm.VideoLanguageModel(config, rngs=nnx.Rngs(seed), dtype=dtype,
+                                  param_dtype=param_dtype)
+
+  if checkpoint:
+    _check_dir(checkpoint, "checkpoint", "a training run's checkpoint directory, a step "
+               "directory, or a checkpoint.save_params directory")
+    graphdef, abstract = nnx.split(nnx.eval_shape(create), nnx.Param)
+    if mesh is not None:
+      shardings = sharding.state_shardings(abstract, mesh)
+    else:
+      one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: one, abstract)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
+    params = ckpt_lib.load_params(checkpoint, abstract)
+    return nnx.merge(graphdef, params)
+  if hf_dir:
+    _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and "
+               "*.safetensors")
+    from chronoforge_jax import convert
+    return convert.load_hf_model(hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+  if not random_init:
+    raise ValueError("no weights to evaluate: give a checkpoint or an hf_dir (random "
+                     "weights only with random_init=True, for smoke tests)")
+  return create()
+
+
+def _check_dir(path: str, what: str, expected: str) -> None:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{what} {path!r}: no such directory; expected {expected}")
+  if not os.listdir(path):
+    raise FileNotFoundError(f"{what} {path!r} is empty; expected {expected}")
+
+
+def check_data_dir(data_dir: str | os.PathLike) -> dict[str, Any]:
+  """Fails with a clear message unless `data_dir` is a preprocessed set with questions.
+
+  Returns:
+    Its index.json.
+  """
+  data_dir = os.fspath(data_dir)
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data_dir {data_dir!r}: no such directory; preprocess the "
+                            "benchmark first: python -m launch.preprocess --out DIR ...")
+  index = records.load_index(data_dir)
+  if not index.get("num_questions"):
+    raise ValueError(f"data_dir {data_dir!r} holds no questions (all rejected? see "
+                     f"{os.path.join(data_dir, records.REJECTED)})")
+  return index
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring (jit-compiled; the graphdef is static, params are an argument).
+# ---------------------------------------------------------------------------------------
+
+
+_VIDEO_KEYS = ("frames", "timestamps", "ordered_patches")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _encode_view(graphdef, state, batch):
+  """The ordered keyframe view's video embeddings and patch times (grid is host-side)."""
+  view = kf_grpo.batch_views(nnx.merge(graphdef, state), batch, views=("ordered",))["ordered"]
+  return {k: v for k, v in view.items() if k != "video_grid_thw"}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _option_scores(graphdef, state, batch, completions_na, completion_mask_na):
+  """Summed log-probs [B, N] of each of N option completions after each prompt."""
+  model = nnx.merge(graphdef, state)
+  n = completions_na.shape[0]
+  b = batch["prompt_ids"].shape[0]
+  video = kf_grpo.batch_views(model, batch, repeat=n, views=("ordered",))["ordered"]
+  # Row b * N + j is option j of prompt b (jnp.repeat order, as `view_inputs`).
+  prompt_ids = jnp.repeat(batch["prompt_ids"], n, axis=0)
+  prompt_mask = jnp.repeat(batch["prompt_mask"], n, axis=0)
+  comp = jnp.tile(completions_na, (b, 1))
+  comp_mask = jnp.tile(completion_mask_na, (b, 1))
+  logp = model.token_logprobs(prompt_ids, prompt_mask, comp, comp_mask, **video)
+  return jnp.sum(jnp.where(comp_mask > 0, logp, 0.0), axis=1).reshape(b, n)
+
+
+def option_completions(tokenizer: tokenizer_lib.Tokenizer, num_options: int,
+                       template: str = ANSWER_TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids [N, A] (right-padded) and mask [N, A] of each option letter's completion."""
+  ids = [tokenizer.encode(template.format(letter=tokenizer_lib.LETTERS[j]))
+         for j in range(num_options)]
+  a = max(len(i) for i in ids)
+  comp = np.full((num_options, a), tokenizer.pad_id, np.int32)
+  mask = np.zeros((num_options, a), np.int32)
+  for j, i in enumerate(ids):
+    comp[j, :len(i)] = i
+    mask[j, :len(i)] = 1
+  return comp, mask
+
+
+def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
+  dev, _ = pipeline.split_host(batch)
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in dev.items()}
+  from chronoforge_jax import train_lib
+  return {k: jax.device_put(v, train_lib.batch_sharding(mesh, v)) for k, v in dev.items()}
+
+
+def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
+  num_options = [len(o) for o in host["options"]]
+  comp, mask = option_completions(tokenizer, max(num_options), template)
+  scores_bn = np.asarray(_option_scores(graphdef, state, {k: dev[k] for k in (
+      *_VIDEO_KEYS, "prompt_ids", "prompt_mask")}, comp, mask), np.float64)
+  out = []
+  for b, n in enumerate(num_options):
+    s = scores_bn[b, :n]
+    pick = int(np.argmax(s))
+    out.append((pick, template.format(letter=tokenizer_lib.LETTERS[pick]),
+                tuple(float(x) for x in s)))
+  return out
+
+
+def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int):
+  view = _encode_view(graphdef, state, {k: dev[k] for k in _VIDEO_KEYS})
+  grid = kf_grpo.view_grid(dev["frames"].shape, dev["ordered_patches"].shape[1],
+                           model.config.vision)
+  inputs = dict(input_ids=dev["prompt_ids"], attention_mask=dev["prompt_mask"],
+                video_grid_thw=grid, **view)
+  out = sampling.generate(model, inputs, max_new_tokens=max_new_tokens, num_samples=1,
+                          temperature=0.0, stop_tokens=tokenizer.eos_ids,
+                          pad_id=tokenizer.pad_id, bucket=False)
+  tokens, mask = np.asarray(out.tokens), np.asarray(out.completion_mask).astype(bool)
+  results = []
+  for b, options in enumerate(host["options"]):
+    text = tokenizer.decode(tokens[b][mask[b]], skip_special_tokens=True)
+    results.append((rewards.extract_choice(text, list(options)), text, None))
+  return results
+
+
+# ---------------------------------------------------------------------------------------
+# The evaluation loop.
+# ---------------------------------------------------------------------------------------
+
+
+def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
+             tokenizer: tokenizer_lib.Tokenizer, *, selector: str = "tad",
+             num_keyframes: int = 16, batch_size: int = 8, mode: str = "generate",
+             max_new_tokens: int = 512, select_kwargs: Mapping[str, Any] | None = None,
+             prompt_buckets: Sequence[int] = (128, 256, 512),
+             answer_template: str = ANSWER_TEMPLATE, max_questions: int | None = None,
+             name: str | None = None, out_dir: str | os.PathLike | None = None,
+             mesh: jax.sharding.Mesh | None = None, progress: bool = True,
+             meta: Mapping[str, Any] | None = None) -> EvalResult:
+  """Evaluates `model` on every question of a preprocessed benchmark folder.
+
+  Args:
+    model: the VideoLanguageModel (its vision patch / merge sizes shape the prompts).
+    data_dir: a `launch/preprocess` output folder.
+    tokenizer: the tokenizer the model was trained with.
+    selector: keyframe selector ("tad" or "uniform", see `tad.SELECTORS`).
+    num_keyframes: K, even.
+    batch_size: questions per forward pass.
+    mode: "generate" (greedy answer + extraction) or "likelihood" (option scoring).
+    max_new_tokens: answer length cap ("generate").
+    select_kwargs: TAD settings (default: `configs.tad` defaults).
+    prompt_buckets: allowed prompt lengths without video tokens (bounds recompiles).
+    answer_template: the completion scored per option letter ("likelihood").
+    max_questions: evaluate only the first N questions (None: all).
+    name: result name (default "<selector>_k<K>_<mode>").
+    out_dir: if set, the result is written there (`write_result`) after the last batch.
+    mesh: shard the batch over this mesh's data axes (the model must be on it too).
+    progress: show a progress bar.
+    meta: extra settings to record (checkpoint path, model preset, ...).
+
+  Returns:
+    The EvalResult.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+  if jax.process_count() > 1:
+    raise NotImplementedError("evaluation runs in one process; start launch/eval on one "
+                              "host (a mesh over its local devices shards the model)")
+  if max_questions is not None and max_questions < 1:
+    raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
+  index = check_data_dir(data_dir)
+  if select_kwargs is None:
+    from configs import tad as tad_config
+    select_kwargs = tad_config.tad_kwargs(tad_config.tad_section())
+  vcfg = model.config.vision
+  settings = pipeline.eval_settings(
+      batch_size, num_keyframes=num_keyframes, selector=selector,
+      select_kwargs=dict(select_kwargs), patch_size=vcfg.patch_size,
+      merge_size=vcfg.spatial_merge_size, prompt_buckets=tuple(prompt_buckets),
+      prefetch_workers=0)
+  total = int(index["num_questions"]) if max_questions is None else min(
+      max_questions, int(index["num_questions"]))
+  name = name or f"{selector}_k{num_keyframes}_{mode}"
+  graphdef, state = nnx.split(model)
+  dataset = pipeline.make_dataset(data_dir, tokenizer, settings)
+  bar = None
+  if progress:
+    import tqdm
+    bar = tqdm.tqdm(total=total, unit="q", desc=f"eval {name}", dynamic_ncols=True)
+  results: list[QuestionResult] = []
+  start = time.perf_counter()
+  context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+  try:
+    with context:
+      for batch in dataset:
+        if len(results) >= total:
+          break
+        host = pipeline.split_host(batch)[1]
+        dev = _device_batch(batch, mesh)
+        if mode == "likelihood":
+          answers = _likelihood(graphdef, state, dev, host, tokenizer, answer_template)
+        else:
+          answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens)
+        for b, (pick, text, scores) in enumerate(answers):
+          if not batch["example_valid"][b] or len(results) >= total:
+            continue
+          results.append(QuestionResult(
+              question_id=str(host["question_id"][b]), video_id=str(host["video_id"][b]),
+              duration_bucket=str(host["duration_bucket"][b] or ""),
+              task_type=str(host["task_type"][b] or ""),
+              answer_index=int(batch["answer_index"][b]), predicted_index=pick,
+              num_options=len(host["options"][b]), text=text, option_scores=scores,
+              keyframe_indices=tuple(int(i) for i in batch["keyframe_indices"][b])))
+          if bar is not None:
+            bar.update(1)
+        if bar is not None:
+          bar.set_postfix(acc=f"{np.mean([r.correct for r in results]):.3f}")
+  finally:
+    if bar is not None:
+      bar.close()
+  run = {"data_dir": os.path.abspath(os.fspath(data_dir)), "selector": selector,
+         "num_keyframes": num_keyframes, "mode": mode, "batch_size": batch_size,
+         "max_new_tokens": max_new_tokens if mode == "generate" else None,
+         "answer_template": answer_template if mode == "likelihood" else None,
+         "select_kwargs": dict(select_kwargs) if selector == "tad" else {},
+         "num_questions": len(results), "seconds": round(time.perf_counter() - start, 2),
+         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **dict(meta or {})}
+  result = EvalResult.from_records(name, results, run)
+  if out_dir is not None:
+    write_result(result, out_dir)
+  return result

@@ -1,0 +1,128 @@
+"""Tests for launch/eval.py: --help, clear argument errors, and one end-to-end run."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+from flax import nnx
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(*args, timeout=300):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+  env.pop("XLA_FLAGS", None)  # One CPU device is enough for the launcher.
+  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _make_data(out_dir):
+  """Three questions on two 10-frame videos at 56x56, with a tiny tokenizer."""
+  from chronoforge_jax import tokenizer as tokenizer_lib
+  from chronoforge_jax.data import records
+
+  rng = np.random.default_rng(1)
+  tok = tokenizer_lib.build_tiny_tokenizer(os.path.join(out_dir, "tokenizer"), vocab_size=300)
+  questions = [[("Which event happens first?", ["a red circle", "a blue square",
+                                                "the screen flashes", "a cyan cross"],
+                 1, "short", "first")],
+               [("Which event happens last?", ["a green square", "a red cross",
+                                               "a white circle"], 2, "long", "last"),
+                ("What happened right after the flash?", ["a purple circle", "a red square",
+                                                          "a blue cross", "an orange diamond"],
+                 0, "long", "after")]]
+  with records.ShardWriter(out_dir, 0) as writer:
+    for v, qs in enumerate(questions):
+      pos = writer.add_video(f"vid{v}", rng.integers(0, 256, (10, 56, 56, 3), dtype=np.uint8),
+                             np.arange(10) * 1.0, rng.normal(size=(10, 8)).astype(np.float32),
+                             {})
+      for n, (q, opts, ans, bucket, task) in enumerate(qs):
+        writer.add_question({"question_id": f"v{v}q{n}", "video_id": f"vid{v}", "question": q,
+                             "options": opts, "answer_index": ans, "duration_bucket": bucket,
+                             "task_type": task}, pos)
+    writer.commit({"max_video_frames": 10, "feature_dim": 8})
+  records.write_index(out_dir, {})
+  return tok
+
+
+def test_help():
+  out = _run("--help")
+  assert out.returncode in (0, 1), out.stderr  # absl prints the usage and exits 1.
+  assert "Evaluates a checkpoint" in out.stdout
+  for flag in ("--data_dir", "--checkpoint", "--model_preset", "--hf_dir", "--selector",
+               "--k", "--mode", "--out"):
+    assert flag in out.stdout
+
+
+def test_clear_errors_for_missing_inputs(tmp_path):
+  out = _run("--data_dir", str(tmp_path / "nope"), "--checkpoint", str(tmp_path))
+  assert out.returncode == 2
+  assert "no such directory" in out.stderr and "launch.preprocess" in out.stderr
+  os.mkdir(tmp_path / "data")
+  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path))
+  assert out.returncode == 2 and "index.json" in out.stderr
+  _make_data(str(tmp_path / "data"))
+  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"))
+  assert out.returncode == 2 and "--checkpoint" in out.stderr and "no such" in out.stderr
+  os.mkdir(tmp_path / "ckpt")
+  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"))
+  assert out.returncode == 2 and "is empty" in out.stderr
+  out = _run("--data_dir", str(tmp_path / "data"))
+  assert out.returncode == 2 and "--checkpoint" in out.stderr and "--hf_dir" in out.stderr
+  assert not os.path.exists(tmp_path / "eval_out")
+
+
+@pytest.mark.slow
+def test_end_to_end_both_selectors(tmp_path):
+  import jax
+  from chronoforge_jax import checkpoint as ckpt_lib
+  from chronoforge_jax import eval_lib
+  from chronoforge_jax.models import vlm
+
+  data = str(tmp_path / "data")
+  tok = _make_data(data)
+  # NumPy-drawn params (eager initialisers would compile for ~10 s).
+  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
+  ckpt_lib.save_params(str(tmp_path / "params"), params)
+  workdir = tmp_path / "run"
+  os.makedirs(workdir)
+  with open(workdir / "metrics.jsonl", "w") as f:
+    for s in range(1, 4):
+      f.write(json.dumps({"step": s, "loss": 1.0 / s, "reward/accuracy": 0.2 * s,
+                          "ordered_acc": 0.3, "disordered_acc": 0.1, "kl": 0.01}) + "\n")
+  out_dir = tmp_path / "eval"
+  out = _run("--data_dir", data, "--checkpoint", str(tmp_path / "params"), "--model_preset",
+             "tiny", "--k", "4", "--batch_size", "2", "--mode", "likelihood", "--dtype",
+             "float32", "--out", str(out_dir), "--workdir", str(workdir), "--quiet")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "eval: tad: accuracy" in out.stdout and "eval: uniform: accuracy" in out.stdout
+  files = set(os.listdir(out_dir))
+  for name in ("tad_k4_likelihood", "uniform_k4_likelihood"):
+    assert {f"{name}.jsonl", f"{name}.json", f"{name}.md"} <= files
+    lines = [json.loads(x) for x in open(out_dir / f"{name}.jsonl")]
+    summary = json.load(open(out_dir / f"{name}.json"))
+    assert [r["question_id"] for r in lines] == ["v0q0", "v1q0", "v1q1"]
+    assert [len(r["option_scores"]) for r in lines] == [4, 3, 4]
+    for r in lines:
+      assert r["predicted_index"] == int(np.argmax(r["option_scores"]))
+    tables = summary["tables"]
+    assert tables["overall"]["num_correct"] == sum(
+        r["predicted_index"] == r["answer_index"] for r in lines)
+    by_bucket = collections.Counter(r["duration_bucket"] for r in lines)
+    assert {k: v["num_questions"] for k, v in tables["duration_bucket"].items()} == by_bucket
+    assert summary["settings"]["checkpoint"] == str(tmp_path / "params")
+  assert {"comparison.md", "comparison.json", "report.md", "training_curves.png",
+          "accuracy_by_duration.png", "accuracy_by_task.png"} <= files
+  comparison = open(out_dir / "comparison.md").read()
+  assert "tad_k4_likelihood - uniform_k4_likelihood" in comparison
+  assert not [f for f in files if ".tmp" in f]
