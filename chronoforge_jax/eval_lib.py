@@ -520,7 +520,8 @@ def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
   if mesh is None:
     return {k: jnp.asarray(v) for k, v in dev.items()}
   from chronoforge_jax import train_lib
-  return {k: jax.device_put(v, train_lib.batch_sharding(mesh, v)) for k, v in dev.items()}
+  return {k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape))
+          for k, v in dev.items()}
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):

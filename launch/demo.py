@@ -131,6 +131,8 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str) -> list:
           batch_size=config.input.eval_batch_size, mode=_MODE.value, max_new_tokens=32,
           select_kwargs=tad_config.tad_kwargs(config.tad),
           prompt_buckets=tuple(config.input.prompt_buckets),
+          # The demo's SFT targets leave <think> empty; score exactly that answer format.
+          answer_template="<think></think><answer>{letter}</answer>",
           name=f"{label}_{selector}", out_dir=os.path.join(out, "eval"))
       print(f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%}")
       results.append(result)

@@ -199,7 +199,7 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
           "disordered_accuracy": (rng.random((b, config.rl.num_disordered)) < 0.3
                                   ).astype(np.float32),
       }
-      rollout = {k: jax.device_put(v, train_lib.batch_sharding(mesh, v))
+      rollout = {k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape))
                  for k, v in rollout.items()}
       state, grpo_metrics = s.grpo_step(state, batch, rollout)
       results.append((float(sft_metrics["loss"]), float(grpo_metrics["loss"]),
@@ -210,3 +210,43 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
   assert grpo_1 != 0.0
   for p1, p8 in zip(params_1, params_8):
     np.testing.assert_allclose(p8, p1, atol=1e-5)
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_single_process(uninterrupted, data_dir, tmp_path):
+  """Two local processes (JAX CPU collectives, one device each) vs one process.
+
+  Tolerance: losses to 1e-5 relative and params to 1e-5 absolute (the global batch is
+  reduced across processes in a different order).
+  """
+  config, workdir_a = uninterrupted
+  workdir = str(tmp_path / "run_2p")
+  port = _free_port()
+  env = {**ENV, "XLA_FLAGS": ""}
+  procs = [subprocess.Popen(
+      _train_cmd(data_dir, workdir, "--num_processes=2", f"--process_id={i}",
+                 f"--coordinator_address=localhost:{port}"),
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "'data': 2" in outs[0]  # One mesh over both processes' devices.
+  metrics_a, metrics_b = _read_metrics(workdir_a), _read_metrics(workdir)
+  assert [m["step"] for m in metrics_b] == [m["step"] for m in metrics_a]
+  for ma, mb in zip(metrics_a, metrics_b):
+    np.testing.assert_allclose(mb["loss"], ma["loss"], rtol=1e-5, atol=1e-7)
+    for key in ("reward/accuracy", "reward/format"):
+      if key in ma:
+        assert ma[key] == mb[key], (ma["step"], key)
+  _, params_a = _final_params(config, workdir_a)
+  _, params_b = _final_params(config, workdir)
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_allclose(b, a, atol=1e-5)

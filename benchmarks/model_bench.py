@@ -1,0 +1,165 @@
+r"""Forward+backward throughput of the NNX VLM vs. transformers' Qwen2.5-VL, same weights.
+
+  python benchmarks/model_bench.py                     # small config, a couple of minutes
+  python benchmarks/model_bench.py --layers 8 --hidden 512 --seq 512 --iters 5
+
+Measured side by side in one run on this machine:
+  1. tokens/s of one training step's forward+backward (loss = mean squared logits over
+     real tokens, gradients for every weight) for the jitted NNX model and for the
+     PyTorch transformers model (eager, CPU, all threads), and their ratio;
+  2. the NNX step's achieved FLOP rate (XLA's cost analysis of the compiled step,
+     divided by its time) as a fraction of a large float32 matmul's FLOP rate, measured
+     the same way: how close the model gets to this machine's practical peak.
+Both models take the same inputs: text with one video per row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+# Run from a checkout without installing: the package sits next to benchmarks/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _parse():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--batch", type=int, default=2, help="rows per step")
+  p.add_argument("--seq", type=int, default=256, help="tokens per row (incl. video)")
+  p.add_argument("--layers", type=int, default=4, help="decoder layers")
+  p.add_argument("--hidden", type=int, default=256, help="decoder width")
+  p.add_argument("--heads", type=int, default=4, help="query heads (kv heads = heads/2)")
+  p.add_argument("--vocab", type=int, default=4096, help="vocabulary size")
+  p.add_argument("--vision_depth", type=int, default=2, help="vision blocks")
+  p.add_argument("--grid", type=int, nargs=3, default=(2, 8, 8),
+                 help="video patch grid T H W per row")
+  p.add_argument("--iters", type=int, default=3, help="timed steps (after one warm-up)")
+  p.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+  return p.parse_args()
+
+
+def _config(a):
+  from chronoforge_jax.models import hf_reference
+  h = a.hidden
+  return hf_reference.hf_config_dict(
+      text={"vocab_size": a.vocab, "hidden_size": h, "intermediate_size": int(h * 2.7),
+            "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
+            "num_key_value_heads": max(1, a.heads // 2),
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                "mrope_section": _sections(h // a.heads // 2)},
+            "bos_token_id": a.vocab - 3, "eos_token_id": a.vocab - 2, "pad_token_id": a.vocab - 1},
+      vision={"depth": a.vision_depth, "hidden_size": 128, "num_heads": 2,
+              "intermediate_size": 256, "out_hidden_size": h, "window_size": 112,
+              "fullatt_block_indexes": [a.vision_depth - 1]},
+      image_token_id=a.vocab - 7, video_token_id=a.vocab - 6, vision_start_token_id=a.vocab - 5,
+      vision_end_token_id=a.vocab - 4)
+
+
+def _sections(half):
+  t = half // 4
+  return [t, (half - t) // 2, half - t - (half - t) // 2]
+
+
+def _timeit(fn, iters):
+  fn()  # warm-up (compile / allocator)
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def main():
+  a = _parse()
+  import jax
+  import jax.numpy as jnp
+  import torch
+  from flax import nnx
+
+  from chronoforge_jax.models import hf_reference
+  from chronoforge_jax.models.config import from_hf_config
+
+  torch.set_num_threads(a.threads)
+  cfg_dict = _config(a)
+  cfg = from_hf_config(cfg_dict)
+  rng = np.random.default_rng(0)
+  n_video = int(np.prod(a.grid)) // 4 + 4   # merged tokens + start/end + 2 text
+  before = max(1, (a.seq - n_video) // 2)
+  after = max(0, a.seq - n_video - before)
+  inp = hf_reference.video_prompt_batch(cfg, [tuple(a.grid)] * a.batch,
+                                        [(before, after)] * a.batch, rng)
+  tokens = int(inp["attention_mask"].sum())
+  print(f"config: {a.layers} layers, width {a.hidden}, vocab {a.vocab}, vision depth "
+        f"{a.vision_depth}; batch {a.batch} x {inp['input_ids'].shape[1]} tokens "
+        f"({int((inp['input_ids'] == cfg.video_token_id).sum())} video); "
+        f"devices: {jax.devices()[0].platform} x{jax.device_count()}, torch threads "
+        f"{a.threads}")
+
+  hf, model = hf_reference.build_pair(cfg_dict, seed=0, text_position_after_video="spatial")
+  hf.train()
+  grid = inp["video_grid_thw"]
+  mask_f = inp["attention_mask"].astype(np.float32)
+
+  # --- NNX: one jitted forward+backward -------------------------------------------------
+  graphdef, params = nnx.split(model)
+
+  def loss_fn(params, ids, mask, pix):
+    m = nnx.merge(graphdef, params)
+    logits = m(ids, mask, pix, grid)
+    return jnp.sum(jnp.mean(logits ** 2, -1) * mask) / jnp.sum(mask)
+
+  step = jax.jit(jax.value_and_grad(loss_fn))
+  args = (params, jnp.asarray(inp["input_ids"]), jnp.asarray(mask_f),
+          jnp.asarray(inp["pixel_values_videos"]))
+  compiled = step.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  step_flops = float(cost.get("flops", 0.0))
+  jax_time = _timeit(lambda: jax.block_until_ready(compiled(*args)), a.iters)
+  jax_loss = float(compiled(*args)[0])
+
+  # --- transformers: eager forward+backward ------------------------------------------
+  t_inp = {k: torch.from_numpy(np.asarray(v)) for k, v in inp.items()}
+  t_mask = torch.from_numpy(mask_f)
+
+  def torch_step():
+    hf.zero_grad(set_to_none=True)
+    logits = hf(**t_inp).logits
+    loss = (logits.pow(2).mean(-1) * t_mask).sum() / t_mask.sum()
+    loss.backward()
+    return loss
+
+  torch_time = _timeit(torch_step, a.iters)
+  torch_loss = float(torch_step().detach())
+
+  # --- reference matmul ---------------------------------------------------------------
+  n = a.matmul
+  x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x).lower(x).compile()
+  mm_time = _timeit(lambda: jax.block_until_ready(mm(x)), max(3, a.iters))
+  mm_rate = 2 * n ** 3 / mm_time
+
+  jax_tps, torch_tps = tokens / jax_time, tokens / torch_time
+  print(f"loss: nnx {jax_loss:.6g}  transformers {torch_loss:.6g}  (same weights; rel diff "
+        f"{abs(jax_loss - torch_loss) / abs(torch_loss):.1e})")
+  print(f"fwd+bwd tokens/s: nnx {jax_tps:,.0f}  transformers {torch_tps:,.0f}  "
+        f"ratio nnx/transformers {jax_tps / torch_tps:.2f}x")
+  if step_flops:
+    rate = step_flops / jax_time
+    print(f"nnx step: {step_flops / 1e9:.2f} GFLOP (XLA cost analysis) in "
+          f"{jax_time * 1e3:.1f} ms = {rate / 1e9:.2f} GFLOP/s; {n}x{n} f32 matmul: "
+          f"{mm_rate / 1e9:.2f} GFLOP/s; fraction of matmul rate {rate / mm_rate:.2f}")
+  else:
+    print("XLA reported no FLOP count for the step on this backend")
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  main()

@@ -1,0 +1,273 @@
+"""The Qwen2-style decoder: GQA attention with M-RoPE, RMSNorm, SwiGLU, and a KV cache.
+
+`TextDecoder` owns the token embedding, the layers, the final norm and the LM head (or
+ties it to the embedding). It works on embeddings, so the VLM can splice video tokens in:
+
+  hidden(x_bsd, positions_3bs, mask_bs) -> h_bsd          full sequence (training)
+  prefill(x_bsd, positions_3bs, mask_bs, cache, next_pos_b) -> (h_bsd, cache)
+                                                         writes slots [0, S)
+  decode(x_b1d, cache, token_mask_b) -> (h_b1d, cache)   one slot, at cache.end
+
+KVCache layout (a pytree, every field shardable, fixed shapes so decode jit-compiles once):
+  k, v     [L, B, T, KV, hd]   keys/values per layer (keys already rotated)
+  mask     [B, T] bool         True where a slot holds a real token (padding -> False)
+  end      [] int32            slots [0, end) are written; the next token goes to `end`
+  next_pos [B] int32           M-RoPE position of the next text token of each row
+The slot index is shared by all rows (left- or right-padded prompts both work: padding
+slots are masked out), positions are per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from chronoforge_jax import sharding
+from chronoforge_jax.models import layers
+from chronoforge_jax.models import rope
+from chronoforge_jax.models.config import TextConfig
+from chronoforge_jax.models.vision import remat_policy_fn
+
+CACHE_AXES = ("cache_layers", "cache_batch", "cache_seq", "cache_kv_heads", "cache_head_dim")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Decoder KV cache; see the module docstring for the layout."""
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+  end: jax.Array
+  next_pos: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+  def constrain(self) -> "KVCache":
+    """Applies the cache's logical shardings (a no-op without a mesh)."""
+    return KVCache(k=sharding.shard(self.k, CACHE_AXES), v=sharding.shard(self.v, CACHE_AXES),
+                   mask=sharding.shard(self.mask, ("cache_batch", "cache_seq")),
+                   end=self.end, next_pos=sharding.shard(self.next_pos, ("cache_batch",)))
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with M-RoPE (q/k/v biases, no o bias, as Qwen2)."""
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    d, hd = cfg.hidden_size, cfg.head_dim
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.q = layers.Dense(d, cfg.num_attention_heads * hd, axes=("embed", "heads"),
+                          use_bias=True, **kw)
+    self.k = layers.Dense(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"),
+                          use_bias=True, **kw)
+    self.v = layers.Dense(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"),
+                          use_bias=True, **kw)
+    self.o = layers.Dense(cfg.num_attention_heads * hd, d, axes=("heads", "embed"),
+                          use_bias=False, **kw)
+    self.num_heads, self.num_kv, self.head_dim = (cfg.num_attention_heads,
+                                                  cfg.num_key_value_heads, hd)
+
+  def qkv(self, x_bsd, cos_bsd, sin_bsd):
+    b, s, _ = x_bsd.shape
+    q = self.q(x_bsd).reshape(b, s, self.num_heads, self.head_dim)
+    k = self.k(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
+    v = self.v(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
+    q = sharding.shard(layers.apply_rotary(q, cos_bsd, sin_bsd),
+                       ("batch", "act_seq", "act_heads", None))
+    k = sharding.shard(layers.apply_rotary(k, cos_bsd, sin_bsd),
+                       ("batch", "act_seq", "act_kv_heads", None))
+    v = sharding.shard(v, ("batch", "act_seq", "act_kv_heads", None))
+    return q, k, v
+
+  def out(self, o_bshd):
+    b, s = o_bshd.shape[:2]
+    return self.o(o_bshd.reshape(b, s, -1))
+
+
+class DecoderLayer(nnx.Module):
+  """x + attn(input_norm(x)); x + mlp(post_norm(x))."""
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.input_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
+    self.attn = Attention(cfg, rngs=rngs, **kw)
+    self.post_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
+    self.mlp = layers.GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act,
+                               use_bias=False, axes=("embed", "mlp"), rngs=rngs, **kw)
+
+  def qkv(self, x_bsd, cos_bsd, sin_bsd):
+    """Rotated queries [B,S,H,hd], keys and values [B,S,KV,hd] of this layer."""
+    return self.attn.qkv(self.input_norm(x_bsd), cos_bsd, sin_bsd)
+
+  def finish(self, x_bsd, o_bshd):
+    """Output projection, residual, MLP block."""
+    x_bsd = x_bsd + self.attn.out(o_bshd)
+    x_bsd = sharding.shard(x_bsd, ("batch", "act_seq", "act_embed"))
+    x_bsd = x_bsd + self.mlp(self.post_norm(x_bsd))
+    return sharding.shard(x_bsd, ("batch", "act_seq", "act_embed"))
+
+  def __call__(self, x_bsd, cos_bsd, sin_bsd, mask_bqk):
+    """Full-sequence layer; returns (x, (k, v)) with this layer's rotated keys/values."""
+    q, k, v = self.qkv(x_bsd, cos_bsd, sin_bsd)
+    return self.finish(x_bsd, layers.attention(q, k, v, mask_bqk)), (k, v)
+
+
+class TextDecoder(nnx.Module):
+  """Embedding, decoder layers, final norm, LM head (tied or not)."""
+
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, remat_policy: str = "none"):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                              param_dtype)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw)
+                            for _ in range(cfg.num_hidden_layers)])
+    self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
+    self.lm_head = (None if cfg.tie_word_embeddings else
+                    layers.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
+                                 param_dtype))
+    self.cfg = cfg
+    self.dtype = dtype
+    self.remat_policy = remat_policy
+    remat_policy_fn(remat_policy)  # validate early
+
+  # -- embeddings and head ---------------------------------------------------------
+  def embed_tokens(self, ids_bs: jax.Array) -> jax.Array:
+    return jnp.take(self.embed[...], ids_bs, axis=0).astype(self.dtype)
+
+  def head_weight(self) -> jax.Array:
+    """The [D, V] LM head matrix (the embedding's transpose when tied)."""
+    return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+  def logits(self, h_bsd: jax.Array) -> jax.Array:
+    """Float32 logits [B, S, V]."""
+    w = self.head_weight().astype(self.dtype)
+    logits = jnp.einsum("bsd,dv->bsv", h_bsd.astype(self.dtype), w,
+                        preferred_element_type=jnp.float32)
+    return sharding.shard(logits, ("batch", "act_seq", "act_vocab"))
+
+  def _cos_sin(self, positions_3bs):
+    cfg = self.cfg
+    cos, sin = rope.mrope_cos_sin(positions_3bs, cfg.head_dim, cfg.rope_theta,
+                                  cfg.mrope_section)
+    # The reference casts the tables to the activation dtype before rotating.
+    return cos.astype(self.dtype), sin.astype(self.dtype)
+
+  def _layer_call(self, layer, x, cos, sin, mask, want_kv):
+    policy = remat_policy_fn(self.remat_policy)
+    if want_kv:  # prefill: no backward pass, so no remat
+      return layer(x, cos, sin, mask)
+    if policy is None:
+      return layer(x, cos, sin, mask)[0], None
+    # Only the hidden state leaves the rematerialised block (keys/values stay inside).
+    fn = nnx.remat(lambda mod, *a: mod(*a)[0], policy=policy)
+    return fn(layer, x, cos, sin, mask), None
+
+  # -- full sequence -----------------------------------------------------------------
+  def hidden(self, x_bsd: jax.Array, positions_3bs: jax.Array,
+             mask_bs: jax.Array | None) -> jax.Array:
+    """Runs all layers over a full sequence (causal + padding mask).
+
+    Args:
+      x_bsd: [B, S, D] input embeddings.
+      positions_3bs: [3, B, S] M-RoPE positions.
+      mask_bs: [B, S] 1 = real token, 0 = padding (None: all real).
+
+    Returns:
+      [B, S, D] final-normed hidden states.
+    """
+    h, _ = self._run(x_bsd, positions_3bs, mask_bs, want_kv=False)
+    return h
+
+  def _run(self, x_bsd, positions_3bs, mask_bs, want_kv):
+    b, s, _ = x_bsd.shape
+    cos, sin = self._cos_sin(positions_3bs)
+    causal = jnp.tril(jnp.ones((s, s), bool))[None]
+    mask = causal if mask_bs is None else causal & mask_bs.astype(bool)[:, None, :]
+    x = sharding.shard(x_bsd.astype(self.dtype), ("batch", "act_seq", "act_embed"))
+    kvs = []
+    for layer in self.layers:
+      x, kv = self._layer_call(layer, x, cos, sin, mask, want_kv)
+      kvs.append(kv)
+    return self.norm(x), kvs
+
+  # -- KV cache ----------------------------------------------------------------------
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache for `batch` rows and `max_len` slots (prompt + completion)."""
+    cfg = self.cfg
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+    dtype = dtype or self.dtype
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   mask=jnp.zeros((batch, max_len), bool), end=jnp.zeros((), jnp.int32),
+                   next_pos=jnp.zeros((batch,), jnp.int32)).constrain()
+
+  def prefill(self, x_bsd, positions_3bs, mask_bs, cache: KVCache, next_pos_b):
+    """Runs the prompt and writes its keys/values into cache slots [0, S).
+
+    Args:
+      x_bsd: [B, S] prompt embeddings.
+      positions_3bs: [3, B, S] prompt positions.
+      mask_bs: [B, S] prompt mask.
+      cache: an (empty) cache with max_len >= S.
+      next_pos_b: [B] position of each row's first generated token.
+
+    Returns:
+      (h_bsd final-normed hidden states, filled cache).
+    """
+    s = x_bsd.shape[1]
+    if s > cache.max_len:
+      raise ValueError(f"prompt length {s} exceeds the cache's max_len {cache.max_len}")
+    h, kvs = self._run(x_bsd, positions_3bs, mask_bs, want_kv=True)
+    k_new = jnp.stack([kv[0] for kv in kvs]).astype(cache.k.dtype)
+    v_new = jnp.stack([kv[1] for kv in kvs]).astype(cache.v.dtype)
+    k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new, 0, axis=2)
+    v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new, 0, axis=2)
+    mask = jax.lax.dynamic_update_slice_in_dim(
+        cache.mask, jnp.ones(x_bsd.shape[:2], bool) if mask_bs is None else mask_bs.astype(bool),
+        0, axis=1)
+    new = KVCache(k=k, v=v, mask=mask, end=jnp.asarray(s, jnp.int32),
+                  next_pos=next_pos_b.astype(jnp.int32))
+    return h, new.constrain()
+
+  def decode(self, x_b1d, cache: KVCache, token_mask_b: jax.Array | None = None):
+    """Appends one token per row at slot `cache.end` and returns its hidden state.
+
+    Args:
+      x_b1d: [B, 1, D] embeddings of the new tokens.
+      cache: the cache.
+      token_mask_b: [B] False for rows whose token is padding (e.g. finished rows): the
+        slot is masked and the row's position does not advance.
+
+    Returns:
+      (h_b1d final-normed hidden state, updated cache).
+    """
+    b = x_b1d.shape[0]
+    valid_b = jnp.ones((b,), bool) if token_mask_b is None else token_mask_b.astype(bool)
+    slot = cache.end
+    positions = jnp.broadcast_to(cache.next_pos[None, :, None], (3, b, 1))
+    cos, sin = self._cos_sin(positions)
+    kv_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, valid_b[:, None], slot, axis=1)
+    # The new token always sees itself, so a padding row never attends to nothing.
+    attn_mask = kv_mask | (jnp.arange(cache.max_len) == slot)[None]
+    attn_mask = attn_mask[:, None, :]
+    x = x_b1d.astype(self.dtype)
+    k_cache, v_cache = cache.k, cache.v
+    for i, layer in enumerate(self.layers):
+      q, k, v = layer.qkv(x, cos, sin)
+      # Write into the stacked cache in place (the buffer is donated under jit), then
+      # attend over this layer's slice, which now includes the new token.
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype),
+                                             (i, 0, slot, 0, 0))
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype),
+                                             (i, 0, slot, 0, 0))
+      o = layers.attention(q, k_cache[i].astype(q.dtype), v_cache[i].astype(q.dtype),
+                           attn_mask)
+      x = layer.finish(x, o)
+    new = KVCache(k=k_cache, v=v_cache, mask=kv_mask, end=slot + 1,
+                  next_pos=cache.next_pos + valid_b.astype(jnp.int32))
+    return self.norm(x), new.constrain()

@@ -1,0 +1,255 @@
+"""The Qwen2.5-VL ViT tower: 3D patch embedding, window/full attention, 2D RoPE, merger.
+
+`VisionTower(pixel_values_np, grid_thw)` maps HF-processor patches
+([N, C*temporal_patch*patch*patch], in the processor's order) to merged LLM tokens
+([N / merge^2, out_hidden_size]) in the reference's output order: video by video,
+temporal patch by temporal patch, merged tokens row-major. So each temporal patch's merged
+tokens are contiguous, and views that reorder or subsample whole temporal patches can
+gather them from one encoding (attention never crosses temporal patches).
+
+How the reference's variable-length attention becomes static-shape arrays: the grid
+(`grid_thw`) is static (it fixes shapes), so a NumPy plan per distinct (H, W) lays each
+temporal patch out as [windows_h, windows_w, window, window, merge, merge] tokens, padding
+the ragged edge windows with masked dummies. Window attention attends inside each window,
+full attention inside each temporal patch, both with the dummies masked out as keys. The
+result equals the reference's packed `cu_seqlens` attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from chronoforge_jax import sharding
+from chronoforge_jax.models import layers
+from chronoforge_jax.models import rope
+from chronoforge_jax.models.config import VisionConfig
+
+
+def static_grid(grid_thw) -> np.ndarray:
+  """Returns `grid_thw` as a host [V, 3] int64 array; it must not be a tracer.
+
+  Args:
+    grid_thw: [V, 3] (or [3]) temporal/height/width patch counts, as the HF processor
+      returns them (`video_grid_thw`): NumPy, list/tuple, or a concrete jax.Array.
+
+  Returns:
+    The [V, 3] NumPy array.
+  """
+  if isinstance(grid_thw, jax.core.Tracer):
+    raise TypeError("video_grid_thw fixes array shapes, so it must be concrete: pass a NumPy "
+                    "array or tuple and close over it (or mark it static) instead of passing "
+                    "it as a traced jit argument")
+  grid = np.asarray(grid_thw, dtype=np.int64)
+  if grid.ndim == 1:
+    grid = grid[None]
+  if grid.ndim != 2 or grid.shape[1] != 3 or (grid <= 0).any():
+    raise ValueError(f"video_grid_thw must be [num_videos, 3] positive ints, got {grid!r}")
+  return grid
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Static layout of one (H, W) patch grid in padded window order."""
+  src: np.ndarray         # [Lp] processor-order token index inside a temporal patch
+  valid: np.ndarray       # [Lp] False for padding dummies
+  hpos: np.ndarray        # [Lp] patch row, for the 2D RoPE
+  wpos: np.ndarray        # [Lp] patch column
+  unit_out: np.ndarray    # [Hm*Wm] padded merged-unit slot of each output token
+  num_windows: int
+  window_len: int         # tokens per window = window^2 * merge^2
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(h: int, w: int, merge: int, window: int) -> _Plan:
+  if h % merge or w % merge:
+    raise ValueError(f"video grid {h}x{w} patches is not a multiple of spatial_merge_size="
+                     f"{merge}; resize frames to multiples of patch*merge pixels")
+  hm, wm = h // merge, w // merge
+  nwh, nww = -(-hm // window), -(-wm // window)
+  iwh, iww, iy, ix, mh, mw = np.meshgrid(np.arange(nwh), np.arange(nww), np.arange(window),
+                                         np.arange(window), np.arange(merge), np.arange(merge),
+                                         indexing="ij")
+  br, bc = iwh * window + iy, iww * window + ix
+  valid = (br < hm) & (bc < wm)
+  src = ((br * wm + bc) * merge + mh) * merge + mw
+  unit_br, unit_bc = br[..., 0, 0].reshape(-1), bc[..., 0, 0].reshape(-1)
+  unit_slot = np.full(hm * wm, -1, np.int64)
+  unit_valid = (unit_br < hm) & (unit_bc < wm)
+  unit_slot[(unit_br * wm + unit_bc)[unit_valid]] = np.nonzero(unit_valid)[0]
+  return _Plan(src=np.where(valid, src, 0).reshape(-1), valid=valid.reshape(-1),
+               hpos=(br * merge + mh).reshape(-1), wpos=(bc * merge + mw).reshape(-1),
+               unit_out=unit_slot, num_windows=nwh * nww,
+               window_len=window * window * merge * merge)
+
+
+class VisionBlock(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+  def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    d = cfg.hidden_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.norm1 = layers.RMSNorm(d, eps=cfg.rms_norm_eps, **kw)
+    self.norm2 = layers.RMSNorm(d, eps=cfg.rms_norm_eps, **kw)
+    self.qkv = layers.Dense(d, 3 * d, axes=("vision_embed", "vision_qkv"), use_bias=True,
+                            rngs=rngs, **kw)
+    self.proj = layers.Dense(d, d, axes=("vision_heads", "vision_embed"), use_bias=True,
+                             rngs=rngs, **kw)
+    self.mlp = layers.GatedMLP(d, cfg.intermediate_size, act=cfg.hidden_act, use_bias=True,
+                               axes=("vision_embed", "vision_mlp"), rngs=rngs, **kw)
+    self.num_heads = cfg.num_heads
+
+  def __call__(self, x_bld: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array,
+               mask_bll: jax.Array) -> jax.Array:
+    b, l, d = x_bld.shape
+    qkv = self.qkv(self.norm1(x_bld)).reshape(b, l, 3, self.num_heads, d // self.num_heads)
+    q = layers.apply_rotary(qkv[:, :, 0], cos_bld, sin_bld)
+    k = layers.apply_rotary(qkv[:, :, 1], cos_bld, sin_bld)
+    attn = layers.attention(q, k, qkv[:, :, 2], mask_bll).reshape(b, l, d)
+    x_bld = x_bld + self.proj(attn)
+    x_bld = sharding.shard(x_bld, ("vision_batch", "act_seq", "act_embed"))
+    return x_bld + self.mlp(self.norm2(x_bld))
+
+
+class PatchMerger(nnx.Module):
+  """RMSNorm, then groups of merge^2 tokens -> Linear -> GELU -> Linear(out_hidden)."""
+
+  def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    merged = cfg.hidden_size * cfg.spatial_merge_size ** 2
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.norm = layers.RMSNorm(cfg.hidden_size, eps=1e-6, **kw)
+    self.fc1 = layers.Dense(merged, merged, axes=("vision_merged", "vision_mlp"),
+                            use_bias=True, rngs=rngs, **kw)
+    self.fc2 = layers.Dense(merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"),
+                            use_bias=True, rngs=rngs, **kw)
+    self.group = cfg.spatial_merge_size ** 2
+
+  def __call__(self, x_bld: jax.Array) -> jax.Array:
+    b, l, d = x_bld.shape
+    x = self.norm(x_bld).reshape(b, l // self.group, self.group * d)
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class VisionTower(nnx.Module):
+  """Patch embedding, `depth` blocks (window or full attention) and the 2x2 merger."""
+
+  def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32, remat_policy: str = "none"):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.patch_embed = layers.Dense(cfg.patch_dim, cfg.hidden_size,
+                                    axes=("vision_patch", "vision_embed"), use_bias=False,
+                                    rngs=rngs, **kw)
+    self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs, **kw) for _ in range(cfg.depth)])
+    self.merger = PatchMerger(cfg, rngs=rngs, **kw)
+    self.cfg = cfg
+    self.dtype = dtype
+    self.remat_policy = remat_policy
+
+  def _run_group(self, x_tld: jax.Array, h: int, w: int) -> jax.Array:
+    """Runs the tower on temporal patches that all have an h x w patch grid."""
+    cfg = self.cfg
+    plan = _plan(h, w, cfg.spatial_merge_size, cfg.window_merged)
+    t = x_tld.shape[0]
+    x = x_tld[:, plan.src]                                    # [T, Lp, D] window order
+    lp = x.shape[1]
+    cos, sin = rope.vision_cos_sin(jnp.asarray(plan.hpos), jnp.asarray(plan.wpos),
+                                   cfg.head_dim, cfg.rope_theta)
+    valid = jnp.asarray(plan.valid)
+    nw, wl = plan.num_windows, plan.window_len
+    full_mask = jnp.broadcast_to(valid[None, None, :], (1, lp, lp))
+    win_valid = valid.reshape(nw, wl)
+    win_mask = jnp.broadcast_to(win_valid[:, None, :], (nw, wl, wl))
+    win_mask = jnp.tile(win_mask, (t, 1, 1))
+    win_cos = jnp.tile(cos.reshape(nw, wl, -1), (t, 1, 1))
+    win_sin = jnp.tile(sin.reshape(nw, wl, -1), (t, 1, 1))
+
+    def run_block(block, x, full):
+      if full:
+        return block(x, cos[None], sin[None], full_mask)
+      y = block(x.reshape(t * nw, wl, -1), win_cos, win_sin, win_mask)
+      return y.reshape(t, lp, -1)
+
+    policy = remat_policy_fn(self.remat_policy)
+    for i, block in enumerate(self.blocks):
+      full = i in cfg.fullatt_block_indexes
+      if policy is None:
+        x = run_block(block, x, full)
+      else:
+        # nnx.remat takes positional arguments only; `full` is static, so close over it.
+        fn = (lambda b, y: run_block(b, y, True)) if full else (
+            lambda b, y: run_block(b, y, False))
+        x = nnx.remat(fn, policy=policy)(block, x)
+    merged = self.merger(x)                                   # [T, Lp/m^2, D_out]
+    out = merged[:, plan.unit_out]                            # [T, Hm*Wm, D_out]
+    return out.reshape(t * out.shape[1], -1)
+
+  def __call__(self, pixel_values_np: jax.Array, grid_thw) -> jax.Array:
+    """Encodes videos.
+
+    Args:
+      pixel_values_np: [N, patch_dim] patches in the HF processor's order.
+      grid_thw: static [V, 3] patch grids (see `static_grid`).
+
+    Returns:
+      [N / merge^2, out_hidden_size] merged tokens in the reference's order.
+    """
+    cfg = self.cfg
+    grid = static_grid(grid_thw)
+    n = int(np.sum(np.prod(grid, axis=1)))
+    if pixel_values_np.ndim != 2 or pixel_values_np.shape != (n, cfg.patch_dim):
+      raise ValueError(f"pixel_values_videos has shape {tuple(pixel_values_np.shape)}; the grid "
+                       f"{grid.tolist()} needs [{n}, {cfg.patch_dim}]")
+    x = self.patch_embed(pixel_values_np)                     # [N, D]
+    starts = np.concatenate([[0], np.cumsum(np.prod(grid, axis=1))])
+    groups: dict[tuple[int, int], list[int]] = {}
+    for v, (_, h, w) in enumerate(grid.tolist()):
+      groups.setdefault((h, w), []).append(v)
+    outs, order = [], []
+    for (h, w), vids in groups.items():
+      rows = np.concatenate([np.arange(starts[v], starts[v + 1]) for v in vids])
+      x_g = x if len(groups) == 1 else x[rows]
+      t_g = int(sum(grid[v, 0] for v in vids))
+      outs.append(self._run_group(x_g.reshape(t_g, h * w, -1), h, w))
+      order.extend(vids)
+    if len(groups) == 1:
+      return outs[0]
+    # Put the videos back in input order.
+    m2 = cfg.spatial_merge_size ** 2
+    sizes = {v: int(np.prod(grid[v])) // m2 for v in range(len(grid))}
+    offsets, pos = {}, 0
+    for v in order:
+      offsets[v], pos = pos, pos + sizes[v]
+    perm = np.concatenate([np.arange(offsets[v], offsets[v] + sizes[v])
+                           for v in range(len(grid))])
+    return jnp.concatenate(outs, axis=0)[perm]
+
+
+def remat_policy_fn(name: str):
+  """Maps a remat policy name to a jax.checkpoint policy (None: no remat).
+
+  Args:
+    name: 'none' (keep everything), 'full' (save nothing, recompute the block),
+      'dots' (save matmul outputs), 'dots_no_batch' (save matmuls without batch dims:
+      weights-stationary, the usual transformer choice).
+
+  Returns:
+    A policy callable, or None for 'none'.
+  """
+  policies = {
+      "none": None,
+      "full": jax.checkpoint_policies.nothing_saveable,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+      "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }
+  if name not in policies:
+    raise ValueError(f"unknown remat policy {name!r}; choose one of {sorted(policies)}")
+  return policies[name]
+
+
+REMAT_POLICIES: Sequence[str] = ("none", "full", "dots", "dots_no_batch")

@@ -1,0 +1,79 @@
+r"""The `model` config section: which VLM, in which precision, with which remat policy.
+
+Training configs embed it as `config.model = model.get_config(variant)`; fields are set on
+the command line, e.g.
+
+  python -m launch.train --config=configs/kf_grpo.py \
+      --config.model.hf_dir=/models/Qwen2.5-VL-7B-Instruct \
+      --config.model.remat_policy=full --config.ckpt.init_from=/ckpt/qwen7b/params
+
+and `chronoforge_jax.models.create_model(config.model, rngs=...)` builds the model.
+
+Fields:
+  preset: a `chronoforge_jax.models.config` preset (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b,
+    qwen2_5_vl_32b, qwen2_5_vl_72b); ignored when `hf_dir` is set.
+  hf_dir: a local HF checkpoint folder; its config.json defines the model ("" for none).
+  match_tokenizer: take the vocabulary size and special token ids from the tokenizer
+    (needed for the tiny synthetic-set tokenizer).
+  dtype: compute dtype (bfloat16 on accelerators, float32 for CPU smoke runs).
+  param_dtype: storage dtype of the params (float32 master weights by default).
+  remat_policy: none | full | dots | dots_no_batch (what each layer saves for backward).
+  text_position_after_video: "" (checkpoint default, 'max': Qwen's rule), 'max' or
+    'spatial' (transformers >= 5.3); see ModelConfig.text_position_after_video.
+  vocab_chunk: vocabulary columns per step of the chunked log-softmax (token_logprobs).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("default", "smoke")
+PRESETS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the `model` section.
+
+  Args:
+    arg: "" / "default" (Qwen2.5-VL-7B, bf16 compute, f32 params, dots_no_batch remat) or
+      "smoke" (the tiny preset in float32, no remat: seconds on a CPU).
+
+  Returns:
+    A locked ConfigDict with the fields in the module docstring.
+  """
+  args = common.parse_arg(arg, variant="default")
+  common.check_choice(args.variant, "model variant", VARIANTS)
+  config = ml_collections.ConfigDict()
+  config.preset = "qwen2_5_vl_7b"
+  config.hf_dir = ""
+  config.match_tokenizer = False
+  config.dtype = "bfloat16"
+  config.param_dtype = "float32"
+  config.remat_policy = "dots_no_batch"
+  config.text_position_after_video = ""
+  config.vocab_chunk = 8192
+  if args.variant == "smoke":
+    config.preset = "tiny"
+    config.match_tokenizer = True
+    config.dtype = "float32"
+    config.remat_policy = "none"
+    config.vocab_chunk = 64
+  validate(config)
+  config.lock()
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the section's fields; raises ConfigError naming the field."""
+  common.check(bool(config.hf_dir) or config.preset in PRESETS, "model.preset",
+               f"got {config.preset!r}; choose one of {PRESETS} or set model.hf_dir")
+  common.check_choice(config.dtype, "model.dtype", DTYPES)
+  common.check_choice(config.param_dtype, "model.param_dtype", DTYPES)
+  common.check_choice(config.remat_policy, "model.remat_policy", REMAT)
+  common.check_choice(config.text_position_after_video, "model.text_position_after_video",
+                      ("", "max", "spatial"))
+  common.check(config.vocab_chunk > 0, "model.vocab_chunk", "must be > 0")

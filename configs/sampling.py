@@ -1,0 +1,88 @@
+"""The `sampling` config section: how `chronoforge_jax.sampling.generate` draws answers.
+
+  --config=configs/sampling.py:eval                 # this section alone, greedy settings
+  --config.sampling.max_new_tokens=256              # a field, in a config that holds it
+
+Variants: `default` (KF-GRPO rollouts: G = 8 samples at temperature 1.0, up to 768 new
+tokens, as Video-R1's recipe in ../shared/PAPER.md), `eval` (greedy, one answer, 512 new
+tokens), `smoke` (seconds on a CPU). `sampling_kwargs(section)` turns the section into
+`generate` keyword arguments.
+
+Fields:
+  max_new_tokens: answer buffer length T (one compile per value).
+  num_samples: G answers per prompt, sharing the prompt's prefill.
+  temperature: 0 for greedy decoding.
+  top_k: keep the k most likely tokens (0: off).
+  top_p: nucleus mass (1.0: off).
+  bucket: prompt-length padding: -1 = automatic buckets (`sampling.bucket_length`,
+    at most ~25% padding), 0 = none (the input pipeline already buckets), N > 0 = pad to
+    a multiple of N.
+  cache_dtype: KV cache dtype name ("" = the model's compute dtype).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("default", "eval", "smoke")
+_CACHE_DTYPES = ("", "float32", "bfloat16", "float16")
+
+
+def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
+  """The `sampling` section for `variant` (see VARIANTS)."""
+  common.check_choice(variant, "sampling.variant", set(VARIANTS))
+  c = ml_collections.ConfigDict()
+  c.max_new_tokens = 768
+  c.num_samples = 8
+  c.temperature = 1.0
+  c.top_k = 0
+  c.top_p = 1.0
+  c.bucket = -1
+  c.cache_dtype = ""
+  if variant == "eval":
+    c.max_new_tokens = 512
+    c.num_samples = 1
+    c.temperature = 0.0
+  elif variant == "smoke":
+    c.max_new_tokens = 16
+    c.num_samples = 4
+  return c
+
+
+def validate(c: Any) -> None:
+  """Raises ConfigError naming the first bad field of a `sampling` section."""
+  common.check(isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1,
+               "sampling.max_new_tokens", f"got {c.max_new_tokens!r}; need an int >= 1")
+  common.check(isinstance(c.num_samples, int) and c.num_samples >= 1,
+               "sampling.num_samples", f"got {c.num_samples!r}; need an int >= 1")
+  common.check(c.temperature >= 0, "sampling.temperature",
+               f"got {c.temperature!r}; use 0 for greedy or a positive number")
+  common.check(isinstance(c.top_k, int) and c.top_k >= 0, "sampling.top_k",
+               f"got {c.top_k!r}; need an int >= 0 (0 turns it off)")
+  common.check(0 < c.top_p <= 1, "sampling.top_p",
+               f"got {c.top_p!r}; need a value in (0, 1] (1 turns it off)")
+  common.check(isinstance(c.bucket, int) and c.bucket >= -1, "sampling.bucket",
+               f"got {c.bucket!r}; use -1 (automatic), 0 (off) or a positive multiple")
+  common.check_choice(c.cache_dtype, "sampling.cache_dtype", set(_CACHE_DTYPES))
+
+
+def sampling_kwargs(c: Any) -> dict[str, Any]:
+  """Validates a `sampling` section and returns the matching `generate` kwargs."""
+  validate(c)
+  return dict(max_new_tokens=c.max_new_tokens, num_samples=c.num_samples,
+              temperature=float(c.temperature), top_k=c.top_k, top_p=float(c.top_p),
+              bucket=True if c.bucket == -1 else (False if c.bucket == 0 else c.bucket),
+              cache_dtype=c.cache_dtype or None)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """`--config=configs/sampling.py:VARIANT`: a config holding only the `sampling` section."""
+  args = common.parse_arg(arg, variant="default")
+  config = ml_collections.ConfigDict()
+  config.sampling = sampling_config(args.variant)
+  validate(config.sampling)
+  return config
