@@ -250,3 +250,39 @@ def test_two_process_run_matches_single_process(uninterrupted, data_dir, tmp_pat
   _, params_b = _final_params(config, workdir)
   for a, b in zip(params_a, params_b):
     np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_nonfinite_step_leaves_state_unchanged():
+  params = {"w": jnp.ones((3,)), "b": jnp.zeros((2,))}
+  tx = __import__("optax").adam(0.1)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
+  good = {"w": jnp.ones((3,)), "b": jnp.ones((2,))}
+  new, metrics = train_lib._apply_if_finite(state, good, jnp.float32(1.0), tx)  # pylint: disable=protected-access
+  assert metrics["step_ok"] == 1.0 and not np.allclose(new["params"]["w"], 1.0)
+  bad = {"w": jnp.array([1.0, jnp.nan, 1.0]), "b": jnp.ones((2,))}
+  same, metrics = train_lib._apply_if_finite(state, bad, jnp.float32(1.0), tx)  # pylint: disable=protected-access
+  assert metrics["step_ok"] == 0.0
+  for a, b in zip(jax.tree.leaves(same["params"]) + jax.tree.leaves(same["opt_state"]),
+                  jax.tree.leaves(params) + jax.tree.leaves(state["opt_state"])):
+    np.testing.assert_array_equal(a, b)
+  _, metrics = train_lib._apply_if_finite(state, good, jnp.float32(jnp.inf), tx)  # pylint: disable=protected-access
+  assert metrics["step_ok"] == 0.0
+
+
+def test_frozen_vision_tower_gets_no_updates(data_dir):
+  config = _config(data_dir, **{"optax.freeze_vision": True})
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  s = train_lib.setup(config, mesh)
+  settings = train_lib._pipeline_settings(config, train=True)  # pylint: disable=protected-access
+  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer,
+                                                                 settings))))
+  with jax.set_mesh(mesh):
+    state = s.init_state()
+    before = jax.device_get(state["params"])
+    for _ in range(3):  # warmup starts at lr 0
+      state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
+    after = jax.device_get(state["params"])
+  for name, a, b in zip(("visual", "text"), (before["visual"], before["text"]),
+                        (after["visual"], after["text"])):
+    same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert same == (name == "visual"), name
