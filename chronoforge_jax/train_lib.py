@@ -103,12 +103,27 @@ def make_optimizer(config: ml_collections.ConfigDict,
   return tx
 
 
-def _opt_shardings(tx, abstract_opt, param_shardings, mesh):
+def _opt_shardings(abstract_opt, abstract_params, param_shardings, mesh):
+  """Optimizer-state shardings: a leaf mirroring a param (Adam's mu/nu, accumulated
+  gradients) takes that param's sharding; anything else (counts) is replicated.
+
+  Matching is by key-path suffix and shape, so it works through any optax wrapper
+  (chain, multi_transform with masked nodes, MultiSteps).
+  """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  by_path = {}
+  for (path, leaf), shard in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+                                 jax.tree.leaves(param_shardings)):
+    by_path[jax.tree_util.keystr(path)] = (leaf.shape, shard)
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    for suffix, (shape, shard) in by_path.items():
+      if key.endswith(suffix) and getattr(leaf, "shape", None) == shape:
+        return shard
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def batch_sharding(mesh, shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
@@ -289,8 +304,7 @@ class Setup:
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   """Builds the model's abstract state, its shardings and the jitted step functions."""
-  # --- Model: abstract first (outside the mesh context: nnx.eval_shape would read the
-  # logical axis names as mesh axes), then initialised directly into its shardings -----
+  # --- Model: abstract first, then initialised directly into its shardings ------------
   tok = tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir or
                                          os.path.join(config.input.data_dir, "tokenizer"))
   mcfg = model_config(config, tok)
@@ -311,7 +325,8 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state_shardings = dict(params=param_shardings,
-                         opt_state=_opt_shardings(tx, abstract_opt, param_shardings, mesh),
+                         opt_state=_opt_shardings(abstract_opt, abstract_params,
+                                                  param_shardings, mesh),
                          step=replicated)
 
   @functools.partial(jax.jit, out_shardings=state_shardings)
