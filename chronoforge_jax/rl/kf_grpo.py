@@ -110,16 +110,30 @@ def view_inputs(tokens_btpd: jax.Array, patches_bk: jax.Array, timestamps_bu: ja
 
 def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int = 1,
                 views: tuple[str, ...] = ("ordered", "disordered")) -> dict[str, dict]:
-  """Encodes the union once and returns the video kwargs of each requested view."""
+  """The model's video kwargs for each requested view of a batch.
+
+  Several views: the union of frames is encoded once and each view gathers its temporal
+  patches. One view (the train step's ordered view): only that view's frame pairs are
+  encoded, so the non-keyframes cost nothing there.
+  """
   vcfg = model.config.vision
-  tokens = encode_union(model, batch["frames"])
-  _, _, h, w, _ = batch["frames"].shape
+  tp = vcfg.temporal_patch_size
+  frames, timestamps = batch["frames"], batch["timestamps"]
+  patches = {name: batch[f"{name}_patches"] for name in views}
+  if len(views) == 1:
+    (name, patches_bk), = patches.items()
+    b, k = patches_bk.shape
+    frame_idx = (patches_bk[:, :, None] * tp + jnp.arange(tp)).reshape(b, k * tp)
+    frames = jnp.take_along_axis(frames, frame_idx[:, :, None, None, None], axis=1)
+    timestamps = jnp.take_along_axis(timestamps, frame_idx, axis=1)
+    patches = {name: jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (b, k))}
+  tokens = encode_union(model, frames)
+  _, _, h, w, _ = frames.shape
   grid_hw = (h // vcfg.patch_size, w // vcfg.patch_size)
   return {
-      name: view_inputs(tokens, batch[f"{name}_patches"], batch["timestamps"],
-                        grid_hw=grid_hw, temporal_patch=vcfg.temporal_patch_size,
+      name: view_inputs(tokens, patches_bk, timestamps, grid_hw=grid_hw, temporal_patch=tp,
                         real_time=name == "ordered", repeat=repeat)
-      for name in views
+      for name, patches_bk in patches.items()
   }
 
 

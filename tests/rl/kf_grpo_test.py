@@ -77,3 +77,31 @@ def test_forward_with_gathered_embeds_matches_pixel_forward():
   want = model(ids, mask, pixel_values_videos=pixels, video_grid_thw=np.asarray(grid).reshape(1, 3),
                patch_timestamps=jnp.asarray(timestamps[:, order[::2]]))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_single_view_encodes_only_its_frames_and_equals_the_union_gather():
+  model = _model()
+  rng = np.random.default_rng(4)
+  frames = _frames(rng, 2, 10)
+  batch = {
+      "frames": jnp.asarray(frames),
+      "timestamps": jnp.asarray(np.cumsum(rng.random((2, 10)), axis=1).astype(np.float32)),
+      "ordered_patches": jnp.asarray([[0, 1, 2], [0, 1, 2]], jnp.int32),
+      "disordered_patches": jnp.asarray([[4, 0, 3], [2, 4, 1]], jnp.int32),
+  }
+  both = kf_grpo.batch_views(model, batch)
+  for name in ("ordered", "disordered"):
+    one = kf_grpo.batch_views(model, batch, views=(name,), repeat=2)[name]
+    want = kf_grpo.view_inputs(kf_grpo.encode_union(model, batch["frames"]),
+                               batch[f"{name}_patches"], batch["timestamps"], grid_hw=(4, 4),
+                               temporal_patch=2, real_time=name == "ordered", repeat=2)
+    np.testing.assert_allclose(np.asarray(one["video_embeds"]),
+                               np.asarray(want["video_embeds"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(one["patch_timestamps"]),
+                               np.asarray(want["patch_timestamps"]))
+    assert one["video_grid_thw"].tolist() == want["video_grid_thw"].tolist()
+    want_once = kf_grpo.view_inputs(
+        kf_grpo.encode_union(model, batch["frames"]), batch[f"{name}_patches"],
+        batch["timestamps"], grid_hw=(4, 4), temporal_patch=2, real_time=name == "ordered")
+    np.testing.assert_allclose(np.asarray(both[name]["video_embeds"]),
+                               np.asarray(want_once["video_embeds"]), rtol=1e-5, atol=1e-5)
