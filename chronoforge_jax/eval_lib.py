@@ -379,13 +379,13 @@ def model_config(*, preset: str = "", hf_dir: str = "",
     The ModelConfig.
   """
   import ml_collections
-  from chronoforge_jax import train_lib  # Late: train_lib may import this module.
+  from chronoforge_jax import models
 
   if not preset and not hf_dir:
     raise ValueError("model_config: give a preset name (e.g. 'qwen2_5_vl_7b') or hf_dir")
-  section = ml_collections.ConfigDict(
-      {"model": {"preset": preset, "hf_dir": hf_dir, "match_tokenizer": match_tokenizer}})
-  return train_lib.model_config(section, tokenizer)
+  cfg = models.config_from_section(ml_collections.ConfigDict(
+      {"preset": preset, "hf_dir": hf_dir}))
+  return models.match_tokenizer(cfg, tokenizer) if match_tokenizer and tokenizer else cfg
 
 
 def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",

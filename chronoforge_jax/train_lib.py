@@ -39,6 +39,7 @@ from chronoforge_jax import sampling
 from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline
+from chronoforge_jax import models
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import vlm
 from chronoforge_jax.rl import grpo
@@ -61,24 +62,9 @@ def model_config(config: ml_collections.ConfigDict,
   With `config.model.match_tokenizer`, the vocabulary size and the special token ids come
   from the tokenizer (the tiny synthetic-set tokenizer differs from Qwen's).
   """
-  mc = config.model
-  if mc.hf_dir:
-    import json  # pylint: disable=g-import-not-at-top
-    with open(os.path.join(mc.hf_dir, "config.json")) as f:
-      cfg = model_config_lib.from_hf_config(json.load(f))
-  else:
-    cfg = model_config_lib.get_preset(mc.preset)
-  if mc.match_tokenizer and tok is not None:
-    ids = {name: tok.token_to_id(token) for name, token in (
-        ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"),
-        ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"),
-        ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
-    missing = [k for k, v in ids.items() if v is None]
-    if missing:
-      raise ValueError(f"tokenizer {tok.name} lacks the special tokens for {missing}")
-    text = dataclasses.replace(cfg.text, vocab_size=max(cfg.text.vocab_size, tok.vocab_size))
-    cfg = dataclasses.replace(cfg, text=text, **ids)
+  cfg = models.config_from_section(config.model)
+  if config.model.get("match_tokenizer") and tok is not None:
+    cfg = models.match_tokenizer(cfg, tok)
   return cfg
 
 

@@ -26,6 +26,7 @@ import ml_collections
 from configs import ckpt as ckpt_config
 from configs import common
 from configs import data as data_config
+from configs import model as model_config
 from configs import rl as rl_config
 from configs import tad as tad_config
 
@@ -52,13 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tad = data.tad
   c.features = data.features
 
-  c.model = ml_collections.ConfigDict()
-  c.model.preset = "qwen2_5_vl_7b"  # models.config preset, unless hf_dir is set.
-  c.model.hf_dir = ""               # A HF checkpoint folder: its config.json is used.
-  c.model.match_tokenizer = False   # Vocab size + special ids from the tokenizer.
-  c.model.dtype = "bfloat16"        # Compute dtype.
-  c.model.param_dtype = "float32"   # Master params.
-  c.model.remat_policy = "dots_no_batch"  # "none", "full", "dots_no_batch".
+  c.model = model_config.get_config("smoke" if v in ("smoke", "demo") else "default")
 
   c.rl = rl_config.rl_config(rl_variant)
 
@@ -77,10 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ckpt = ckpt_config.get_config(v if v in ("smoke",) else "default")
 
   if v in ("smoke", "demo"):
-    c.model.preset = "tiny"
-    c.model.match_tokenizer = True
-    c.model.dtype = "float32"
-    c.model.remat_policy = "none"
     c.optax.learning_rate = 3e-3
     c.optax.warmup_steps = 2
     c.optax.weight_decay = 0.0
@@ -119,10 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ckpt_config.validate_ckpt(config.ckpt)
   check(bool(config.input.data_dir), "input.data_dir",
         "empty; point it at a folder written by `python -m launch.preprocess`")
-  check(config.model.hf_dir or config.model.preset, "model.preset",
-        "set a preset name (tiny, qwen2_5_vl_7b, ...) or model.hf_dir")
-  common.check_choice(config.model.remat_policy, "model.remat_policy",
-                      {"none", "full", "dots_no_batch"})
+  model_config.validate(config.model)
   o = config.optax
   check(o.learning_rate > 0, "optax.learning_rate", f"got {o.learning_rate}; need > 0")
   check(isinstance(o.grad_accum, int) and o.grad_accum >= 1, "optax.grad_accum",

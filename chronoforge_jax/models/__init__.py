@@ -10,6 +10,7 @@ SwiGLU, attention), `rope` (2D RoPE, M-RoPE position ids), `vision` (ViT tower),
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
@@ -61,3 +62,29 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
                             dtype=dtype_from_name(section.dtype),
                             param_dtype=dtype_from_name(section.param_dtype),
                             remat_policy=section.remat_policy)
+
+
+def match_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:
+  """Takes the vocabulary size and special token ids from a tokenizer.
+
+  The published checkpoints already agree with their tokenizer; this is for models
+  trained from scratch on another vocabulary (the tiny synthetic-set tokenizer).
+
+  Args:
+    cfg: the model config.
+    tokenizer: a `chronoforge_jax.tokenizer.Tokenizer`.
+
+  Returns:
+    The config with vocab_size >= the tokenizer's and its special token ids.
+  """
+  ids = {name: tokenizer.token_to_id(token) for name, token in (
+      ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+      ("vision_start_token_id", "<|vision_start|>"),
+      ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"),
+      ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
+  missing = [k for k, v in ids.items() if v is None]
+  if missing:
+    raise ValueError(f"tokenizer {tokenizer.name} lacks the special tokens for {missing}")
+  text = dataclasses.replace(cfg.text,
+                             vocab_size=max(cfg.text.vocab_size, tokenizer.vocab_size))
+  return cfg.replace(text=text, **ids)
