@@ -68,17 +68,34 @@ def model_config(config: ml_collections.ConfigDict,
   return cfg
 
 
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Warmup + cosine decay, restarted at the switch from SFT warm-up to KF-GRPO.
+
+  SFT steps use `optax.sft_learning_rate`, KF-GRPO steps `optax.learning_rate` (RL wants
+  much smaller steps than supervised warm-up: a large RL step collapses the policy).
+  """
+  o = config.optax
+
+  def phase(peak, steps):
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=min(o.warmup_steps, max(steps - 1, 0)),
+        decay_steps=max(steps, 1), end_value=peak * o.end_lr_fraction)
+
+  rl = phase(o.learning_rate, config.total_steps - config.sft_steps)
+  if config.sft_steps == 0:
+    return rl
+  return optax.join_schedules([phase(o.sft_learning_rate, config.sft_steps), rl],
+                              [config.sft_steps])
+
+
 def make_optimizer(config: ml_collections.ConfigDict,
                    params: nnx.State) -> optax.GradientTransformation:
-  """AdamW with warmup + cosine decay, global-norm clipping, optional frozen tower."""
+  """AdamW with the phase schedule, global-norm clipping, optional frozen tower."""
   o = config.optax
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-      decay_steps=max(config.total_steps, o.warmup_steps + 1),
-      end_value=o.learning_rate * o.end_lr_fraction)
   tx = optax.chain(
       optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
-      optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+      optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2,
+                  weight_decay=o.weight_decay))
   if o.freeze_vision:
     labels = jax.tree_util.tree_map_with_path(
         lambda path, _: "frozen" if "visual" in jax.tree_util.keystr(path) else "train",

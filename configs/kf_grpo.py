@@ -58,9 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl = rl_config.rl_config(rl_variant)
 
   c.optax = ml_collections.ConfigDict()
-  c.optax.learning_rate = 1e-6
-  c.optax.warmup_steps = 10
-  c.optax.end_lr_fraction = 0.1   # Cosine decays to this fraction of the peak.
+  c.optax.learning_rate = 1e-6    # KF-GRPO steps (Video-R1: 1e-6).
+  c.optax.sft_learning_rate = 1e-6  # SFT warm-up steps.
+  c.optax.warmup_steps = 10       # Per phase: the schedule restarts when KF-GRPO begins.
+  c.optax.end_lr_fraction = 0.1   # Cosine decays to this fraction of each phase's peak.
   c.optax.b1 = 0.9
   c.optax.b2 = 0.999
   c.optax.weight_decay = 0.01
@@ -72,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ckpt = ckpt_config.get_config(v if v in ("smoke",) else "default")
 
   if v in ("smoke", "demo"):
-    c.optax.learning_rate = 3e-3
+    c.optax.sft_learning_rate = 1e-2
+    c.optax.learning_rate = 1e-3
     c.optax.warmup_steps = 2
     c.optax.weight_decay = 0.0
     c.rl.beta = 0.0
@@ -86,7 +88,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 160
     c.sft_steps = 110
     c.log_every = 10
-    c.optax.learning_rate = 1e-2
     c.rl.max_new_tokens = 24
     c.ckpt.save_every = 50
   elif v == "qwen2_5_vl_7b":
@@ -112,7 +113,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "empty; point it at a folder written by `python -m launch.preprocess`")
   model_config.validate(config.model)
   o = config.optax
-  check(o.learning_rate > 0, "optax.learning_rate", f"got {o.learning_rate}; need > 0")
+  for f in ("learning_rate", "sft_learning_rate"):
+    check(o[f] > 0, f"optax.{f}", f"got {o[f]}; need > 0")
   check(isinstance(o.grad_accum, int) and o.grad_accum >= 1, "optax.grad_accum",
         f"got {o.grad_accum!r}; need an int >= 1")
   check(config.rl.temperature == 1.0, "rl.temperature",
