@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,5 @@
 """Encode-once views: gathering encoded temporal patches equals encoding the view directly."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
