@@ -174,18 +174,19 @@ def _apply_if_finite(state, grads, loss, tx):
                      "param_norm": optax.global_norm(state["params"])}
 
 
-def sft_step(graphdef, tx, state, batch):
+def sft_step(graphdef, tx, vocab_chunk: int, state, batch):
   """One cross-entropy step on the reference answers (ordered keyframe view)."""
 
   def loss_fn(params):
-    return kf_grpo.sft_loss(nnx.merge(graphdef, params), batch)
+    return kf_grpo.sft_loss(nnx.merge(graphdef, params), batch, vocab_chunk=vocab_chunk)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
   return state, {**metrics, **opt_metrics}
 
 
-def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, state, batch, rollout):
+def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, state, batch,
+                 rollout):
   """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch."""
   b, g = rollout["accuracy"].shape
   components = {"accuracy": rollout["accuracy"], "format": rollout["format"]}
@@ -206,7 +207,8 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, state, batch, roll
 
   def loss_fn(params):
     return kf_grpo.kf_grpo_loss(nnx.merge(graphdef, params), batch, loss_rollout,
-                                loss_config=loss_config, num_samples=g)
+                                loss_config=loss_config, num_samples=g,
+                                vocab_chunk=vocab_chunk)
 
   (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
@@ -243,10 +245,11 @@ def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict
   return out
 
 
-def logp_fn(graphdef, num_samples: int, params, batch, completions, mask):
+def logp_fn(graphdef, num_samples: int, vocab_chunk: int, params, batch, completions, mask):
   """Per-token log-probs of the ordered rollouts (old policy or frozen reference)."""
   return kf_grpo.completion_logprobs(nnx.merge(graphdef, params), batch, completions, mask,
-                                     view="ordered", num_samples=num_samples)
+                                     view="ordered", num_samples=num_samples,
+                                     vocab_chunk=vocab_chunk)
 
 
 # ----------------------------------------------------------------------------------------
@@ -345,17 +348,18 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
 
   # --- Step functions ------------------------------------------------------------------
   rl = config.rl
+  chunk = config.model.vocab_chunk
   stop_tokens = tuple(t for t in (mcfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
                       if t is not None)
   return Setup(
       mesh=mesh, tokenizer=tok, model_config=mcfg, graphdef=graphdef, tx=tx,
       state_shardings=state_shardings, abstract_state=abstract_state, init_state=init_state,
-      sft_step=jax.jit(functools.partial(sft_step, graphdef, tx), donate_argnums=0,
+      sft_step=jax.jit(functools.partial(sft_step, graphdef, tx, chunk), donate_argnums=0,
                        out_shardings=(state_shardings, replicated)),
-      grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl), donate_argnums=0,
-                        out_shardings=(state_shardings, replicated)),
+      grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl, chunk),
+                        donate_argnums=0, out_shardings=(state_shardings, replicated)),
       views=jax.jit(functools.partial(views_fn, graphdef)),
-      logprobs=jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations)),
+      logprobs=jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations, chunk)),
       stop_tokens=stop_tokens)
 
 

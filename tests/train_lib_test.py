@@ -306,3 +306,21 @@ def test_kf_grpo_raises_ordered_accuracy_of_the_tiny_model(data_dir, tmp_path):
   assert mean(last, "saliency/ordered_acc") >= mean(first, "saliency/ordered_acc") + 0.08, (
       mean(first, "saliency/ordered_acc"), mean(last, "saliency/ordered_acc"))
   assert mean(last, "reward/format") >= mean(first, "reward/format") + 0.3
+
+
+def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
+  config = _config(data_dir, **{"optax.grad_accum": 2, "optax.warmup_steps": 0})
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  s = train_lib.setup(config, mesh)
+  settings = train_lib._pipeline_settings(config, train=True)  # pylint: disable=protected-access
+  batches = iter(pipeline.make_dataset(data_dir, s.tokenizer, settings))
+  with jax.set_mesh(mesh):
+    state = s.init_state()
+    snapshots = [jax.tree.leaves(jax.device_get(state["params"]))]
+    for _ in range(2):
+      local, _ = pipeline.split_host(next(batches))
+      state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
+      snapshots.append(jax.tree.leaves(jax.device_get(state["params"])))
+  unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))
+  assert unchanged(snapshots[0], snapshots[1])      # first micro-step: accumulate only
+  assert not unchanged(snapshots[1], snapshots[2])  # second: one optimizer update

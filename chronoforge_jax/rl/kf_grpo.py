@@ -137,12 +137,13 @@ def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int 
   }
 
 
-def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch
+def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: int = 8192
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy of the reference answers given the ordered keyframe view."""
   video = batch_views(model, batch, views=("ordered",))["ordered"]
   logp_ba = model.token_logprobs(batch["prompt_ids"], batch["prompt_mask"],
-                                 batch["target_ids"], batch["target_mask"], **video)
+                                 batch["target_ids"], batch["target_mask"],
+                                 vocab_chunk=vocab_chunk, **video)
   mask_ba = batch["target_mask"].astype(jnp.float32) * batch["example_valid"][:, None]
   num_tokens = jnp.maximum(mask_ba.sum(), 1.0)
   loss = -(logp_ba * mask_ba).sum() / num_tokens
@@ -152,7 +153,7 @@ def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch
 def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,
                         completions_nt: jax.Array, mask_nt: jax.Array, *, view: str,
                         num_samples: int, temperature: float = 1.0,
-                        return_entropy: bool = False):
+                        return_entropy: bool = False, vocab_chunk: int = 8192):
   """Log-probs [B*G, T] of G sampled completions per prompt on one view.
 
   The completions are laid out prompt-major: rows [b*G, (b+1)*G) belong to prompt b.
@@ -166,12 +167,14 @@ def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,
     raise NotImplementedError("completion_logprobs: temperature != 1 is not supported; "
                               "set config.rl.temperature=1.0")
   return model.token_logprobs(prompt_ids, prompt_mask, completions_nt, mask_nt,
-                              return_entropy=return_entropy, **video)
+                              return_entropy=return_entropy, vocab_chunk=vocab_chunk,
+                              **video)
 
 
 def kf_grpo_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, rollout: Batch, *,
                  loss_config: grpo.LossConfig, num_samples: int, view: str = "ordered",
-                 axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 axis_name: str | None = None, vocab_chunk: int = 8192
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The GRPO objective on one view's rollouts.
 
   Args:
@@ -183,13 +186,14 @@ def kf_grpo_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, rollout: Batch
     num_samples: G.
     view: which view the completions were sampled on.
     axis_name: optional mapped axis for global token counts.
+    vocab_chunk: vocabulary columns per step of the chunked log-softmax.
 
   Returns:
     (loss, metrics).
   """
   logp_nt, entropy_nt = completion_logprobs(
       model, batch, rollout["completions"], rollout["mask"], view=view,
-      num_samples=num_samples, return_entropy=True)
+      num_samples=num_samples, return_entropy=True, vocab_chunk=vocab_chunk)
   example_valid_n = jnp.repeat(batch["example_valid"], num_samples)
   mask_nt = rollout["mask"].astype(jnp.float32) * example_valid_n[:, None]
   return grpo.grpo_loss(logp_nt, rollout["advantages"], mask_nt,
