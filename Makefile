@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m launch.demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest tests -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n 2 --durations=10 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -n 2 -m "not slow" $(PYTEST_ARGS)
