@@ -13,6 +13,9 @@ the reference answers; later steps are KF-GRPO steps. A KF-GRPO step:
      clipped surrogate + KL on the ordered rollouts, AdamW update; a non-finite loss or
      gradient leaves the state unchanged and the host guard names the metric.
 
+SFT and KF-GRPO steps have their own learning rates (`optax.sft_learning_rate`,
+`optax.learning_rate`), each with its own warmup + cosine phase.
+
 State is a plain pytree {params, opt_state, step}; params are an nnx.State whose
 shardings come from the model's logical axis names.
 """
