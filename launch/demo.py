@@ -2,15 +2,18 @@ r"""The end-to-end demo on the CPU: synthetic data -> TAD -> train -> eval -> re
 
   python -m launch.demo --out demo_out          (what `make demo` runs)
 
-Stages, each skipped when its output already exists (rerunning resumes):
+Stages:
   1. data      the embedded synthetic temporal-QA set (real H.264 videos with short
                events; questions about their order), preprocessed into ArrayRecord shards
-               (train and eval splits) with `launch.preprocess`'s library path.
+               (train and eval splits) by running `launch.preprocess`.
   2. tad       TAD on one synthetic video: variation curve + contact sheet PNGs, and
                TAD vs uniform event recall over the eval videos.
   3. train     the tiny VLM: SFT warm-up, then KF-GRPO (`configs/kf_grpo.py:demo`).
   4. eval      the eval split before and after training, with TAD and uniform keyframes.
   5. report    report.md with the training curves, accuracy tables and bar charts.
+
+Rerunning with the same --out resumes: preprocessing skips finished shards and training
+continues from its latest checkpoint; the TAD pictures, evaluation and report are redone.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 
 from absl import app, flags, logging
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder (reused to resume).")
 _STEPS = flags.DEFINE_integer("steps", None, "Total training steps (default: the demo config).")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "SFT warm-up steps (default: config).")
@@ -37,7 +41,7 @@ def _stage(name: str, message: str) -> None:
 def _run(cmd: list[str]) -> str:
   """Runs one of the project's command-line tools, echoing it; returns its stdout."""
   print("  $ " + " ".join(cmd[2:] if cmd[0] == sys.executable else cmd), flush=True)
-  result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+  result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=_ROOT)
   if result.returncode != 0:
     raise SystemExit(f"demo: `{' '.join(cmd)}` failed with exit code {result.returncode}")
   return result.stdout
@@ -70,7 +74,8 @@ def tad_pictures(out: str, k: int = 8, fps: float = 4.0) -> dict[str, float]:
   first = sorted(events)[0]
   for selector in ("tad", "uniform"):
     _run([sys.executable, "-m", "launch.select_keyframes", f"--video={first}", f"--k={k}",
-          f"--fps={fps}", f"--selector={selector}", f"--out={os.path.join(out, 'tad', selector)}"])
+          f"--fps={fps}", f"--selector={selector}",
+          f"--out={os.path.join(out, 'tad', selector)}"])
   # Event recall over the eval videos: an event is found if a keyframe falls inside it.
   tad_kwargs = tad_config.tad_kwargs(tad_config.tad_section())
   hits, total = {"tad": 0, "uniform": 0}, 0
@@ -78,10 +83,10 @@ def tad_pictures(out: str, k: int = 8, fps: float = 4.0) -> dict[str, float]:
     video = decode.decode_video(path, fps=fps, size=160)
     feats = np.asarray(features.frame_features(jnp.asarray(video.frames[None])))
     # Pad to a fixed length (masked) so every video reuses one compiled selector.
-    t = feats.shape[1]
-    padded = np.zeros((1, -(-t // 128) * 128, feats.shape[2]), np.float32)
-    padded[:, :t] = feats
-    mask = np.arange(padded.shape[1])[None] < t
+    n = feats.shape[1]
+    padded = np.zeros((1, -(-n // 128) * 128, feats.shape[2]), np.float32)
+    padded[:, :n] = feats
+    mask = np.arange(padded.shape[1])[None] < n
     for selector in hits:
       idx, valid = tad.select(selector, jnp.asarray(padded), k, jnp.asarray(mask),
                               **(tad_kwargs if selector == "tad" else {}))

@@ -75,7 +75,8 @@ def test_state_shardings_follow_logical_axes():
   shardings = sharding.state_shardings(model, mesh)
   # [151, 36]: 151 is prime, so the vocab stays unsplit; 36 splits over fsdp=4.
   assert shardings["text"]["embed"].get_value().spec == P(None, "fsdp")
-  assert shardings["text"]["layers"][0]["attn"]["q"]["kernel"].get_value().spec == P("fsdp", "tensor")
+  q_kernel = shardings["text"]["layers"][0]["attn"]["q"]["kernel"]
+  assert q_kernel.get_value().spec == P("fsdp", "tensor")
   assert shardings["visual"]["blocks"][0]["norm1"]["scale"].get_value().spec == P(None)
   leaves = sharding.tree_shardings(nnx.state(model), mesh)
   assert all(isinstance(s, NamedSharding) for s in jax.tree.leaves(leaves))

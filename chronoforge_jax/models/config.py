@@ -77,7 +77,8 @@ class VisionConfig:
   rms_norm_eps: float = 1e-6
 
   def __post_init__(self):
-    object.__setattr__(self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes))
+    object.__setattr__(self, "fullatt_block_indexes",
+                       tuple(int(i) for i in self.fullatt_block_indexes))
     for name in ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
                  "patch_size", "temporal_patch_size", "spatial_merge_size", "window_size",
                  "out_hidden_size"):
