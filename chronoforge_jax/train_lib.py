@@ -171,7 +171,7 @@ def _apply_if_finite(state, grads, loss, tx):
   new_params = optax.apply_updates(state["params"], updates)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-  new_state = dict(params=keep(new_params, state["params"]),
+  new_state = dict(state, params=keep(new_params, state["params"]),
                    opt_state=keep(new_opt, state["opt_state"]), step=state["step"] + 1)
   return new_state, {"grad_norm": grad_norm, "step_ok": ok.astype(jnp.float32),
                      "param_norm": optax.global_norm(state["params"])}
@@ -304,6 +304,7 @@ class Setup:
   state_shardings: Any
   abstract_state: Any
   init_state: Any          # jitted: (params=None) -> state, placed in state_shardings
+  reset_reference: Any     # jitted, donating: state -> state with ref = params
   sft_step: Any            # jitted, donates the state
   grpo_step: Any           # jitted, donates the state
   views: Any               # jitted: (params, batch) -> both views' video arrays
@@ -333,16 +334,29 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   tx = make_optimizer(config, abstract_params)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # With beta > 0 the frozen reference lives in the state (held once, sharded like the
+  # params, checkpointed): it is the policy at the start of the KF-GRPO phase.
+  with_ref = config.rl.beta > 0
   state_shardings = dict(params=param_shardings,
                          opt_state=_opt_shardings(abstract_opt, abstract_params,
                                                   param_shardings, mesh),
                          step=replicated)
 
+  if with_ref:
+    state_shardings["ref"] = param_shardings
+
   @functools.partial(jax.jit, out_shardings=state_shardings)
   def init_state(params=None):
     if params is None:
       params = nnx.split(create_model(config.seed), nnx.Param)[1]
-    return dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+    state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+    if with_ref:
+      state["ref"] = jax.tree.map(jnp.copy, params)
+    return state
+
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_shardings)
+  def reset_reference(state):
+    return dict(state, ref=jax.tree.map(jnp.copy, state["params"]))
 
   with jax.set_mesh(mesh):
     abstract_state = jax.tree.map(
@@ -357,6 +371,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   return Setup(
       mesh=mesh, tokenizer=tok, model_config=mcfg, graphdef=graphdef, tx=tx,
       state_shardings=state_shardings, abstract_state=abstract_state, init_state=init_state,
+      reset_reference=reset_reference,
       sft_step=jax.jit(functools.partial(sft_step, graphdef, tx, chunk), donate_argnums=0,
                        out_shardings=(state_shardings, replicated)),
       grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl, chunk),
@@ -408,10 +423,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = int(restored.step)
     rng = restored.rng if restored.rng is not None else jax.random.key(config.seed)
     _say(f"starting at step {start_step} (from {restored.source})")
-    ref_params = None
-    if config.rl.beta > 0:
-      # The frozen reference: the starting params, held once with the params' shardings.
-      ref_params = jax.tree.map(jnp.copy, state["params"])
 
     compiled: dict[tuple, Any] = {}
 
@@ -445,7 +456,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step < config.sft_steps:
           state, metrics = run_step("sft", state, batch)
         else:
-          rollout, tokens = make_rollout(s, config, state, ref_params, batch, host,
+          if step == config.sft_steps > 0 and "ref" in state:
+            state = s.reset_reference(state)  # KL anchors to the SFT'd policy.
+          rollout, tokens = make_rollout(s, config, state, batch, host,
                                          jax.random.fold_in(rng, step))
           for _ in range(config.rl.num_iterations):
             state, metrics = run_step("grpo", state, batch, rollout)
@@ -471,8 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return step_metrics
 
 
-def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, ref_params,
-                 batch: Batch, host: dict, rng) -> tuple[dict[str, jax.Array], int]:
+def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batch,
+                 host: dict, rng) -> tuple[dict[str, jax.Array], int]:
   """Samples both views, scores them on the host, and returns the train-step inputs."""
   rl = config.rl
   mesh, tok = s.mesh, s.tokenizer
@@ -499,8 +512,8 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, ref_params,
   rollout["completions"], rollout["mask"] = completions, mask
   if rl.num_iterations > 1:
     rollout["old_logp"] = s.logprobs(state["params"], batch, completions, mask)
-  if ref_params is not None:
-    rollout["ref_logp"] = s.logprobs(ref_params, batch, completions, mask)
+  if "ref" in state:
+    rollout["ref_logp"] = s.logprobs(state["ref"], batch, completions, mask)
   return rollout, int(np.asarray(gathered["ordered_1"]).sum())
 
 
