@@ -152,20 +152,17 @@ def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: in
 
 def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,
                         completions_nt: jax.Array, mask_nt: jax.Array, *, view: str,
-                        num_samples: int, temperature: float = 1.0,
-                        return_entropy: bool = False, vocab_chunk: int = 8192):
+                        num_samples: int, return_entropy: bool = False,
+                        vocab_chunk: int = 8192):
   """Log-probs [B*G, T] of G sampled completions per prompt on one view.
 
   The completions are laid out prompt-major: rows [b*G, (b+1)*G) belong to prompt b.
-  `temperature` divides the logits, matching the sampling policy's distribution.
+  These are the untempered policy's log-probs; the trainer samples at temperature 1
+  (configs/kf_grpo.py checks it), so they are the sampling policy's too.
   """
   video = batch_views(model, batch, repeat=num_samples, views=(view,))[view]
   prompt_ids = jnp.repeat(batch["prompt_ids"], num_samples, axis=0)
   prompt_mask = jnp.repeat(batch["prompt_mask"], num_samples, axis=0)
-  if temperature != 1.0:
-    # Sampling divides the logits by T; so does scaling the hidden state's head input.
-    raise NotImplementedError("completion_logprobs: temperature != 1 is not supported; "
-                              "set config.rl.temperature=1.0")
   return model.token_logprobs(prompt_ids, prompt_mask, completions_nt, mask_nt,
                               return_entropy=return_entropy, vocab_chunk=vocab_chunk,
                               **video)
