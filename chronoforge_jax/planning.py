@@ -18,13 +18,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 
 from chronoforge_jax import sharding
 from chronoforge_jax.data import pipeline
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import text as text_lib
-from chronoforge_jax.models import vlm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +88,14 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   """
   from chronoforge_jax import train_lib  # Late: train_lib imports much more.
 
-  dtype = jnp.dtype(config.model.dtype)
-  param_dtype = jnp.dtype(config.model.param_dtype)
-  abstract = nnx.eval_shape(lambda: vlm.VideoLanguageModel(
-      model_cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
-  _, params = nnx.split(abstract, nnx.Param)
-  shardings = sharding.state_shardings(params, mesh)
-  rows = [tree_row(f"{part} params", params[part], shardings[part])
+  # The trainer's own state structure and shardings, so the plan is what training holds.
+  _, _, shardings, abstract, _, _ = train_lib.build_state(config, mesh, model_cfg)
+  rows = [tree_row(f"{part} params", abstract["params"][part], shardings["params"][part])
           for part in ("visual", "text")]
-  tx = train_lib.make_optimizer(config, params)
-  abstract_opt = jax.eval_shape(tx.init, params)
-  rows.append(tree_row("optimizer state", abstract_opt,
-                       train_lib._opt_shardings(abstract_opt, params, shardings, mesh)))  # pylint: disable=protected-access
-  if config.rl.beta > 0:
-    rows.append(dataclasses.replace(tree_row("reference params", params, shardings),
-                                    name="reference params (beta > 0)"))
+  rows.append(tree_row("optimizer state", abstract["opt_state"], shardings["opt_state"]))
+  if "ref" in abstract:
+    rows.append(tree_row("reference params (beta > 0)", abstract["ref"], shardings["ref"]))
+  dtype = jnp.dtype(config.model.dtype)
   shape = rollout_cache_shape(config, model_cfg, frame_size)
   spec = sharding.logical_to_spec(text_lib.CACHE_AXES, shape=shape, mesh=mesh)
   kv = tree_row("rollout KV cache (K+V)", [jax.ShapeDtypeStruct(shape, dtype)] * 2,

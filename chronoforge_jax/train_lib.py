@@ -262,15 +262,18 @@ def logp_fn(graphdef, num_samples: int, vocab_chunk: int, params, batch, complet
 
 def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.ndarray,
                    answers_b: np.ndarray, num_samples: int,
-                   options_b=None) -> tuple[dict[str, np.ndarray], dict[str, float], list]:
-  """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each."""
+                   options_b=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each.
+
+  Returns:
+    ({name: [B, G]}, host metrics such as "accuracy/unparseable_frac").
+  """
   texts = [tok.decode(t[m.astype(bool)], skip_special_tokens=True)
            for t, m in zip(tokens, mask)]
   b = len(answers_b)
   texts_bg = [texts[i * num_samples:(i + 1) * num_samples] for i in range(b)]
-  values, metrics = rewards_lib.score_text_rewards(
+  return rewards_lib.score_text_rewards(
       ("accuracy", "format"), texts_bg, [int(a) for a in answers_b], options_b)
-  return values, metrics, texts_bg
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,6 +294,64 @@ def _pipeline_settings(config, *, train: bool) -> pipeline.PipelineSettings:
   if train:
     return pipeline.train_settings(i.batch_size, num_epochs=i.num_epochs, **common)
   return pipeline.eval_settings(i.eval_batch_size, **common)
+
+
+def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                mcfg: model_config_lib.ModelConfig):
+  """The train state's structure, shardings and initialisers (nothing is allocated).
+
+  State: {params, opt_state, step} plus, with beta > 0, `ref`: the frozen reference.
+
+  Returns:
+    (graphdef, tx, state_shardings, abstract_state (ShapeDtypeStructs with shardings),
+    init_state: jitted (params=None) -> state, reset_reference: jitted, donating
+    state -> state with ref = params).
+  """
+  dtype = jnp.dtype(config.model.dtype)
+  param_dtype = jnp.dtype(config.model.param_dtype)
+
+  def create_model(seed):
+    return vlm.VideoLanguageModel(mcfg, rngs=nnx.Rngs(seed), dtype=dtype,
+                                  param_dtype=param_dtype,
+                                  remat_policy=config.model.remat_policy)
+
+  abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+
+  # --- Shardings: params by logical axis names; optimizer state mirrors the params ----
+  param_shardings = sharding.state_shardings(abstract_params, mesh)
+  tx = make_optimizer(config, abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # With beta > 0 the frozen reference lives in the state (held once, sharded like the
+  # params, checkpointed): it is the policy at the start of the KF-GRPO phase.
+  with_ref = config.rl.beta > 0
+  state_shardings = dict(params=param_shardings,
+                         opt_state=_opt_shardings(abstract_opt, abstract_params,
+                                                  param_shardings, mesh),
+                         step=replicated)
+  if with_ref:
+    state_shardings["ref"] = param_shardings
+
+  @functools.partial(jax.jit, out_shardings=state_shardings)
+  def init_state(params=None):
+    if params is None:
+      params = nnx.split(create_model(config.seed), nnx.Param)[1]
+    state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
+    if with_ref:
+      state["ref"] = jax.tree.map(jnp.copy, params)
+    return state
+
+  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_shardings)
+  def reset_reference(state):
+    return dict(state, ref=jax.tree.map(jnp.copy, state["params"]))
+
+  with jax.set_mesh(mesh):
+    abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(init_state), state_shardings)
+
+  return graphdef, tx, state_shardings, abstract_state, init_state, reset_reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,50 +379,9 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   tok = tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir or
                                          os.path.join(config.input.data_dir, "tokenizer"))
   mcfg = model_config(config, tok)
-  dtype = jnp.dtype(config.model.dtype)
-  param_dtype = jnp.dtype(config.model.param_dtype)
-
-  def create_model(seed):
-    return vlm.VideoLanguageModel(mcfg, rngs=nnx.Rngs(seed), dtype=dtype,
-                                  param_dtype=param_dtype,
-                                  remat_policy=config.model.remat_policy)
-
-  abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
-  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-
-  # --- Shardings: params by logical axis names; optimizer state mirrors the params ----
-  param_shardings = sharding.state_shardings(abstract_params, mesh)
-  tx = make_optimizer(config, abstract_params)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  graphdef, tx, state_shardings, abstract_state, init_state, reset_reference = (
+      build_state(config, mesh, mcfg))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  # With beta > 0 the frozen reference lives in the state (held once, sharded like the
-  # params, checkpointed): it is the policy at the start of the KF-GRPO phase.
-  with_ref = config.rl.beta > 0
-  state_shardings = dict(params=param_shardings,
-                         opt_state=_opt_shardings(abstract_opt, abstract_params,
-                                                  param_shardings, mesh),
-                         step=replicated)
-
-  if with_ref:
-    state_shardings["ref"] = param_shardings
-
-  @functools.partial(jax.jit, out_shardings=state_shardings)
-  def init_state(params=None):
-    if params is None:
-      params = nnx.split(create_model(config.seed), nnx.Param)[1]
-    state = dict(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-    if with_ref:
-      state["ref"] = jax.tree.map(jnp.copy, params)
-    return state
-
-  @functools.partial(jax.jit, donate_argnums=0, out_shardings=state_shardings)
-  def reset_reference(state):
-    return dict(state, ref=jax.tree.map(jnp.copy, state["params"]))
-
-  with jax.set_mesh(mesh):
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        jax.eval_shape(init_state), state_shardings)
 
   # --- Step functions ------------------------------------------------------------------
   rl = config.rl
@@ -452,21 +472,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       while step < config.total_steps:
         local, host = pipeline.split_host(next(data_iter))
         batch = to_global(mesh, local)
-        tokens = 0
+        tokens, host_metrics = 0, {}
         if step < config.sft_steps:
           state, metrics = run_step("sft", state, batch)
         else:
           if step == config.sft_steps > 0 and "ref" in state:
             state = s.reset_reference(state)  # KL anchors to the SFT'd policy.
-          rollout, tokens = make_rollout(s, config, state, batch, host,
-                                         jax.random.fold_in(rng, step))
+          rollout, tokens, host_metrics = make_rollout(s, config, state, batch, host,
+                                                       jax.random.fold_in(rng, step))
           for _ in range(config.rl.num_iterations):
             state, metrics = run_step("grpo", state, batch, rollout)
         metrics = jax.device_get(metrics)
         step += 1
         if not guard.check(step, metrics):
           continue  # The step left the state unchanged; the last checkpoint stays good.
-        step_metrics = metrics_lib.to_scalars(metrics)
+        step_metrics = {**metrics_lib.to_scalars(metrics), **host_metrics}
         writer.write_scalars(step, step_metrics)
         progress.update(step, step_metrics, tokens=tokens)
         stop = preempt.should_stop()
@@ -485,8 +505,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batch,
-                 host: dict, rng) -> tuple[dict[str, jax.Array], int]:
-  """Samples both views, scores them on the host, and returns the train-step inputs."""
+                 host: dict, rng) -> tuple[dict[str, jax.Array], int, dict[str, float]]:
+  """Samples both views and scores them on the host.
+
+  Returns:
+    (train-step inputs, completion tokens sampled on the ordered view, host-side reward
+    metrics such as the unparseable fraction of each view).
+  """
   rl = config.rl
   mesh, tok = s.mesh, s.tokenizer
   model = nnx.merge(s.graphdef, state["params"])
@@ -498,13 +523,15 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
                                           for i, v in enumerate(pair)}}, tiled=True)
   options = host.get("options") if jax.process_count() == 1 else None
   rollout: dict[str, jax.Array] = {}
-  comps, _, _ = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
-                               gathered["answer"], rl.num_generations, options)
+  comps, host_metrics = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
+                                      gathered["answer"], rl.num_generations, options)
   rollout["accuracy"] = _global_from_full(mesh, comps["accuracy"])
   rollout["format"] = _global_from_full(mesh, comps["format"])
   if "disordered" in samples:
-    dis, _, _ = score_rollouts(tok, gathered["disordered_0"], gathered["disordered_1"],
-                               gathered["answer"], rl.num_disordered, options)
+    dis, dis_metrics = score_rollouts(tok, gathered["disordered_0"],
+                                      gathered["disordered_1"], gathered["answer"],
+                                      rl.num_disordered, options)
+    host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
     rollout["disordered_accuracy"] = _global_from_full(mesh, dis["accuracy"])
   else:
     rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
@@ -514,7 +541,7 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
     rollout["old_logp"] = s.logprobs(state["params"], batch, completions, mask)
   if "ref" in state:
     rollout["ref_logp"] = s.logprobs(state["ref"], batch, completions, mask)
-  return rollout, int(np.asarray(gathered["ordered_1"]).sum())
+  return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
 
 
 def _memory_summary(mem) -> str:
