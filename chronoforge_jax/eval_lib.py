@@ -275,7 +275,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
              answer_template: str = ANSWER_TEMPLATE, max_questions: int | None = None,
              name: str | None = None, out_dir: str | os.PathLike | None = None,
              mesh: jax.sharding.Mesh | None = None, progress: bool = True,
-             meta: Mapping[str, Any] | None = None) -> EvalResult:
+             meta: Mapping[str, Any] | None = None, patch_mode: str = "pair") -> EvalResult:
   """Evaluates `model` on every question of a preprocessed benchmark folder.
 
   Args:
@@ -283,7 +283,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     data_dir: a `launch/preprocess` output folder.
     tokenizer: the tokenizer the model was trained with.
     selector: keyframe selector ("tad" or "uniform", see `tad.SELECTORS`).
-    num_keyframes: K, even.
+    num_keyframes: K (even when `patch_mode` is "pair").
     batch_size: questions per forward pass.
     mode: "generate" (greedy answer + extraction) or "likelihood" (option scoring).
     max_new_tokens: answer length cap ("generate").
@@ -296,6 +296,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     mesh: shard the batch over this mesh's data axes (the model must be on it too).
     progress: show a progress bar.
     meta: extra settings to record (checkpoint path, model preset, ...).
+    patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (one each).
 
   Returns:
     The EvalResult.
@@ -316,7 +317,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
       batch_size, num_keyframes=num_keyframes, selector=selector,
       select_kwargs=dict(select_kwargs), patch_size=vcfg.patch_size,
       merge_size=vcfg.spatial_merge_size, prompt_buckets=tuple(prompt_buckets),
-      prefetch_workers=0)
+      patch_mode=patch_mode, prefetch_workers=0)
   total = int(index["num_questions"]) if max_questions is None else min(
       max_questions, int(index["num_questions"]))
   name = name or f"{selector}_k{num_keyframes}_{mode}"
@@ -358,7 +359,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     if bar is not None:
       bar.close()
   run = {"data_dir": os.path.abspath(os.fspath(data_dir)), "selector": selector,
-         "num_keyframes": num_keyframes, "mode": mode, "batch_size": batch_size,
+         "num_keyframes": num_keyframes, "patch_mode": patch_mode, "mode": mode,
+         "batch_size": batch_size,
          "max_new_tokens": max_new_tokens if mode == "generate" else None,
          "answer_template": answer_template if mode == "likelihood" else None,
          "select_kwargs": dict(select_kwargs) if selector == "tad" else {},

@@ -23,6 +23,7 @@ from chronoforge_jax import sharding
 from chronoforge_jax.data import pipeline
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import text as text_lib
+from chronoforge_jax.rl import views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ def rollout_cache_shape(config: ml_collections.ConfigDict,
   """[layers, B*G, prompt + answer, kv_heads, head_dim] of one view's rollout cache."""
   t = model_cfg.text
   i = config.input
-  video = pipeline.num_video_tokens(config.tad.k // 2, frame_size, frame_size,
+  video = pipeline.num_video_tokens(views.view_patches(config.tad.k, i.patch_mode), frame_size, frame_size,
                                     i.patch_size, i.spatial_merge_size)
   length = max(i.prompt_buckets) + video + config.rl.max_new_tokens
   rows = i.batch_size * max(config.rl.num_generations, config.rl.num_disordered)

@@ -48,7 +48,6 @@ from chronoforge_jax.models import vlm
 from chronoforge_jax.rl import grpo
 from chronoforge_jax.rl import kf_grpo
 from chronoforge_jax.rl import rewards as rewards_lib
-from configs import tad as tad_config
 
 Batch = dict[str, Any]
 
@@ -281,20 +280,6 @@ def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.nd
 # ----------------------------------------------------------------------------------------
 
 
-def _pipeline_settings(config, *, train: bool) -> pipeline.PipelineSettings:
-  i = config.input
-  common = dict(
-      num_keyframes=config.tad.k, selector=config.tad.selector,
-      select_kwargs=tad_config.tad_kwargs(config.tad), disorder_ratio=i.disorder_ratio,
-      num_nonkey_pairs=i.num_nonkey_pairs, patch_size=i.patch_size,
-      merge_size=i.spatial_merge_size, prompt_buckets=tuple(i.prompt_buckets),
-      target_buckets=tuple(i.target_buckets), target_reasoning=i.target_reasoning, seed=i.seed,
-      prefetch_workers=i.prefetch_workers, prefetch_buffer=i.prefetch_buffer,
-      read_threads=i.read_threads)
-  if train:
-    return pipeline.train_settings(i.batch_size, num_epochs=i.num_epochs, **common)
-  return pipeline.eval_settings(i.eval_batch_size, **common)
-
 
 def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 mcfg: model_config_lib.ModelConfig):
@@ -425,7 +410,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with jax.set_mesh(mesh):
     # --- Input ------------------------------------------------------------------------
     dataset = pipeline.make_dataset(
-        config.input.data_dir, s.tokenizer, _pipeline_settings(config, train=True),
+        config.input.data_dir, s.tokenizer, pipeline.settings_from_config(config),
         shard_index=jax.process_index(), shard_count=jax.process_count())
     data_iter = iter(dataset)
 

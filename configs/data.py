@@ -39,10 +39,12 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.eval_batch_size = 8       # GLOBAL eval batch; the last one is padded, not dropped.
   c.eval_num_keyframes = 32   # K at evaluation (paper: more frames than in training).
   c.disorder_ratio = 0.5      # Share of non-keyframe patches in the disordered view.
-  c.num_nonkey_pairs = -1     # M non-keyframe pairs stored; -1: round(ratio * K / 2).
+  c.num_nonkey_pairs = -1     # M non-keyframe patches stored; -1: round(ratio * P).
+  c.patch_mode = "pair"       # "pair": 2 keyframes per temporal patch (P = K/2 patches);
+                              # "duplicate": each frame repeated into its own (P = K).
   c.patch_size = 14           # Qwen2.5-VL vision patch side.
   c.spatial_merge_size = 2    # 2x2 patches merge into one video token.
-  c.temporal_patch_size = 2   # Frames per temporal patch (the pairing assumes 2).
+  c.temporal_patch_size = 2   # Frames per temporal patch (both patch modes assume 2).
   c.prompt_buckets = (128, 256, 512)   # Prompt lengths, not counting video tokens.
   c.target_buckets = (64, 128, 256)    # Reference-answer lengths (SFT targets).
   c.target_reasoning = True   # SFT targets keep the annotation's <think> reasoning.
@@ -136,9 +138,12 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     c = config.input
     for f in ("batch_size", "eval_batch_size"):
       check(_int(c[f]) and c[f] >= 1, f"input.{f}", f"got {c[f]!r}; need an int >= 1")
-    check(_int(c.eval_num_keyframes) and c.eval_num_keyframes >= 2
-          and c.eval_num_keyframes % 2 == 0, "input.eval_num_keyframes",
-          f"got {c.eval_num_keyframes!r}; need an even int >= 2 (frames pair into patches)")
+    common.check_choice(c.patch_mode, "input.patch_mode", {"pair", "duplicate"})
+    pairing = c.patch_mode == "pair"
+    check(_int(c.eval_num_keyframes) and c.eval_num_keyframes >= 1
+          and not (pairing and c.eval_num_keyframes % 2), "input.eval_num_keyframes",
+          f"got {c.eval_num_keyframes!r}; need an even int >= 2 (frames pair into patches; "
+          "input.patch_mode='duplicate' takes any K >= 1)")
     check(isinstance(c.disorder_ratio, numbers.Real) and 0 <= c.disorder_ratio <= 1,
           "input.disorder_ratio", f"got {c.disorder_ratio!r}; need a number in [0, 1]")
     check(_int(c.num_nonkey_pairs) and c.num_nonkey_pairs >= -1, "input.num_nonkey_pairs",
@@ -146,7 +151,7 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     for f in ("patch_size", "spatial_merge_size"):
       check(_int(c[f]) and c[f] >= 1, f"input.{f}", f"got {c[f]!r}; need an int >= 1")
     check(c.temporal_patch_size == 2, "input.temporal_patch_size",
-          f"got {c.temporal_patch_size!r}; the keyframe pairing supports only 2")
+          f"got {c.temporal_patch_size!r}; both patch modes support only 2")
     _buckets(c.prompt_buckets, "input.prompt_buckets")
     _buckets(c.target_buckets, "input.target_buckets")
     check(c.num_epochs is None or (_int(c.num_epochs) and c.num_epochs >= 1),
@@ -156,9 +161,11 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     check(_int(c.prefetch_buffer) and c.prefetch_buffer >= 1, "input.prefetch_buffer",
           f"got {c.prefetch_buffer!r}; need an int >= 1")
     if "tad" in config:
-      check(_int(config.tad.k) and config.tad.k >= 2 and config.tad.k % 2 == 0, "tad.k",
+      check(_int(config.tad.k) and config.tad.k >= 1
+            and not (pairing and config.tad.k % 2), "tad.k",
             f"got {config.tad.k!r}; training needs an even K >= 2 (consecutive keyframes "
-            "pair into Qwen2.5-VL temporal patches)")
+            "pair into Qwen2.5-VL temporal patches; input.patch_mode='duplicate' takes "
+            "any K >= 1)")
   if "preprocess" in config:
     p = config.preprocess
     common.check_choice(p.format, "preprocess.format", set(FORMATS))

@@ -134,7 +134,7 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str) -> list:
       result = eval_lib.evaluate(
           model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
           batch_size=config.input.eval_batch_size, mode=_MODE.value, max_new_tokens=32,
-          select_kwargs=tad_config.tad_kwargs(config.tad),
+          select_kwargs=tad_config.tad_kwargs(config.tad), patch_mode=config.input.patch_mode,
           prompt_buckets=tuple(config.input.prompt_buckets),
           # The demo's SFT targets leave <think> empty; score exactly that answer format.
           answer_template="<think></think><answer>{letter}</answer>",

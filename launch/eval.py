@@ -44,7 +44,11 @@ _HF_DIR = flags.DEFINE_string("hf_dir", "", "Local HF Qwen2.5-VL folder (config.
 _TOKENIZER_DIR = flags.DEFINE_string("tokenizer_dir", "", "Folder with tokenizer.json.")
 _SELECTOR = flags.DEFINE_enum("selector", "both", ["tad", "uniform", "both"],
                               "Keyframe selector(s) to evaluate.")
-_K = flags.DEFINE_integer("k", 16, "Keyframes per video (even).")
+_K = flags.DEFINE_integer("k", 16, "Keyframes per video (even with --patch_mode=pair).")
+_PATCH_MODE = flags.DEFINE_enum(
+    "patch_mode", "pair", ["pair", "duplicate"], "pair: two consecutive keyframes per "
+    "temporal patch; duplicate: every keyframe repeated into a patch of its own (exact "
+    "per-frame encoding, twice the video tokens).")
 _MODE = flags.DEFINE_enum("mode", "generate", ["generate", "likelihood"],
                           "generate: greedy answer + letter extraction; likelihood: "
                           "argmax of each option letter's log-prob.")
@@ -73,7 +77,7 @@ class UsageError(ValueError):
 
 
 def check_args(*, data_dir: str, checkpoint: str, hf_dir: str, random_init: bool,
-               k: int) -> None:
+               k: int, patch_mode: str = "pair") -> None:
   """Fails fast (before JAX starts) on a missing/empty data dir or checkpoint."""
   from chronoforge_jax.data import records
 
@@ -97,8 +101,11 @@ def check_args(*, data_dir: str, checkpoint: str, hf_dir: str, random_init: bool
   if not checkpoint and not hf_dir and not random_init:
     raise UsageError("give --checkpoint (trained params) or --hf_dir (base model weights); "
                      "--random_init evaluates random weights for smoke tests")
-  if k < 2 or k % 2:
-    raise UsageError(f"--k={k}: need an even number >= 2 (keyframes pair into patches)")
+  if patch_mode == "pair" and (k < 2 or k % 2):
+    raise UsageError(f"--k={k}: need an even number >= 2 (keyframes pair into patches; "
+                     "--patch_mode=duplicate takes any K >= 1)")
+  if k < 1:
+    raise UsageError(f"--k={k}: need K >= 1")
 
 
 def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_7b",
@@ -107,14 +114,15 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         max_new_tokens: int = 512, max_questions: int | None = None,
         prompt_buckets=(128, 256, 512), workdir: str = "", dtype: str = "bfloat16",
         param_dtype: str = "float32", match_tokenizer: bool = True,
-        random_init: bool = False, tad_kwargs=None, progress: bool = True) -> dict:
+        random_init: bool = False, tad_kwargs=None, progress: bool = True,
+        patch_mode: str = "pair") -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
 
   Returns:
     {selector: EvalResult}.
   """
   check_args(data_dir=data_dir, checkpoint=checkpoint, hf_dir=hf_dir,
-             random_init=random_init, k=k)
+             random_init=random_init, k=k, patch_mode=patch_mode)
   import jax.numpy as jnp
   from chronoforge_jax import eval_lib, report
   from chronoforge_jax import tokenizer as tokenizer_lib
@@ -140,7 +148,7 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         model, data_dir, tok, selector=name, num_keyframes=k, batch_size=batch_size,
         mode=mode, max_new_tokens=max_new_tokens, max_questions=max_questions,
         prompt_buckets=tuple(int(b) for b in prompt_buckets),
-        select_kwargs=tad_kwargs, out_dir=out, progress=progress,
+        select_kwargs=tad_kwargs, out_dir=out, progress=progress, patch_mode=patch_mode,
         meta={"checkpoint": source, "model": model_preset if not hf_dir else hf_dir})
     r = results[name]
     o = r.tables["overall"]
@@ -176,7 +184,7 @@ def main(argv) -> int:
         prompt_buckets=_PROMPT_BUCKETS.value, workdir=_WORKDIR.value, dtype=_DTYPE.value,
         param_dtype=_PARAM_DTYPE.value, match_tokenizer=_MATCH_TOKENIZER.value,
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
-        progress=not _QUIET.value)
+        progress=not _QUIET.value, patch_mode=_PATCH_MODE.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2

@@ -193,7 +193,7 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
     devices = jax.devices()[:int(np.prod(shape))]
     mesh = sharding.make_mesh(shape, devices=devices)
     s = train_lib.setup(config, mesh)
-    settings = train_lib._pipeline_settings(config, train=True)  # pylint: disable=protected-access
+    settings = pipeline.settings_from_config(config)
     local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer,
                                                                    settings))))
     with jax.set_mesh(mesh):
@@ -291,7 +291,7 @@ def test_frozen_vision_tower_gets_no_updates(data_dir):
   config = _config(data_dir, **{"optax.freeze_vision": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
-  settings = train_lib._pipeline_settings(config, train=True)  # pylint: disable=protected-access
+  settings = pipeline.settings_from_config(config)
   local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer,
                                                                  settings))))
   with jax.set_mesh(mesh):
@@ -331,7 +331,7 @@ def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
   config = _config(data_dir, **{"optax.grad_accum": 2, "optax.warmup_steps": 0})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
-  settings = train_lib._pipeline_settings(config, train=True)  # pylint: disable=protected-access
+  settings = pipeline.settings_from_config(config)
   batches = iter(pipeline.make_dataset(data_dir, s.tokenizer, settings))
   with jax.set_mesh(mesh):
     state = s.init_state()

@@ -12,7 +12,8 @@ depend on the number of processes or prefetch workers, and the Grain iterator st
 The prompt/target bucket of a step is chosen from the lengths of the whole global batch
 (all processes compute the same), so processes always agree on shapes.
 
-A batch is a dict of NumPy arrays (U = K + 2M frames, P = K/2 patches):
+A batch is a dict of NumPy arrays (P patches per view and U frames in the union: P = K/2
+and U = K + 2M pairing keyframes, P = K and U = 2(K + M) duplicating them; rl/views.py):
   frames u8 [B,U,H,W,3], timestamps f32 [B,U], frame_valid bool [B,U],
   ordered_patches i32 [B,P], disordered_patches i32 [B,P], keyframe_indices i32 [B,K],
   prompt_ids i32 [B,L] (left-padded), prompt_mask bool [B,L], answer_index i32 [B],
@@ -43,11 +44,14 @@ class PipelineSettings:
 
   Attributes:
     batch_size: GLOBAL batch size (all processes); each process gets batch_size/count.
-    num_keyframes: K, even (consecutive keyframes pair into temporal patches).
+    num_keyframes: K (even when pairing: consecutive keyframes share a temporal patch).
     selector: keyframe selector registered in `tad.SELECTORS` ("tad", "uniform").
     select_kwargs: selector settings (e.g. `configs.tad.tad_kwargs(config.tad)`).
     disorder_ratio: fraction of the disordered view taken from non-keyframes.
-    num_nonkey_pairs: M non-keyframe pairs stored; -1 = round(ratio * K/2); 0 = none.
+    num_nonkey_pairs: M non-keyframe temporal patches stored; -1 = round(ratio * P);
+      0 = none.
+    patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (each frame
+      repeated into a patch of its own: exact per-frame encoding, twice the tokens).
     patch_size, merge_size: Qwen2.5-VL vision patch side and spatial merge; a temporal
       patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
     prompt_buckets: allowed prompt lengths NOT counting the video tokens.
@@ -70,6 +74,7 @@ class PipelineSettings:
   select_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   disorder_ratio: float = 0.5
   num_nonkey_pairs: int = -1
+  patch_mode: str = "pair"
   patch_size: int = 14
   merge_size: int = 2
   prompt_buckets: tuple[int, ...] = (128, 256, 512)
@@ -88,9 +93,14 @@ class PipelineSettings:
       raise ValueError(f"PipelineSettings.{field}: {msg}")
     if self.batch_size < 1:
       bad("batch_size", f"got {self.batch_size}; need >= 1")
-    if self.num_keyframes < 2 or self.num_keyframes % 2:
+    if self.patch_mode not in views_lib.PATCH_MODES:
+      bad("patch_mode", f"got {self.patch_mode!r}; need one of {views_lib.PATCH_MODES}")
+    if self.patch_mode == "pair" and (self.num_keyframes < 2 or self.num_keyframes % 2):
       bad("num_keyframes", f"got {self.num_keyframes}; need an even K >= 2 (pairs of "
-          "consecutive keyframes form Qwen2.5-VL temporal patches)")
+          "consecutive keyframes form Qwen2.5-VL temporal patches; patch_mode="
+          "'duplicate' takes any K)")
+    if self.num_keyframes < 1:
+      bad("num_keyframes", f"got {self.num_keyframes}; need K >= 1")
     if not 0.0 <= self.disorder_ratio <= 1.0:
       bad("disorder_ratio", f"got {self.disorder_ratio}; need a value in [0, 1]")
     if self.num_nonkey_pairs < -1:
@@ -108,12 +118,18 @@ class PipelineSettings:
   def num_pairs(self) -> int:
     if self.num_nonkey_pairs >= 0:
       return self.num_nonkey_pairs
-    return views_lib.default_num_pairs(self.num_keyframes, self.disorder_ratio)
+    return views_lib.default_num_pairs(self.num_keyframes, self.disorder_ratio,
+                                       self.patch_mode)
+
+  @property
+  def num_patches(self) -> int:
+    """P, temporal patches of a view."""
+    return views_lib.view_patches(self.num_keyframes, self.patch_mode)
 
   @property
   def num_frames(self) -> int:
     """U, frames stored per example."""
-    return self.num_keyframes + 2 * self.num_pairs
+    return views_lib.union_frames(self.num_keyframes, self.num_pairs, self.patch_mode)
 
 
 def num_video_tokens(num_patches: int, height: int, width: int, patch_size: int = 14,
@@ -167,7 +183,7 @@ class _BatchBuilder:
     self.s = settings
     self.shard_index, self.local = shard_index, settings.batch_size // shard_count
     h, w = self.data.frame_shape[:2]
-    self.num_video = num_video_tokens(settings.num_keyframes // 2, h, w, settings.patch_size,
+    self.num_video = num_video_tokens(settings.num_patches, h, w, settings.patch_size,
                                       settings.merge_size)
     self.max_t = max(int(self.data.index["max_frames_per_video"]), 1)
     self.text_len, self.target_len = self._lengths()
@@ -228,7 +244,8 @@ class _BatchBuilder:
       position = step * s.batch_size + lo + j
       rng = np.random.default_rng([s.seed, position])
       v = views_lib.build_views(video.num_frames, key_bk[j], key_valid_bk[j],
-                                num_pairs=s.num_pairs, disorder_ratio=s.disorder_ratio, rng=rng)
+                                num_pairs=s.num_pairs, disorder_ratio=s.disorder_ratio, rng=rng,
+                                patch_mode=s.patch_mode)
       examples.append(self._example(q, video, v, prompt_len, target_len, local_valid[j]))
     return _collate(examples)
 
@@ -249,14 +266,13 @@ class _BatchBuilder:
     prompt = self.tok.encode_chat_prompt(q["question"], q["options"], self.num_video)
     target = self._target(q, target_len)
     pad = self.tok.pad_id
-    k = self.s.num_keyframes
     return {
         "frames": self.data.frames(video, v.frame_indices),
         "timestamps": video.timestamps[v.frame_indices].astype(np.float32),
         "frame_valid": v.frame_valid & valid,
         "ordered_patches": v.ordered_patches,
         "disordered_patches": v.disordered_patches,
-        "keyframe_indices": v.frame_indices[:k],
+        "keyframe_indices": v.keyframe_indices,
         "prompt_ids": np.array([pad] * (prompt_len - len(prompt)) + prompt, np.int32),
         "prompt_mask": np.arange(prompt_len) >= prompt_len - len(prompt),
         "answer_index": np.int32(q["answer_index"]),
@@ -366,7 +382,8 @@ def settings_from_config(config, *, train: bool = True, selector: str | None = N
       select_kwargs={f: tad[f] for f in _TAD_FIELDS if tad is not None and f in tad},
       disorder_ratio=inp.disorder_ratio, patch_size=inp.patch_size,
       merge_size=inp.spatial_merge_size, prompt_buckets=tuple(inp.prompt_buckets),
-      target_buckets=tuple(inp.target_buckets), seed=inp.seed,
+      target_buckets=tuple(inp.target_buckets), target_reasoning=inp.target_reasoning,
+      patch_mode=inp.patch_mode, seed=inp.seed,
       prefetch_workers=inp.prefetch_workers, prefetch_buffer=inp.prefetch_buffer,
       read_threads=inp.read_threads)
   if train:

@@ -12,6 +12,15 @@ The K keyframes are in chronological order, so the ordered view is patches 0..K/
 non-keyframes are 2M frames TAD did not select, sorted, so each pair is chronological. The
 hybrid disordered view takes round(ratio * K/2) non-keyframe patches and the rest
 keyframe patches, shuffled with the example's own generator.
+
+`patch_mode="duplicate"` (PAPER.md: exact per-frame encoding at twice the cost) puts every
+frame in a temporal patch of its own by repeating it:
+
+  frames  = [k_0, k_0, k_1, k_1, ..., k_{K-1}, k_{K-1},  n_0, n_0, ..., n_{M-1}, n_{M-1}]
+  patches = [(k_0,k_0), ..., (k_{K-1},k_{K-1}), (n_0,n_0), ..., (n_{M-1},n_{M-1})]
+
+so a view has K patches (K may be odd), M counts single non-keyframes, U = 2(K + M), and
+the disordered view shuffles individual frames rather than pairs.
 """
 
 from __future__ import annotations
@@ -20,35 +29,62 @@ import dataclasses
 
 import numpy as np
 
+PATCH_MODES = ("pair", "duplicate")
+
 
 @dataclasses.dataclass(frozen=True)
 class Views:
   """Frame and patch indices of one example.
 
   Attributes:
-    frame_indices: int32 [U], indices into the video's stored frames (K keyframes, then
-      2M non-keyframes).
+    frame_indices: int32 [U], indices into the video's stored frames, in the layout of
+      the module docstring (U = K + 2M pairing, 2(K + M) duplicating).
     frame_valid: bool [U]; False where the video had too few frames (the index then
       repeats a valid frame so gathers stay in range).
-    ordered_patches: int32 [K/2], the ordered view: arange(K/2).
-    disordered_patches: int32 [K/2], patch indices into the union's K/2 + M patches.
+    ordered_patches: int32 [P], the ordered view: arange(P), P = K/2 pairing, K
+      duplicating.
+    disordered_patches: int32 [P], patch indices into the union's P + M patches.
+    keyframe_indices: int32 [K], the keyframes in chronological order.
   """
   frame_indices: np.ndarray
   frame_valid: np.ndarray
   ordered_patches: np.ndarray
   disordered_patches: np.ndarray
+  keyframe_indices: np.ndarray
 
 
-def default_num_pairs(num_keyframes: int, disorder_ratio: float) -> int:
-  """Non-keyframe pairs M the disordered view needs: round(ratio * K/2)."""
-  return int(round(disorder_ratio * (num_keyframes // 2)))
+def view_patches(num_keyframes: int, patch_mode: str = "pair") -> int:
+  """P, temporal patches in a view of K keyframes."""
+  _check_mode(patch_mode)
+  return num_keyframes // 2 if patch_mode == "pair" else num_keyframes
 
 
-def _check(num_keyframes: int, num_pairs: int, disorder_ratio: float) -> None:
-  if num_keyframes < 2 or num_keyframes % 2:
+def union_frames(num_keyframes: int, num_pairs: int, patch_mode: str = "pair") -> int:
+  """U, frames stored per example: two per patch of the union's P + M patches."""
+  return 2 * (view_patches(num_keyframes, patch_mode) + num_pairs)
+
+
+def default_num_pairs(num_keyframes: int, disorder_ratio: float,
+                      patch_mode: str = "pair") -> int:
+  """Non-keyframe patches M the disordered view needs: round(ratio * P)."""
+  return int(round(disorder_ratio * view_patches(num_keyframes, patch_mode)))
+
+
+def _check_mode(patch_mode: str) -> None:
+  if patch_mode not in PATCH_MODES:
+    raise ValueError(f"patch_mode={patch_mode!r}: must be one of {PATCH_MODES}")
+
+
+def _check(num_keyframes: int, num_pairs: int, disorder_ratio: float,
+           patch_mode: str = "pair") -> None:
+  _check_mode(patch_mode)
+  if patch_mode == "pair" and (num_keyframes < 2 or num_keyframes % 2):
     raise ValueError(
         f"num_keyframes={num_keyframes}: must be even and >= 2, since consecutive "
-        "keyframes pair into Qwen2.5-VL temporal patches of two frames")
+        "keyframes pair into Qwen2.5-VL temporal patches of two frames (or set "
+        "patch_mode='duplicate' to give every keyframe a patch of its own)")
+  if num_keyframes < 1:
+    raise ValueError(f"num_keyframes={num_keyframes}: must be >= 1")
   if num_pairs < 0:
     raise ValueError(f"num_pairs={num_pairs}: must be >= 0")
   if not 0.0 <= disorder_ratio <= 1.0:
@@ -75,25 +111,25 @@ def fill_invalid(indices_k: np.ndarray, valid_k: np.ndarray) -> tuple[np.ndarray
 
 
 def nonkeyframe_indices(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray,
-                        num_pairs: int, rng: np.random.Generator
+                        num: int, rng: np.random.Generator
                         ) -> tuple[np.ndarray, np.ndarray]:
-  """Draws 2M distinct frames that are not keyframes, sorted (so each pair is chronological).
+  """Draws `num` distinct frames that are not keyframes, sorted (pairs are chronological).
 
   Args:
     num_frames: T, frames stored for the video.
     keyframes_k: int [K] keyframe indices.
     keyframe_valid_k: bool [K].
-    num_pairs: M.
+    num: frames wanted (2M pairing, M duplicating).
     rng: the example's generator.
 
   Returns:
-    (indices int32 [2M], valid bool [2M]); when fewer than 2M non-keyframes exist, the
+    (indices int32 [num], valid bool [num]); when fewer non-keyframes exist, the
     missing slots repeat the last drawn frame (or frame 0) and are marked invalid.
   """
   is_key_t = np.zeros(num_frames, bool)
   is_key_t[np.asarray(keyframes_k)[np.asarray(keyframe_valid_k, bool)]] = True
   candidates = np.flatnonzero(~is_key_t)
-  want = 2 * num_pairs
+  want = num
   take = min(want, candidates.size)
   chosen = np.sort(rng.choice(candidates, size=take, replace=False)) if take else candidates[:0]
   out = np.full(want, chosen[-1] if take else 0, np.int32)
@@ -104,22 +140,24 @@ def nonkeyframe_indices(num_frames: int, keyframes_k: np.ndarray, keyframe_valid
 def disordered_patches(num_keyframes: int, num_pairs: int, disorder_ratio: float,
                        rng: np.random.Generator, *,
                        keyframe_patch_valid: np.ndarray | None = None,
-                       nonkey_patch_valid: np.ndarray | None = None) -> np.ndarray:
+                       nonkey_patch_valid: np.ndarray | None = None,
+                       patch_mode: str = "pair") -> np.ndarray:
   """The hybrid disordered view: a shuffled mix of keyframe and non-keyframe patches.
 
   Args:
-    num_keyframes: K (even); the view has K/2 patches.
-    num_pairs: M non-keyframe patches available (indices K/2 .. K/2+M-1).
+    num_keyframes: K; the view has P patches (`view_patches`).
+    num_pairs: M non-keyframe patches available (indices P .. P+M-1).
     disorder_ratio: fraction of the view's patches taken from non-keyframes.
     rng: the example's generator.
-    keyframe_patch_valid: optional bool [K/2]; valid patches are preferred.
+    keyframe_patch_valid: optional bool [P]; valid patches are preferred.
     nonkey_patch_valid: optional bool [M]; only valid non-keyframe patches are used.
+    patch_mode: "pair" or "duplicate" (module docstring).
 
   Returns:
-    int32 [K/2] patch indices; never equal to arange(K/2) when K/2 > 1.
+    int32 [P] patch indices; never equal to arange(P) when P > 1.
   """
-  _check(num_keyframes, num_pairs, disorder_ratio)
-  p = num_keyframes // 2
+  _check(num_keyframes, num_pairs, disorder_ratio, patch_mode)
+  p = view_patches(num_keyframes, patch_mode)
   key_ok = np.ones(p, bool) if keyframe_patch_valid is None else np.asarray(
       keyframe_patch_valid, bool)
   non_ok = np.ones(num_pairs, bool) if nonkey_patch_valid is None else np.asarray(
@@ -137,32 +175,42 @@ def disordered_patches(num_keyframes: int, num_pairs: int, disorder_ratio: float
 
 
 def build_views(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray, *,
-                num_pairs: int, disorder_ratio: float, rng: np.random.Generator) -> Views:
+                num_pairs: int, disorder_ratio: float, rng: np.random.Generator,
+                patch_mode: str = "pair") -> Views:
   """Both views of one example from its keyframes.
 
   Args:
     num_frames: T, frames stored for the video.
-    keyframes_k: int [K] keyframe indices (K even) from a selector.
+    keyframes_k: int [K] keyframe indices from a selector (K even when pairing).
     keyframe_valid_k: bool [K].
-    num_pairs: M non-keyframe pairs to add (0 for evaluation without the disordered view).
+    num_pairs: M non-keyframe patches to add (0 for evaluation without the disordered
+      view): pairs of non-keyframes, or single ones when duplicating.
     disorder_ratio: fraction of the disordered view taken from non-keyframes.
     rng: the example's generator (seeded per example for determinism).
+    patch_mode: "pair" (consecutive keyframes share a temporal patch) or "duplicate"
+      (every frame repeated into a patch of its own).
 
   Returns:
-    Views with U = K + 2M frames.
+    Views with U = `union_frames(K, M, patch_mode)` frames.
   """
   keyframes_k = np.asarray(keyframes_k)
   num_keyframes = keyframes_k.shape[0]
-  _check(num_keyframes, num_pairs, disorder_ratio)
+  _check(num_keyframes, num_pairs, disorder_ratio, patch_mode)
   if num_frames < 1:
     raise ValueError(f"num_frames={num_frames}: a video needs at least one frame")
   key_idx, key_valid = fill_invalid(keyframes_k, keyframe_valid_k)
-  non_idx, non_valid = nonkeyframe_indices(num_frames, key_idx, key_valid, num_pairs, rng)
+  per_patch = 2 if patch_mode == "pair" else 1  # Distinct frames in a patch.
+  non_idx, non_valid = nonkeyframe_indices(num_frames, key_idx, key_valid,
+                                           per_patch * num_pairs, rng)
   disordered = disordered_patches(
       num_keyframes, num_pairs, disorder_ratio, rng,
-      keyframe_patch_valid=key_valid.reshape(-1, 2).all(-1),
-      nonkey_patch_valid=non_valid.reshape(-1, 2).all(-1))
-  return Views(frame_indices=np.concatenate([key_idx, non_idx]).astype(np.int32),
-               frame_valid=np.concatenate([key_valid, non_valid]),
-               ordered_patches=np.arange(num_keyframes // 2, dtype=np.int32),
-               disordered_patches=disordered)
+      keyframe_patch_valid=key_valid.reshape(-1, per_patch).all(-1),
+      nonkey_patch_valid=non_valid.reshape(-1, per_patch).all(-1), patch_mode=patch_mode)
+  frames = np.concatenate([key_idx, non_idx]).astype(np.int32)
+  valid = np.concatenate([key_valid, non_valid])
+  if patch_mode == "duplicate":
+    frames, valid = np.repeat(frames, 2), np.repeat(valid, 2)
+  return Views(frame_indices=frames, frame_valid=valid,
+               ordered_patches=np.arange(view_patches(num_keyframes, patch_mode),
+                                         dtype=np.int32),
+               disordered_patches=disordered, keyframe_indices=key_idx)

@@ -101,6 +101,36 @@ def test_batch_contents_match_independent_references(dataset):
   assert set(host) == set(pipeline.HOST_KEYS) and not set(device) & set(host)
 
 
+def test_duplicate_patch_mode_repeats_each_frame_into_its_own_patch(dataset):
+  data_dir, tok, _ = dataset
+  k = 3  # Any K: every keyframe is a patch of its own.
+  dup = _take(pipeline.make_dataset(data_dir, tok, _settings(num_keyframes=k,
+                                                             patch_mode="duplicate")), 1)[0]
+  s = _settings(num_keyframes=k, patch_mode="duplicate")
+  assert (s.num_patches, s.num_pairs, s.num_frames) == (3, 2, 10)
+  assert dup["frames"].shape == (4, 10, SIZE, SIZE, 3)
+  np.testing.assert_array_equal(dup["frames"][:, 0::2], dup["frames"][:, 1::2])
+  np.testing.assert_array_equal(dup["timestamps"][:, 0::2], dup["timestamps"][:, 1::2])
+  np.testing.assert_array_equal(dup["ordered_patches"], np.tile(np.arange(k), (4, 1)))
+  assert dup["disordered_patches"].shape == (4, k) and (dup["disordered_patches"] < 5).all()
+  # The same questions and keyframes as TAD chose them; one patch of video tokens each.
+  data = records.PreprocessedData(data_dir)
+  by_id = {data.question(i)["question_id"]: data.question(i) for i in range(len(data))}
+  select = jax.jit(lambda f: tad.select("tad", f, k, window=4))
+  for j in range(4):
+    video = data.video(by_id[dup["question_id"][j]]["video_key"])
+    ref_idx, _ = select(video.features)
+    np.testing.assert_array_equal(dup["keyframe_indices"][j], np.asarray(ref_idx))
+    np.testing.assert_array_equal(dup["frames"][j, 0:2 * k:2],
+                                  data.frames(video, np.asarray(ref_idx)))
+  num_video = k * (SIZE // 28) ** 2
+  assert int(np.sum(dup["prompt_ids"][0] == tok.video_pad_id)) == num_video
+  with pytest.raises(ValueError, match="patch_mode"):
+    _settings(patch_mode="triple")
+  with pytest.raises(ValueError, match="num_keyframes"):
+    _settings(num_keyframes=3)  # Pairing needs an even K.
+
+
 def test_uniform_selector_by_name(dataset):
   data_dir, tok, _ = dataset
   batch = _take(pipeline.make_dataset(data_dir, tok, _settings(selector="uniform")), 1)[0]
@@ -205,6 +235,17 @@ def test_settings_from_config_and_errors(dataset):
   assert s.select_kwargs["window"] == 4 and s.num_pairs == 1
   e = pipeline.settings_from_config(config, train=False, selector="uniform")
   assert (e.num_keyframes, e.shuffle, e.num_pairs, e.selector) == (4, False, 0, "uniform")
+  assert s.patch_mode == "pair" and s.target_reasoning is False
+  config.input.patch_mode, config.tad.k = "duplicate", 5
+  data_config.validate_data(config)  # Any K when every keyframe has its own patch.
+  d = pipeline.settings_from_config(config)
+  assert (d.patch_mode, d.num_patches, d.num_pairs) == ("duplicate", 5, 2)
+  config.input.patch_mode = "pair"
+  with pytest.raises(data_config.common.ConfigError, match="tad.k: got 5"):
+    data_config.validate_data(config)
+  config.input.patch_mode = "triple"
+  with pytest.raises(data_config.common.ConfigError, match="input.patch_mode"):
+    data_config.validate_data(config)
   with pytest.raises(ValueError, match="num_keyframes"):
     _settings(num_keyframes=3)
   with pytest.raises(ValueError, match="not divisible by 3 processes"):

@@ -104,3 +104,27 @@ def test_single_view_encodes_only_its_frames_and_equals_the_union_gather():
         batch["timestamps"], grid_hw=(4, 4), temporal_patch=2, real_time=name == "ordered")
     np.testing.assert_allclose(np.asarray(both[name]["video_embeds"]),
                                np.asarray(want_once["video_embeds"]), rtol=1e-5, atol=1e-5)
+
+
+def test_duplicate_patch_mode_encodes_each_keyframe_on_its_own():
+  """patch_mode="duplicate": a keyframe's tokens depend on that frame only; paired, on both."""
+  model = _model()
+  rng = np.random.default_rng(5)
+  a, b, c = _frames(rng, 3, 1)[:, 0]
+  encode = lambda *fs: np.asarray(kf_grpo.encode_union(model, jnp.asarray(np.stack(fs)[None])))
+  dup_ab, dup_ac = encode(a, a, b, b), encode(a, a, c, c)
+  np.testing.assert_array_equal(dup_ab[0, 0], dup_ac[0, 0])  # a's patch ignores its neighbour.
+  pair_ab, pair_ac = encode(a, b), encode(a, c)
+  assert np.abs(pair_ab[0, 0] - pair_ac[0, 0]).max() > 1e-3  # A pair mixes both frames.
+  # A disordered view of duplicated frames gathers exactly what encoding it directly gives.
+  frames = np.repeat(_frames(rng, 1, 4), 2, axis=1)  # [k0 k0 k1 k1 n0 n0 n1 n1]
+  patches = np.array([[2, 0, 3]], np.int32)
+  tokens = kf_grpo.encode_union(model, jnp.asarray(frames))
+  view = kf_grpo.view_inputs(tokens, jnp.asarray(patches),
+                             jnp.asarray(np.repeat(np.arange(4.0, dtype=np.float32), 2)[None]),
+                             grid_hw=(4, 4), temporal_patch=2, real_time=False)
+  order = np.repeat(patches[0] * 2, 2)
+  pixels, grid = vlm.frames_to_pixel_values(jnp.asarray(frames[0, order]), model.config.vision)
+  direct = model.encode_video(pixels, np.asarray(grid).reshape(1, 3))
+  np.testing.assert_allclose(np.asarray(view["video_embeds"]), np.asarray(direct),
+                             rtol=1e-5, atol=1e-5)

@@ -102,3 +102,49 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="num_frames"):
     views.build_views(0, np.zeros(2, int), np.zeros(2, bool), num_pairs=0,
                       disorder_ratio=0.5, rng=np.random.default_rng(0))
+
+
+@hypothesis.given(num_frames=st.integers(1, 40), k=st.integers(1, 9),
+                  ratio=st.sampled_from([0.0, 0.5, 1.0]), seed=st.integers(0, 10**6))
+@hypothesis.settings(max_examples=100, deadline=None)
+def test_duplicate_mode_gives_every_frame_its_own_patch(num_frames, k, ratio, seed):
+  rng = np.random.default_rng(seed)
+  key_idx, key_valid = _keyframes(num_frames, k, rng)
+  m = views.default_num_pairs(k, ratio, "duplicate")
+  assert m == int(round(ratio * k))  # One non-keyframe per patch: P = K patches.
+  v = views.build_views(num_frames, key_idx, key_valid, num_pairs=m, disorder_ratio=ratio,
+                        rng=np.random.default_rng(seed + 1), patch_mode="duplicate")
+  assert v.frame_indices.shape == (views.union_frames(k, m, "duplicate"),) == (2 * (k + m),)
+  pairs = v.frame_indices.reshape(-1, 2)
+  np.testing.assert_array_equal(pairs[:, 0], pairs[:, 1])  # Both frames of a patch equal.
+  np.testing.assert_array_equal(v.frame_valid[::2], v.frame_valid[1::2])
+  np.testing.assert_array_equal(pairs[:k, 0][key_valid], key_idx[key_valid])
+  np.testing.assert_array_equal(v.keyframe_indices[key_valid], key_idx[key_valid])
+  np.testing.assert_array_equal(v.ordered_patches, np.arange(k))
+  non = pairs[k:, 0][v.frame_valid[2 * k::2]]
+  assert not set(non.tolist()) & set(key_idx[key_valid].tolist())
+  assert (np.diff(non) > 0).all()
+  d = v.disordered_patches
+  assert d.shape == (k,) and len(set(d.tolist())) == k and ((0 <= d) & (d < k + m)).all()
+  assert int((d >= k).sum()) == min(int(round(ratio * k)), non.size)
+  if k > 1:
+    assert not np.array_equal(d, np.arange(k))
+
+
+def test_pair_mode_layout_is_unchanged_by_the_mode_argument():
+  key_idx, key_valid = np.arange(0, 64, 4), np.ones(16, bool)
+  a = views.build_views(64, key_idx, key_valid, num_pairs=4, disorder_ratio=0.5,
+                        rng=np.random.default_rng(7))
+  b = views.build_views(64, key_idx, key_valid, num_pairs=4, disorder_ratio=0.5,
+                        rng=np.random.default_rng(7), patch_mode="pair")
+  for field in ("frame_indices", "frame_valid", "ordered_patches", "disordered_patches",
+                "keyframe_indices"):
+    np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+  np.testing.assert_array_equal(a.keyframe_indices, key_idx)
+  assert views.view_patches(16) == 8 and views.view_patches(16, "duplicate") == 16
+
+
+def test_bad_patch_mode():
+  with pytest.raises(ValueError, match="patch_mode='triple'"):
+    views.build_views(10, np.arange(4), np.ones(4, bool), num_pairs=1, disorder_ratio=0.5,
+                      rng=np.random.default_rng(0), patch_mode="triple")
