@@ -192,6 +192,11 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
   """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch."""
   b, g = rollout["accuracy"].shape
   components = {"accuracy": rollout["accuracy"], "format": rollout["format"]}
+  if rl.length_bonus.enabled:
+    lb = rl.length_bonus
+    components["length"] = rewards_lib.length_bonus(
+        rollout["accuracy"], rollout["mask"].sum(-1).reshape(b, g), bonus=lb.bonus,
+        min_tokens=lb.min_tokens, max_tokens=lb.max_tokens, min_correct=lb.min_correct)
   total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
       components, rollout["disordered_accuracy"], weights=dict(rl.reward_weights),
       saliency=rl.saliency.enabled, alpha=rl.saliency.alpha, mu=rl.saliency.mu,

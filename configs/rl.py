@@ -13,8 +13,10 @@ Where the defaults come from (see ../shared/PAPER.md):
   p >= mu * p~ with mu = 0.8 (`saliency.rule="ratio"`), disordered rollouts get no
   gradient, beta = 0.04 with the k3 KL, clip eps 0.2 both sides, one inner iteration
   (mu = 1, TRL's default), per-sequence token mean (GRPO), temperature 1.0, up to 768
-  new tokens, reward weights 1. (Video-R1 used 4 shuffled rollouts, and a +0.2 length
-  bonus that is not implemented here.)
+  new tokens, reward weights 1. (Video-R1 used 4 shuffled rollouts.) Video-R1's length
+  control (+0.2 for correct answers of 320-512 tokens in groups with two or more correct
+  answers) is available as `length_bonus` but off: the paper's reward is accuracy +
+  format + saliency.
 * The project's own choice: `advantage_estimator="batch_std"`. With GRPO's per-group std
   ("group_std") a bonus given to every correct answer of a group cancels out of the
   advantages (PAPER.md, "Make the bonus count"), so the saliency reward would change
@@ -46,12 +48,19 @@ def rl_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.max_new_tokens = 768
   # Rewards: total = sum of weight * component; every component is logged on its own.
   c.reward_weights = ml_collections.ConfigDict(
-      dict(accuracy=1.0, format=1.0, saliency=1.0))
+      dict(accuracy=1.0, format=1.0, saliency=1.0, length=1.0))
   c.saliency = ml_collections.ConfigDict(dict(
       enabled=True,             # False: plain GRPO, no disordered rollouts.
       rule="ratio",             # "ratio": p >= mu * p~ (T-GRPO); "strict": p > p~.
       alpha=0.3,                # bonus for each correct ordered answer of a winning group.
       mu=0.8,
+  ))
+  c.length_bonus = ml_collections.ConfigDict(dict(
+      enabled=False,            # True: Video-R1's length control reward ("length").
+      bonus=0.2,                # for each correct ordered answer of moderate length,
+      min_tokens=320,           # counted in completion tokens (the stop token included),
+      max_tokens=512,
+      min_correct=2,            # only in groups with at least this many correct answers.
   ))
   # Advantages.
   c.advantage_estimator = "batch_std"  # "group_std" (GRPO), "batch_std", "none" (Dr.GRPO).
@@ -120,7 +129,7 @@ def validate_rl(cfg: ml_collections.ConfigDict) -> None:
   check(_is_int(rl.max_new_tokens) and rl.max_new_tokens >= 1, "rl.max_new_tokens",
         f"got {rl.max_new_tokens!r}; need an int >= 1")
 
-  known = set(rewards.REWARDS.names()) | {"saliency"}
+  known = set(rewards.REWARDS.names()) | {"saliency", "length"}
   for name, weight in rl.reward_weights.items():
     check(name in known, f"rl.reward_weights.{name}",
           f"unknown reward; known: {sorted(known)}")
@@ -139,6 +148,18 @@ def validate_rl(cfg: ml_collections.ConfigDict) -> None:
         f"got {s.mu!r}; need a number >= 0")
   check(not s.enabled or "saliency" in rl.reward_weights, "rl.reward_weights.saliency",
         "missing while rl.saliency.enabled=true; add a weight (1.0 by default)")
+
+  lb = rl.length_bonus
+  check(isinstance(lb.enabled, bool), "rl.length_bonus.enabled",
+        f"got {lb.enabled!r}; need true/false")
+  check(_is_number(lb.bonus), "rl.length_bonus.bonus", f"got {lb.bonus!r}; need a number")
+  check(_is_int(lb.min_tokens) and _is_int(lb.max_tokens)
+        and 0 <= lb.min_tokens <= lb.max_tokens, "rl.length_bonus.min_tokens",
+        f"got [{lb.min_tokens!r}, {lb.max_tokens!r}]; need ints 0 <= min_tokens <= max_tokens")
+  check(_is_int(lb.min_correct) and lb.min_correct >= 1, "rl.length_bonus.min_correct",
+        f"got {lb.min_correct!r}; need an int >= 1")
+  check(not lb.enabled or "length" in rl.reward_weights, "rl.reward_weights.length",
+        "missing while rl.length_bonus.enabled=true; add a weight (1.0 by default)")
 
   common.check_choice(rl.advantage_estimator, "rl.advantage_estimator",
                       set(grpo.ADVANTAGE_ESTIMATORS.names()))

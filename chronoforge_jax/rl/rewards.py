@@ -1,4 +1,4 @@
-"""KF-GRPO rewards: accuracy, format and the saliency-enhanced keyframe bonus.
+"""KF-GRPO rewards: accuracy, format, the saliency-enhanced keyframe bonus, length control.
 
 Two kinds of reward live here:
 
@@ -8,6 +8,8 @@ Two kinds of reward live here:
 * The saliency-enhanced keyframe reward (PAPER.md, KF-GRPO) is a pure `jnp` function of
   the `[B, G]` correctness of the ordered-keyframe rollouts and the `[B, G']` correctness
   of the hybrid-disordered rollouts, so it runs inside jitted code and under pmap.
+* `length_bonus` (Video-R1's optional length control, off by default) is pure jnp too: a
+  function of the ordered rollouts' correctness and completion lengths.
 
 `combine_rewards` applies the config's weights and keeps every component for logging;
 `kf_grpo_rewards` puts text rewards and bonus together into the ordered rollouts' total.
@@ -326,6 +328,32 @@ def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Arr
   if axis_name is not None:
     metrics = jax.lax.pmean(metrics, axis_name)
   return bonus_bg, metrics
+
+
+def length_bonus(correct_bg: jax.Array, lengths_bg: jax.Array, *, bonus: float = 0.2,
+                 min_tokens: int = 320, max_tokens: int = 512,
+                 min_correct: int = 2) -> jax.Array:
+  """Video-R1's length-control reward: a bonus for correct answers of a moderate length.
+
+  A correct rollout whose completion has between `min_tokens` and `max_tokens` tokens
+  (inclusive) gets `bonus`, but only in groups with at least `min_correct` correct
+  rollouts (Video-R1 applies it where more than one answer is correct, so a lone correct
+  answer is not pushed towards a length). Pure jnp.
+
+  Args:
+    correct_bg: [B, G] accuracy (0/1) of the rollouts.
+    lengths_bg: [B, G] completion lengths in tokens.
+    bonus, min_tokens, max_tokens, min_correct: the rule above (Video-R1: 0.2, 320,
+      512, 2).
+
+  Returns:
+    [B, G] float32 bonus.
+  """
+  correct_bg = jnp.asarray(correct_bg, jnp.float32) > 0.5
+  lengths_bg = jnp.asarray(lengths_bg)
+  in_range = (lengths_bg >= min_tokens) & (lengths_bg <= max_tokens)
+  enough = correct_bg.sum(-1, keepdims=True) >= min_correct
+  return jnp.where(correct_bg & in_range & enough, jnp.float32(bonus), jnp.float32(0.0))
 
 
 def combine_rewards(components: Mapping[str, jax.Array], weights: Mapping[str, float],

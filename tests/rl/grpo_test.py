@@ -339,6 +339,7 @@ def test_rl_config_variants_validate_and_build_loss_config(variant):
     ("saliency.rule", "loose", "rl.saliency.rule"),
     ("saliency.alpha", -0.3, "rl.saliency.alpha"),
     ("reward_weights.lenght", 0.2, "rl.reward_weights.lenght"),
+    ("length_bonus.min_tokens", 600, "rl.length_bonus.min_tokens"),
     ("train_on_disordered", True, None),
 ])
 def test_validate_rl_names_the_bad_field(field, value, match):

@@ -222,3 +222,41 @@ def test_kf_grpo_rewards_composes_text_rewards_and_bonus():
   assert not np.asarray(off_bonus).any() and "reward/saliency" not in off_metrics
   with pytest.raises(ValueError, match="saliency.enabled"):
     rewards.kf_grpo_rewards({"format": fmt}, disordered, weights=weights)
+
+
+def _np_length_bonus(correct, lengths, bonus, lo, hi, min_correct):
+  """Video-R1's length-control loop, group by group, in plain Python."""
+  out = np.zeros(correct.shape, np.float64)
+  for b in range(correct.shape[0]):
+    selected = [i for i in range(correct.shape[1]) if correct[b, i] > 0.1]
+    if len(selected) >= min_correct:
+      for i in selected:
+        if lo <= lengths[b, i] <= hi:
+          out[b, i] += bonus
+  return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(correct=hnp.arrays(np.bool_, (6, 4)),
+       lengths=hnp.arrays(np.int32, (6, 4), elements=st.integers(0, 40)),
+       lo=st.integers(0, 20), span=st.integers(0, 20), min_correct=st.integers(1, 3))
+def test_length_bonus_matches_video_r1_loop(correct, lengths, lo, span, min_correct):
+  got = jax.jit(functools.partial(rewards.length_bonus, bonus=0.2, min_tokens=lo,
+                                  max_tokens=lo + span, min_correct=min_correct))(
+                                      correct.astype(np.float32), lengths)
+  want = _np_length_bonus(correct, lengths, 0.2, lo, lo + span, min_correct)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_length_bonus_known_groups_and_in_the_total():
+  correct = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], np.float32)
+  lengths = np.array([[400, 100, 400, 512], [400, 400, 400, 400]])
+  bonus = rewards.length_bonus(correct, lengths)  # Video-R1: +0.2, 320-512, >= 2 correct.
+  # Row 0: 400 and 512 in range and correct; 100 too short; the wrong 400 gets nothing.
+  # Row 1: a lone correct answer gets no length bonus.
+  np.testing.assert_allclose(bonus, [[0.2, 0, 0, 0.2], [0, 0, 0, 0]], rtol=1e-6)
+  total, _, metrics = rewards.kf_grpo_rewards(
+      {"accuracy": correct, "format": np.ones_like(correct), "length": bonus}, None,
+      weights={"accuracy": 1.0, "format": 1.0, "length": 1.0}, saliency=False)
+  np.testing.assert_allclose(total, correct + 1.0 + bonus, rtol=1e-6)
+  assert float(metrics["reward/length"]) == pytest.approx(0.4 / 8)
