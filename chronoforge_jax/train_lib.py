@@ -189,7 +189,13 @@ def sft_step(graphdef, tx, vocab_chunk: int, state, batch):
 
 def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, state, batch,
                  rollout):
-  """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch."""
+  """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch.
+
+  With `rl.train_on_disordered` the disordered rollouts get a gradient too: their own
+  group-relative advantages from accuracy + format (+ length) without the saliency
+  bonus, and the loss is the rollout-weighted mean (G L_ordered + G' L_disordered) /
+  (G + G'), so every rollout counts the same.
+  """
   b, g = rollout["accuracy"].shape
   components = {"accuracy": rollout["accuracy"], "format": rollout["format"]}
   if rl.length_bonus.enabled:
@@ -211,15 +217,49 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
     if key in rollout:
       loss_rollout[key] = rollout[key]
   loss_config = grpo.LossConfig.from_config(rl)
+  dis_rollout, h = None, rl.num_disordered
+  if rl.train_on_disordered:
+    dis_rollout, dis_metrics = _disordered_loss_inputs(rl, rollout, b, h)
+    metrics.update(dis_metrics)
 
   def loss_fn(params):
-    return kf_grpo.kf_grpo_loss(nnx.merge(graphdef, params), batch, loss_rollout,
-                                loss_config=loss_config, num_samples=g,
-                                vocab_chunk=vocab_chunk)
+    model = nnx.merge(graphdef, params)
+    loss, loss_metrics = kf_grpo.kf_grpo_loss(model, batch, loss_rollout,
+                                              loss_config=loss_config, num_samples=g,
+                                              vocab_chunk=vocab_chunk)
+    if dis_rollout is None:
+      return loss, loss_metrics
+    dis_loss, dis_metrics = kf_grpo.kf_grpo_loss(
+        model, batch, dis_rollout, loss_config=loss_config, num_samples=h,
+        view="disordered", vocab_chunk=vocab_chunk)
+    total = (g * loss + h * dis_loss) / (g + h)
+    return total, {**loss_metrics, **{f"disordered/{k}": v for k, v in dis_metrics.items()},
+                   "ordered/loss": loss, "loss": total}
 
   (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
   return state, {**metrics, **loss_metrics, **opt_metrics}
+
+
+def _disordered_loss_inputs(rl: ml_collections.ConfigDict, rollout, b: int, h: int):
+  """The disordered rollouts' loss inputs: their own rewards (no bonus) and advantages."""
+  weights = dict(rl.reward_weights)
+  components = {"accuracy": rollout["disordered_accuracy"],
+                "format": rollout["disordered_format"]}
+  if rl.length_bonus.enabled:
+    lb = rl.length_bonus
+    components["length"] = rewards_lib.length_bonus(
+        rollout["disordered_accuracy"], rollout["disordered_mask"].sum(-1).reshape(b, h),
+        bonus=lb.bonus, min_tokens=lb.min_tokens, max_tokens=lb.max_tokens,
+        min_correct=lb.min_correct)
+  total_bh, metrics = rewards_lib.combine_rewards(components, weights)
+  adv_bh = grpo.compute_advantages(total_bh, rl.advantage_estimator, eps=rl.advantage_eps)
+  out = dict(completions=rollout["disordered_completions"], mask=rollout["disordered_mask"],
+             advantages=adv_bh.reshape(b * h))
+  for key in ("old_logp", "ref_logp"):
+    if f"disordered_{key}" in rollout:
+      out[key] = rollout[f"disordered_{key}"]
+  return out, {f"disordered/{k}": v for k, v in metrics.items()}
 
 
 def views_fn(graphdef, params, batch):
@@ -252,10 +292,11 @@ def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict
   return out
 
 
-def logp_fn(graphdef, num_samples: int, vocab_chunk: int, params, batch, completions, mask):
-  """Per-token log-probs of the ordered rollouts (old policy or frozen reference)."""
+def logp_fn(graphdef, vocab_chunk: int, params, batch, completions, mask, *,
+            view: str = "ordered", num_samples: int):
+  """Per-token log-probs of one view's rollouts (old policy or frozen reference)."""
   return kf_grpo.completion_logprobs(nnx.merge(graphdef, params), batch, completions, mask,
-                                     view="ordered", num_samples=num_samples,
+                                     view=view, num_samples=num_samples,
                                      vocab_chunk=vocab_chunk)
 
 
@@ -359,7 +400,8 @@ class Setup:
   sft_step: Any            # jitted, donates the state
   grpo_step: Any           # jitted, donates the state
   views: Any               # jitted: (params, batch) -> both views' video arrays
-  logprobs: Any            # jitted: (params, batch, completions, mask) -> [B*G, T]
+  logprobs: Any            # jitted: (params, batch, completions, mask, *, view,
+                           #          num_samples) -> [B*G, T]
   stop_tokens: tuple[int, ...]
 
 
@@ -387,7 +429,8 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
       grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl, chunk),
                         donate_argnums=0, out_shardings=(state_shardings, replicated)),
       views=jax.jit(functools.partial(views_fn, graphdef)),
-      logprobs=jax.jit(functools.partial(logp_fn, graphdef, rl.num_generations, chunk)),
+      logprobs=jax.jit(functools.partial(logp_fn, graphdef, chunk),
+                       static_argnames=("view", "num_samples")),
       stop_tokens=stop_tokens)
 
 
@@ -523,14 +566,21 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
                                       rl.num_disordered, options)
     host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
     rollout["disordered_accuracy"] = _global_from_full(mesh, dis["accuracy"])
+    if rl.train_on_disordered:
+      rollout["disordered_format"] = _global_from_full(mesh, dis["format"])
   else:
     rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
-  completions, mask = samples["ordered"]
-  rollout["completions"], rollout["mask"] = completions, mask
-  if rl.num_iterations > 1:
-    rollout["old_logp"] = s.logprobs(state["params"], batch, completions, mask)
-  if "ref" in state:
-    rollout["ref_logp"] = s.logprobs(state["ref"], batch, completions, mask)
+  trained = [("ordered", "", rl.num_generations)]
+  if rl.train_on_disordered:
+    trained.append(("disordered", "disordered_", rl.num_disordered))
+  for view, prefix, g in trained:
+    completions, mask = samples[view]
+    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = completions, mask
+    logp = functools.partial(s.logprobs, view=view, num_samples=g)
+    if rl.num_iterations > 1:
+      rollout[f"{prefix}old_logp"] = logp(state["params"], batch, completions, mask)
+    if "ref" in state:
+      rollout[f"{prefix}ref_logp"] = logp(state["ref"], batch, completions, mask)
   return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
 
 

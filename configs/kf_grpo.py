@@ -118,9 +118,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check(o[f] > 0, f"optax.{f}", f"got {o[f]}; need > 0")
   check(isinstance(o.grad_accum, int) and o.grad_accum >= 1, "optax.grad_accum",
         f"got {o.grad_accum!r}; need an int >= 1")
-  check(not config.rl.train_on_disordered, "rl.train_on_disordered",
-        "the trainer uses disordered rollouts for the saliency contrast only (as Video-R1's "
-        "T-GRPO); a gradient on them is not implemented, keep it false")
   check(config.rl.temperature == 1.0, "rl.temperature",
         "the trainer's log-probs are of the untempered policy; use temperature 1.0")
   for axis in ("data", "fsdp", "tensor"):

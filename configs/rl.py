@@ -41,7 +41,8 @@ def rl_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Rollouts.
   c.num_generations = 8         # G ordered-keyframe rollouts per prompt (Video-R1: 8).
   c.num_disordered = 8          # G' hybrid-disordered rollouts (paper: G on each view).
-  c.train_on_disordered = False  # True: disordered rollouts also get a policy gradient.
+  c.train_on_disordered = False  # True: disordered rollouts also get a policy gradient
+                                 # (own advantages, no bonus; loss weighted by G and G').
   c.temperature = 1.0
   c.top_p = 1.0
   c.top_k = 0                   # 0: no top-k filter.

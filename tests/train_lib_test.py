@@ -223,6 +223,56 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
     np.testing.assert_allclose(p8, p1, atol=1e-5)
 
 
+def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
+  """rl.train_on_disordered: loss = (G L_ordered + G' L_disordered) / (G + G').
+
+  L_disordered is the GRPO loss of the disordered rollouts on the disordered view with
+  their own batch-std advantages of accuracy + format (a NumPy transcription here).
+  """
+  from chronoforge_jax.rl import grpo, kf_grpo
+  from flax import nnx
+
+  config = _config(data_dir, **{"rl.beta": 0.0, "rl.train_on_disordered": True})
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  s = train_lib.setup(config, mesh)
+  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(
+      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  b, g, h, t = local["prompt_ids"].shape[0], config.rl.num_generations, \
+      config.rl.num_disordered, 5
+  rng = np.random.default_rng(3)
+  draw = lambda shape, p: (rng.random(shape) < p).astype(np.float32)
+  rollout = {
+      "completions": rng.integers(0, s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
+      "mask": rng.random((b * g, t)) < 0.8,
+      "accuracy": draw((b, g), 0.5), "format": draw((b, g), 0.5),
+      "disordered_completions": rng.integers(0, s.tokenizer.vocab_size,
+                                             (b * h, t)).astype(np.int32),
+      "disordered_mask": rng.random((b * h, t)) < 0.8,
+      "disordered_accuracy": draw((b, h), 0.4), "disordered_format": draw((b, h), 0.5),
+  }
+  with jax.set_mesh(mesh):
+    batch = train_lib.to_global(mesh, local)
+    state = s.init_state()
+    params = jax.device_get(state["params"])
+    model = nnx.merge(s.graphdef, jax.device_put(params))
+    r = rollout["disordered_accuracy"] + rollout["disordered_format"]
+    centred = r - r.mean(-1, keepdims=True)
+    adv = centred / (np.sqrt((centred ** 2).mean()) + config.rl.advantage_eps)
+    loss_config = grpo.LossConfig.from_config(config.rl)
+    dis_loss, _ = kf_grpo.kf_grpo_loss(
+        model, batch, {"completions": rollout["disordered_completions"],
+                       "mask": rollout["disordered_mask"],
+                       "advantages": jnp.asarray(adv.reshape(-1))},
+        loss_config=loss_config, num_samples=h, view="disordered")
+    state, metrics = s.grpo_step(state, batch, {k: jnp.asarray(v) for k, v in rollout.items()})
+  ordered = float(metrics["ordered/loss"])
+  np.testing.assert_allclose(float(metrics["disordered/loss"]), float(dis_loss), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["loss"]),
+                             (g * ordered + h * float(dis_loss)) / (g + h), rtol=1e-5)
+  assert float(dis_loss) != 0.0
+  np.testing.assert_allclose(float(metrics["disordered/reward/total"]), r.mean(), rtol=1e-6)
+
+
 def _free_port():
   import socket
   with socket.socket() as s:
