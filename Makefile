@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/data_bench.py
 	$(PY) benchmarks/model_bench.py
 	$(PY) benchmarks/sampler_bench.py
+	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/attention_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -168,7 +168,7 @@ def _flat_params(state) -> list[tuple[Path, nnx.Variable]]:
 
 
 def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.float32,
-                  remat_policy: str = "none", rules=None,
+                  remat_policy: str = "none", rules=None, attention_impl: str = "xla",
                   **config_overrides: Any) -> VideoLanguageModel:
   """Loads a local HF Qwen2.5-VL checkpoint directory into a VideoLanguageModel.
 
@@ -179,6 +179,7 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
     dtype: compute dtype.
     param_dtype: storage dtype of the params (e.g. float32 master weights).
     remat_policy: see `vision.remat_policy_fn`.
+    attention_impl: the decoder's attention, see `layers.attention`.
     rules: logical axis rules (default `sharding.current_rules()`).
     **config_overrides: ModelConfig fields not in config.json
       (e.g. text_position_after_video='spatial').
@@ -189,7 +190,8 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
   with open(os.path.join(path, "config.json")) as f:
     cfg = from_hf_config(json.load(f), **config_overrides)
   abstract = nnx.eval_shape(lambda: VideoLanguageModel(
-      cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy))
+      cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
+      attention_impl=attention_impl))
   graphdef, state = nnx.split(abstract)
   reader = SafetensorsReader(path)
   mapping = hf_param_map(cfg)

@@ -98,7 +98,7 @@ def model_config(*, preset: str = "", hf_dir: str = "",
 def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
                hf_dir: str = "", random_init: bool = False, dtype=jnp.float32,
                param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-               seed: int = 0) -> vlm.VideoLanguageModel:
+               seed: int = 0, attention_impl: str = "xla") -> vlm.VideoLanguageModel:
   """Builds the model and restores its params.
 
   Sources, first match wins: `checkpoint` (a training run's checkpoint directory, one
@@ -114,6 +114,8 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
     dtype, param_dtype: compute and storage dtypes.
     mesh: shard the params over this mesh by their logical axes (default: one device).
     seed: init seed (random weights, and the abstract model's RNG).
+    attention_impl: the decoder's attention ("xla", "chunked", "cudnn"; see
+      `layers.attention`).
 
   Returns:
     The VideoLanguageModel.
@@ -127,7 +129,7 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
 
   def create():
     return vlm.VideoLanguageModel(config, rngs=nnx.Rngs(seed), dtype=dtype,
-                                  param_dtype=param_dtype)
+                                  param_dtype=param_dtype, attention_impl=attention_impl)
 
   if checkpoint:
     _check_dir(checkpoint, "checkpoint", "a training run's checkpoint directory, a step "
@@ -146,7 +148,8 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
     _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and "
                "*.safetensors")
     from chronoforge_jax import convert
-    return convert.load_hf_model(hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+    return convert.load_hf_model(hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype,
+                                 attention_impl=attention_impl)
   if not random_init:
     raise ValueError("no weights to evaluate: give a checkpoint or an hf_dir (random "
                      "weights only with random_init=True, for smoke tests)")

@@ -344,7 +344,9 @@ def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   def create_model(seed):
     return vlm.VideoLanguageModel(mcfg, rngs=nnx.Rngs(seed), dtype=dtype,
                                   param_dtype=param_dtype,
-                                  remat_policy=config.model.remat_policy)
+                                  remat_policy=config.model.remat_policy,
+                                  attention_impl=config.model.attention_impl,
+                                  attention_chunk=config.model.attention_chunk)
 
   abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)

@@ -18,6 +18,11 @@ Fields:
   dtype: compute dtype (bfloat16 on accelerators, float32 for CPU smoke runs).
   param_dtype: storage dtype of the params (float32 master weights by default).
   remat_policy: none | full | dots | dots_no_batch (what each layer saves for backward).
+  attention_impl: the decoder's attention: "xla" (one [B, H, S, S] logits tensor per
+    layer), "chunked" (query blocks of `attention_chunk` rows, recomputed in the backward
+    pass: long video prompts at a fraction of the memory; any backend) or "cudnn" (cuDNN
+    flash attention, NVIDIA GPUs). All three compute the same function.
+  attention_chunk: query rows per block with attention_impl="chunked".
   text_position_after_video: "" (checkpoint default, 'max': Qwen's rule), 'max' or
     'spatial' (transformers >= 5.3); see ModelConfig.text_position_after_video.
   vocab_chunk: vocabulary columns per step of the chunked log-softmax (token_logprobs).
@@ -54,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dtype = "bfloat16"
   config.param_dtype = "float32"
   config.remat_policy = "dots_no_batch"
+  config.attention_impl = "xla"
+  config.attention_chunk = 512
   config.text_position_after_video = ""
   config.vocab_chunk = 8192
   if args.variant == "smoke":
@@ -74,6 +81,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config.dtype, "model.dtype", DTYPES)
   common.check_choice(config.param_dtype, "model.param_dtype", DTYPES)
   common.check_choice(config.remat_policy, "model.remat_policy", REMAT)
+  common.check_choice(config.attention_impl, "model.attention_impl",
+                      ("xla", "chunked", "cudnn"))
+  common.check(isinstance(config.attention_chunk, int) and config.attention_chunk >= 1,
+               "model.attention_chunk", f"got {config.attention_chunk!r}; need an int >= 1")
   common.check_choice(config.text_position_after_video, "model.text_position_after_video",
                       ("", "max", "spatial"))
   common.check(config.vocab_chunk > 0, "model.vocab_chunk", "must be > 0")

@@ -69,6 +69,10 @@ _MATCH_TOKENIZER = flags.DEFINE_bool(
     "trainer's config.model.match_tokenizer; required for the tiny tokenizer).")
 _RANDOM_INIT = flags.DEFINE_bool("random_init", False, "Evaluate random weights when no "
                                  "checkpoint is given (smoke tests only).")
+_ATTENTION = flags.DEFINE_enum(
+    "attention_impl", "xla", ["xla", "chunked", "cudnn"], "Decoder attention: xla (one "
+    "logits tensor), chunked (query blocks: long prompts in less memory), cudnn (flash "
+    "attention on NVIDIA GPUs).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 
 
@@ -115,7 +119,7 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         prompt_buckets=(128, 256, 512), workdir: str = "", dtype: str = "bfloat16",
         param_dtype: str = "float32", match_tokenizer: bool = True,
         random_init: bool = False, tad_kwargs=None, progress: bool = True,
-        patch_mode: str = "pair") -> dict:
+        patch_mode: str = "pair", attention_impl: str = "xla") -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
 
   Returns:
@@ -137,7 +141,8 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
   start = time.perf_counter()
   model = eval_lib.load_model(cfg, checkpoint=checkpoint, hf_dir=hf_dir,
                               random_init=random_init, dtype=jnp.dtype(dtype),
-                              param_dtype=jnp.dtype(param_dtype))
+                              param_dtype=jnp.dtype(param_dtype),
+                              attention_impl=attention_impl)
   print(f"eval: model ready in {time.perf_counter() - start:.1f} s", flush=True)
   # Uniform first, so the comparison's last column is TAD's gain over uniform frames.
   selectors = ("uniform", "tad") if selector == "both" else (selector,)
@@ -184,7 +189,8 @@ def main(argv) -> int:
         prompt_buckets=_PROMPT_BUCKETS.value, workdir=_WORKDIR.value, dtype=_DTYPE.value,
         param_dtype=_PARAM_DTYPE.value, match_tokenizer=_MATCH_TOKENIZER.value,
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
-        progress=not _QUIET.value, patch_mode=_PATCH_MODE.value)
+        progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,
+        attention_impl=_ATTENTION.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2

@@ -52,7 +52,8 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
   """Builds a randomly initialised model from a `model` config section.
 
   Args:
-    section: has preset, hf_dir, dtype, param_dtype, remat_policy (configs/model.py).
+    section: has preset, hf_dir, dtype, param_dtype, remat_policy, attention_impl,
+      attention_chunk (configs/model.py).
     rngs: parameter RNG streams.
 
   Returns:
@@ -61,7 +62,9 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
   return VideoLanguageModel(config_from_section(section), rngs=rngs,
                             dtype=dtype_from_name(section.dtype),
                             param_dtype=dtype_from_name(section.param_dtype),
-                            remat_policy=section.remat_policy)
+                            remat_policy=section.remat_policy,
+                            attention_impl=section.get("attention_impl", "xla"),
+                            attention_chunk=section.get("attention_chunk", 512))
 
 
 def match_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:

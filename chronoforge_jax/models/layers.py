@@ -4,7 +4,11 @@
   RMSNorm        HF's Qwen2 RMSNorm: normalise in float32, scale in the compute dtype.
   GatedMLP       SwiGLU: down(act(gate(x)) * up(x)).
   attention()    softmax attention with grouped-query heads and a boolean mask, logits
-                 and softmax in float32 (as the reference's eager/SDPA paths do).
+                 and softmax in float32 (as the reference's eager/SDPA paths do), in one of
+                 ATTENTION_IMPLS: "xla" (one [B, H, Q, K] logits tensor), "chunked"
+                 (query blocks under jax.checkpoint: the logits of one block live at a
+                 time, forward and backward) or "cudnn" (cuDNN's fused flash attention
+                 through jax.nn.dot_product_attention; NVIDIA GPUs only).
   apply_rotary() rotate-half rotary embedding, in float32.
 
 Every parameter is an `nnx.Param` whose `logical_axes` metadata holds its *logical* axis
@@ -134,8 +138,12 @@ def apply_rotary(x_bshd: jax.Array, cos_bsd: jax.Array, sin_bsd: jax.Array) -> j
   return (x32 * cos + rotate_half(x32) * sin).astype(x_bshd.dtype)
 
 
+ATTENTION_IMPLS = ("xla", "chunked", "cudnn")
+
+
 def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
-              mask_bqk: jax.Array | None) -> jax.Array:
+              mask_bqk: jax.Array | None, *, impl: str = "xla",
+              chunk_size: int = 512) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
   Query head h attends with key/value head h // (H / G), as HF's `repeat_kv` does.
@@ -146,10 +154,22 @@ def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
     k_bkgd: [B, K, G, hd] keys (G divides H).
     v_bkgd: [B, K, G, hd] values.
     mask_bqk: [B, Q, K] boolean, True where attention is allowed; None for all.
+    impl: one of ATTENTION_IMPLS (module docstring). The three agree to rounding.
+    chunk_size: query rows per block with impl="chunked".
 
   Returns:
     [B, Q, H, hd] outputs in q's dtype.
   """
+  if impl == "chunked" and q_bqhd.shape[1] > chunk_size:
+    return _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size)
+  if impl == "cudnn":
+    return _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention impl {impl!r}: choose one of {ATTENTION_IMPLS}")
+  return _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
+
+
+def _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
   b, q, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
@@ -160,3 +180,42 @@ def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   probs = jax.nn.softmax(logits, axis=-1).astype(v_bkgd.dtype)
   out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_bkgd)
   return out.reshape(b, q, h, d).astype(q_bqhd.dtype)
+
+
+def _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size: int):
+  """Attention over query blocks of `chunk_size` rows, one block's logits at a time.
+
+  Each block is exact (a full softmax over all keys), so the result equals "xla". The
+  block function is rematerialised: the backward pass recomputes a block's logits
+  instead of storing all of them, so peak memory is O(chunk_size * K) per head rather
+  than O(Q * K), at the price of a second logits matmul in the backward pass.
+  """
+  b, q, h, d = q_bqhd.shape
+  n = -(-q // chunk_size)
+  pad = n * chunk_size - q
+  if mask_bqk is None:
+    mask_bqk = jnp.ones((b, q, k_bkgd.shape[1]), bool)
+  mask_bqk = jnp.broadcast_to(mask_bqk, (b, q, k_bkgd.shape[1]))
+  if pad:  # Padded query rows attend to everything and are dropped below.
+    q_bqhd = jnp.pad(q_bqhd, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask_bqk = jnp.pad(mask_bqk, ((0, 0), (0, pad), (0, 0)), constant_values=True)
+  q_nbchd = q_bqhd.reshape(b, n, chunk_size, h, d).swapaxes(0, 1)
+  mask_nbck = mask_bqk.reshape(b, n, chunk_size, -1).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def block(q_bchd, mask_bck):
+    return _xla_attention(q_bchd, k_bkgd, v_bkgd, mask_bck)
+
+  out_nbchd = jax.lax.map(lambda args: block(*args), (q_nbchd, mask_nbck))
+  return out_nbchd.swapaxes(0, 1).reshape(b, n * chunk_size, h, d)[:, :q]
+
+
+def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
+  """cuDNN fused attention (flash attention on Ampere and newer NVIDIA GPUs)."""
+  if jax.default_backend() != "gpu":
+    raise ValueError(f"attention impl 'cudnn' needs an NVIDIA GPU; this is a "
+                     f"{jax.default_backend()} backend: use 'chunked' or 'xla'")
+  mask = None if mask_bqk is None else mask_bqk[:, None]  # [B, 1, Q, K]: all heads.
+  out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask,
+                                     implementation="cudnn")
+  return out.astype(q_bqhd.dtype)

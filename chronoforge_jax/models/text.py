@@ -92,8 +92,10 @@ class Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
   """x + attn(input_norm(x)); x + mlp(post_norm(x))."""
 
-  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
+               attention_impl: str = "xla", attention_chunk: int = 512):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.attention_impl, self.attention_chunk = attention_impl, attention_chunk
     self.input_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
     self.attn = Attention(cfg, rngs=rngs, **kw)
     self.post_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
@@ -114,18 +116,27 @@ class DecoderLayer(nnx.Module):
   def __call__(self, x_bsd, cos_bsd, sin_bsd, mask_bqk):
     """Full-sequence layer; returns (x, (k, v)) with this layer's rotated keys/values."""
     q, k, v = self.qkv(x_bsd, cos_bsd, sin_bsd)
-    return self.finish(x_bsd, layers.attention(q, k, v, mask_bqk)), (k, v)
+    o = layers.attention(q, k, v, mask_bqk, impl=self.attention_impl,
+                         chunk_size=self.attention_chunk)
+    return self.finish(x_bsd, o), (k, v)
 
 
 class TextDecoder(nnx.Module):
   """Embedding, decoder layers, final norm, LM head (tied or not)."""
 
   def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none"):
+               param_dtype=jnp.float32, remat_policy: str = "none",
+               attention_impl: str = "xla", attention_chunk: int = 512):
+    if attention_impl not in layers.ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={attention_impl!r}: choose one of "
+                       f"{layers.ATTENTION_IMPLS}")
+    if attention_chunk < 1:
+      raise ValueError(f"attention_chunk={attention_chunk}: need >= 1")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                               param_dtype)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, **kw)
+    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, attention_impl=attention_impl,
+                                         attention_chunk=attention_chunk, **kw)
                             for _ in range(cfg.num_hidden_layers)])
     self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
     self.lm_head = (None if cfg.tie_word_embeddings else

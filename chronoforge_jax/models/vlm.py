@@ -67,13 +67,17 @@ class VideoLanguageModel(nnx.Module):
   """Qwen2.5-VL: `visual` (VisionTower) + `text` (TextDecoder)."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none"):
+               param_dtype=jnp.float32, remat_policy: str = "none",
+               attention_impl: str = "xla", attention_chunk: int = 512):
     self.config = config
     self.dtype = dtype
     self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                               remat_policy=remat_policy)
+    # The decoder's attention implementation (layers.ATTENTION_IMPLS); the vision tower's
+    # attention stays within one temporal patch's windows and always uses "xla".
     self.text = TextDecoder(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                            remat_policy=remat_policy)
+                            remat_policy=remat_policy, attention_impl=attention_impl,
+                            attention_chunk=attention_chunk)
 
   # -- vision ------------------------------------------------------------------------
   def encode_video(self, pixel_values_videos: jax.Array, video_grid_thw) -> jax.Array:

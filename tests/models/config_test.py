@@ -124,6 +124,15 @@ def test_model_config_section_builds_the_model():
     bad = model_section.get_config("smoke")
     bad.remat_policy = "some"
     model_section.validate(bad)
+  for field, value in (("attention_impl", "flash"), ("attention_chunk", 0)):
+    bad = model_section.get_config("smoke")
+    bad[field] = value
+    with pytest.raises(common.ConfigError, match=f"model.{field}"):
+      model_section.validate(bad)
+  chunked = model_section.get_config("smoke")
+  chunked.attention_impl, chunked.attention_chunk = "chunked", 64
+  layer = nnx.eval_shape(lambda: models.create_model(chunked, rngs=nnx.Rngs(0))).text.layers[0]
+  assert (layer.attention_impl, layer.attention_chunk) == ("chunked", 64)
   after = model_section.get_config("smoke")
   after.text_position_after_video = "spatial"
   assert models.config_from_section(after).text_position_after_video == "spatial"

@@ -164,6 +164,18 @@ def _same_weights(model, **options):
   return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
 
 
+def test_chunked_attention_model_matches_transformers():
+  """attention_impl="chunked" (7-row query blocks, sequences not a multiple of 7)."""
+  hf, model = _pair("tiny")
+  chunked = _same_weights(model, attention_impl="chunked", attention_chunk=7)
+  inp = hf_reference.video_prompt_batch(model.config, [(2, 6, 10), (4, 10, 6)], [(3, 4), (6, 2)],
+                                        np.random.default_rng(8), pad="left",
+                                        seconds_per_grid=[1.0, 0.5])
+  assert inp["input_ids"].shape[1] % 7
+  ref = hf_reference.hf_forward(hf, inp)
+  assert _rel_err(_logits(chunked, inp), ref, inp["attention_mask"]) <= 1e-4
+
+
 def test_bfloat16_compute_tracks_float32():
   _, model = _pair("tiny")
   bf16 = _same_weights(model, dtype=jnp.bfloat16)
