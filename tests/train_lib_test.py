@@ -151,7 +151,6 @@ def test_sigterm_saves_the_current_step(data_dir, tmp_path):
 
 
 def test_config_typo_fails_before_anything_is_compiled(tmp_path):
-  start = time.time()
   result = subprocess.run(
       [sys.executable, "-m", "launch.train", "--config=configs/kf_grpo.py:smoke",
        f"--workdir={tmp_path}", "--config.rl.num_generationz=3"],
@@ -159,7 +158,6 @@ def test_config_typo_fails_before_anything_is_compiled(tmp_path):
   assert result.returncode != 0
   assert "num_generationz" in result.stderr
   assert not os.listdir(tmp_path)  # Nothing was written.
-  del start
 
 
 def test_train_help_documents_flags():
