@@ -29,8 +29,12 @@ renamed only once all three are complete, so a crash never replaces an earlier r
 with a partial one (`evaluate` keeps everything in memory until the last batch is done).
 `compare_results` puts several results (TAD vs uniform, before vs after) in one table.
 
-Evaluation runs in one process (all local devices; pass a `mesh` to shard a large model
-over them). Multi-host evaluation is not supported.
+Devices: one by default; pass a `mesh` (the model loaded onto it with `load_model(...,
+mesh=)`) to shard the batch over its data axes and a large model over fsdp/tensor. With
+several processes (multi-host, after `jax.distributed.initialize`), every process runs
+the same loop on the same global batches (it reads every batch's frames, cheap next to
+the model), the mesh spans all processes' devices, the model's outputs are gathered to
+every host, so all processes hold the same results, and only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -226,19 +230,29 @@ def option_completions(tokenizer: tokenizer_lib.Tokenizer, num_options: int,
 
 
 def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
+  """The whole global batch (on every process) -> arrays sharded over the mesh's batch axes."""
   dev, _ = pipeline.split_host(batch)
   if mesh is None:
     return {k: jnp.asarray(v) for k, v in dev.items()}
   from chronoforge_jax import train_lib
-  return {k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape))
+  return {k: jax.make_array_from_callback(v.shape, train_lib.batch_sharding(mesh, v.shape),
+                                          lambda idx, v=v: v[idx])
           for k, v in dev.items()}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host sharded) array, whole, on this host."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
   num_options = [len(o) for o in host["options"]]
   comp, mask = option_completions(tokenizer, max(num_options), template)
-  scores_bn = np.asarray(_option_scores(graphdef, state, {k: dev[k] for k in (
-      *_VIDEO_KEYS, "prompt_ids", "prompt_mask")}, comp, mask), np.float64)
+  scores_bn = _to_host(_option_scores(graphdef, state, {k: dev[k] for k in (
+      *_VIDEO_KEYS, "prompt_ids", "prompt_mask")}, comp, mask)).astype(np.float64)
   out = []
   for b, n in enumerate(num_options):
     s = scores_bn[b, :n]
@@ -248,16 +262,18 @@ def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
   return out
 
 
-def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int):
+def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
+              prompts: tuple[np.ndarray, np.ndarray]):
   view = _encode_view(graphdef, state, {k: dev[k] for k in _VIDEO_KEYS})
   grid = kf_grpo.view_grid(dev["frames"].shape, dev["ordered_patches"].shape[1],
                            model.config.vision)
-  inputs = dict(input_ids=dev["prompt_ids"], attention_mask=dev["prompt_mask"],
-                video_grid_thw=grid, **view)
+  # The sampler checks and buckets prompts on the host: the global batch's, in NumPy.
+  inputs = dict(input_ids=prompts[0], attention_mask=prompts[1], video_grid_thw=grid,
+                **view)
   out = sampling.generate(model, inputs, max_new_tokens=max_new_tokens, num_samples=1,
                           temperature=0.0, stop_tokens=tokenizer.eos_ids,
                           pad_id=tokenizer.pad_id, bucket=False)
-  tokens, mask = np.asarray(out.tokens), np.asarray(out.completion_mask).astype(bool)
+  tokens, mask = _to_host(out.tokens), _to_host(out.completion_mask).astype(bool)
   results = []
   for b, options in enumerate(host["options"]):
     text = tokenizer.decode(tokens[b][mask[b]], skip_special_tokens=True)
@@ -306,9 +322,9 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}: choose one of {MODES}")
-  if jax.process_count() > 1:
-    raise NotImplementedError("evaluation runs in one process; start launch/eval on one "
-                              "host (a mesh over its local devices shards the model)")
+  if jax.process_count() > 1 and mesh is None:
+    raise ValueError(f"{jax.process_count()} processes: pass a mesh over all processes' "
+                     "devices (launch/eval builds one) and load the model onto it")
   if max_questions is not None and max_questions < 1:
     raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
   index = check_data_dir(data_dir)
@@ -327,7 +343,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   graphdef, state = nnx.split(model)
   dataset = pipeline.make_dataset(data_dir, tokenizer, settings)
   bar = None
-  if progress:
+  if progress and jax.process_index() == 0:
     import tqdm
     bar = tqdm.tqdm(total=total, unit="q", desc=f"eval {name}", dynamic_ncols=True)
   results: list[QuestionResult] = []
@@ -343,7 +359,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
         if mode == "likelihood":
           answers = _likelihood(graphdef, state, dev, host, tokenizer, answer_template)
         else:
-          answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens)
+          answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens,
+                              (batch["prompt_ids"], batch["prompt_mask"]))
         for b, (pick, text, scores) in enumerate(answers):
           if not batch["example_valid"][b] or len(results) >= total:
             continue
@@ -370,6 +387,6 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
          "num_questions": len(results), "seconds": round(time.perf_counter() - start, 2),
          "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **dict(meta or {})}
   result = EvalResult.from_records(name, results, run)
-  if out_dir is not None:
+  if out_dir is not None and jax.process_index() == 0:
     write_result(result, out_dir)
   return result

@@ -12,6 +12,11 @@ model). Without --checkpoint, --hf_dir's safetensors are evaluated (the base mod
 The tokenizer comes from --tokenizer_dir, else --hf_dir, else <data_dir>/tokenizer.
 TAD settings come from --config=configs/tad.py (fields via --config.tad.<field>=...).
 
+Devices: one mesh over all devices (--mesh data,fsdp,tensor; default all on data, so the
+batch is split and the params replicated; use fsdp/tensor for models too large for one
+device). Multi-host: start the same command on every host with --coordinator_address,
+--num_processes and --process_id (or --distributed on TPU/SLURM); process 0 writes.
+
 Writes into --out, per selector, `<selector>_k<K>_<mode>.{jsonl,json,md}` (per-question
 records, accuracy tables, Markdown), `comparison.{md,json}` when both selectors run, and
 `report.md` with accuracy bars (and training curves with --workdir). Files are replaced
@@ -27,6 +32,8 @@ import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from launch import multihost
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "configs",
@@ -73,7 +80,11 @@ _ATTENTION = flags.DEFINE_enum(
     "attention_impl", "xla", ["xla", "chunked", "cudnn"], "Decoder attention: xla (one "
     "logits tensor), chunked (query blocks: long prompts in less memory), cudnn (flash "
     "attention on NVIDIA GPUs).")
+_MESH = flags.DEFINE_list(
+    "mesh", ["-1", "1", "1"], "Device mesh data,fsdp,tensor over all processes' devices "
+    "(-1: the rest). The batch is split over data x fsdp, the params over fsdp x tensor.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+flags.adopt_module_key_flags(multihost)  # --help lists the multi-process flags too.
 
 
 class UsageError(ValueError):
@@ -119,17 +130,35 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         prompt_buckets=(128, 256, 512), workdir: str = "", dtype: str = "bfloat16",
         param_dtype: str = "float32", match_tokenizer: bool = True,
         random_init: bool = False, tad_kwargs=None, progress: bool = True,
-        patch_mode: str = "pair", attention_impl: str = "xla") -> dict:
+        patch_mode: str = "pair", attention_impl: str = "xla",
+        mesh_shape=(-1, 1, 1)) -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
+
+  With several processes (after `jax.distributed.initialize`), every process runs this
+  on the same data over one mesh of all devices; process 0 prints and writes.
 
   Returns:
     {selector: EvalResult}.
   """
   check_args(data_dir=data_dir, checkpoint=checkpoint, hf_dir=hf_dir,
              random_init=random_init, k=k, patch_mode=patch_mode)
+  import jax
   import jax.numpy as jnp
-  from chronoforge_jax import eval_lib, report
+  from chronoforge_jax import eval_lib, report, sharding
   from chronoforge_jax import tokenizer as tokenizer_lib
+
+  def say(message):
+    if jax.process_index() == 0:
+      print(message, flush=True)
+
+  try:
+    mesh = sharding.make_mesh(tuple(int(x) for x in mesh_shape))
+  except ValueError as e:
+    raise UsageError(f"--mesh={','.join(str(x) for x in mesh_shape)}: {e}") from None
+  rows = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % rows:
+    raise UsageError(f"--batch_size={batch_size} is not divisible by the mesh's data x fsdp "
+                     f"= {rows} devices; use a multiple of {rows}")
 
   tok_dir = tokenizer_dir or (hf_dir if hf_dir and os.path.exists(
       os.path.join(hf_dir, "tokenizer.json")) else os.path.join(data_dir, "tokenizer"))
@@ -137,40 +166,42 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
   cfg = eval_lib.model_config(preset=model_preset, hf_dir=hf_dir, tokenizer=tok,
                               match_tokenizer=match_tokenizer)
   source = checkpoint or hf_dir or "random weights"
-  print(f"eval: loading {model_preset if not hf_dir else hf_dir} from {source}", flush=True)
+  say(f"eval: loading {model_preset if not hf_dir else hf_dir} from {source}")
   start = time.perf_counter()
   model = eval_lib.load_model(cfg, checkpoint=checkpoint, hf_dir=hf_dir,
                               random_init=random_init, dtype=jnp.dtype(dtype),
                               param_dtype=jnp.dtype(param_dtype),
-                              attention_impl=attention_impl)
-  print(f"eval: model ready in {time.perf_counter() - start:.1f} s", flush=True)
+                              attention_impl=attention_impl, mesh=mesh)
+  say(f"eval: model ready in {time.perf_counter() - start:.1f} s")
   # Uniform first, so the comparison's last column is TAD's gain over uniform frames.
   selectors = ("uniform", "tad") if selector == "both" else (selector,)
   results = {}
   for name in selectors:
-    print(f"eval: {name} keyframes, K={k}, mode={mode} (first batch compiles)", flush=True)
+    say(f"eval: {name} keyframes, K={k}, mode={mode} (first batch compiles)")
     results[name] = eval_lib.evaluate(
         model, data_dir, tok, selector=name, num_keyframes=k, batch_size=batch_size,
         mode=mode, max_new_tokens=max_new_tokens, max_questions=max_questions,
         prompt_buckets=tuple(int(b) for b in prompt_buckets),
         select_kwargs=tad_kwargs, out_dir=out, progress=progress, patch_mode=patch_mode,
+        mesh=mesh,
         meta={"checkpoint": source, "model": model_preset if not hf_dir else hf_dir})
     r = results[name]
     o = r.tables["overall"]
-    print(f"eval: {name}: accuracy {100 * o['accuracy']:.1f}% on {o['num_questions']} "
+    say(f"eval: {name}: accuracy {100 * o['accuracy']:.1f}% on {o['num_questions']} "
           f"questions ({100 * o['unparseable_fraction']:.1f}% unparseable) in "
-          f"{r.settings['seconds']:.1f} s", flush=True)
+          f"{r.settings['seconds']:.1f} s")
+  if jax.process_index() != 0:
+    return results  # Process 0 writes the comparison and the report.
   if len(results) > 1:
     paths = eval_lib.write_comparison(out, list(results.values()))
-    print(eval_lib.compare_results(list(results.values())), flush=True)
-    print(f"eval: comparison -> {paths['md']}", flush=True)
+    say(eval_lib.compare_results(list(results.values())))
+    say(f"eval: comparison -> {paths['md']}")
   metrics = workdir if workdir and os.path.exists(os.path.join(workdir, "metrics.jsonl")) \
       else None
   if workdir and metrics is None:
-    print(f"eval: no metrics.jsonl in --workdir={workdir!r}; report without curves",
-          flush=True)
+    say(f"eval: no metrics.jsonl in --workdir={workdir!r}; report without curves")
   path = report.write_report(out, results=list(results.values()), metrics=metrics)
-  print(f"eval: report -> {path}", flush=True)
+  say(f"eval: report -> {path}")
   return results
 
 
@@ -181,6 +212,7 @@ def main(argv) -> int:
 
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO.
+  multihost.initialize()
   try:
     run(data_dir=_DATA_DIR.value or "", checkpoint=_CHECKPOINT.value,
         model_preset=_PRESET.value, hf_dir=_HF_DIR.value, tokenizer_dir=_TOKENIZER_DIR.value,
@@ -190,7 +222,7 @@ def main(argv) -> int:
         param_dtype=_PARAM_DTYPE.value, match_tokenizer=_MATCH_TOKENIZER.value,
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
         progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,
-        attention_impl=_ATTENTION.value)
+        attention_impl=_ATTENTION.value, mesh_shape=_MESH.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2

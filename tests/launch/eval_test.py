@@ -126,3 +126,55 @@ def test_end_to_end_both_selectors(tmp_path):
   comparison = open(out_dir / "comparison.md").read()
   assert "tad_k4_likelihood - uniform_k4_likelihood" in comparison
   assert not [f for f in files if ".tmp" in f]
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["likelihood", "generate"])
+def test_two_processes_give_the_single_process_results(tmp_path, mode):
+  """Two processes (one CPU device each, one mesh over both) vs one process."""
+  import jax
+  from chronoforge_jax import checkpoint as ckpt_lib
+  from chronoforge_jax import eval_lib
+  from chronoforge_jax.models import vlm
+
+  data = str(tmp_path / "data")
+  tok = _make_data(data)
+  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
+  ckpt_lib.save_params(str(tmp_path / "params"), params)
+  args = ["--data_dir", data, "--checkpoint", str(tmp_path / "params"), "--model_preset",
+          "tiny", "--k", "4", "--batch_size", "2", "--mode", mode, "--max_new_tokens", "6",
+          "--dtype", "float32", "--selector", "tad", "--quiet"]
+  single = _run(*args, "--out", str(tmp_path / "one"))
+  assert single.returncode == 0, single.stderr[-3000:]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+  env.pop("XLA_FLAGS", None)
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "launch.eval", *args, "--out", str(tmp_path / "two"),
+       "--num_processes=2", f"--process_id={i}", f"--coordinator_address=localhost:{port}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert "eval: tad: accuracy" in outs[0] and "eval: tad: accuracy" not in outs[1]
+  name = f"tad_k4_{mode}.jsonl"
+  one = [json.loads(x) for x in open(tmp_path / "one" / name)]
+  two = [json.loads(x) for x in open(tmp_path / "two" / name)]
+  assert [r["question_id"] for r in two] == [r["question_id"] for r in one] == [
+      "v0q0", "v1q0", "v1q1"]
+  for a, b in zip(one, two):
+    assert (a["predicted_index"], a["text"]) == (b["predicted_index"], b["text"])
+    if mode == "likelihood":
+      np.testing.assert_allclose(b["option_scores"], a["option_scores"], rtol=1e-5)
