@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -39,16 +38,6 @@ def _parse():
   return p.parse_args()
 
 
-def _timeit(fn, iters):
-  fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def main():
   a = _parse()
   import jax
@@ -56,6 +45,7 @@ def main():
   from flax import nnx
 
   from chronoforge_jax.models import config as model_config
+  from benchmarks.timing import median_seconds
   from chronoforge_jax.models import text
 
   impls = a.impls or (["xla", "chunked"] + (["cudnn"] if jax.default_backend() == "gpu"
@@ -98,7 +88,7 @@ def main():
       continue
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    seconds = _timeit(lambda: jax.block_until_ready(compiled(params, x)), a.iters)
+    seconds = median_seconds(lambda: compiled(params, x), a.iters)
     loss, grads = compiled(params, x)
     results[impl] = (temp, seconds, float(loss), jax.tree.leaves(grads))
 

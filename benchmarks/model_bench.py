@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -66,16 +65,6 @@ def _sections(half):
   return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
-def _timeit(fn, iters):
-  fn()  # warm-up (compile / allocator)
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def main():
   a = _parse()
   import jax
@@ -83,6 +72,7 @@ def main():
   import torch
   from flax import nnx
 
+  from benchmarks.timing import median_seconds
   from chronoforge_jax.models import hf_reference
   from chronoforge_jax.models.config import from_hf_config
 
@@ -122,7 +112,7 @@ def main():
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   step_flops = float(cost.get("flops", 0.0))
-  jax_time = _timeit(lambda: jax.block_until_ready(compiled(*args)), a.iters)
+  jax_time = median_seconds(lambda: compiled(*args), a.iters)
   jax_loss = float(compiled(*args)[0])
 
   # --- transformers: eager forward+backward ------------------------------------------
@@ -136,14 +126,14 @@ def main():
     loss.backward()
     return loss
 
-  torch_time = _timeit(torch_step, a.iters)
+  torch_time = median_seconds(torch_step, a.iters)
   torch_loss = float(torch_step().detach())
 
   # --- reference matmul ---------------------------------------------------------------
   n = a.matmul
   x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   mm = jax.jit(lambda x: x @ x).lower(x).compile()
-  mm_time = _timeit(lambda: jax.block_until_ready(mm(x)), max(3, a.iters))
+  mm_time = median_seconds(lambda: mm(x), max(3, a.iters))
   mm_rate = 2 * n ** 3 / mm_time
 
   jax_tps, torch_tps = tokens / jax_time, tokens / torch_time

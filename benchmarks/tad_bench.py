@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,19 +26,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from chronoforge_jax import features, tad, testing  # noqa: E402
 from chronoforge_jax.data import decode  # noqa: E402
-
-
-def _timed(fn, repeats: int) -> float:
-  """Median wall time of `fn()` over `repeats` runs (after one warm-up run)."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=1e-6,
@@ -84,13 +73,13 @@ def bench_speed(args) -> None:
   x_btd = x_btd.astype(np.float32)
   x_dev = jnp.asarray(x_btd)
   select = jax.jit(lambda x: tad.select_keyframes(x, args.k)[0])
-  t_jit = _timed(lambda: select(x_dev), args.repeats)
+  t_jit = median_seconds(lambda: select(x_dev), args.repeats)
   start = time.perf_counter()
   ref = np.stack([testing.reference_select(x_btd[i], args.k, np.ones(args.frames, bool))[0]
                   for i in range(args.batch)])
   t_ref = time.perf_counter() - start
   vec_out = []
-  t_vec = _timed(lambda: vec_out.append(numpy_vectorised_select(x_btd, args.k)), 1)
+  t_vec = median_seconds(lambda: vec_out.append(numpy_vectorised_select(x_btd, args.k)), 1)
   got = np.asarray(select(x_dev))
   agree = np.mean(np.all(got == ref, axis=1))
   agree_vec = np.mean(np.all(got == vec_out[-1], axis=1))
@@ -116,8 +105,8 @@ def bench_decode(args, tmp: str) -> None:
     t_decode = time.perf_counter() - start
     frames_dev = jax.device_put(video.frames)
     feats_td = feats(frames_dev)
-    t_feat = _timed(lambda: feats(frames_dev), args.repeats)
-    t_tad = _timed(lambda: select(feats_td), args.repeats)
+    t_feat = median_seconds(lambda: feats(frames_dev), args.repeats)
+    t_tad = median_seconds(lambda: select(feats_td), args.repeats)
     what = "native size" if size is None else f"resized to {size}x{size} by swscale"
     print(f"  decode {what}:")
     print(f"    PyAV decode to RGB          {t_decode * 1e3:9.1f} ms")

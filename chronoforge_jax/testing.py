@@ -3,7 +3,8 @@
 `write_cut_video` encodes a real H.264 mp4 with PyAV whose content changes abruptly at
 known frames, so keyframe selection can be checked against ground truth on encoded,
 compressed video rather than on hand-made feature arrays. `reference_*` are a plain
-float64 frame-by-frame transcription of TAD, independent of the JAX code.
+float64 frame-by-frame transcription of TAD, independent of the JAX code. `free_port`
+finds a port for multi-process tests.
 """
 
 from __future__ import annotations
@@ -244,3 +245,12 @@ def reference_select(x_td: np.ndarray, k: int, mask_t: np.ndarray, boost: float 
   fill = chosen[-1] if chosen else 0
   return (np.asarray(chosen + [fill] * (k - len(chosen))),
           np.arange(k) < len(chosen), v, infl)
+
+
+def free_port() -> int:
+  """A TCP port free on localhost now (for a test's JAX coordinator address)."""
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]

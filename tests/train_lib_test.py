@@ -18,6 +18,7 @@ import pytest
 
 from chronoforge_jax import checkpoint as ckpt_lib
 from chronoforge_jax import sharding
+from chronoforge_jax import testing
 from chronoforge_jax import train_lib
 from chronoforge_jax.data import pipeline
 from configs import kf_grpo
@@ -271,13 +272,6 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
   np.testing.assert_allclose(float(metrics["disordered/reward/total"]), r.mean(), rtol=1e-6)
 
 
-def _free_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_run_matches_single_process(data_dir, tmp_path):
   """Two local processes (JAX CPU collectives, one device each) vs one process.
@@ -294,7 +288,7 @@ def test_two_process_run_matches_single_process(data_dir, tmp_path):
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   workdir = str(tmp_path / "run_2p")
-  port = _free_port()
+  port = testing.free_port()
   procs = [subprocess.Popen(
       _train_cmd(data_dir, workdir, no_kl, "--num_processes=2", f"--process_id={i}",
                  f"--coordinator_address=localhost:{port}"),

@@ -12,6 +12,8 @@ from flax import nnx
 import numpy as np
 import pytest
 
+from chronoforge_jax import testing
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -51,6 +53,21 @@ def _make_data(out_dir):
   return tok
 
 
+def _save_random_params(path, tok):
+  """The tiny model's params for `tok`, NumPy-drawn (eager initialisers compile ~10 s)."""
+  import jax
+  from chronoforge_jax import checkpoint as ckpt_lib
+  from chronoforge_jax import eval_lib
+  from chronoforge_jax.models import vlm
+
+  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
+  ckpt_lib.save_params(str(path), params)
+
+
 def test_help():
   out = _run("--help")
   assert out.returncode in (0, 1), out.stderr  # absl prints the usage and exits 1.
@@ -80,20 +97,8 @@ def test_clear_errors_for_missing_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_both_selectors(tmp_path):
-  import jax
-  from chronoforge_jax import checkpoint as ckpt_lib
-  from chronoforge_jax import eval_lib
-  from chronoforge_jax.models import vlm
-
   data = str(tmp_path / "data")
-  tok = _make_data(data)
-  # NumPy-drawn params (eager initialisers would compile for ~10 s).
-  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
-  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
-                       nnx.Param)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
-  ckpt_lib.save_params(str(tmp_path / "params"), params)
+  _save_random_params(tmp_path / "params", _make_data(data))
   workdir = tmp_path / "run"
   os.makedirs(workdir)
   with open(workdir / "metrics.jsonl", "w") as f:
@@ -128,30 +133,12 @@ def test_end_to_end_both_selectors(tmp_path):
   assert not [f for f in files if ".tmp" in f]
 
 
-def _free_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["likelihood", "generate"])
 def test_two_processes_give_the_single_process_results(tmp_path, mode):
   """Two processes (one CPU device each, one mesh over both) vs one process."""
-  import jax
-  from chronoforge_jax import checkpoint as ckpt_lib
-  from chronoforge_jax import eval_lib
-  from chronoforge_jax.models import vlm
-
   data = str(tmp_path / "data")
-  tok = _make_data(data)
-  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
-  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
-                       nnx.Param)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
-  ckpt_lib.save_params(str(tmp_path / "params"), params)
+  _save_random_params(tmp_path / "params", _make_data(data))
   args = ["--data_dir", data, "--checkpoint", str(tmp_path / "params"), "--model_preset",
           "tiny", "--k", "4", "--batch_size", "2", "--mode", mode, "--max_new_tokens", "6",
           "--dtype", "float32", "--selector", "tad", "--quiet"]
@@ -159,7 +146,7 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
   assert single.returncode == 0, single.stderr[-3000:]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
   env.pop("XLA_FLAGS", None)
-  port = _free_port()
+  port = testing.free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "launch.eval", *args, "--out", str(tmp_path / "two"),
        "--num_processes=2", f"--process_id={i}", f"--coordinator_address=localhost:{port}"],
