@@ -18,6 +18,7 @@ renamed.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import re
@@ -202,10 +203,37 @@ def accuracy_bars(path: str | os.PathLike, results: Sequence[eval_lib.EvalResult
 # ---------------------------------------------------------------------------------------
 
 
+def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
+  """A Markdown table of how each result's answers are spread over the option letters.
+
+  A model that ignores the video often answers one letter for every question; its
+  accuracy is then just that letter's share of the answers. The table puts each
+  result's most frequent prediction and its share next to the accuracy of always
+  answering the most frequent correct letter (the majority baseline), so a reader can
+  tell such a collapse from an accuracy that depends on what the model saw.
+  """
+  lines = ["| result | accuracy | most frequent answer (share) | majority baseline | "
+           "unparseable |", "|---|---:|---|---:|---:|"]
+  for r in results:
+    n = max(len(r.records), 1)
+    picks = collections.Counter(q.predicted_index for q in r.records
+                                if q.predicted_index is not None)
+    gold = collections.Counter(q.answer_index for q in r.records)
+    letter = lambda i: "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i] if i < 26 else str(i)
+    top = (f"{letter(picks.most_common(1)[0][0])} ({picks.most_common(1)[0][1] / n:.0%})"
+           if picks else "none")
+    majority = gold.most_common(1)[0][1] / n if gold else 0.0
+    unparsed = sum(q.predicted_index is None for q in r.records) / n
+    accuracy = sum(q.correct for q in r.records) / n
+    lines.append(f"| {r.name} | {accuracy:.1%} | {top} | {majority:.1%} | {unparsed:.1%} |")
+  return "\n".join(lines)
+
+
 def write_report(out_dir: str | os.PathLike, *,
                  results: Sequence[eval_lib.EvalResult | str] = (),
                  metrics: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
-                 title: str = "ChronoForge-RL evaluation report") -> str:
+                 title: str = "ChronoForge-RL evaluation report",
+                 notes: Sequence[str] = ()) -> str:
   """Writes report.md with training curves, accuracy tables and bar charts.
 
   Args:
@@ -213,6 +241,7 @@ def write_report(out_dir: str | os.PathLike, *,
     results: EvalResults, or paths of results written by `eval_lib.write_result`.
     metrics: a training workdir / metrics.jsonl / records for the curves (optional).
     title: the page title.
+    notes: Markdown paragraphs placed under the title (e.g. what a run shows).
 
   Returns:
     The path of report.md.
@@ -222,6 +251,8 @@ def write_report(out_dir: str | os.PathLike, *,
   loaded = [eval_lib.load_result(r) if isinstance(r, (str, os.PathLike)) else r
             for r in results]
   lines = [f"# {title}", ""]
+  for note in notes:
+    lines += [note, ""]
   if metrics is not None:
     png = training_curves(os.path.join(out_dir, "training_curves.png"), metrics)
     lines += ["## Training curves", ""]
@@ -235,7 +266,7 @@ def write_report(out_dir: str | os.PathLike, *,
       paths = eval_lib.write_result(r, out_dir)
       lines.append(f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
                    f"[per question]({os.path.basename(paths['jsonl'])}))")
-    lines.append("")
+    lines += ["", "### Answers by option letter", "", prediction_summary(loaded), ""]
     for group, file in (("overall", "accuracy_overall.png"),
                         ("duration_bucket", "accuracy_by_duration.png"),
                         ("task_type", "accuracy_by_task.png")):

@@ -124,3 +124,19 @@ def test_write_report_links_everything(tmp_path):
       _check_png(tmp_path / "report" / link)
   assert eval_lib.compare_results([UNIFORM, TAD]) in md
   assert not [f for f in os.listdir(tmp_path / "report") if ".tmp" in f]
+
+
+def test_prediction_summary_shows_a_collapse_to_one_letter(tmp_path):
+  collapsed = _result("collapsed", [("short", "order", 0, 1), ("short", "order", 1, 1),
+                                    ("long", "order", 1, 1), ("long", "order", 2, None),
+                                    ("long", "count", 1, 1)])
+  table = report.prediction_summary([collapsed, TAD])
+  rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:]
+          for line in table.splitlines()[2:]}
+  # 4 of 5 answers are "B"; B is also the most common correct letter (3 of 5).
+  assert rows["collapsed"] == ["60.0%", "B (80%)", "60.0%", "20.0% |"]
+  assert rows["tad"] == ["100.0%", "A (25%)", "25.0%", "0.0% |"]
+  md = open(report.write_report(tmp_path, results=[collapsed],
+                                notes=["A note on what the run shows."])).read()
+  assert md.index("A note on what the run shows.") < md.index("## Accuracy")
+  assert table.splitlines()[0] in md
