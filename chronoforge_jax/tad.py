@@ -18,6 +18,7 @@ Python loop over frames, and all run under jit, vmap, pmap and shard_map.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
@@ -28,7 +29,7 @@ from chronoforge_jax.registry import Registry
 _TINY = 1e-12
 DISTANCES = ("cosine", "l2")
 BOOST_MODES = ("add", "mul")
-SOFT_METHODS = ("sinkhorn", "gumbel")
+SOFT_METHODS = ("sinkhorn", "gumbel", "perturbed")
 
 
 class TADOutput(NamedTuple):
@@ -383,11 +384,53 @@ def _gumbel_membership(z_bt, mask_bt, k, temperature, rng):
   return jnp.where(mask_bt & (n_b1 > 0), total_bt, 0.0)
 
 
+def _perturbed_membership(z_bt, mask_bt, k, sigma, rng, num_samples):
+  """Perturbed top-k (Berthet et al. 2020): E[top-k indicator of z + sigma * N(0, 1)].
+
+  Monte Carlo over `num_samples` Gaussian draws (from `rng`; a fixed key when None, so
+  the relaxation is deterministic). The gradient is the perturbation estimator
+  d E[y] / dz = E[y(z + sigma Z) Z^T] / sigma, a custom VJP over the same draws: no
+  gradient flows through the (piecewise constant) hard top-k itself.
+  """
+  key = rng if rng is not None else jax.random.key(0)
+  noise_sbt = jax.random.normal(key, (num_samples,) + z_bt.shape, jnp.float32)
+  return _perturbed_topk(k, z_bt, noise_sbt, jnp.asarray(sigma, jnp.float32), mask_bt)
+
+
+def _topk_indicators(k, y_sbt, mask_bt):
+  """[S, B, T] 0/1 membership of the top min(k, #real) real frames of each draw."""
+  kk = min(k, y_sbt.shape[-1])
+  _, idx_sbk = jax.lax.top_k(jnp.where(mask_bt, y_sbt, -jnp.inf), kk)
+  real_bk = jnp.arange(kk) < jnp.minimum(jnp.sum(mask_bt, axis=1), k)[:, None]
+  return jnp.sum(jax.nn.one_hot(idx_sbk, y_sbt.shape[-1]) * real_bk[None, :, :, None], axis=2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _perturbed_topk(k, z_bt, noise_sbt, sigma, mask_bt):
+  return jnp.mean(_topk_indicators(k, z_bt + sigma * noise_sbt, mask_bt), axis=0)
+
+
+def _perturbed_topk_fwd(k, z_bt, noise_sbt, sigma, mask_bt):
+  y_sbt = _topk_indicators(k, z_bt + sigma * noise_sbt, mask_bt)
+  return jnp.mean(y_sbt, axis=0), (y_sbt, noise_sbt, sigma, mask_bt)
+
+
+def _perturbed_topk_bwd(k, res, g_bt):
+  del k
+  y_sbt, noise_sbt, sigma, mask_bt = res
+  gy_sb = jnp.sum(g_bt[None] * y_sbt, axis=2)  # E[(g . y) Z] / sigma
+  grad_bt = jnp.where(mask_bt, jnp.mean(gy_sb[..., None] * noise_sbt, axis=0) / sigma, 0.0)
+  return grad_bt, jnp.zeros_like(noise_sbt), jnp.zeros_like(sigma), None
+
+
+_perturbed_topk.defvjp(_perturbed_topk_fwd, _perturbed_topk_bwd)
+
+
 def soft_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None, *,
                 temperature: float = 0.05,
-                method: Literal["sinkhorn", "gumbel"] = "sinkhorn",
+                method: Literal["sinkhorn", "gumbel", "perturbed"] = "sinkhorn",
                 rng: jax.Array | None = None, n_iters: int = 50,
-                **tad_kwargs) -> jax.Array:
+                num_samples: int = 256, **tad_kwargs) -> jax.Array:
   """Differentiable TAD selection matrix with a hard straight-through forward.
 
   The forward value is exactly one_hot(select_keyframes(...).indices) [B, k, T]. The
@@ -400,12 +443,16 @@ def soft_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = Non
     features_btd: frame features [B, T, D] (or [T, D]).
     k: number of keyframes.
     mask_bt: True on real frames.
-    temperature: relaxation strength (Sinkhorn entropy or softmax temperature, in
-      units of the scaled priority); smaller is closer to hard.
-    method: "sinkhorn" (entropic optimal transport) or "gumbel" (relaxed subset
-      sampling; random when `rng` is given).
-    rng: PRNG key for "gumbel" noise; None for a deterministic relaxation.
+    temperature: relaxation strength (Sinkhorn entropy, softmax temperature, or the
+      perturbation's standard deviation, in units of the scaled priority); smaller is
+      closer to hard.
+    method: "sinkhorn" (entropic optimal transport), "gumbel" (relaxed subset
+      sampling; random when `rng` is given) or "perturbed" (expected top-k under
+      Gaussian perturbations, Monte Carlo with the perturbation gradient estimator).
+    rng: PRNG key for "gumbel" / "perturbed" noise; None for a deterministic
+      relaxation (no noise for "gumbel", a fixed key for "perturbed").
     n_iters: Sinkhorn iterations.
+    num_samples: Monte Carlo draws for "perturbed".
     **tad_kwargs: settings of `analyze`.
 
   Returns:
@@ -428,8 +475,10 @@ def soft_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = Non
   z_bt = jnp.where(mask_bt, (p_bt - lo_b1) / jnp.maximum(span_b1, _TINY), 0.0)
   if method == "sinkhorn":
     s_bt = _sinkhorn_membership(z_bt, mask_bt, k, temperature, n_iters)
-  else:
+  elif method == "gumbel":
     s_bt = _gumbel_membership(z_bt, mask_bt, k, temperature, rng)
+  else:
+    s_bt = _perturbed_membership(z_bt, mask_bt, k, temperature, rng, num_samples)
   c_bt = jnp.cumsum(s_bt, axis=1)
   slots_k1 = jnp.arange(1, k + 1, dtype=jnp.float32)[:, None]
   soft_bkt = s_bt[:, None, :] * jax.nn.relu(1.0 - jnp.abs(c_bt[:, None, :] - slots_k1))

@@ -22,7 +22,7 @@ from configs import common
 SELECTORS = ("tad", "uniform")
 DISTANCES = ("cosine", "l2")
 BOOST_MODES = ("add", "mul")
-SOFT_METHODS = ("sinkhorn", "gumbel")
+SOFT_METHODS = ("sinkhorn", "gumbel", "perturbed")
 COLORS = ("rgb", "luma")
 RESIZES = ("pad", "crop")
 
@@ -60,9 +60,10 @@ def tad_section() -> ml_collections.ConfigDict:
   c.boost = 1.0        # Inflection bonus; >= 1 with "add" keeps every inflection first.
   c.boost_mode = "add"  # "add" (in units of the score range) or "mul".
   c.soft = ml_collections.ConfigDict()
-  c.soft.method = "sinkhorn"  # Relaxation for gradients: "sinkhorn" or "gumbel".
+  c.soft.method = "sinkhorn"  # Relaxation for gradients: "sinkhorn", "gumbel", "perturbed".
   c.soft.temperature = 0.05
-  c.soft.n_iters = 50
+  c.soft.n_iters = 50         # Sinkhorn iterations.
+  c.soft.num_samples = 256    # Monte Carlo draws of "perturbed".
   return c
 
 
@@ -125,6 +126,8 @@ def validate_tad(config: ml_collections.ConfigDict) -> None:
         f"got {tad.soft.temperature!r}; need > 0")
   check(isinstance(tad.soft.n_iters, int) and tad.soft.n_iters >= 1, "tad.soft.n_iters",
         f"got {tad.soft.n_iters!r}; need at least 1 Sinkhorn iteration")
+  check(isinstance(tad.soft.num_samples, int) and tad.soft.num_samples >= 1,
+        "tad.soft.num_samples", f"got {tad.soft.num_samples!r}; need at least 1 draw")
   if "features" in config:
     feats = config.features
     check(isinstance(feats.grid, int) and feats.grid >= 1, "features.grid",

@@ -216,7 +216,8 @@ def test_bad_arguments_have_clear_errors():
 
 
 @pytest.mark.parametrize("method,rng", [("sinkhorn", None), ("gumbel", None),
-                                        ("gumbel", jax.random.key(3))])
+                                        ("gumbel", jax.random.key(3)), ("perturbed", None),
+                                        ("perturbed", jax.random.key(4))])
 def test_soft_select_forward_is_hard_and_gradients_flow(method, rng):
   x_btd, mask_bt = random_case(5, b=3, t=23, d=7)
   k = 6
@@ -237,7 +238,8 @@ def test_soft_select_forward_is_hard_and_gradients_flow(method, rng):
     np.testing.assert_array_equal(grad_btd[b, n:], 0.0)  # Padding gets nothing.
 
 
-def test_soft_select_gradient_points_the_right_way():
+@pytest.mark.parametrize("method", ["sinkhorn", "perturbed"])
+def test_soft_select_gradient_points_the_right_way(method):
   # Raising the variation of the best unselected frame j must raise the selection mass
   # on j. Rotating every frame from j on by e changes v_j = 1 - cos(step_j + e) only.
   rng = np.random.default_rng(6)
@@ -251,10 +253,30 @@ def test_soft_select_gradient_points_the_right_way():
   def mass_on_j(e):
     angles_t = jnp.cumsum(jnp.asarray(steps_t)) + jnp.where(jnp.arange(30) >= j, e, 0.0)
     x_td = jnp.stack([jnp.cos(angles_t), jnp.sin(angles_t)], axis=1)
-    return jnp.sum(tad.soft_select(x_td, k, temperature=0.2, n_iters=20)[:, j])
+    return jnp.sum(tad.soft_select(x_td, k, temperature=0.2, n_iters=20, method=method,
+                                   num_samples=4096)[:, j])
 
   assert jax.jit(mass_on_j)(0.0) == 0.0  # Hard forward: j is not selected.
   assert jax.jit(jax.grad(mass_on_j))(0.0) > 0
+
+
+def test_perturbed_membership_matches_the_gaussian_closed_form():
+  # k = 1 of two frames: frame 0 wins with P = Phi(d / (sigma sqrt 2)), d = z0 - z1, and
+  # dP/dz0 = -dP/dz1 = phi(d / (sigma sqrt 2)) / (sigma sqrt 2).
+  from scipy import stats
+
+  sigma, z = 0.3, jnp.asarray([[0.5, 0.3], [0.1, 0.6]])
+  mask = jnp.ones((2, 2), bool)
+  member = jax.jit(lambda z: tad._perturbed_membership(  # pylint: disable=protected-access
+      z, mask, 1, sigma, jax.random.key(1), 40000))
+  d = np.asarray(z[:, 0] - z[:, 1]) / (sigma * np.sqrt(2))
+  p0 = stats.norm.cdf(d)
+  np.testing.assert_allclose(np.asarray(member(z)), np.stack([p0, 1 - p0], 1), atol=0.01)
+  grad = np.asarray(jax.jacrev(lambda z: member(z)[:, 0])(z))  # [B, B, T]
+  want = stats.norm.pdf(d) / (sigma * np.sqrt(2))
+  for b in range(2):
+    np.testing.assert_allclose(grad[b, b], [want[b], -want[b]], rtol=0.08, atol=0.02)
+    np.testing.assert_array_equal(grad[b, 1 - b], 0.0)  # Videos are independent.
 
 
 # ------------------------------------------------------------------------------------
