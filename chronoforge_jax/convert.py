@@ -254,7 +254,8 @@ def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.d
   header["__metadata__"] = {"format": "pt"}
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)
-  with open(path, "wb") as f:
+  tmp = path + ".tmp"  # Renamed when complete: a killed export never leaves a torn file.
+  with open(tmp, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for name, shape, dtype in tensors:
@@ -262,21 +263,27 @@ def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.d
       if arr.shape != tuple(shape):
         raise AssertionError(f"{name}: produced {arr.shape}, header says {shape}")
       f.write(arr.tobytes())
+  os.replace(tmp, path)
 
 
 def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
             max_shard_bytes: int = 4 << 30, tokenizer_dir: str | None = None) -> None:
   """Exports the model as an HF Qwen2.5-VL checkpoint directory.
 
+  Multi-host: every process calls it; each param is gathered to every host in turn
+  (one tensor in host memory at a time) and process 0 writes.
+
   Args:
-    model: the model (params must be fully addressable from this process).
+    model: the model (sharded over any mesh, one or several processes).
     path: output directory (created).
     dtype: storage dtype (default: each param's own dtype).
     max_shard_bytes: start a new safetensors file past this size.
     tokenizer_dir: copy tokenizer / processor files from this directory, if given.
   """
   cfg = model.config
-  os.makedirs(path, exist_ok=True)
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(path, exist_ok=True)
   params = dict(_flat_params(nnx.state(model, nnx.Param)))
   mapping = hf_param_map(cfg)
   entries = []
@@ -299,11 +306,18 @@ def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
   def produce(name):
     _, hf_shape, _, p, transform = by_name[name]
     value = params[p].get_value()
-    if not value.is_fully_addressable:
-      raise ValueError(f"param {p} is not fully addressable from this process; gather it "
-                       "(or save from a single-host mesh)")
-    return _to_hf(np.asarray(jax.device_get(value)), transform, hf_shape)
+    if value.is_fully_addressable:
+      host = np.asarray(jax.device_get(value))
+    else:  # A collective: every process gathers the same tensors in the same order.
+      from jax.experimental import multihost_utils
+      host = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return _to_hf(host, transform, hf_shape)
 
+  if not writer:
+    for group in files:
+      for e in group:
+        produce(e[0])
+    return
   weight_map = {}
   for i, group in enumerate(files):
     fname = ("model.safetensors" if len(files) == 1

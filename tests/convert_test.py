@@ -152,3 +152,46 @@ def test_convert_launcher_writes_loadable_params(tmp_path):
   with open(tmp_path / "out" / "config.json") as f:
     assert json.load(f)["tie_word_embeddings"] is True
   assert summary["params"] == sum(x.size for x in want)
+
+
+_SAVE_TWO_PROCESSES = """
+import sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+from chronoforge_jax import convert, sharding
+mesh = sharding.make_mesh((1, 2, 1))  # fsdp over both processes' devices.
+model = convert.load_hf_model(sys.argv[3], mesh=mesh, text_position_after_video="spatial")
+kernel = model.text.layers[0].mlp.up.kernel.get_value()
+assert not kernel.is_fully_addressable, kernel.sharding
+convert.save_hf(model, sys.argv[4], max_shard_bytes=20_000)
+"""
+
+
+@pytest.mark.slow
+def test_save_hf_from_two_processes(tmp_path):
+  """Params sharded over two processes: every process gathers, process 0 writes."""
+  import subprocess
+  import sys
+
+  from chronoforge_jax import testing
+
+  hf = _hf(False)
+  hf.save_pretrained(tmp_path / "hf")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo}
+  env.pop("XLA_FLAGS", None)  # One CPU device per process.
+  address = f"localhost:{testing.free_port()}"
+  procs = [subprocess.Popen([sys.executable, "-c", _SAVE_TWO_PROCESSES, address, str(i),
+                             str(tmp_path / "hf"), str(tmp_path / "out")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  files = os.listdir(tmp_path / "out")
+  assert "model.safetensors.index.json" in files and not [f for f in files if ".tmp" in f]
+  reloaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
+  for a, b in zip(hf.state_dict().items(), reloaded.state_dict().items()):
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
