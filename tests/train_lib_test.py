@@ -222,6 +222,7 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
     np.testing.assert_allclose(p8, p1, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
   """rl.train_on_disordered: loss = (G L_ordered + G' L_disordered) / (G + G').
 
