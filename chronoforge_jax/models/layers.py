@@ -215,6 +215,9 @@ def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
   if jax.default_backend() != "gpu":
     raise ValueError(f"attention impl 'cudnn' needs an NVIDIA GPU; this is a "
                      f"{jax.default_backend()} backend: use 'chunked' or 'xla'")
+  if q_bqhd.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"attention impl 'cudnn' computes in bfloat16/float16, got "
+                     f"{q_bqhd.dtype}; set model.dtype=bfloat16 or use 'chunked'")
   mask = None if mask_bqk is None else mask_bqk[:, None]  # [B, 1, Q, K]: all heads.
   out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask,
                                      implementation="cudnn")
