@@ -197,12 +197,7 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
   (G + G'), so every rollout counts the same.
   """
   b, g = rollout["accuracy"].shape
-  components = {"accuracy": rollout["accuracy"], "format": rollout["format"]}
-  if rl.length_bonus.enabled:
-    lb = rl.length_bonus
-    components["length"] = rewards_lib.length_bonus(
-        rollout["accuracy"], rollout["mask"].sum(-1).reshape(b, g), bonus=lb.bonus,
-        min_tokens=lb.min_tokens, max_tokens=lb.max_tokens, min_correct=lb.min_correct)
+  components = _text_rewards(rl, rollout["accuracy"], rollout["format"], rollout["mask"])
   total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
       components, rollout["disordered_accuracy"], weights=dict(rl.reward_weights),
       saliency=rl.saliency.enabled, alpha=rl.saliency.alpha, mu=rl.saliency.mu,
@@ -241,18 +236,23 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
   return state, {**metrics, **loss_metrics, **opt_metrics}
 
 
-def _disordered_loss_inputs(rl: ml_collections.ConfigDict, rollout, b: int, h: int):
-  """The disordered rollouts' loss inputs: their own rewards (no bonus) and advantages."""
-  weights = dict(rl.reward_weights)
-  components = {"accuracy": rollout["disordered_accuracy"],
-                "format": rollout["disordered_format"]}
+def _text_rewards(rl: ml_collections.ConfigDict, accuracy_bg, format_bg, mask_nt
+                  ) -> dict[str, jax.Array]:
+  """One view's reward components before any saliency bonus: accuracy, format, length."""
+  components = {"accuracy": accuracy_bg, "format": format_bg}
   if rl.length_bonus.enabled:
     lb = rl.length_bonus
     components["length"] = rewards_lib.length_bonus(
-        rollout["disordered_accuracy"], rollout["disordered_mask"].sum(-1).reshape(b, h),
-        bonus=lb.bonus, min_tokens=lb.min_tokens, max_tokens=lb.max_tokens,
-        min_correct=lb.min_correct)
-  total_bh, metrics = rewards_lib.combine_rewards(components, weights)
+        accuracy_bg, mask_nt.sum(-1).reshape(accuracy_bg.shape), bonus=lb.bonus,
+        min_tokens=lb.min_tokens, max_tokens=lb.max_tokens, min_correct=lb.min_correct)
+  return components
+
+
+def _disordered_loss_inputs(rl: ml_collections.ConfigDict, rollout, b: int, h: int):
+  """The disordered rollouts' loss inputs: their own rewards (no bonus) and advantages."""
+  components = _text_rewards(rl, rollout["disordered_accuracy"],
+                             rollout["disordered_format"], rollout["disordered_mask"])
+  total_bh, metrics = rewards_lib.combine_rewards(components, dict(rl.reward_weights))
   adv_bh = grpo.compute_advantages(total_bh, rl.advantage_estimator, eps=rl.advantage_eps)
   out = dict(completions=rollout["disordered_completions"], mask=rollout["disordered_mask"],
              advantages=adv_bh.reshape(b * h))
