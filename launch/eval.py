@@ -188,8 +188,8 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
     r = results[name]
     o = r.tables["overall"]
     say(f"eval: {name}: accuracy {100 * o['accuracy']:.1f}% on {o['num_questions']} "
-          f"questions ({100 * o['unparseable_fraction']:.1f}% unparseable) in "
-          f"{r.settings['seconds']:.1f} s")
+        f"questions ({100 * o['unparseable_fraction']:.1f}% unparseable) in "
+        f"{r.settings['seconds']:.1f} s")
   if jax.process_index() != 0:
     return results  # Process 0 writes the comparison and the report.
   if len(results) > 1:
