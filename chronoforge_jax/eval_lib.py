@@ -235,9 +235,7 @@ def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
   if mesh is None:
     return {k: jnp.asarray(v) for k, v in dev.items()}
   from chronoforge_jax import train_lib
-  return {k: jax.make_array_from_callback(v.shape, train_lib.batch_sharding(mesh, v.shape),
-                                          lambda idx, v=v: v[idx])
-          for k, v in dev.items()}
+  return {k: train_lib.global_from_full(mesh, v) for k, v in dev.items()}
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

@@ -153,7 +153,7 @@ def to_global(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   return out
 
 
-def _global_from_full(mesh, full: np.ndarray) -> jax.Array:
+def global_from_full(mesh, full: np.ndarray) -> jax.Array:
   """The same full global array on every process -> a batch-sharded jax Array."""
   return jax.make_array_from_callback(full.shape, batch_sharding(mesh, full.shape),
                                       lambda idx: full[idx])
@@ -560,16 +560,16 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
   rollout: dict[str, jax.Array] = {}
   comps, host_metrics = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
                                       gathered["answer"], rl.num_generations, options)
-  rollout["accuracy"] = _global_from_full(mesh, comps["accuracy"])
-  rollout["format"] = _global_from_full(mesh, comps["format"])
+  rollout["accuracy"] = global_from_full(mesh, comps["accuracy"])
+  rollout["format"] = global_from_full(mesh, comps["format"])
   if "disordered" in samples:
     dis, dis_metrics = score_rollouts(tok, gathered["disordered_0"],
                                       gathered["disordered_1"], gathered["answer"],
                                       rl.num_disordered, options)
     host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
-    rollout["disordered_accuracy"] = _global_from_full(mesh, dis["accuracy"])
+    rollout["disordered_accuracy"] = global_from_full(mesh, dis["accuracy"])
     if rl.train_on_disordered:
-      rollout["disordered_format"] = _global_from_full(mesh, dis["format"])
+      rollout["disordered_format"] = global_from_full(mesh, dis["format"])
   else:
     rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
   trained = [("ordered", "", rl.num_generations)]
