@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 
 from chronoforge_jax import eval_lib
 from chronoforge_jax import metrics as metrics_lib
+from chronoforge_jax import tokenizer as tokenizer_lib
 
 # (panel title, pattern on the metric name); a metric may appear in several panels.
 CURVE_PANELS = (
@@ -203,6 +204,17 @@ def accuracy_bars(path: str | os.PathLike, results: Sequence[eval_lib.EvalResult
 # ---------------------------------------------------------------------------------------
 
 
+def most_frequent_answer(result: eval_lib.EvalResult) -> tuple[int | None, float]:
+  """(the option index answered most often, its share of all questions); (None, 0.0) when
+  no answer could be read. Ties go to the option answered first."""
+  picks = collections.Counter(q.predicted_index for q in result.records
+                              if q.predicted_index is not None)
+  if not picks:
+    return None, 0.0
+  index, count = picks.most_common(1)[0]
+  return index, count / max(len(result.records), 1)
+
+
 def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
   """A Markdown table of how each result's answers are spread over the option letters.
 
@@ -216,12 +228,9 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
            "unparseable |", "|---|---:|---|---:|---:|"]
   for r in results:
     n = max(len(r.records), 1)
-    picks = collections.Counter(q.predicted_index for q in r.records
-                                if q.predicted_index is not None)
+    index, share = most_frequent_answer(r)
     gold = collections.Counter(q.answer_index for q in r.records)
-    letter = lambda i: "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i] if i < 26 else str(i)
-    top = (f"{letter(picks.most_common(1)[0][0])} ({picks.most_common(1)[0][1] / n:.0%})"
-           if picks else "none")
+    top = f"{tokenizer_lib.LETTERS[index]} ({share:.0%})" if index is not None else "none"
     majority = gold.most_common(1)[0][1] / n if gold else 0.0
     unparsed = sum(q.predicted_index is None for q in r.records) / n
     accuracy = sum(q.correct for q in r.records) / n

@@ -149,14 +149,14 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str) -> list:
 
 def reading(recall: dict[str, float], results: list, k: int) -> list[str]:
   """What the run shows, in words computed from its own numbers (report.md's notes)."""
+  from chronoforge_jax import report
+
   notes = [f"TAD keyframes (K={k}) fall inside {recall.get('tad', 0):.0%} of the eval "
            f"videos' events, uniform sampling inside {recall.get('uniform', 0):.0%}: the "
            "selection KF-GRPO builds its ordered view from."]
   after = [r for r in results if r.name.startswith("after")]
   for r in after:
-    picks = [q.predicted_index for q in r.records]
-    top = max(set(picks), key=picks.count) if picks else None
-    share = picks.count(top) / max(len(picks), 1)
+    _, share = report.most_frequent_answer(r)
     if share >= 0.9:
       notes.append(
           f"After training, `{r.name}` gives the same answer to {share:.0%} of the "
