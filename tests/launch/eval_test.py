@@ -17,10 +17,14 @@ from chronoforge_jax import testing
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run(*args, timeout=300):
+def _env():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-  env.pop("XLA_FLAGS", None)  # One CPU device is enough for the launcher.
-  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=REPO, env=env,
+  env.pop("XLA_FLAGS", None)  # One CPU device per process.
+  return env
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=REPO, env=_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -144,13 +148,11 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
           "--dtype", "float32", "--selector", "tad", "--quiet"]
   single = _run(*args, "--out", str(tmp_path / "one"))
   assert single.returncode == 0, single.stderr[-3000:]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-  env.pop("XLA_FLAGS", None)
   port = testing.free_port()
   procs = [subprocess.Popen(
       [sys.executable, "-m", "launch.eval", *args, "--out", str(tmp_path / "two"),
        "--num_processes=2", f"--process_id={i}", f"--coordinator_address=localhost:{port}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
