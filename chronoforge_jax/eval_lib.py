@@ -146,7 +146,8 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
       shardings = jax.tree.map(lambda _: one, abstract)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
-    params = ckpt_lib.load_params(checkpoint, abstract)
+    # Orbax needs absolute paths; users type them relative to where they stand.
+    params = ckpt_lib.load_params(os.path.abspath(os.fspath(checkpoint)), abstract)
     return nnx.merge(graphdef, params)
   if hf_dir:
     _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and "
@@ -283,6 +284,34 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
 # The evaluation loop.
 # ---------------------------------------------------------------------------------------
 
+FRAME_ORDERS = ("ordered", "shuffled", "zeroed")
+
+
+def reorder_frames(batch: Mapping[str, Any], frame_order: str, rng: np.random.Generator,
+                   temporal_patch: int) -> dict[str, Any]:
+  """The batch with its keyframes' content shuffled or blanked (controls for evaluation).
+
+  "shuffled" permutes each question's temporal patches of keyframes (one permutation per
+  row) while the timestamps stay where they were, so the model sees the same frames in a
+  random order with ordinary, increasing positions: nothing but content is left, and
+  order questions drop to chance if the model reads order. "zeroed" makes every frame
+  black (what the answer owes to the text alone). "ordered" returns the batch as is.
+  """
+  if frame_order not in FRAME_ORDERS:
+    raise ValueError(f"frame_order={frame_order!r}: choose one of {FRAME_ORDERS}")
+  if frame_order == "ordered":
+    return dict(batch)
+  frames = np.asarray(batch["frames"])
+  if frame_order == "zeroed":
+    return {**batch, "frames": np.zeros_like(frames)}
+  b, u = frames.shape[:2]
+  patches_bp = frames.reshape(b, u // temporal_patch, temporal_patch, *frames.shape[2:])
+  perm_bp = np.stack([rng.permutation(patches_bp.shape[1]) for _ in range(b)])
+  shuffled = np.take_along_axis(patches_bp, perm_bp.reshape(
+      b, -1, *([1] * (patches_bp.ndim - 2))), axis=1)
+  return {**batch, "frames": shuffled.reshape(frames.shape)}
+
+
 
 def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
              tokenizer: tokenizer_lib.Tokenizer, *, selector: str = "tad",
@@ -292,7 +321,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
              answer_template: str = ANSWER_TEMPLATE, max_questions: int | None = None,
              name: str | None = None, out_dir: str | os.PathLike | None = None,
              mesh: jax.sharding.Mesh | None = None, progress: bool = True,
-             meta: Mapping[str, Any] | None = None, patch_mode: str = "pair") -> EvalResult:
+             meta: Mapping[str, Any] | None = None, patch_mode: str = "pair",
+             frame_order: str = "ordered", frame_order_seed: int = 0) -> EvalResult:
   """Evaluates `model` on every question of a preprocessed benchmark folder.
 
   Args:
@@ -314,6 +344,9 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     progress: show a progress bar.
     meta: extra settings to record (checkpoint path, model preset, ...).
     patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (one each).
+    frame_order: "ordered" (the benchmark), or the controls "shuffled" (each question's
+      keyframes in a random order) and "zeroed" (black frames); see `reorder_frames`.
+    frame_order_seed: seed of the "shuffled" permutations.
 
   Returns:
     The EvalResult.
@@ -325,6 +358,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
                      "devices (launch/eval builds one) and load the model onto it")
   if max_questions is not None and max_questions < 1:
     raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
+  if frame_order not in FRAME_ORDERS:
+    raise ValueError(f"frame_order={frame_order!r}: choose one of {FRAME_ORDERS}")
   index = check_data_dir(data_dir)
   if select_kwargs is None:
     from configs import tad as tad_config
@@ -349,9 +384,12 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   try:
     with context:
-      for batch in dataset:
+      for batch_index, batch in enumerate(dataset):
         if len(results) >= total:
           break
+        batch = reorder_frames(batch, frame_order,
+                               np.random.default_rng([frame_order_seed, batch_index]),
+                               vcfg.temporal_patch_size)
         host = pipeline.split_host(batch)[1]
         dev = _device_batch(batch, mesh)
         if mode == "likelihood":
@@ -378,6 +416,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
       bar.close()
   run = {"data_dir": os.path.abspath(os.fspath(data_dir)), "selector": selector,
          "num_keyframes": num_keyframes, "patch_mode": patch_mode, "mode": mode,
+         "frame_order": frame_order,
          "batch_size": batch_size,
          "max_new_tokens": max_new_tokens if mode == "generate" else None,
          "answer_template": answer_template if mode == "likelihood" else None,

@@ -271,7 +271,8 @@ def write_report(out_dir: str | os.PathLike, *,
     lines += ["## Accuracy", "", eval_lib.compare_results(loaded)]
     for r in loaded:
       settings = ", ".join(f"{k}={r.settings[k]}" for k in (
-          "selector", "num_keyframes", "mode", "checkpoint", "data_dir") if k in r.settings)
+          "selector", "num_keyframes", "frame_order", "mode", "checkpoint", "data_dir")
+          if k in r.settings)
       paths = eval_lib.write_result(r, out_dir)
       lines.append(f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
                    f"[per question]({os.path.basename(paths['jsonl'])}))")

@@ -22,6 +22,7 @@ shardings come from the model's logical axis names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -495,17 +496,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start_step)
     progress = metrics_lib.ProgressLogger(
         config.total_steps, every=config.log_every,
-        keys=("loss", "reward/accuracy", "reward/format", "saliency/ordered_acc",
-              "saliency/disordered_acc", "kl", "clip_frac"))
+        keys=("loss", "sft/answer_nll", "reward/accuracy", "reward/format",
+              "saliency/ordered_acc", "saliency/disordered_acc", "kl", "clip_frac",
+              "time/data_wait_frac"))
     guard = metrics_lib.BadStepGuard(config.max_bad_steps, watch=["loss", "grad_norm"])
     preempt = ckpt_lib.PreemptionGuard()
 
     # --- Loop -------------------------------------------------------------------------
     step_metrics: dict[str, float] = {}
     step = start_step
+    waits = InputWaitMeter()
     try:
       while step < config.total_steps:
-        local, host = pipeline.split_host(next(data_iter))
+        with waits.waiting():
+          local, host = pipeline.split_host(next(data_iter))
         batch = to_global(mesh, local)
         tokens, host_metrics = 0, {}
         if step < config.sft_steps:
@@ -521,7 +525,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step += 1
         if not guard.check(step, metrics):
           continue  # The step left the state unchanged; the last checkpoint stays good.
-        step_metrics = {**metrics_lib.to_scalars(metrics), **host_metrics}
+        step_metrics = {**metrics_lib.to_scalars(metrics), **host_metrics,
+                        **waits.step_done(compiled=len(compiled))}
         writer.write_scalars(step, step_metrics)
         progress.update(step, step_metrics, tokens=tokens)
         stop = preempt.should_stop()
@@ -535,8 +540,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ckpt.close()
       writer.close()
       preempt.close()
-  _say(f"done at step {step}")
+  _say(f"done at step {step}; {waits.summary()}")
   return step_metrics
+
+
+class InputWaitMeter:
+  """How much of the loop's time goes to waiting for the input pipeline.
+
+  A step is timed from the end of the previous one (so host work, rollouts and the
+  device step are all in it); the wait is the time blocked in `next(data_iter)`. Steps
+  that compiled a program are left out of the totals (compile time is not step time).
+  """
+
+  def __init__(self):
+    self._last = time.perf_counter()
+    self._wait = 0.0
+    self._compiled = 0
+    self.total_wait = self.total_time = 0.0
+    self.steps = 0
+
+  @contextlib.contextmanager
+  def waiting(self):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._wait = time.perf_counter() - t0
+
+  def step_done(self, *, compiled: int) -> dict[str, float]:
+    """Closes a step; `compiled` counts the programs compiled so far.
+
+    Returns:
+      metrics: time/step_s, time/data_wait_s and the running time/data_wait_frac.
+    """
+    now = time.perf_counter()
+    step_s, self._last = now - self._last, now
+    if compiled == self._compiled:
+      self.total_wait += self._wait
+      self.total_time += step_s
+      self.steps += 1
+    self._compiled = compiled
+    return {"time/step_s": step_s, "time/data_wait_s": self._wait,
+            "time/data_wait_frac": self.total_wait / max(self.total_time, 1e-9)}
+
+  def summary(self) -> str:
+    return (f"input wait {self.total_wait:.1f} s of {self.total_time:.1f} s "
+            f"({self.total_wait / max(self.total_time, 1e-9):.1%}) over {self.steps} "
+            "steps that compiled nothing")
 
 
 def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batch,

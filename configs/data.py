@@ -4,8 +4,14 @@ Training configs take `config.input = data.input_config(variant)`; `launch/prepr
 reads `--config=configs/data.py[:variant]` for its defaults (flags override them).
 Keyframe count and selector live in the `tad` section (`tad.k`, `tad.selector`), frame
 features in `features` (configs/tad.py); this file embeds both so it stands alone.
-Variants: `default` (real benchmarks at the paper's settings), `demo` (the synthetic set
-sized for `make demo` on a CPU), `smoke` (seconds, for tests).
+Variants: `default` (real benchmarks at the paper's settings), `demo` (the learnable
+synthetic colour-order set, 2000 train / 400 eval questions at 56 px, sized for `make demo`
+and `launch.ablation` on a CPU), `smoke` (seconds, for tests; the `events` variant).
+
+A fresh held-out split of the demo set (another seed; the tokenizer is seed-free):
+  python -m launch.preprocess --config=configs/data.py:demo --format synthetic \
+      --config.preprocess.synthetic.seed=7 --video_dir out/synthetic_s7 \
+      --out out/heldout_s7 --split eval
 
 Examples:
   python -m launch.preprocess --format videomme --annotations videomme.json \\
@@ -54,11 +60,12 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.prefetch_buffer = 2       # Batches buffered per worker.
   c.read_threads = 1          # Threads building batches inside each process.
   if variant == "demo":
-    c.batch_size = 4
-    c.eval_batch_size = 8
+    c.batch_size = 16
+    c.eval_batch_size = 50
     c.eval_num_keyframes = 8
-    c.prompt_buckets = (128, 192)
-    c.target_buckets = (48, 64)
+    c.patch_mode = "duplicate"  # One keyframe per temporal patch: each flash seen alone.
+    c.prompt_buckets = (96, 128)
+    c.target_buckets = (16, 32)
     c.target_reasoning = False
     c.prefetch_workers = 1
   elif variant == "smoke":
@@ -84,16 +91,18 @@ def preprocess_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.videos_per_shard = 8      # Unit of parallel work and of resuming.
   c.workers = 4               # Worker processes (0: in the launcher's process).
   c.compression = "zstd:1"    # ArrayRecord compression: "zstd:N" or "uncompressed".
+  # The synthetic set (chronoforge_jax/data/synthetic.py: SyntheticSettings).
   c.synthetic = ml_collections.ConfigDict(dict(
-      num_train_questions=64, num_eval_questions=32, questions_per_video=2, num_events=5,
-      event_seconds=1.0, min_video_seconds=12.0, max_video_seconds=20.0, fps=8.0,
-      size=112, vocab_size=512, seed=0))
+      variant="colour_order", num_train_questions=2000, num_eval_questions=400,
+      questions_per_video=2, num_events=4, event_seconds=1.0, min_video_seconds=12.0,
+      max_video_seconds=20.0, fps=8.0, size=56, vocab_size=512, seed=0))
   if variant == "demo":
-    c.fps, c.max_frames, c.size, c.workers, c.videos_per_shard = 2.0, 48, 112, 2, 4
+    c.fps, c.max_frames, c.size, c.workers, c.videos_per_shard = 2.0, 48, 56, 2, 50
   elif variant == "smoke":
     c.fps, c.max_frames, c.size, c.workers, c.videos_per_shard = 2.0, 32, 56, 0, 2
-    c.synthetic.update(dict(num_train_questions=8, num_eval_questions=4,
-                            min_video_seconds=12.0, max_video_seconds=14.0, size=64))
+    c.synthetic.update(dict(variant="events", num_train_questions=8, num_eval_questions=4,
+                            num_events=5, min_video_seconds=12.0, max_video_seconds=14.0,
+                            size=64))
   return c
 
 

@@ -10,7 +10,7 @@ the command line, e.g.
 and `chronoforge_jax.models.create_model(config.model, rngs=...)` builds the model.
 
 Fields:
-  preset: a `chronoforge_jax.models.config` preset (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b,
+  preset: a `chronoforge_jax.models.config` preset (tiny, small, qwen2_5_vl_3b, qwen2_5_vl_7b,
     qwen2_5_vl_32b, qwen2_5_vl_72b); ignored when `hf_dir` is set.
   hf_dir: a local HF checkpoint folder; its config.json defines the model ("" for none).
   match_tokenizer: take the vocabulary size and special token ids from the tokenizer
@@ -34,8 +34,8 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("default", "smoke")
-PRESETS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
+VARIANTS = ("default", "smoke", "small")
+PRESETS = ("tiny", "small", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 
@@ -44,8 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the `model` section.
 
   Args:
-    arg: "" / "default" (Qwen2.5-VL-7B, bf16 compute, f32 params, dots_no_batch remat) or
-      "smoke" (the tiny preset in float32, no remat: seconds on a CPU).
+    arg: "" / "default" (Qwen2.5-VL-7B, bf16 compute, f32 params, dots_no_batch remat),
+      "smoke" (the tiny preset in float32, no remat: seconds on a CPU) or "small" (the
+      small preset in float32: the demo's model, learns the synthetic set on a CPU).
 
   Returns:
     A locked ConfigDict with the fields in the module docstring.
@@ -63,12 +64,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.attention_chunk = 512
   config.text_position_after_video = ""
   config.vocab_chunk = 8192
-  if args.variant == "smoke":
-    config.preset = "tiny"
+  if args.variant in ("smoke", "small"):
+    config.preset = args.variant if args.variant == "small" else "tiny"
     config.match_tokenizer = True
     config.dtype = "float32"
     config.remat_policy = "none"
-    config.vocab_chunk = 64
+    config.vocab_chunk = 64 if args.variant == "smoke" else 512
   validate(config)
   config.lock()
   return config

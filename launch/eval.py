@@ -84,6 +84,11 @@ _MESH = flags.DEFINE_list(
     "mesh", ["-1", "1", "1"], "Device mesh data,fsdp,tensor over all processes' devices "
     "(-1: the rest). The batch is split over data x fsdp, the params over fsdp x tensor.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_FRAME_ORDER = flags.DEFINE_enum(
+    "frame_order", "ordered", ["ordered", "shuffled", "zeroed"],
+    "ordered: the benchmark. Controls: shuffled (each question's keyframes in a random "
+    "order, timestamps kept: what order is worth) or zeroed (black frames: what the text "
+    "alone gives).")
 flags.adopt_module_key_flags(multihost)  # --help lists the multi-process flags too.
 
 
@@ -131,7 +136,7 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         param_dtype: str = "float32", match_tokenizer: bool = True,
         random_init: bool = False, tad_kwargs=None, progress: bool = True,
         patch_mode: str = "pair", attention_impl: str = "xla",
-        mesh_shape=(-1, 1, 1)) -> dict:
+        mesh_shape=(-1, 1, 1), frame_order: str = "ordered") -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
 
   With several processes (after `jax.distributed.initialize`), every process runs this
@@ -183,7 +188,8 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         mode=mode, max_new_tokens=max_new_tokens, max_questions=max_questions,
         prompt_buckets=tuple(int(b) for b in prompt_buckets),
         select_kwargs=tad_kwargs, out_dir=out, progress=progress, patch_mode=patch_mode,
-        mesh=mesh,
+        mesh=mesh, frame_order=frame_order,
+        name=None if frame_order == "ordered" else f"{name}_k{k}_{mode}_{frame_order}",
         meta={"checkpoint": source, "model": model_preset if not hf_dir else hf_dir})
     r = results[name]
     o = r.tables["overall"]
@@ -222,7 +228,8 @@ def main(argv) -> int:
         param_dtype=_PARAM_DTYPE.value, match_tokenizer=_MATCH_TOKENIZER.value,
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
         progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,
-        attention_impl=_ATTENTION.value, mesh_shape=_MESH.value)
+        attention_impl=_ATTENTION.value, mesh_shape=_MESH.value,
+        frame_order=_FRAME_ORDER.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2

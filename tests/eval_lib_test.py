@@ -444,3 +444,25 @@ def test_clear_errors(model, data, tmp_path):
     eval_lib.evaluate(model, str(tmp_path / "empty"), data[1], mode="likelihood")
   with pytest.raises(ValueError, match="mode"):
     eval_lib.evaluate(model, data[0], data[1], mode="beam")
+
+
+def test_reorder_frames_shuffles_patches_and_keeps_timestamps():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 255, size=(3, 8, 4, 4, 3), dtype=np.uint8)
+  batch = {"frames": frames, "timestamps": np.arange(24, dtype=np.float32).reshape(3, 8)}
+  out = eval_lib.reorder_frames(batch, "shuffled", np.random.default_rng(1), 2)
+  np.testing.assert_array_equal(out["timestamps"], batch["timestamps"])
+  moved = 0
+  for b in range(3):
+    patches = frames[b].reshape(4, 2, -1)
+    got = out["frames"][b].reshape(4, 2, -1)
+    # Each output patch is one input patch, whole (frames of a patch stay together).
+    perm = [next(j for j in range(4) if (got[i] == patches[j]).all()) for i in range(4)]
+    assert sorted(perm) == [0, 1, 2, 3]
+    moved += perm != [0, 1, 2, 3]
+  assert moved >= 2
+  zeroed = eval_lib.reorder_frames(batch, "zeroed", np.random.default_rng(1), 2)
+  assert not zeroed["frames"].any() and zeroed["frames"].shape == frames.shape
+  assert eval_lib.reorder_frames(batch, "ordered", None, 2)["frames"] is frames
+  with pytest.raises(ValueError, match="frame_order"):
+    eval_lib.reorder_frames(batch, "reversed", None, 2)

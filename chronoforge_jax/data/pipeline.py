@@ -17,7 +17,9 @@ and U = K + 2M pairing keyframes, P = K and U = 2(K + M) duplicating them; rl/vi
   frames u8 [B,U,H,W,3], timestamps f32 [B,U], frame_valid bool [B,U],
   ordered_patches i32 [B,P], disordered_patches i32 [B,P], keyframe_indices i32 [B,K],
   prompt_ids i32 [B,L] (left-padded), prompt_mask bool [B,L], answer_index i32 [B],
-  target_ids i32 [B,A] (right-padded), target_mask bool [B,A], example_valid bool [B],
+  target_ids i32 [B,A] (right-padded), target_mask bool [B,A], target_answer_mask bool
+  [B,A] (the tokens that name the answer: those that change with the answer letter),
+  example_valid bool [B],
 and host-only object arrays (HOST_KEYS): question_id, video_id, duration_bucket,
 task_type, options.
 """
@@ -261,10 +263,25 @@ class _BatchBuilder:
       mask_bt[b, :v.num_frames] = True
     return self._select(feats_btd, mask_bt)
 
+  def _answer_span(self, q: Mapping[str, Any], target: Sequence[int],
+                   target_len: int) -> tuple[int, int]:
+    """[start, end) of the target tokens that spell the answer letter: what differs from
+    the same target with another letter (BPE may merge the letter with its tags)."""
+    other = self._target({**q, "answer_index": (q["answer_index"] + 1) % 4}, target_len)
+    shortest = min(len(target), len(other))
+    start = 0
+    while start < shortest and target[start] == other[start]:
+      start += 1
+    tail = 0
+    while tail < shortest - start and target[-1 - tail] == other[-1 - tail]:
+      tail += 1
+    return start, len(target) - tail
+
   def _example(self, q, video, v: views_lib.Views, prompt_len: int, target_len: int,
                valid: bool) -> dict[str, Any]:
     prompt = self.tok.encode_chat_prompt(q["question"], q["options"], self.num_video)
     target = self._target(q, target_len)
+    lo, hi = self._answer_span(q, target, target_len)
     pad = self.tok.pad_id
     return {
         "frames": self.data.frames(video, v.frame_indices),
@@ -278,6 +295,7 @@ class _BatchBuilder:
         "answer_index": np.int32(q["answer_index"]),
         "target_ids": np.array(target + [pad] * (target_len - len(target)), np.int32),
         "target_mask": np.arange(target_len) < len(target),
+        "target_answer_mask": (np.arange(target_len) >= lo) & (np.arange(target_len) < hi),
         "example_valid": np.bool_(valid),
         "question_id": q["question_id"], "video_id": q["video_id"],
         "duration_bucket": q.get("duration_bucket", ""), "task_type": q.get("task_type", ""),

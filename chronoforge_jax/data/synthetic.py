@@ -1,20 +1,36 @@
 """Synthetic temporal-QA set: real mp4 videos whose answers depend on when things happen.
 
-Each video is a long, uneventful scene (a still background) with a few short events:
-a shape appears, a shape moves across, a shape changes colour, or the screen flashes.
-Every event uses its own shape (or flash colour), so any frame of an event identifies
-it; what a single frame cannot tell is the ORDER. Four-option questions ask which
-event came first, last, right after or right before another. Short events separated by
-long stretches are what uniform frame sampling tends to miss and TAD should find.
+Each video is a long, uneventful scene (a still background) with a few short events.
+Short events separated by long stretches are what uniform frame sampling tends to miss
+and TAD should find. Two variants (`SyntheticSettings.variant`):
+
+  colour_order  (learnable; the demo's and the ablation's) four one-second full-screen
+                flashes in distinct colours (red, green, blue, yellow, in random order);
+                "Which colour flashes first / last?". The options are always
+                A. red / B. green / C. blue / D. yellow, so the answer letter names a
+                colour and the model only has to learn what each flash looks like and
+                which came first: the frames' content AND their order decide the answer
+                (a single frame or shuffled frames leave chance), and the letters are
+                uniform because the order is.
+  events        a shape appears, moves across or changes colour, or the screen flashes;
+                every event uses its own shape (or flash colour), so any frame of an event
+                identifies it; what a single frame cannot tell is the ORDER. Four-option
+                questions ask which event came first, last, right after or right before
+                another, each option a shuffled text description: a language task first
+                (a small model must learn what ~25 words look like), harder to learn.
 
 `write_dataset` renders and encodes the videos (PyAV, H.264), writes `train.json` and
 `eval.json` in the Video-R1 style (read by `benchmarks.load_annotations("synthetic", ...)`),
-and a tiny tokenizer trained on the set's text. Everything is deterministic per seed.
+and a tiny tokenizer. Everything is deterministic per seed; the tokenizer is not: it is
+trained on every text either variant can produce (`vocabulary_texts`), so every seed and
+split tokenizes alike and a held-out split made with another seed can be scored by a
+model trained on the first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -28,6 +44,10 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
            "orange": (250, 140, 20), "cyan": (40, 220, 230)}
 KINDS = ("appear", "move", "recolour", "flash")
 TASKS = ("first", "last", "after", "before")
+VARIANTS = ("colour_order", "events")
+# colour_order: the flash colours, which are also the fixed options A-D in this order.
+FLASH_COLOURS = ("red", "green", "blue", "yellow")
+COLOUR_TASKS = ("first", "last")
 _DIRECTIONS = {"left to right": (0.0, -1.0, 0.0, 1.0), "right to left": (0.0, 1.0, 0.0, -1.0),
                "top to bottom": (-1.0, 0.0, 1.0, 0.0), "bottom to top": (1.0, 0.0, -1.0, 0.0)}
 _MANIFEST = "synthetic.json"
@@ -38,17 +58,21 @@ class SyntheticSettings:
   """Settings of the synthetic set (all in the manifest; a rerun with equal settings skips).
 
   Attributes:
+    variant: "colour_order" (colour-flash order; learnable by a small model) or "events"
+      (shapes and flashes described in words); see the module docstring.
     num_train_questions: questions in train.json.
     num_eval_questions: questions in eval.json.
     questions_per_video: questions asked about each video (a shared video is decoded once).
-    num_events: events per video (>= 5 so 'right after' questions have 3 distractors).
+    num_events: events per video: 5-6 for "events" (so 'right after' questions have 3
+      distractors), 2-4 flashes for "colour_order".
     event_seconds: length of one event; short relative to the video on purpose.
     min_video_seconds, max_video_seconds: video length range.
     fps: native frame rate of the encoded videos.
     size: frame side in pixels (even).
     vocab_size: size of the tiny tokenizer built with the set.
-    seed: everything follows from it.
+    seed: everything follows from it (held-out splits: another seed).
   """
+  variant: str = "events"
   num_train_questions: int = 64
   num_eval_questions: int = 32
   questions_per_video: int = 2
@@ -62,10 +86,16 @@ class SyntheticSettings:
   seed: int = 0
 
   def __post_init__(self):
-    if not 5 <= self.num_events <= len(SHAPES) + 1:
-      raise ValueError(f"num_events={self.num_events}: must be in [5, {len(SHAPES) + 1}]")
-    if not 1 <= self.questions_per_video <= len(TASKS):
-      raise ValueError(f"questions_per_video={self.questions_per_video}: must be in [1, 4]")
+    if self.variant not in VARIANTS:
+      raise ValueError(f"variant={self.variant!r}: choose one of {VARIANTS}")
+    lo, hi = (2, len(FLASH_COLOURS)) if self.variant == "colour_order" else (5, len(SHAPES) + 1)
+    if not lo <= self.num_events <= hi:
+      raise ValueError(f"num_events={self.num_events}: must be in [{lo}, {hi}] for "
+                       f"variant={self.variant!r}")
+    tasks = self.tasks
+    if not 1 <= self.questions_per_video <= len(tasks):
+      raise ValueError(f"questions_per_video={self.questions_per_video}: must be in "
+                       f"[1, {len(tasks)}] for variant={self.variant!r}")
     if self.size % 2 or self.size < 16:
       raise ValueError(f"size={self.size}: must be even and >= 16 (H.264 yuv420p)")
     if not 0 < self.min_video_seconds <= self.max_video_seconds:
@@ -74,6 +104,21 @@ class SyntheticSettings:
     if self.min_video_seconds < need:
       raise ValueError(f"min_video_seconds={self.min_video_seconds}: {self.num_events} events "
                        f"of {self.event_seconds} s with gaps need >= {need} s")
+    if self.num_train_questions < 0 or self.num_eval_questions < 0:
+      raise ValueError("num_train_questions and num_eval_questions must be >= 0")
+
+  @property
+  def tasks(self) -> tuple[str, ...]:
+    """The question types of the variant."""
+    return COLOUR_TASKS if self.variant == "colour_order" else TASKS
+
+  def video_tag(self) -> str:
+    """A short hash of what a video's pixels depend on (part of its file name), so a
+    folder reused with other settings or another seed never serves a stale video."""
+    keys = ("variant", "num_events", "event_seconds", "min_video_seconds",
+            "max_video_seconds", "fps", "size", "seed")
+    blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +153,11 @@ def make_events(rng: np.random.Generator, duration: float, settings: SyntheticSe
   gap = length  # Uneventful stretches at least one event long, usually much longer.
   slack = duration - n * length - (n + 1) * gap
   starts = gap + np.sort(rng.uniform(0, slack, size=n)) + np.arange(n) * (length + gap)
+  if settings.variant == "colour_order":
+    colours = rng.permutation(FLASH_COLOURS)[:n]
+    return [Event(kind="flash", shape="", colour=str(c), colour2="", direction="",
+                  start=float(t), end=float(t + length), x=0.5, y=0.5)
+            for c, t in zip(colours, starts)]
   kinds = list(rng.choice(KINDS[:3], size=n))
   if n > len(SHAPES) or rng.random() < 0.5:
     kinds[int(rng.integers(n))] = "flash"
@@ -224,6 +274,45 @@ def make_questions(events: Sequence[Event], rng: np.random.Generator, num: int
   return out
 
 
+def make_colour_questions(events: Sequence[Event], rng: np.random.Generator, num: int
+                          ) -> list[dict[str, Any]]:
+  """`num` questions of distinct types ("first", "last") about a colour_order video.
+
+  The options are always FLASH_COLOURS in order, so answer letter j means colour j.
+  """
+  out = []
+  for task in rng.choice(COLOUR_TASKS, size=num, replace=False):
+    e = events[0] if task == "first" else events[-1]
+    out.append({"task_type": str(task),
+                "problem": f"Which colour flashes {task} in the video?",
+                "options": list(FLASH_COLOURS),
+                "answer_index": FLASH_COLOURS.index(e.colour),
+                "reasoning": f"The {e.colour} flash at {e.start:.0f} s comes {task}."})
+  return out
+
+
+def vocabulary_texts() -> list[str]:
+  """Every phrase either variant can put in a question, option or reasoning (seed-free):
+  the tiny tokenizer is trained on these, so it is the same for every seed and split."""
+  texts = [f"Which colour flashes {t} in the video?" for t in COLOUR_TASKS]
+  texts += [f"The {c} flash at 12 s comes {t}." for c in FLASH_COLOURS for t in COLOUR_TASKS]
+  texts += [f"Which event happens {t} in the video?" for t in ("first", "last")]
+  descriptions = []
+  for colour in COLOURS:
+    descriptions.append(Event("flash", "", colour, "", "", 0, 1, 0, 0).description)
+    for shape in SHAPES:
+      descriptions.append(Event("appear", shape, colour, "", "", 0, 1, 0, 0).description)
+      descriptions += [Event("move", shape, colour, "", d, 0, 1, 0, 0).description
+                       for d in _DIRECTIONS]
+      descriptions += [Event("recolour", shape, colour, c2, "", 0, 1, 0, 0).description
+                       for c2 in COLOURS if c2 != colour]
+  texts += descriptions
+  texts += [f"Which event happens {w} {d}?" for w in ("right after", "right before")
+            for d in descriptions[::7]]
+  texts += [f"{d[0].upper()}{d[1:]} at 12 s is the first event." for d in descriptions[::5]]
+  return texts
+
+
 def _bucket(duration: float, s: SyntheticSettings) -> str:
   third = (s.max_video_seconds - s.min_video_seconds) / 3 or 1.0
   return ("short" if duration < s.min_video_seconds + third else
@@ -239,11 +328,12 @@ def _split(out_dir: str, split: str, split_id: int, num_questions: int,
     duration = float(rng.uniform(s.min_video_seconds, s.max_video_seconds))
     events = make_events(rng, duration, s)
     video_id = f"{split}_{v:04d}"
-    rel = os.path.join("videos", f"{video_id}.mp4")
+    rel = os.path.join("videos", f"{split}_{s.video_tag()}_{v:04d}.mp4")
     path = os.path.join(out_dir, rel)
     if not os.path.exists(path):
       encode_mp4(path, render_frames(events, duration, s, seed=(s.seed, split_id, v)), s.fps)
-    for n, q in enumerate(make_questions(events, rng, s.questions_per_video)):
+    ask = make_colour_questions if s.variant == "colour_order" else make_questions
+    for n, q in enumerate(ask(events, rng, s.questions_per_video)):
       if len(rows) == num_questions:
         break
       rows.append({
@@ -288,11 +378,9 @@ def write_dataset(out_dir: str | os.PathLike, settings: SyntheticSettings | None
           os.path.exists(p) for p in (paths["train"], paths["eval"])):
         return paths
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-  texts = []
   for split_id, (split, num) in enumerate((("train", s.num_train_questions),
                                            ("eval", s.num_eval_questions))):
     rows = _split(out_dir, split, split_id, num, s)
-    texts += [r["problem"] + "\n" + "\n".join(r["options"]) + r["process"] for r in rows]
     tmp = paths[split] + ".tmp"
     with open(tmp, "w") as f:
       json.dump(rows, f, indent=1)
@@ -301,7 +389,7 @@ def write_dataset(out_dir: str | os.PathLike, settings: SyntheticSettings | None
       print(f"synthetic {split}: {len(rows)} questions on "
             f"{len({r['video_id'] for r in rows})} videos -> {paths[split]}", flush=True)
   tokenizer_lib.build_tiny_tokenizer(paths["tokenizer_dir"], vocab_size=s.vocab_size,
-                                     extra_texts=texts)
+                                     extra_texts=vocabulary_texts())
   with open(manifest, "w") as f:
     json.dump(dataclasses.asdict(s), f, indent=1)
   return paths

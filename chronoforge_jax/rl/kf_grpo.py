@@ -139,15 +139,27 @@ def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int 
 
 def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: int = 8192
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Cross-entropy of the reference answers given the ordered keyframe view."""
+  """Cross-entropy of the reference answers given the ordered keyframe view.
+
+  Besides the loss (mean over all target tokens), logs `sft/answer_nll`: the summed NLL
+  of the tokens that spell the answer letter (`target_answer_mask`), per example. With
+  short targets most tokens are fixed format tokens, so the loss alone can look small
+  while the answer is still at chance (ln 4 = 1.39 nats for four options).
+  """
   video = batch_views(model, batch, views=("ordered",))["ordered"]
   logp_ba = model.token_logprobs(batch["prompt_ids"], batch["prompt_mask"],
                                  batch["target_ids"], batch["target_mask"],
                                  vocab_chunk=vocab_chunk, **video)
-  mask_ba = batch["target_mask"].astype(jnp.float32) * batch["example_valid"][:, None]
+  valid_b = batch["example_valid"].astype(jnp.float32)
+  mask_ba = batch["target_mask"].astype(jnp.float32) * valid_b[:, None]
   num_tokens = jnp.maximum(mask_ba.sum(), 1.0)
   loss = -(logp_ba * mask_ba).sum() / num_tokens
-  return loss, {"loss": loss, "sft/nll": loss, "num_tokens": mask_ba.sum()}
+  metrics = {"loss": loss, "sft/nll": loss, "num_tokens": mask_ba.sum()}
+  if "target_answer_mask" in batch:
+    answer_ba = batch["target_answer_mask"].astype(jnp.float32) * mask_ba
+    metrics["sft/answer_nll"] = (-(logp_ba * answer_ba).sum()
+                                 / jnp.maximum(valid_b.sum(), 1.0))
+  return loss, metrics
 
 
 def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,

@@ -93,6 +93,10 @@ def test_batch_contents_match_independent_references(dataset):
     tmask = batch["target_mask"][j]
     assert tok.decode(batch["target_ids"][j][tmask]) == (
         f"{row['process']}<answer>{letter}</answer><|im_end|>")
+    # The answer mask covers the tokens that spell the letter, inside the target.
+    amask = batch["target_answer_mask"][j]
+    assert amask.any() and not (amask & ~tmask).any()
+    assert tok.decode(batch["target_ids"][j][amask]).strip("<>/answer") == letter
     assert batch["options"][j] == options and batch["task_type"][j] == row["task_type"]
   # The prompt bucket is the smallest that fits the longest prompt of the batch.
   expected = min(b for b in s.prompt_buckets if b >= max(lengths))

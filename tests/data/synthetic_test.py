@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -150,3 +151,59 @@ def test_bad_settings():
     synthetic.SyntheticSettings(size=47)
   with pytest.raises(ValueError, match="min_video_seconds"):
     synthetic.SyntheticSettings(min_video_seconds=5.0, max_video_seconds=6.0)
+
+
+COLOUR = synthetic.SyntheticSettings(variant="colour_order", num_events=4,
+                                     num_train_questions=12, num_eval_questions=4, size=32,
+                                     fps=4.0)
+
+
+def test_colour_order_answers_are_the_first_and_last_flash(tmp_path):
+  paths = synthetic.write_dataset(tmp_path, COLOUR)
+  rows = _rows(paths["train"])
+  assert len(rows) == 12 and {r["task_type"] for r in rows} == {"first", "last"}
+  for row in rows:
+    assert row["options"] == ["A. red", "B. green", "C. blue", "D. yellow"]
+    events = sorted(row["events"], key=lambda e: e["start"])
+    flash = events[0] if row["task_type"] == "first" else events[-1]
+    colour = flash["description"].split()[-1]
+    letter = "ABCD"["red green blue yellow".split().index(colour)]
+    assert row["solution"] == f"<answer>{letter}</answer>"
+    # The flash really is on screen, full frame, in that colour, during its second.
+    video = decode.decode_video(os.path.join(tmp_path, row["path"]))
+    mid = int(np.argmin(np.abs(video.timestamps - (flash["start"] + flash["end"]) / 2)))
+    np.testing.assert_allclose(video.frames[mid].reshape(-1, 3).mean(0),
+                               synthetic.COLOURS[colour], atol=12)
+
+
+def test_colour_order_letters_are_balanced():
+  rng = np.random.default_rng(0)
+  counts = np.zeros(4)
+  for _ in range(2000):
+    events = synthetic.make_events(rng, 16.0, COLOUR)
+    for q in synthetic.make_colour_questions(events, rng, 2):
+      counts[q["answer_index"]] += 1
+  # 4000 answers, 1000 expected per letter: binomial sd ~27, so 900-1100 is > 3.5 sd.
+  assert counts.min() > 900 and counts.max() < 1100, counts
+
+
+def test_tokenizer_and_videos_do_not_depend_on_the_seed(tmp_path):
+  a = synthetic.write_dataset(tmp_path / "a", COLOUR)
+  b = synthetic.write_dataset(tmp_path / "b", dataclasses.replace(COLOUR, seed=5))
+  read = lambda p: open(os.path.join(p["tokenizer_dir"], "tokenizer.json")).read()
+  assert read(a) == read(b)
+  # Another seed in the same folder renders new videos instead of reusing stale ones.
+  ra = _rows(a["train"])
+  c = synthetic.write_dataset(tmp_path / "a", dataclasses.replace(COLOUR, seed=5))
+  rc = _rows(c["train"])
+  assert all(x["path"] != y["path"] for x, y in zip(ra, rc))
+  assert [r["events"] for r in rc] == [r["events"] for r in _rows(b["train"])]
+
+
+def test_colour_order_settings_are_checked():
+  with pytest.raises(ValueError, match="num_events"):
+    synthetic.SyntheticSettings(variant="colour_order", num_events=5)
+  with pytest.raises(ValueError, match="questions_per_video"):
+    synthetic.SyntheticSettings(variant="colour_order", num_events=4, questions_per_video=3)
+  with pytest.raises(ValueError, match="variant"):
+    synthetic.SyntheticSettings(variant="colours")
