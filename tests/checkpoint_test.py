@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import grain
 import jax
@@ -233,6 +234,32 @@ def test_killed_save_leaves_previous_step_restorable(tmp_path):
   ckpt.close()
 
 
+def _wait_until(condition, what, timeout=60.0):
+  """Waits for `condition()` (e.g. a signal handler having run); fails after `timeout` s.
+
+  Python runs signal handlers asynchronously: between bytecodes of the main thread, once
+  the C-level handler (in whichever thread the kernel picked) has flagged the signal. So
+  an `os.kill` of this process is not handled by its next line, and under load not
+  within any fixed time; poll instead, yielding the CPU. The timeout only bounds a hang.
+  """
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+    time.sleep(0.001)
+
+
+@pytest.fixture
+def sigint_handler():
+  """Installs Python's default SIGINT handler (KeyboardInterrupt) for the test.
+
+  The disposition the test process inherited is not always it: a shell without job
+  control starts background jobs with SIGINT ignored, and Python then keeps SIG_IGN.
+  """
+  saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield signal.default_int_handler
+  signal.signal(signal.SIGINT, saved)
+
+
 def test_sigterm_sets_flag_and_loop_saves_current_step(mesh, tmp_path):
   before = signal.getsignal(signal.SIGTERM)
   state = _state(mesh)
@@ -240,8 +267,9 @@ def test_sigterm_sets_flag_and_loop_saves_current_step(mesh, tmp_path):
     with checkpoint.PreemptionGuard() as guard:
       assert not guard.should_stop()
       for step in range(1, 50):
-        if step == 3:
+        if step == 3:  # A real SIGTERM arrives during step 3.
           os.kill(os.getpid(), signal.SIGTERM)
+          _wait_until(lambda: guard.received is not None, "the SIGTERM handler")
         if guard.should_stop():
           ckpt.save(step, state)
           break
@@ -251,15 +279,76 @@ def test_sigterm_sets_flag_and_loop_saves_current_step(mesh, tmp_path):
   assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_second_sigint_falls_through_to_previous_handler():
-  before = signal.getsignal(signal.SIGINT)
+def test_first_signal_requests_stop_second_calls_previous_handler():
+  """The guard's logic, with its installed handler called directly (no async delivery)."""
+  calls = []
+  previous = lambda signum, frame: calls.append((signum, frame))
+  saved = signal.signal(signal.SIGTERM, previous)
+  try:
+    guard = checkpoint.PreemptionGuard(signals=(signal.SIGTERM,))
+    handler = signal.getsignal(signal.SIGTERM)
+    assert handler is not previous and not guard.should_stop()
+    frame = sys._getframe()  # pylint: disable=protected-access
+    handler(signal.SIGTERM, frame)  # First: only records the request.
+    assert guard.should_stop() and guard.received == signal.SIGTERM
+    assert calls == [] and signal.getsignal(signal.SIGTERM) is handler
+    handler(signal.SIGTERM, frame)  # Second: restores and calls through, same args.
+    assert calls == [(signal.SIGTERM, frame)]
+    assert signal.getsignal(signal.SIGTERM) is previous
+    guard.close()  # Idempotent: nothing left to restore.
+    assert signal.getsignal(signal.SIGTERM) is previous
+  finally:
+    signal.signal(signal.SIGTERM, saved)
+
+
+def test_other_signal_or_request_stop_does_not_fall_through():
+  calls = []
+  previous = lambda signum, frame: calls.append(signum)
+  saved = {s: signal.signal(s, previous) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    with checkpoint.PreemptionGuard() as guard:
+      handler = signal.getsignal(signal.SIGINT)
+      guard.request_stop()  # By hand (a time limit): not a received signal.
+      handler(signal.SIGINT, None)
+      assert guard.received == signal.SIGINT and calls == []
+      signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # A different signal.
+      assert guard.received == signal.SIGTERM and calls == []
+      assert signal.getsignal(signal.SIGINT) is handler
+    for s in (signal.SIGTERM, signal.SIGINT):  # The context manager restored both.
+      assert signal.getsignal(s) is previous
+  finally:
+    for s, old in saved.items():
+      signal.signal(s, old)
+
+
+def test_second_sigint_falls_through_to_previous_handler(sigint_handler):
   guard = checkpoint.PreemptionGuard(signals=(signal.SIGINT,))
-  os.kill(os.getpid(), signal.SIGINT)
-  assert guard.should_stop()
-  with pytest.raises(KeyboardInterrupt):  # Python's default SIGINT handler.
+  handler = signal.getsignal(signal.SIGINT)
+  try:
+    handler(signal.SIGINT, None)
+    assert guard.should_stop() and signal.getsignal(signal.SIGINT) is handler
+    with pytest.raises(KeyboardInterrupt):  # Python's default SIGINT handler.
+      handler(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is sigint_handler
+  finally:
+    guard.close()
+
+
+def test_second_real_sigint_raises_keyboard_interrupt(sigint_handler):
+  """The same through real signals, waiting for each to be handled (see `_wait_until`)."""
+  guard = checkpoint.PreemptionGuard(signals=(signal.SIGINT,))
+  try:
     os.kill(os.getpid(), signal.SIGINT)
-  assert signal.getsignal(signal.SIGINT) is before
-  guard.close()
+    _wait_until(guard.should_stop, "the first SIGINT to be handled")
+    assert signal.getsignal(signal.SIGINT) is not sigint_handler
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      # The guard restores the previous handler, then calls it: KeyboardInterrupt is
+      # raised from inside this wait, whenever the interpreter runs the handler.
+      _wait_until(lambda: False, "the second SIGINT to raise KeyboardInterrupt")
+    assert signal.getsignal(signal.SIGINT) is sigint_handler
+  finally:
+    guard.close()
 
 
 def test_ckpt_config_variants_and_validation(tmp_path):

@@ -4,16 +4,19 @@ The end-to-end runs use the `smoke` config (tiny model, synthetic set): 2 SFT st
 KF-GRPO steps with rollouts on both views.
 """
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from chronoforge_jax import checkpoint as ckpt_lib
@@ -349,25 +352,218 @@ def test_frozen_vision_tower_gets_no_updates(data_dir):
     assert same == (name == "visual"), name
 
 
-@pytest.mark.slow
-def test_kf_grpo_raises_ordered_accuracy_of_the_tiny_model(data_dir, tmp_path):
-  """The smoke config (fixed seed): SFT teaches the answer format, then KF-GRPO raises the
-  accuracy of the ordered-view rollouts on the synthetic training questions.
+# ----------------------------------------------------------------------------------------
+# Single KF-GRPO updates on rollouts chosen by the test: exact properties of the update,
+# not the outcome of a (chaotic, CPU-dependent) training run.
+# ----------------------------------------------------------------------------------------
 
-  This tiny model mostly memorises the 8 training questions (its disordered-view accuracy
-  rises too); the test shows the RL loop improves the policy, not temporal reasoning.
+# SGD's update is -lr * gradient, so parameter deltas compare gradients directly (Adam's
+# first step, ~ -lr * sign(gradient), would hide their scale). Small enough that the
+# first-order effect dominates: log-prob changes scale linearly with it.
+SGD_LR = 1e-2
+
+
+@pytest.fixture(scope="module")
+def grpo_case(data_dir):
+  """The smoke model at init, one batch, and cached single KF-GRPO steps.
+
+  beta = 0 (no KL), no SFT phase or warmup, no weight decay, one inner iteration: the
+  update is the policy gradient of the clipped surrogate at ratio 1, sum_i A_i * grad of
+  the per-token mean log-prob of completion i (over the number of completions).
   """
-  config = _config(data_dir, sft_steps=80, total_steps=230, log_every=50)
-  config.rl.beta = 0.0  # The smoke config's own setting.
-  config.ckpt.save_every = 1000
-  train_lib.train_and_evaluate(config, str(tmp_path))
-  grpo = [r for r in _read_metrics(str(tmp_path)) if "saliency/ordered_acc" in r]
-  assert len(grpo) == 150
-  first, last = grpo[:25], grpo[-25:]
-  mean = lambda rs, k: float(np.mean([r[k] for r in rs]))
-  assert mean(last, "saliency/ordered_acc") >= mean(first, "saliency/ordered_acc") + 0.08, (
-      mean(first, "saliency/ordered_acc"), mean(last, "saliency/ordered_acc"))
-  assert mean(last, "reward/format") >= mean(first, "reward/format") + 0.3
+  config = _config(data_dir, **{
+      "sft_steps": 0, "optax.warmup_steps": 0, "optax.weight_decay": 0.0,
+      "optax.learning_rate": 2e-3, "optax.grad_accum": 1, "optax.freeze_vision": False,
+      "rl.beta": 0.0, "rl.num_iterations": 1, "rl.train_on_disordered": False,
+      "rl.aggregation": "sequence_mean", "rl.policy_loss": "clipped",
+      "rl.advantage_estimator": "batch_std"})
+  config.rl.length_bonus.enabled = False
+  config.rl.saliency.update(dict(enabled=True, rule="ratio", alpha=0.3, mu=0.8))
+  for name in ("accuracy", "format", "saliency"):
+    config.rl.reward_weights[name] = 1.0
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  s = train_lib.setup(config, mesh)
+  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(
+      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  with jax.set_mesh(mesh):
+    batch = train_lib.to_global(mesh, local)
+    params = jax.device_get(s.init_state()["params"])
+  b, g, h = local["prompt_ids"].shape[0], config.rl.num_generations, config.rl.num_disordered
+  assert b >= 2 and g >= 4 and g % 2 == 0, (b, g)
+  steps = {}
+
+  def sgd_step(estimator):
+    """jit(train_lib.kf_grpo_step) with plain SGD and the given advantage estimator."""
+    if estimator not in steps:
+      rl = config.rl.copy_and_resolve_references()
+      rl.advantage_estimator = estimator
+      steps[estimator] = jax.jit(functools.partial(
+          train_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl,
+          config.model.vocab_chunk))
+    return steps[estimator]
+
+  def update(rollout, estimator="batch_std"):
+    """One SGD KF-GRPO step from the initial params: (param deltas (float64), metrics)."""
+    state = {"params": params, "opt_state": optax.sgd(SGD_LR).init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    with jax.set_mesh(mesh):
+      new, metrics = sgd_step(estimator)(state, batch, _device_rollout(rollout))
+      new, metrics = jax.device_get((new["params"], metrics))
+    deltas = [np.asarray(n, np.float64) - np.asarray(o, np.float64)
+              for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(params))]
+    return deltas, metrics
+
+  def logp_sums(new_params, rollout):
+    """Summed log-prob of each completion [B*G] (over its mask) under `new_params`."""
+    with jax.set_mesh(mesh):
+      logp = s.logprobs(jax.device_put(new_params), batch, rollout["completions"],
+                        rollout["mask"], view="ordered", num_samples=g)
+    return np.where(rollout["mask"], np.asarray(logp, np.float64), 0.0).sum(-1)
+
+  return types.SimpleNamespace(config=config, mesh=mesh, s=s, batch=batch, params=params,
+                               b=b, g=g, h=h, update=update, logp_sums=logp_sums)
+
+
+def _device_rollout(rollout):
+  return {k: jnp.asarray(v) for k, v in rollout.items()}
+
+
+def _rollout(case, accuracy, disordered_accuracy, seed=0):
+  """Random completions of random lengths (3..6 tokens), format 1 everywhere."""
+  b, g, t = case.b, case.g, 6
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, t + 1, b * g)
+  return {
+      "completions": rng.integers(0, case.s.tokenizer.vocab_size, (b * g, t)
+                                  ).astype(np.int32),
+      "mask": np.arange(t)[None, :] < lengths[:, None],
+      "accuracy": np.asarray(accuracy, np.float32).reshape(b, g),
+      "format": np.ones((b, g), np.float32),
+      "disordered_accuracy": np.asarray(disordered_accuracy, np.float32).reshape(
+          b, case.h),
+  }
+
+
+def _norm(deltas):
+  return float(np.sqrt(sum((d ** 2).sum() for d in deltas)))
+
+
+def _apply(params, deltas):
+  leaves, treedef = jax.tree.flatten(params)
+  return jax.tree.unflatten(treedef, [(np.asarray(p, np.float64) + d).astype(p.dtype)
+                                      for p, d in zip(leaves, deltas)])
+
+
+@pytest.mark.slow
+def test_kf_grpo_step_raises_logp_of_positive_advantage_completions(grpo_case):
+  """Half of each group correct: after one small step, EVERY correct completion is more
+  likely and every wrong one less likely (observed: |change| >= 0.04 nats at lr 1e-2,
+  ten times less at 1e-3; float noise in a summed log-prob is ~1e-6)."""
+  case = grpo_case
+  accuracy = np.tile(np.arange(case.g) % 2 == 0, case.b)  # 1, 0, 1, 0, ... per group
+  # The disordered view is as accurate: no saliency bonus, A = +-c by accuracy alone.
+  rollout = _rollout(case, accuracy, np.ones((case.b, case.h)))
+  deltas, metrics = case.update(rollout)
+  assert metrics["step_ok"] == 1.0 and metrics["saliency/order_win_frac"] == 0.0
+  before = case.logp_sums(case.params, rollout)
+  after = case.logp_sums(_apply(case.params, deltas), rollout)
+  change = after - before
+  positive = accuracy.astype(bool)
+  assert np.all(change[positive] > 3e-3), change[positive]
+  assert np.all(change[~positive] < -3e-3), change[~positive]
+  # The objective the step ascends, sum_i A_i mean_t logp_it, rises.
+  lengths = rollout["mask"].sum(-1)
+  sign = np.where(positive, 1.0, -1.0)
+  assert (sign * change / lengths).sum() > 0.05
+
+
+@pytest.mark.slow
+def test_zero_advantages_leave_params_exactly_unchanged(grpo_case):
+  """Equal rewards within every group: all advantages are exactly 0, and with beta = 0
+  and no weight decay the real optimizer (AdamW, clipping) leaves the params bit-for-bit
+  unchanged; changing one reward moves them by about the learning rate."""
+  case = grpo_case
+  b, g = case.b, case.g
+  accuracy = np.zeros((b, g))
+  accuracy[0] = 1.0  # Group 0 all correct (and given the bonus, equally), the rest wrong.
+  rollout = _rollout(case, accuracy, np.zeros((b, case.h)), seed=1)
+  initial = jax.tree.leaves(case.params)
+
+  def real_step(rollout):
+    with jax.set_mesh(case.mesh):
+      state = case.s.init_state(jax.device_put(case.params))
+      state, metrics = case.s.grpo_step(state, case.batch, _device_rollout(rollout))
+      return jax.tree.leaves(jax.device_get(state["params"])), jax.device_get(metrics)
+
+  params, metrics = real_step(rollout)
+  assert metrics["saliency/order_win_frac"] > 0  # The bonus fired, uniformly in group 0.
+  assert metrics["adv/abs_mean"] == 0.0 and metrics["grad_norm"] == 0.0
+  assert metrics["step_ok"] == 1.0
+  for new, old in zip(params, initial, strict=True):
+    np.testing.assert_array_equal(new, old)
+
+  rollout["accuracy"] = accuracy.copy()
+  rollout["accuracy"][1, 0] = 1.0  # One correct answer in group 1: nonzero advantages.
+  params, metrics = real_step(rollout)
+  assert metrics["adv/abs_mean"] > 0.1 and metrics["grad_norm"] > 1e-3
+  moved = max(float(np.abs(new - old).max()) for new, old in zip(params, initial))
+  lr = case.config.optax.learning_rate
+  assert 0.5 * lr < moved < 2 * lr, (moved, lr)
+
+
+def _bonus_rollouts(case):
+  """The same rollout twice: the saliency bonus fires in group 0 only, or nowhere.
+
+  Group 0 is half correct on the ordered view; its disordered accuracy is 0 (the ordered
+  view wins: each correct answer gets +alpha) or 1 (p = 0.5 < mu p~: no bonus). Every
+  other group has p~ = 1 and gets no bonus in either rollout.
+  """
+  b, g, h = case.b, case.g, case.h
+  accuracy = np.zeros((b, g))
+  accuracy[:, : g // 2] = 1.0
+  accuracy[1:, g // 2] = 1.0  # The other groups: one more correct, another spread.
+  dis_fired, dis_not = np.ones((b, h)), np.ones((b, h))
+  dis_fired[0] = 0.0
+  fired = _rollout(case, accuracy, dis_fired, seed=2)
+  not_fired = dict(fired, disordered_accuracy=dis_not.astype(np.float32))
+  return fired, not_fired
+
+
+@pytest.mark.slow
+def test_saliency_bonus_changes_batch_std_update_when_it_fires(grpo_case):
+  """batch_std (the project's default): the bonus widens group 0's reward spread against
+  the others', so the gradient turns, not only scales (observed: the updates differ by
+  13% of their norm, cosine 0.992; Adam would undo a mere rescaling)."""
+  case = grpo_case
+  fired, not_fired = _bonus_rollouts(case)
+  d_fired, m_fired = case.update(fired, "batch_std")
+  d_not, m_not = case.update(not_fired, "batch_std")
+  assert m_fired["saliency/order_win_frac"] == pytest.approx(1 / case.b)
+  assert m_not["saliency/order_win_frac"] == 0.0
+  assert m_fired["adv/bonus_shift"] > 0.02 and m_not["adv/bonus_shift"] < 1e-6
+  diff = _norm([a - c for a, c in zip(d_fired, d_not)])
+  assert diff > 0.05 * _norm(d_not), (diff, _norm(d_not))
+  cosine = sum((a * c).sum() for a, c in zip(d_fired, d_not)) / (
+      _norm(d_fired) * _norm(d_not))
+  assert cosine < 0.999, cosine
+
+
+@pytest.mark.slow
+def test_saliency_bonus_cancels_under_group_std(grpo_case):
+  """group_std (GRPO's per-group std): with only accuracy + bonus varying in a group,
+  the bonus rescales the group's centred rewards and cancels in the advantages
+  (PAPER.md, "Make the bonus count"): the same update up to advantage_eps (observed: a
+  relative difference of 3e-5, against 0.13 under batch_std)."""
+  case = grpo_case
+  fired, not_fired = _bonus_rollouts(case)
+  d_fired, m_fired = case.update(fired, "group_std")
+  d_not, m_not = case.update(not_fired, "group_std")
+  assert m_fired["saliency/order_win_frac"] == pytest.approx(1 / case.b)
+  assert m_not["saliency/order_win_frac"] == 0.0
+  assert m_fired["adv/bonus_shift"] < 1e-3  # Observed ~2e-5; ~0.13 under batch_std.
+  diff = _norm([a - c for a, c in zip(d_fired, d_not)])
+  assert diff < 1e-3 * _norm(d_not), (diff, _norm(d_not))
+  assert _norm(d_not) > 1e-3  # Not trivially equal: the update itself is not zero.
 
 
 def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
