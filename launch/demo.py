@@ -3,14 +3,19 @@ r"""The end-to-end demo on the CPU: synthetic data -> TAD -> train -> eval -> re
   python -m launch.demo --out demo_out          (what `make demo` runs)
 
 Stages:
-  1. data      the embedded synthetic temporal-QA set (real H.264 videos with short
-               events; questions about their order), preprocessed into ArrayRecord shards
-               (train and eval splits) by running `launch.preprocess`.
+  1. data      the learnable synthetic colour-order set (real H.264 videos with four
+               one-second colour flashes in long still stretches; "which colour flashes
+               first / last?"; 2000 train / 400 held-out questions), preprocessed into
+               ArrayRecord shards by running `launch.preprocess --config=configs/data.py:demo`.
   2. tad       TAD on one synthetic video: variation curve + contact sheet PNGs, and
                TAD vs uniform event recall over the eval videos.
-  3. train     the tiny VLM: SFT warm-up, then KF-GRPO (`configs/kf_grpo.py:demo`).
-  4. eval      the eval split before and after training, with TAD and uniform keyframes.
-  5. report    report.md with the training curves, accuracy tables and bar charts.
+  3. sft       the small VLM (`configs/kf_grpo.py:demo`): SFT warm-up on the ordered TAD
+               keyframes; then the held-out split with TAD keyframes, uniform keyframes,
+               the TAD keyframes shuffled and black frames.
+  4. kf-grpo   KF-GRPO from the SFT'd policy (same workdir, it resumes at the switch);
+               then the held-out split again.
+  5. report    report.md: the accuracy table (random init, after SFT, after KF-GRPO), the
+               training curves, and a reading computed from the run's own numbers.
 
 Rerunning with the same --out resumes: preprocessing skips finished shards and training
 continues from its latest checkpoint; the TAD pictures, evaluation and report are redone.
@@ -30,6 +35,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder (reused to resume).")
 _STEPS = flags.DEFINE_integer("steps", None, "Total training steps (default: the demo config).")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "SFT warm-up steps (default: config).")
+_TRAIN_QUESTIONS = flags.DEFINE_integer(
+    "train_questions", None, "Training questions (default: configs/data.py:demo, 2000).")
+_EVAL_QUESTIONS = flags.DEFINE_integer(
+    "eval_questions", None, "Held-out questions (default: configs/data.py:demo, 400).")
 _MODE = flags.DEFINE_enum("eval_mode", "likelihood", ["likelihood", "generate"],
                           "How evaluation picks an answer.")
 
@@ -53,11 +62,14 @@ def _run(cmd: list[str]) -> str:
 def make_data(out: str) -> tuple[str, str]:
   """Writes and preprocesses the synthetic set; returns (train_dir, eval_dir)."""
   dirs = {}
+  sizes = [f"--config.preprocess.synthetic.num_{name}_questions={flag.value}"
+           for name, flag in (("train", _TRAIN_QUESTIONS), ("eval", _EVAL_QUESTIONS))
+           if flag.value is not None]
   for split in ("train", "eval"):
     dirs[split] = os.path.join(out, "data", split)
     print(_run([sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:demo",
-                "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
-                f"--out={dirs[split]}", f"--split={split}"]).strip())
+                *sizes, "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
+                f"--out={dirs[split]}", f"--split={split}", "--quiet"]).strip())
   return dirs["train"], dirs["eval"]
 
 
@@ -105,7 +117,8 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
   return recall
 
 
-def train(out: str, train_dir: str) -> str:
+def train(out: str, train_dir: str, phase: str) -> str:
+  """Trains the demo config up to the end of `phase` ("sft" or "kf_grpo") in one workdir."""
   from chronoforge_jax import train_lib
   from configs import kf_grpo
 
@@ -115,12 +128,21 @@ def train(out: str, train_dir: str) -> str:
     config.total_steps = _STEPS.value
   if _SFT_STEPS.value is not None:
     config.sft_steps = _SFT_STEPS.value
+  if phase == "sft":
+    config.total_steps = config.sft_steps  # Stop at the switch; KF-GRPO resumes from here.
   workdir = os.path.join(out, "run")
   train_lib.train_and_evaluate(config, workdir)
   return workdir
 
 
-def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str) -> list:
+# (label, selector, frame order) of each evaluation after a training phase.
+_EVALS = {"sft": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"),
+                  ("tad", "zeroed")),
+          "kf_grpo": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"))}
+
+
+def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) -> list:
+  """The held-out split under the model of `label` ("init", "sft", "kf_grpo")."""
   from chronoforge_jax import eval_lib
   from chronoforge_jax import tokenizer as tokenizer_lib
   from configs import kf_grpo
@@ -129,21 +151,24 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str) -> list:
   config = kf_grpo.get_config("demo")
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(train_dir, "tokenizer"))
   mcfg = eval_lib.model_config(preset=config.model.preset, tokenizer=tok)
+  if label == "init":
+    model = eval_lib.load_model(mcfg, random_init=True, seed=config.seed)
+  else:
+    model = eval_lib.load_model(mcfg, checkpoint=os.path.join(workdir, "checkpoints"))
   results = []
-  for label, kwargs in (("before", dict(random_init=True, seed=config.seed)),
-                        ("after", dict(checkpoint=os.path.join(workdir, "checkpoints")))):
-    model = eval_lib.load_model(mcfg, **kwargs)
-    for selector in ("tad", "uniform"):
-      result = eval_lib.evaluate(
-          model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-          batch_size=config.input.eval_batch_size, mode=_MODE.value, max_new_tokens=32,
-          select_kwargs=tad_config.tad_kwargs(config.tad), patch_mode=config.input.patch_mode,
-          prompt_buckets=tuple(config.input.prompt_buckets),
-          # The demo's SFT targets leave <think> empty; score exactly that answer format.
-          answer_template="<think></think><answer>{letter}</answer>",
-          name=f"{label}_{selector}", out_dir=os.path.join(out, "eval"))
-      print(f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%}")
-      results.append(result)
+  for selector, order in _EVALS.get(label, (("tad", "ordered"),)):
+    result = eval_lib.evaluate(
+        model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
+        batch_size=config.input.eval_batch_size, mode=_MODE.value, max_new_tokens=32,
+        select_kwargs=tad_config.tad_kwargs(config.tad), patch_mode=config.input.patch_mode,
+        prompt_buckets=tuple(config.input.prompt_buckets),
+        # The demo's SFT targets leave <think> empty; score exactly that answer format.
+        answer_template="<think></think><answer>{letter}</answer>",
+        name=f"{label}_{selector}" + ("" if order == "ordered" else f"_{order}"),
+        out_dir=os.path.join(out, "eval"), progress=False, frame_order=order)
+    print(f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%} on "
+          f"{result.tables['overall']['num_questions']} questions", flush=True)
+    results.append(result)
   return results
 
 
@@ -151,20 +176,42 @@ def reading(recall: dict[str, float], results: list, k: int) -> list[str]:
   """What the run shows, in words computed from its own numbers (report.md's notes)."""
   from chronoforge_jax import report
 
+  acc = {r.name: r.tables["overall"]["accuracy"] for r in results}
+  n = max((r.tables["overall"]["num_questions"] for r in results), default=0)
+  # 95% half-width of an accuracy near p on n questions (normal approximation).
+  half = lambda p: 1.96 * (max(p * (1 - p), 1e-9) / max(n, 1)) ** 0.5
   notes = [f"TAD keyframes (K={k}) fall inside {recall.get('tad', 0):.0%} of the eval "
            f"videos' events, uniform sampling inside {recall.get('uniform', 0):.0%}: the "
            "selection KF-GRPO builds its ordered view from."]
-  after = [r for r in results if r.name.startswith("after")]
-  for r in after:
+  chance = 0.25
+  for label, title in (("sft", "After SFT"), ("kf_grpo", "After KF-GRPO")):
+    tad_acc = acc.get(f"{label}_tad")
+    if tad_acc is None:
+      continue
+    words = [f"{title} the model answers {tad_acc:.1%} of the {n} held-out questions "
+             f"(+-{half(tad_acc):.1%}) with TAD keyframes (chance {chance:.0%}, random "
+             f"init {acc.get('init_tad', float('nan')):.1%})"]
+    if f"{label}_uniform" in acc:
+      u = acc[f"{label}_uniform"]
+      words.append(f"{u:.1%} with uniform keyframes ({tad_acc - u:+.1%} for TAD)")
+    if f"{label}_tad_shuffled" in acc:
+      sh = acc[f"{label}_tad_shuffled"]
+      words.append(f"{sh:.1%} with the same keyframes shuffled (order is worth "
+                   f"{tad_acc - sh:+.1%})")
+    if f"{label}_tad_zeroed" in acc:
+      words.append(f"{acc[f'{label}_tad_zeroed']:.1%} with black frames")
+    notes.append(", ".join(words) + ".")
+  if "sft_tad" in acc and "kf_grpo_tad" in acc:
+    d = acc["kf_grpo_tad"] - acc["sft_tad"]
+    notes.append(f"KF-GRPO changed held-out accuracy by {d:+.1%} "
+                 + ("(within the +-" f"{half(acc['sft_tad']) * 2 ** 0.5:.1%} noise of two "
+                    "400-question estimates)." if abs(d) < half(acc["sft_tad"]) * 2 ** 0.5
+                    else "(beyond the noise of two estimates)."))
+  for r in results:
     _, share = report.most_frequent_answer(r)
-    if share >= 0.9:
-      notes.append(
-          f"After training, `{r.name}` gives the same answer to {share:.0%} of the "
-          "questions, so its accuracy is that letter's share of the answers (see "
-          "\"Answers by option letter\"): the tiny model has not learned to answer from the "
-          "video in this short run. The demo exercises the whole pipeline; answer quality "
-          "needs a real model (configs/kf_grpo.py:qwen2_5_vl_7b).")
-      break
+    if share >= 0.9 and not r.name.endswith("zeroed") and not r.name.startswith("init"):
+      notes.append(f"`{r.name}` gives the same answer to {share:.0%} of the questions: "
+                   "its accuracy is that letter's share (see \"Answers by option letter\").")
   return notes
 
 
@@ -180,14 +227,17 @@ def main(argv) -> int:
   train_dir, eval_dir = make_data(out)
   _stage("2/5 tad", "keyframes of one video, and event recall vs uniform sampling")
   recall = tad_pictures(out)
-  _stage("3/5 train", "tiny VLM: SFT warm-up, then KF-GRPO")
-  workdir = train(out, train_dir)
-  _stage("4/5 eval", "eval split before/after training, TAD vs uniform keyframes")
-  results = evaluate(out, train_dir, eval_dir, workdir)
+  _stage("3/5 sft", "small VLM: SFT warm-up, then the held-out split")
+  results = evaluate(out, train_dir, eval_dir, "", "init")
+  workdir = train(out, train_dir, "sft")
+  results += evaluate(out, train_dir, eval_dir, workdir, "sft")
+  _stage("4/5 kf-grpo", "KF-GRPO from the SFT'd policy, then the held-out split")
+  train(out, train_dir, "kf_grpo")
+  results += evaluate(out, train_dir, eval_dir, workdir, "kf_grpo")
   _stage("5/5 report", "curves, tables and plots")
   from chronoforge_jax import report
   path = report.write_report(os.path.join(out, "report"), results=results, metrics=workdir,
-                             title="ChronoForge-RL demo (tiny model, synthetic set)",
+                             title="ChronoForge-RL demo (small model, synthetic colour-order set)",
                              notes=reading(recall, results, k=_PICTURE_K))
   print(f"  {path}\n\ndemo done in {time.perf_counter() - start:.0f} s", flush=True)
   return 0
