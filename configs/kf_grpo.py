@@ -6,6 +6,10 @@ Variants:
                  questions, K = 8 TAD keyframes, one per temporal patch): SFT warm-up to
                  well above chance, then KF-GRPO: `make demo`, and the base of
                  configs/ablation.py.
+  demo_rl        the demo's KF-GRPO phase as a run of its own, started from an SFT
+                 checkpoint (set ckpt.init_from): 4 prompts per step, G = 8 per view,
+                 a small learning rate and the KL anchor; `make demo` and every arm of
+                 configs/ablation.py use it.
   qwen2_5_vl_7b  the paper's setup: Qwen2.5-VL-7B from converted HF weights, 16 TAD
                  keyframes, G = 8 per view, beta = 0.04, lr 1e-6 (Video-R1's recipe where
                  the paper is silent; see configs/rl.py and ../shared/PAPER.md).
@@ -33,7 +37,7 @@ from configs import model as model_config
 from configs import rl as rl_config
 from configs import tad as tad_config
 
-VARIANTS = ("smoke", "demo", "qwen2_5_vl_7b")
+VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,8 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = common.parse_arg(arg, variant="smoke")
   common.check_choice(args.variant, "variant", set(VARIANTS))
   v = args.variant
-  data_variant = {"smoke": "smoke", "demo": "demo"}.get(v, "default")
-  rl_variant = {"smoke": "smoke", "demo": "demo"}.get(v, "default")
+  data_variant = {"smoke": "smoke", "demo": "demo", "demo_rl": "demo"}.get(v, "default")
+  rl_variant = {"smoke": "smoke", "demo": "demo", "demo_rl": "demo"}.get(v, "default")
 
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -56,7 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tad = data.tad
   c.features = data.features
 
-  c.model = model_config.get_config({"smoke": "smoke", "demo": "small"}.get(v, "default"))
+  c.model = model_config.get_config(
+      {"smoke": "smoke", "demo": "small", "demo_rl": "small"}.get(v, "default"))
 
   c.rl = rl_config.rl_config(rl_variant)
 
@@ -85,12 +90,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 4
     c.sft_steps = 2
     c.log_every = 1
-  elif v == "demo":
+  elif v in ("demo", "demo_rl"):
     # SFT on short targets (<think></think><answer>L</answer>: input.target_reasoning is
     # off) teaches the format and to read the flashes; KF-GRPO then runs at a small
     # learning rate with the KL anchor (a large RL step collapses a small policy).
-    c.total_steps = 500
-    c.sft_steps = 450
+    c.total_steps = 320
+    c.sft_steps = 300
     c.log_every = 25
     c.optax.sft_learning_rate = 1e-3
     c.optax.learning_rate = 5e-5
@@ -100,6 +105,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rl.num_disordered = 8
     c.rl.max_new_tokens = 16      # The answer turn is 14 tokens with the tiny tokenizer.
     c.ckpt.save_every = 100
+    if v == "demo_rl":
+      # A KF-GRPO step costs G + G' rollouts and a G-row training pass per prompt, so
+      # far fewer prompts per step than SFT; the run starts from ckpt.init_from.
+      c.input.batch_size = 4
+      c.total_steps = 40
+      c.sft_steps = 0
+      c.log_every = 5
+      c.optax.warmup_steps = 5
+      c.ckpt.save_every = 20
   elif v == "qwen2_5_vl_7b":
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000

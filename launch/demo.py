@@ -12,13 +12,14 @@ Stages:
   3. sft       the small VLM (`configs/kf_grpo.py:demo`): SFT warm-up on the ordered TAD
                keyframes; then the held-out split with TAD keyframes, uniform keyframes,
                the TAD keyframes shuffled and black frames.
-  4. kf-grpo   KF-GRPO from the SFT'd policy (same workdir, it resumes at the switch);
+  4. kf-grpo   KF-GRPO (`configs/kf_grpo.py:demo_rl`) initialised from the SFT checkpoint;
                then the held-out split again.
   5. report    report.md: the accuracy table (random init, after SFT, after KF-GRPO), the
                training curves, and a reading computed from the run's own numbers.
 
-Rerunning with the same --out resumes: preprocessing skips finished shards and training
-continues from its latest checkpoint; the TAD pictures, evaluation and report are redone.
+Rerunning with the same --out resumes: preprocessing skips finished shards and each
+training run continues from its latest checkpoint (<out>/sft, <out>/kf_grpo); the TAD
+pictures, evaluation and report are redone.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from absl import app, flags, logging
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder (reused to resume).")
-_STEPS = flags.DEFINE_integer("steps", None, "Total training steps (default: the demo config).")
-_SFT_STEPS = flags.DEFINE_integer("sft_steps", None, "SFT warm-up steps (default: config).")
+_SFT_STEPS = flags.DEFINE_integer(
+    "sft_steps", None, "SFT steps (default: configs/kf_grpo.py:demo's sft_steps).")
+_RL_STEPS = flags.DEFINE_integer(
+    "rl_steps", None, "KF-GRPO steps (default: configs/kf_grpo.py:demo_rl's total_steps).")
 _TRAIN_QUESTIONS = flags.DEFINE_integer(
     "train_questions", None, "Training questions (default: configs/data.py:demo, 2000).")
 _EVAL_QUESTIONS = flags.DEFINE_integer(
@@ -118,21 +121,40 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
 
 
 def train(out: str, train_dir: str, phase: str) -> str:
-  """Trains the demo config up to the end of `phase` ("sft" or "kf_grpo") in one workdir."""
+  """Runs one training phase; returns its workdir.
+
+  "sft": `configs/kf_grpo.py:demo` up to its switch to KF-GRPO (sft_steps), in <out>/sft.
+  "kf_grpo": `configs/kf_grpo.py:demo_rl` from the SFT checkpoint, in <out>/kf_grpo (its
+  own run: far fewer prompts per step than SFT, see the config).
+  """
   from chronoforge_jax import train_lib
   from configs import kf_grpo
 
-  config = kf_grpo.get_config("demo")
-  config.input.data_dir = train_dir
-  if _STEPS.value is not None:
-    config.total_steps = _STEPS.value
-  if _SFT_STEPS.value is not None:
-    config.sft_steps = _SFT_STEPS.value
   if phase == "sft":
-    config.total_steps = config.sft_steps  # Stop at the switch; KF-GRPO resumes from here.
-  workdir = os.path.join(out, "run")
+    config = kf_grpo.get_config("demo")
+    config.sft_steps = _SFT_STEPS.value or config.sft_steps
+    config.total_steps = config.sft_steps
+  else:
+    config = kf_grpo.get_config("demo_rl")
+    config.ckpt.init_from = os.path.join(out, "sft", "checkpoints")
+    if _RL_STEPS.value is not None:
+      config.total_steps = _RL_STEPS.value
+  config.input.data_dir = train_dir
+  workdir = os.path.join(out, phase)
   train_lib.train_and_evaluate(config, workdir)
   return workdir
+
+
+def curves(sft_dir: str, rl_dir: str) -> list[dict]:
+  """Both runs' metrics as one history (KF-GRPO steps numbered after the SFT steps)."""
+  records = []
+  for offset, path in ((0, sft_dir), (None, rl_dir)):
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    if offset is None:
+      offset = max((r["step"] for r in records), default=0)
+    records += [{**r, "step": r["step"] + offset} for r in rows]
+  return records
 
 
 # (label, selector, frame order) of each evaluation after a training phase.
@@ -229,14 +251,15 @@ def main(argv) -> int:
   recall = tad_pictures(out)
   _stage("3/5 sft", "small VLM: SFT warm-up, then the held-out split")
   results = evaluate(out, train_dir, eval_dir, "", "init")
-  workdir = train(out, train_dir, "sft")
-  results += evaluate(out, train_dir, eval_dir, workdir, "sft")
+  sft_dir = train(out, train_dir, "sft")
+  results += evaluate(out, train_dir, eval_dir, sft_dir, "sft")
   _stage("4/5 kf-grpo", "KF-GRPO from the SFT'd policy, then the held-out split")
-  train(out, train_dir, "kf_grpo")
-  results += evaluate(out, train_dir, eval_dir, workdir, "kf_grpo")
+  rl_dir = train(out, train_dir, "kf_grpo")
+  results += evaluate(out, train_dir, eval_dir, rl_dir, "kf_grpo")
   _stage("5/5 report", "curves, tables and plots")
   from chronoforge_jax import report
-  path = report.write_report(os.path.join(out, "report"), results=results, metrics=workdir,
+  path = report.write_report(os.path.join(out, "report"), results=results,
+                             metrics=curves(sft_dir, rl_dir),
                              title="ChronoForge-RL demo (small model, synthetic colour-order set)",
                              notes=reading(recall, results, k=_PICTURE_K))
   print(f"  {path}\n\ndemo done in {time.perf_counter() - start:.0f} s", flush=True)

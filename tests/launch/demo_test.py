@@ -18,7 +18,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
   env.pop("XLA_FLAGS", None)
   out = tmp_path / "demo"
   result = subprocess.run(
-      [sys.executable, "-m", "launch.demo", f"--out={out}", "--steps=16", "--sft_steps=12",
+      [sys.executable, "-m", "launch.demo", f"--out={out}", "--sft_steps=12", "--rl_steps=4",
        "--train_questions=48", "--eval_questions=16"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -28,10 +28,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert json.load(open(out / "data" / split / "index.json"))["num_questions"] == n
   recall = json.load(open(out / "tad" / "event_recall.json"))["recall"]
   assert set(recall) == {"tad", "uniform"}
-  metrics = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
-  assert [m["step"] for m in metrics] == list(range(1, 17))
-  assert "reward/accuracy" in metrics[-1] and "sft/answer_nll" in metrics[0]
-  assert 0 <= metrics[-1]["time/data_wait_frac"] <= 1
+  sft = [json.loads(line) for line in open(out / "sft" / "metrics.jsonl")]
+  rl = [json.loads(line) for line in open(out / "kf_grpo" / "metrics.jsonl")]
+  assert [m["step"] for m in sft] == list(range(1, 13))
+  assert [m["step"] for m in rl] == list(range(1, 5))
+  assert "sft/answer_nll" in sft[0] and "reward/accuracy" in rl[-1]
+  assert 0 <= rl[-1]["time/data_wait_frac"] <= 1
   report = open(out / "report" / "report.md").read()
   assert f"inside {recall['tad']:.0%} of the eval videos' events" in report
   for name in ("init_tad", "sft_tad", "sft_uniform", "sft_tad_shuffled", "sft_tad_zeroed",
