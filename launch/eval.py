@@ -3,8 +3,13 @@ r"""Evaluates a checkpoint on a preprocessed benchmark (VideoMME, LVBench, synth
   python -m launch.eval --data_dir data/videomme --checkpoint runs/kf_grpo/checkpoints \
       --model_preset qwen2_5_vl_7b --hf_dir /models/Qwen2.5-VL-7B-Instruct \
       --selector both --k 32 --mode generate --out out/eval_videomme
-  python -m launch.eval --data_dir out/synthetic_eval --checkpoint out/run/checkpoints \
-      --model_preset tiny --selector both --k 8 --mode likelihood --out out/eval
+  # The demo's model on a fresh held-out split (another seed of the synthetic set):
+  python -m launch.preprocess --config=configs/data.py:demo --format synthetic \
+      --config.preprocess.synthetic.seed=7 --video_dir demo_out/synthetic_s7 \
+      --out demo_out/heldout_s7 --split eval
+  python -m launch.eval --data_dir demo_out/heldout_s7 --checkpoint demo_out/sft/checkpoints \
+      --model_preset small --selector both --k 8 --patch_mode duplicate --mode likelihood \
+      --answer_template '<think></think><answer>{letter}</answer>' --out demo_out/eval_s7
 
 --checkpoint is a training run's checkpoint directory (its latest step), one step
 directory, or a params-only directory (`checkpoint.save_params`, e.g. a converted HF
@@ -84,6 +89,11 @@ _MESH = flags.DEFINE_list(
     "mesh", ["-1", "1", "1"], "Device mesh data,fsdp,tensor over all processes' devices "
     "(-1: the rest). The batch is split over data x fsdp, the params over fsdp x tensor.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_ANSWER_TEMPLATE = flags.DEFINE_string(
+    "answer_template", "<answer>{letter}</answer>",
+    "--mode=likelihood: the completion scored for each option letter; match the format "
+    "the model was trained to answer in (the demo's: '<think></think><answer>{letter}"
+    "</answer>').")
 _FRAME_ORDER = flags.DEFINE_enum(
     "frame_order", "ordered", ["ordered", "shuffled", "zeroed"],
     "ordered: the benchmark. Controls: shuffled (each question's keyframes in a random "
@@ -136,7 +146,8 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         param_dtype: str = "float32", match_tokenizer: bool = True,
         random_init: bool = False, tad_kwargs=None, progress: bool = True,
         patch_mode: str = "pair", attention_impl: str = "xla",
-        mesh_shape=(-1, 1, 1), frame_order: str = "ordered") -> dict:
+        mesh_shape=(-1, 1, 1), frame_order: str = "ordered",
+        answer_template: str = "<answer>{letter}</answer>") -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
 
   With several processes (after `jax.distributed.initialize`), every process runs this
@@ -188,7 +199,7 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         mode=mode, max_new_tokens=max_new_tokens, max_questions=max_questions,
         prompt_buckets=tuple(int(b) for b in prompt_buckets),
         select_kwargs=tad_kwargs, out_dir=out, progress=progress, patch_mode=patch_mode,
-        mesh=mesh, frame_order=frame_order,
+        mesh=mesh, frame_order=frame_order, answer_template=answer_template,
         name=None if frame_order == "ordered" else f"{name}_k{k}_{mode}_{frame_order}",
         meta={"checkpoint": source, "model": model_preset if not hf_dir else hf_dir})
     r = results[name]
@@ -229,7 +240,7 @@ def main(argv) -> int:
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
         progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,
         attention_impl=_ATTENTION.value, mesh_shape=_MESH.value,
-        frame_order=_FRAME_ORDER.value)
+        frame_order=_FRAME_ORDER.value, answer_template=_ANSWER_TEMPLATE.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2
