@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv bench clean ablation
 
 venv: $(STAMP)
 
@@ -20,6 +20,14 @@ $(STAMP): setup.py
 
 demo: $(STAMP)
 	$(PY) -m launch.demo --out $(DEMO_DIR)
+
+# The paper's ablation in miniature (launch/ablation.py): `make ablation` runs the full
+# variant (under 2 h on 2 CPU cores) into ablation_out/; `make ablation ABLATION=quick`
+# (about 11 min) or ABLATION=smoke write ablation_out_<variant>/. Rerunning resumes.
+ABLATION ?= full
+ABLATION_DIR ?= $(if $(filter full,$(ABLATION)),ablation_out,ablation_out_$(ABLATION))
+ablation: $(STAMP)
+	$(PY) -m launch.ablation --config=configs/ablation.py:$(ABLATION) --out=$(ABLATION_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -n 2 --durations=10 $(PYTEST_ARGS)

@@ -1,8 +1,8 @@
 """The paper's ablation in miniature: arms, runs, confidence intervals and the report.
 
   runs = ablation.plan(ablation_config)                        # arm x selector x seed
-  config = ablation.run_config(ablation_config, base, runs[0], train_dir=..., init_from=...)
-  ablation.run_ablation(ablation_config, base=base, out="ablation_out", ...)
+  config = ablation.run_config(ablation_config, rl_base, runs[0], train_dir=..., init_from=...)
+  ablation.run_ablation(ablation_config, sft_base=..., rl_base=..., out="ablation_out", ...)
   ablation.write_report("ablation_out", summaries, sft=sft_summary, metrics=records)
 
 One SFT checkpoint, then every arm (a set of dotted training-config overrides: plain
@@ -18,7 +18,7 @@ mean +- t(0.975, n - 1) * s / sqrt(n) (Student's t; s the sample standard deviat
 undefined for one seed. The "Reading" paragraphs of the report are sentences computed
 from those numbers.
 
-The library takes the base training config, its validator and the TAD-settings function
+The library takes the base training configs, their validator and the TAD-settings function
 from the caller (launch/ablation.py), so it imports no config module.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -151,8 +152,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     node = config
     for i, key in enumerate(parents + [leaf]):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-        raise ConfigMismatch(f"config.{source}.{dotted}: the training config has no field "
-                         f"{'.'.join(parents[:i] + [key])!r}")
+        raise ConfigMismatch(f"config.{source}.{dotted}: the training config has no "
+                             f"field {'.'.join(parents[:i] + [key])!r}")
       if i < len(parents):
         node = node[key]
     try:
@@ -173,7 +174,7 @@ def _start(ablation: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
 
 def sft_config(ablation: ml_collections.ConfigDict, base: ml_collections.ConfigDict, *,
                train_dir: str) -> ml_collections.ConfigDict:
-  """The shared SFT run: the base config with every one of `sft.steps` steps SFT."""
+  """The shared SFT run: `base` (sft.base's config) with all `sft.steps` steps SFT."""
   config = _start(ablation, base, train_dir)
   s = ablation.sft
   fields = {"total_steps": s.steps, "sft_steps": s.steps, "seed": s.seed,
@@ -190,7 +191,7 @@ def run_config(ablation: ml_collections.ConfigDict, base: ml_collections.ConfigD
 
   Args:
     ablation: the ablation config (configs/ablation.py).
-    base: the base training config (configs/kf_grpo.py:<ablation.base>).
+    base: the arms' base training config (configs/kf_grpo.py:<ablation.rl.base>).
     run: which arm, selector and seed.
     train_dir: the preprocessed training split.
     init_from: the SFT checkpoint directory (params-only start).
@@ -208,7 +209,7 @@ def run_config(ablation: ml_collections.ConfigDict, base: ml_collections.ConfigD
       "rl.num_disordered": rl.num_disordered}, source="rl")
   if run.arm not in ablation.arm_overrides:
     raise ConfigMismatch(f"config.arms: no arm_overrides entry for {run.arm!r}; known: "
-                     f"{sorted(ablation.arm_overrides.keys())}")
+                         f"{sorted(ablation.arm_overrides.keys())}")
   apply_overrides(config, flatten(ablation.arm_overrides[run.arm]),
                   source=f"arm_overrides.{run.arm}")
   return config
@@ -310,7 +311,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, eval_dir: str,
     for order in e.frame_orders:
       result = eval_lib.evaluate(
           model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-          batch_size=config.input.eval_batch_size, mode=e.mode, max_new_tokens=32,
+          batch_size=config.input.eval_batch_size, mode=e.mode, max_new_tokens=config.rl.max_new_tokens,
           select_kwargs=select_kwargs, prompt_buckets=tuple(config.input.prompt_buckets),
           answer_template=e.answer_template, max_questions=e.max_questions or None,
           name=f"{selector}_{order}", out_dir=os.path.join(workdir, "eval"), progress=False,
@@ -345,7 +346,38 @@ def train_stats(workdir: str) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------
 
 
-def run_ablation(ablation: ml_collections.ConfigDict, *, base: ml_collections.ConfigDict,
+def build_configs(ablation: ml_collections.ConfigDict, sft_base: ml_collections.ConfigDict,
+                  rl_base: ml_collections.ConfigDict, *, out: str, train_dir: str,
+                  check_config: Callable[[ml_collections.ConfigDict], None]
+                  ) -> tuple[ml_collections.ConfigDict, dict[str, ml_collections.ConfigDict]]:
+  """The SFT config and every run's config (by run name), each checked.
+
+  Call it before anything slow: a bad override fails in seconds.
+
+  Raises:
+    The error of `check_config` (or ConfigMismatch), prefixed with the stage it is about.
+  """
+  if flatten(sft_base.model) != flatten(rl_base.model):
+    raise ConfigMismatch(f"config.rl.base: the {ablation.rl.base!r} model differs from the "
+                         f"SFT stage's ({ablation.sft.base!r}); the arms start from its params")
+  sft_cfg = sft_config(ablation, sft_base, train_dir=train_dir)
+  init_from = os.path.join(os.path.abspath(out), "sft", sft_cfg.ckpt.subdir)
+  configs = {}
+  for stage, make in [("sft", lambda: sft_cfg)] + [
+      (f"runs/{r.name}", functools.partial(run_config, ablation, rl_base, r, train_dir=train_dir,
+                                           init_from=init_from)) for r in plan(ablation)]:
+    try:
+      config = make()
+      check_config(config)
+    except ValueError as e:
+      raise type(e)(f"{stage}: {e}") from None
+    if stage != "sft":
+      configs[stage.split("/", 1)[1]] = config
+  return sft_cfg, configs
+
+
+def run_ablation(ablation: ml_collections.ConfigDict, *,
+                 sft_base: ml_collections.ConfigDict, rl_base: ml_collections.ConfigDict,
                  out: str, train_dir: str, eval_dir: str,
                  check_config: Callable[[ml_collections.ConfigDict], None],
                  select_kwargs: Callable[[ml_collections.ConfigDict], dict[str, Any]],
@@ -354,7 +386,7 @@ def run_ablation(ablation: ml_collections.ConfigDict, *, base: ml_collections.Co
 
   Args:
     ablation: the ablation config (configs/ablation.py, validated).
-    base: the base training config.
+    sft_base, rl_base: the training configs of the SFT stage and of the arm runs.
     out: the output folder (reused to resume).
     train_dir, eval_dir: the preprocessed training and held-out splits.
     check_config: validates a training config (raises naming the bad field).
@@ -366,29 +398,13 @@ def run_ablation(ablation: ml_collections.ConfigDict, *, base: ml_collections.Co
   """
   out = os.path.abspath(out)
   sft_dir = os.path.join(out, "sft")
-  sft_cfg = sft_config(ablation, base, train_dir=train_dir)
+  sft_cfg, configs = build_configs(ablation, sft_base, rl_base, out=out, train_dir=train_dir,
+                                   check_config=check_config)
   runs = plan(ablation)
-  configs = {r.name: run_config(ablation, base, r, train_dir=train_dir,
-                                init_from=os.path.join(sft_dir, sft_cfg.ckpt.subdir))
-             for r in runs}
-  # Every config is checked before anything trains: a bad override fails in seconds.
-  for config in (sft_cfg, *configs.values()):
-    check_config(config)
 
-  say(f"\n== 2/4 sft: {ablation.sft.steps} SFT steps ({base.model.preset} model) -> {sft_dir}")
-  os.makedirs(sft_dir, exist_ok=True)
-  check_same_config(sft_dir, sft_cfg)
-  sft = read_summary(sft_dir)
-  if sft is not None:
-    say("  skipped: done (sft/summary.json)")
-  else:
-    t0 = time.perf_counter()
-    _train(sft_cfg, sft_dir)
-    sft = {"name": "sft", "steps": ablation.sft.steps,
-           "eval": evaluate(sft_cfg, sft_dir, eval_dir, ablation, list(ablation.selectors),
-                            select_kwargs(sft_cfg)),
-           "seconds": round(time.perf_counter() - t0, 1)}
-    write_json(os.path.join(sft_dir, SUMMARY), sft)
+  say(f"\n== 2/4 sft: {ablation.sft.steps} SFT steps ({sft_base.model.preset} model) -> {sft_dir}")
+  sft = _stage(sft_dir, sft_cfg, {"name": "sft", "steps": ablation.sft.steps}, ablation,
+               list(ablation.selectors), eval_dir, select_kwargs, say, "  SFT")
   for selector, ev in sft["eval"].items():
     say(f"  SFT, {selector} keyframes: " + _accuracy_line(ev))
 
@@ -397,27 +413,12 @@ def run_ablation(ablation: ml_collections.ConfigDict, *, base: ml_collections.Co
       f"{ablation.rl.steps} RL steps each")
   summaries = []
   for i, run in enumerate(runs, 1):
-    workdir = os.path.join(out, "runs", run.name)
-    os.makedirs(workdir, exist_ok=True)
     config = configs[run.name]
-    check_same_config(workdir, config)
-    summary = read_summary(workdir)
-    if summary is not None:
-      say(f"[{i}/{len(runs)}] {run.name}: skipped (done)")
-    else:
-      resumed = _latest_step(workdir, config)
-      say(f"[{i}/{len(runs)}] {run.name}: " + (
-          f"resuming at step {resumed} of {config.total_steps}" if resumed else
-          f"{config.total_steps} RL steps from the SFT checkpoint"))
-      t0 = time.perf_counter()
-      _train(config, workdir)
-      summary = {**dataclasses.asdict(run), "name": run.name, "steps": config.total_steps,
-                 "eval": evaluate(config, workdir, eval_dir, ablation, [run.selector],
-                                  select_kwargs(config)),
-                 "train": train_stats(workdir), "seconds": round(time.perf_counter() - t0, 1)}
-      write_json(os.path.join(workdir, SUMMARY), summary)
-      say(f"[{i}/{len(runs)}] {run.name}: " + _accuracy_line(summary["eval"][run.selector])
-          + f" ({summary['seconds']:.0f} s)")
+    head = f"[{i}/{len(runs)}] {run.name}"
+    summary = _stage(os.path.join(out, "runs", run.name), config,
+                     {**dataclasses.asdict(run), "name": run.name, "steps": config.total_steps},
+                     ablation, [run.selector], eval_dir, select_kwargs, say, head)
+    say(f"{head}: " + _accuracy_line(summary["eval"][run.selector]))
     summaries.append(summary)
 
   say("\n== 4/4 report")
@@ -430,6 +431,39 @@ def run_ablation(ablation: ml_collections.ConfigDict, *, base: ml_collections.Co
                       selectors=list(ablation.selectors))
   say(f"  {path}")
   return path
+
+
+def _stage(workdir: str, config: ml_collections.ConfigDict, head: dict[str, Any],
+           ablation: ml_collections.ConfigDict, selectors: list[str], eval_dir: str,
+           select_kwargs: Callable[[ml_collections.ConfigDict], dict[str, Any]],
+           say: Callable[[str], None], label: str) -> dict[str, Any]:
+  """Trains (or resumes) and evaluates one stage unless its summary.json is current.
+
+  A summary made with other evaluation settings or selectors is redone from the
+  finished checkpoint, without training again.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  check_same_config(workdir, config)
+  settings = {k: _jsonable(v) for k, v in flatten(ablation.eval).items()}
+  summary = read_summary(workdir)
+  if summary is not None and summary.get("eval_settings") == settings and set(
+      selectors) <= set(summary["eval"]):
+    say(f"{label}: skipped (done: {os.path.basename(workdir)}/{SUMMARY})")
+    return summary
+  t0 = time.perf_counter()
+  step = _latest_step(workdir, config)
+  if summary is not None:
+    say(f"{label}: trained; evaluating again (the evaluation settings or selectors changed)")
+  else:
+    say(f"{label}: " + (f"resuming at step {step} of {config.total_steps}" if step else
+                        f"training {config.total_steps} steps"))
+    _train(config, workdir)
+  summary = {**head, "eval": evaluate(config, workdir, eval_dir, ablation, selectors,
+                                      select_kwargs(config)),
+             "eval_settings": settings, "train": train_stats(workdir),
+             "seconds": round(time.perf_counter() - t0, 1)}
+  write_json(os.path.join(workdir, SUMMARY), summary)
+  return summary
 
 
 def _accuracy_line(ev: Mapping[str, Any]) -> str:
@@ -594,8 +628,9 @@ def reading(cells: Sequence[Cell], sft: Mapping[str, Any] | None = None) -> list
           why.append(f"the bonus fired in under {RARE:.0%} of groups for "
                      f"`{'`, `'.join(c.arm for c in rare)}`")
         if cancelled:
-          why.append(f"it fired but moved no advantage for "
-                     f"`{'`, `'.join(c.arm for c in cancelled)}` (a per-group std cancels it)")
+          why.append(f"it fired but hardly moved the advantages for "
+                     f"`{'`, `'.join(c.arm for c in cancelled)}` (mean shift under "
+                     f"{NO_SHIFT:g}: the std normalisation cancelled it)")
         s.append("The likely reason for the tie: " + " and ".join(why) + ", so those arms "
                  "got the same gradient as plain GRPO.")
       elif tie:
@@ -735,8 +770,9 @@ def write_report(out: str, summaries: Sequence[Mapping[str, Any]], *,
            "(Student's t over seeds; none for one seed). \"shuffled\": the same keyframes "
            "in a random order. \"bonus fired\": mean share of question groups given the "
            "saliency bonus (`saliency/order_win_frac`); \"bonus advantage shift\": mean "
-           "|change of advantages| the bonus caused (`adv/bonus_shift`; ~0 when a "
-           "per-group std cancels it).", "", "## Reading", ""]
+           "|change of advantages| the bonus caused (`adv/bonus_shift`; ~0 when the std "
+           "normalisation cancels it: always under a per-group std, and under a batch std "
+           "when every group with a reward spread gets the bonus).", "", "## Reading", ""]
   for note in reading(cells, sft):
     lines += [note, ""]
   lines += ["## Held-out accuracy", "", results_table(cells, sft),

@@ -4,21 +4,19 @@ r"""The paper's ablation in miniature: GRPO vs T-GRPO vs KF-GRPO from one SFT ch
   python -m launch.ablation --config=configs/ablation.py:quick --out=ablation_quick
   python -m launch.ablation --config=configs/ablation.py:smoke --out=/tmp/ablation_smoke
 
-One SFT checkpoint is trained on the learnable synthetic set (the `base` training config
-with every step SFT); then every arm x training keyframe selector x seed starts from its
-params (`ckpt.init_from`) and runs `rl.steps` RL steps; each run is evaluated on the
+One SFT checkpoint is trained on the learnable synthetic set (the `sft.base` training
+config with every step SFT); then every arm x training keyframe selector x seed starts from
+its params (`ckpt.init_from`) and runs `rl.steps` RL steps of the `rl.base` config; each run is evaluated on the
 held-out split with its own selector, with ordered and with shuffled keyframes.
 
 Variants:
-  full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs; sized for about two
-         hours on 2 CPU cores.
-  quick  1 seed, TAD keyframes only, the three arms, fewer RL steps: about 15 minutes.
+  full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs of 120 steps; an
+         estimated 80-100 minutes on 2 CPU cores (under the two-hour budget).
+  quick  1 seed, TAD keyframes only, the three arms, 40 RL steps: about 12 minutes.
   smoke  configs/kf_grpo.py:smoke on configs/data.py:smoke, 2 steps per stage: seconds
          per run (tests).
 
 Fields:
-  base: the variant of configs/kf_grpo.py every run starts from (model, data pipeline,
-    optimizer, RL defaults); the fields below override it.
   data: the variant of configs/data.py the synthetic set is preprocessed with.
   seeds: one run per seed and arm and selector (sets `seed` and `input.seed`).
   selectors: training keyframe selectors (`tad.selector`); evaluation uses the run's own.
@@ -26,10 +24,15 @@ Fields:
   arm_overrides: per arm, the training-config fields it sets, nested as the training
     config is (`--config.arm_overrides.tgrpo.rl.saliency.alpha=0.5`). They are written
     below as dotted fields (`arm_table`); add an arm there and name it in `arms`.
+  sft.base: the configs/kf_grpo.py variant of the SFT stage (model, data pipeline,
+    optimizer); the sft.* fields below override it.
   sft.steps: SFT steps of the shared starting checkpoint (stop at moderate accuracy, so
     RL has room to improve).
-  sft.learning_rate: its peak learning rate (0: the base config's optax.sft_learning_rate).
+  sft.learning_rate: its peak learning rate (0: sft.base's optax.sft_learning_rate).
   sft.seed: its seed (model init and data order).
+  rl.base: the configs/kf_grpo.py variant every arm run starts from (batch size, RL
+    defaults); its model must be the SFT stage's. The rl.* fields below override it,
+    then the arm's overrides.
   rl.steps: RL steps of every arm run.
   rl.learning_rate, rl.warmup_steps: the RL phase's optimizer schedule (optax.*).
   rl.beta: KL weight to the reference (the SFT policy); > 0 keeps a small policy anchored.
@@ -108,16 +111,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.variant = v
-  c.base = "demo"
   c.data = "demo"
   c.seeds = (0, 1, 2)
   c.selectors = SELECTORS
   c.arms = ("grpo", "tgrpo", "kfgrpo")
 
-  c.sft = ml_collections.ConfigDict(dict(steps=200, learning_rate=0.0, seed=0))
+  # SFT: the cosine schedule spans sft.steps, so the length sets the end point. Measured
+  # with the demo recipe on 200 held-out questions (TAD keyframes, chance 25%): 150 steps
+  # end near chance (23-38%), 200 at ~50% ("last" questions 87%, "first" 14%; shuffled
+  # keyframes ~26%), 300 at ~84%. 200 leaves RL room.
+  c.sft = ml_collections.ConfigDict(dict(base="demo", steps=200, learning_rate=0.0, seed=0))
+  # RL: the demo_rl recipe's small learning rate with the KL anchor (a large RL step
+  # collapses a small policy: 1e-3 lost the answer format within 40 steps; 3e-4 held it
+  # and left held-out accuracy where it was after 120 steps), G = 8 on each view (tgrpo:
+  # G/2 shuffled).
   c.rl = ml_collections.ConfigDict(dict(
-      steps=80, learning_rate=1e-4, warmup_steps=5, beta=0.04, num_generations=8,
-      num_disordered=8))
+      base="demo_rl", steps=120, learning_rate=1e-4, warmup_steps=5, beta=0.04,
+      num_generations=8, num_disordered=8))
   c.eval = ml_collections.ConfigDict(dict(
       mode="likelihood", answer_template="<think></think><answer>{letter}</answer>",
       frame_orders=("ordered", "shuffled"), shuffle_seed=0, max_questions=0))
@@ -129,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.selectors = ("tad",)
     c.rl.steps = 40
   elif v == "smoke":
-    c.base = "smoke"
+    c.sft.base = c.rl.base = "smoke"
     c.data = "smoke"
     c.seeds = (0,)
     c.sft.steps = 2
@@ -145,9 +155,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def base_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The training config every run starts from (configs/kf_grpo.py:<config.base>)."""
-  return kf_grpo_config.get_config(config.base)
+def base_configs(config: ml_collections.ConfigDict
+                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+  """The training configs the SFT stage and the arm runs start from (configs/kf_grpo.py)."""
+  return (kf_grpo_config.get_config(config.sft.base),
+          kf_grpo_config.get_config(config.rl.base))
 
 
 def data_arg(config: ml_collections.ConfigDict) -> str:
@@ -170,7 +182,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     common.ConfigError: naming the first bad field and what it accepts.
   """
   check = common.check
-  common.check_choice(config.base, "base", set(kf_grpo_config.VARIANTS))
+  common.check_choice(config.sft.base, "sft.base", set(kf_grpo_config.VARIANTS))
+  common.check_choice(config.rl.base, "rl.base", set(kf_grpo_config.VARIANTS))
   common.check_choice(config.data, "data", set(data_config.VARIANTS))
   check(isinstance(config.seeds, (tuple, list)) and len(config.seeds) >= 1
         and all(_int(s) and s >= 0 for s in config.seeds)
@@ -191,7 +204,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check(_int(config.sft.steps) and config.sft.steps >= 1, "sft.steps",
         f"got {config.sft.steps!r}; need an int >= 1")
   check(_number(config.sft.learning_rate) and config.sft.learning_rate >= 0,
-        "sft.learning_rate", f"got {config.sft.learning_rate!r}; need >= 0 (0: base)")
+        "sft.learning_rate", f"got {config.sft.learning_rate!r}; need >= 0 (0: sft.base's)")
   check(_int(config.sft.seed) and config.sft.seed >= 0, "sft.seed",
         f"got {config.sft.seed!r}; need an int >= 0")
   check(_int(config.rl.steps) and config.rl.steps >= 1, "rl.steps",
