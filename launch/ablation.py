@@ -11,8 +11,9 @@ Stages:
              `launch.preprocess` (as launch/demo.py does).
   2. sft     one SFT checkpoint (configs/kf_grpo.py:demo, every step SFT), evaluated.
   3. arms    every arm x training keyframe selector x seed, each starting from the SFT
-             params (configs/kf_grpo.py:demo_rl + the arm's overrides), then evaluated on the held-out split with its own selector, with
-             ordered and with shuffled keyframes.
+             params (configs/kf_grpo.py:demo_rl + the arm's overrides), then
+             evaluated on the held-out split with its own selector, with ordered and
+             with shuffled keyframes.
   4. report  <out>/report.md: accuracy with 95% CIs over seeds, per question type, the
              ordered-minus-shuffled gap, reward curves, how often the saliency bonus fired.
 
