@@ -7,7 +7,7 @@ trains `configs/kf_grpo.py:demo` up to its sft_steps and evaluates the held-out 
 four ways: TAD keyframes, uniform keyframes, the TAD keyframes shuffled, and black frames.
 Prints one row per seed (with the training time and the fraction of it spent waiting for
 the input pipeline) and the mean, and writes `summary.json`. Finished seeds are skipped
-on a rerun (their summary is kept in <out>/seed<N>/summary.json).
+on a rerun (their summary is kept in <out>/seed<N>_steps<S>/summary.json).
 
 Reading it: TAD far above uniform says the keyframes matter; shuffled and black near
 chance (25%) say the answer comes from the frames and their order, not the text.
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 _OUT = flags.DEFINE_string("out", "/tmp/sft_recipe", "Output folder (reused to resume).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
@@ -32,6 +34,18 @@ _CONDITIONS = (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"),
                ("tad", "zeroed"))
 
 
+def make_data(out: str) -> tuple[str, str]:
+  """The demo's data (configs/data.py:demo) via launch.preprocess, as `make demo` makes it."""
+  dirs = {}
+  for split in ("train", "eval"):
+    dirs[split] = os.path.join(out, "data", split)
+    subprocess.run([sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:demo",
+                    "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
+                    f"--out={dirs[split]}", f"--split={split}", "--quiet"],
+                   check=True, cwd=_ROOT)
+  return dirs["train"], dirs["eval"]
+
+
 def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   from chronoforge_jax import eval_lib
   from chronoforge_jax import tokenizer as tokenizer_lib
@@ -39,15 +53,16 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   from configs import kf_grpo
   from configs import tad as tad_config
 
-  workdir = os.path.join(out, f"seed{seed}")
+  config = kf_grpo.get_config("demo")
+  steps = _STEPS.value or config.sft_steps
+  workdir = os.path.join(out, f"seed{seed}_steps{steps}")
   summary_path = os.path.join(workdir, "summary.json")
   if os.path.exists(summary_path):
     print(f"seed {seed}: done before, kept", flush=True)
     with open(summary_path) as f:
       return json.load(f)
-  config = kf_grpo.get_config("demo")
   config.seed = config.input.seed = seed
-  config.sft_steps = _STEPS.value or config.sft_steps
+  config.sft_steps = steps
   config.total_steps = config.sft_steps
   config.input.data_dir = train_dir
   start = time.perf_counter()
@@ -78,11 +93,9 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
 def main(argv) -> int:
   del argv
   logging.set_verbosity(logging.WARNING)
-  from launch import demo
-
   out = os.path.abspath(_OUT.value)
   os.makedirs(out, exist_ok=True)
-  train_dir, eval_dir = demo.make_data(out)
+  train_dir, eval_dir = make_data(out)
   rows = [run_seed(out, train_dir, eval_dir, int(s)) for s in _SEEDS.value]
   names = [f"{s}_{o}" for s, o in _CONDITIONS]
   print("\nseed  steps  train_s  wait   " + "  ".join(f"{n:>16}" for n in names))
