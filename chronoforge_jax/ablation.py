@@ -36,12 +36,12 @@ from typing import Any, Callable, Mapping, Sequence
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
 from chronoforge_jax import eval_lib
 from chronoforge_jax import metrics as metrics_lib
+from chronoforge_jax import report
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax import train_lib
 
@@ -647,18 +647,6 @@ def reading(cells: Sequence[Cell], sft: Mapping[str, Any] | None = None) -> list
   return notes
 
 
-def _save(fig: Figure, path: str) -> str:
-  FigureCanvasAgg(fig)
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  try:
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
-
-
 def mean_curve(runs: Sequence[Sequence[Mapping[str, Any]]], name: str
                ) -> tuple[np.ndarray, np.ndarray]:
   """(steps, mean over runs) of metric `name`, at the steps any run logged it."""
@@ -708,7 +696,7 @@ def reward_curves(path: str, summaries: Sequence[Mapping[str, Any]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(f"{selector} keyframes: mean over seeds")
-  return _save(fig, path)
+  return report._save(fig, path)
 
 
 def accuracy_plot(path: str, cells: Sequence[Cell], sft: Mapping[str, Any] | None) -> str:
@@ -738,7 +726,7 @@ def accuracy_plot(path: str, cells: Sequence[Cell], sft: Mapping[str, Any] | Non
   ax.set_ylim(0, 100)
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8)
-  return _save(fig, path)
+  return report._save(fig, path)
 
 
 def write_report(out: str, summaries: Sequence[Mapping[str, Any]], *,
