@@ -311,7 +311,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, eval_dir: str,
     for order in e.frame_orders:
       result = eval_lib.evaluate(
           model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-          batch_size=config.input.eval_batch_size, mode=e.mode, max_new_tokens=config.rl.max_new_tokens,
+          batch_size=config.input.eval_batch_size, mode=e.mode,
+          max_new_tokens=config.rl.max_new_tokens,
           select_kwargs=select_kwargs, prompt_buckets=tuple(config.input.prompt_buckets),
           answer_template=e.answer_template, max_questions=e.max_questions or None,
           name=f"{selector}_{order}", out_dir=os.path.join(workdir, "eval"), progress=False,
@@ -527,7 +528,8 @@ def fmt_ci(ci: MeanCI | None, *, pct: bool = True, signed: bool = False) -> str:
   head = f"{scale * ci.mean:{'+' if signed else ''}.1f}{unit}"
   if not math.isfinite(ci.half_width):
     return head
-  return f"{head} [{scale * ci.low:{'+' if signed else ''}.1f}, {scale * ci.high:{'+' if signed else ''}.1f}]"
+  sign = "+" if signed else ""
+  return f"{head} [{scale * ci.low:{sign}.1f}, {scale * ci.high:{sign}.1f}]"
 
 
 def _ordered(cells: Mapping[tuple[str, str], Cell], arms: Sequence[str] | None,
