@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from chronoforge_jax import eval_lib
+from chronoforge_jax import fileio
 from chronoforge_jax import metrics as metrics_lib
 from chronoforge_jax import report
 from chronoforge_jax import tokenizer as tokenizer_lib
@@ -251,14 +252,8 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then os.replace)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=_jsonable)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes JSON atomically (configs' tuples and the like made JSON-able)."""
+  fileio.write_json_atomic(path, obj, default=_jsonable)
 
 
 def read_summary(workdir: str) -> dict[str, Any] | None:
@@ -783,8 +778,5 @@ def write_report(out: str, summaries: Sequence[Mapping[str, Any]], *,
                  + (f"{ev['shuffled']['accuracy']:.1%}" if "shuffled" in ev else "-")
                  + f" | {'-' if fired is None else f'{fired:.1%}'} |")
   path = os.path.join(out, "report.md")
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  fileio.write_text_atomic(path, "\n".join(lines) + "\n")
   return path
