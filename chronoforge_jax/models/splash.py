@@ -66,17 +66,19 @@ def target_platform() -> str:
   return device.platform if device is not None else jax.default_backend()
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(num_heads: int, seq_len: int, block: int, interpret: bool):
-  """The splash kernel (and its mask tables) for one [H, S, S] causal problem."""
+  """The splash kernel (and its mask tables) for one [H, S, S] causal problem.
+
+  Built at every trace: the NumPy mask tables are cached by the library
+  (`splash_attention_mask_info._process_mask`), and their jnp copies must belong to the
+  trace that uses them (a compile-only TPU mesh cannot hold concrete arrays).
+  """
   mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len))] * num_heads)
   sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
-  # Built from NumPy constants only, so the cached kernel holds no tracers.
-  with jax.ensure_compile_time_eval():
-    return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                              interpret=interpret)
+  return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                            interpret=interpret)
 
 
 def _local_attention(q_bhsd, k_bgsd, v_bgsd, seg_bs, *, block: int, interpret: bool):
