@@ -61,7 +61,6 @@ def main():
   a = _parse()
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from flax import nnx
   from jax.experimental import topologies
   from jax.sharding import NamedSharding
@@ -149,7 +148,6 @@ def main():
       x, s = temps[prog, "xla"], temps[prog, "splash"]
       print(f"{prog}: temp xla / splash = {x / max(s, 1):.1f}x "
             f"({_gib(x).strip()} GiB -> {_gib(s).strip()} GiB per chip)")
-  del np
 
 
 if __name__ == "__main__":

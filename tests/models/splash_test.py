@@ -21,6 +21,8 @@ from chronoforge_jax.models import layers
 from chronoforge_jax.models import splash
 from chronoforge_jax.models import text
 from chronoforge_jax.models.config import PRESETS
+from configs import common
+from configs import model as model_section
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 
@@ -122,3 +124,13 @@ def test_text_decoder_forward_matches_xla():
   want = np.asarray(run(build("xla"), x, jnp.asarray(pos), jnp.asarray(mask)))
   real = mask.astype(bool)
   np.testing.assert_allclose(got[real], want[real], rtol=1e-4, atol=1e-4)
+
+
+def test_config_section_accepts_the_library_impls():
+  for impl in layers.ATTENTION_IMPLS:
+    section = model_section.get_config("smoke")
+    section.attention_impl = impl
+    model_section.validate(section)
+  section.attention_impl = "splash_tpu"
+  with pytest.raises(common.ConfigError, match="model.attention_impl"):
+    model_section.validate(section)
