@@ -307,19 +307,28 @@ def logp_fn(graphdef, vocab_chunk: int, params, batch, completions, mask, *,
 
 
 def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                   answers_b: np.ndarray, num_samples: int,
-                   options_b=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   answers_b: np.ndarray, num_samples: int, options_b=None, *,
+                   problem_types_b=None, solutions_b=None, mc_rule: str = "lenient"
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each.
 
+  Items of the other Video-R1 problem types (`problem_types_b`) are scored against their
+  solution text (`solutions_b`) by the type's rule (`rewards.ANSWER_RULES`).
+
   Returns:
-    ({name: [B, G]}, host metrics such as "accuracy/unparseable_frac").
+    ({name: [B, G]}, host metrics such as "accuracy/unparseable_frac" and the per-type
+    mean accuracy "accuracy/type/<type>").
   """
   texts = [tok.decode(t[m.astype(bool)], skip_special_tokens=True)
            for t, m in zip(tokens, mask)]
   b = len(answers_b)
   texts_bg = [texts[i * num_samples:(i + 1) * num_samples] for i in range(b)]
+  types_b = list(problem_types_b) if problem_types_b is not None else [None] * b
+  answers = [int(a) if t in (None, "", "multiple choice") else solutions_b[i]
+             for i, (a, t) in enumerate(zip(answers_b, types_b))]
   return rewards_lib.score_text_rewards(
-      ("accuracy", "format"), texts_bg, [int(a) for a in answers_b], options_b)
+      ("accuracy", "format"), texts_bg, answers, options_b, problem_types_b=types_b,
+      mc_rule=mc_rule)
 
 
 # ----------------------------------------------------------------------------------------
@@ -607,15 +616,19 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
       {"answer": batch["answer_index"], **{f"{k}_{i}": v for k, pair in samples.items()
                                           for i, v in enumerate(pair)}}, tiled=True)
   options = host.get("options") if jax.process_count() == 1 else None
+  # Text metadata is this process's slice: non-multiple-choice items need one process.
+  typed = dict(problem_types_b=host.get("problem_type"), solutions_b=host.get("solution"),
+               mc_rule=rl.mc_rule) if jax.process_count() == 1 else dict(mc_rule=rl.mc_rule)
   rollout: dict[str, jax.Array] = {}
   comps, host_metrics = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
-                                      gathered["answer"], rl.num_generations, options)
+                                      gathered["answer"], rl.num_generations, options,
+                                      **typed)
   rollout["accuracy"] = global_from_full(mesh, comps["accuracy"])
   rollout["format"] = global_from_full(mesh, comps["format"])
   if "disordered" in samples:
     dis, dis_metrics = score_rollouts(tok, gathered["disordered_0"],
                                       gathered["disordered_1"], gathered["answer"],
-                                      rl.num_disordered, options)
+                                      rl.num_disordered, options, **typed)
     host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
     rollout["disordered_accuracy"] = global_from_full(mesh, dis["accuracy"])
     if rl.train_on_disordered:

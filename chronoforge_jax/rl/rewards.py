@@ -18,6 +18,7 @@ Two kinds of reward live here:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import string
 from typing import Callable, Mapping, Sequence
@@ -68,8 +69,13 @@ _PHRASE_LETTER = re.compile(
 # Marked letters in free text: uppercase "B." / "B)" / "B:", or any case in brackets.
 _MARKED_LETTER = re.compile(
     r"(?<![A-Za-z0-9])(?:([A-Z])[.:)](?=\s|$)|[(\[]\s*([A-Za-z])\s*[)\]])")
-# Standalone uppercase letters: lowercase singles are too often English ("a").
-_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+# "B is correct", "(C) is the right answer": a letter the text declares right.
+_VERDICT_LETTER = re.compile(
+    r"(?<![A-Za-z0-9'])[(\[]?([A-Z])[)\]]?\s+(?:is|seems|looks)\s+(?:the\s+)?"
+    r"(?:correct|right|best|answer)\b")
+# Standalone uppercase letters: lowercase singles are too often English ("a"), and so is
+# a capital "A" before a lowercase word that is not a verdict ("A dog runs", "A is not").
+_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])(?!A\s+[a-z])([A-Z])(?![A-Za-z0-9'])")
 _OPTION_PREFIX = re.compile(r"^\s*[(\[]?\s*[A-Za-z]\s*[)\].:]\s+")
 _NON_WORD = re.compile(r"[^\w\s]")
 
@@ -132,8 +138,10 @@ def extract_choice(text: str, options: Options = None, num_options: int = 4) -> 
   as left by a length cut, counts too); it may be wrapped or punctuated ("(B)", "b.",
   "**C**"), lead the option text ("D. the dog"), or be replaced by the option text
   itself. A span that names several letters is a hedge and gives None. Without an answer
-  tag, the last "answer is X" phrase, else the last marked letter ("B." or "(b)"), else
-  the last standalone uppercase option letter is taken.
+  tag, the last "answer is X" phrase, else the last letter declared right ("B is
+  correct"), else the last marked letter ("B." or "(b)"), else the one standalone
+  uppercase option letter; several distinct ones ("B, C") are a hedge and give None, and
+  a capital "A" before a lowercase word ("A dog", "A is not") is read as the article.
 
   Args:
     text: a decoded completion.
@@ -153,11 +161,13 @@ def extract_choice(text: str, options: Options = None, num_options: int = 4) -> 
   opened = list(_OPEN_ANSWER.finditer(text))
   if opened:
     return _parse_answer_span(text[opened[-1].end():], options, n)
-  for pattern in (_PHRASE_LETTER, _MARKED_LETTER, _BARE_LETTER):
+  for pattern in (_PHRASE_LETTER, _VERDICT_LETTER, _MARKED_LETTER):
     hit = _last_letter(pattern, text, n)
     if hit:
       return hit[1]
-  return None
+  # Bare letters: one distinct letter is the answer; several ("B, C") are a hedge.
+  found = {_letter_index(c, n) for c in _BARE_LETTER.findall(text)} - {None}
+  return found.pop() if len(found) == 1 else None
 
 
 def answer_index(answer: int | str, num_options: int) -> int:
@@ -171,6 +181,144 @@ def answer_index(answer: int | str, num_options: int) -> int:
         f"reference answer {answer!r} is not one of {num_options} options "
         f"({string.ascii_uppercase[:num_options]} or 0..{num_options - 1})")
   return idx
+
+
+# ----------------------------------------------------------------------------------------
+# Video-R1's five problem types: one answer rule each.
+# ----------------------------------------------------------------------------------------
+
+# Ported from Video-R1 `src/r1-v/src/open_r1/grpo.py` (`accuracy_reward`) at commit
+# 59d65c347e44efa71be27abf9d89b4a2bb7d1c05. Where Video-R1's code has a quirk the port
+# decides (README "Video-R1 problem types"):
+# * followed: the answer is the FIRST <answer> span, stripped; multiple choice is an exact
+#   string match; numbers are compared rounded to 2 decimals; OCR is 1 - word error rate,
+#   free-form the mean ROUGE-1/2/L F-measure (rouge-score, Porter stemmer), regression
+#   1 - relative error (with Video-R1's 1e-9 terms), each clipped to [0, 1].
+# * deviated (bugs): a solution without answer tags is an error (Video-R1 reads it as ""
+#   and gives full credit to any completion without tags; the loader rejects such items);
+#   numerical answers compare values only (Video-R1 also scores 0 when exactly one side
+#   contains "." or ",", so "3.0" vs "3" and "1,000" vs "1000" were wrong although its own
+#   parser drops the comma); a non-finite regression answer ("nan", Video-R1: 1.0) scores
+#   0; a regression ground truth of 0 gives 1 to an answer of exactly 0 (Video-R1: every
+#   answer 0); each item is scored by its own problem type (Video-R1 takes the first
+#   item's type for the whole batch); an unknown problem type raises (Video-R1: reward 0
+#   here, a KeyError in its prompt builder).
+
+PROBLEM_TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
+ANSWER_RULES: Registry[Callable[[str, str], float]] = Registry("Video-R1 problem type")
+_VR1_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+
+
+def videor1_answer(text: str) -> str | None:
+  """The first `<answer>...</answer>` span, stripped (Video-R1's `extract_answer`), or None
+  when there is none (Video-R1 returns "")."""
+  m = _VR1_ANSWER.search(text)
+  return m.group(1).strip() if m else None
+
+
+def solution_answer(solution: str) -> str:
+  """The reference answer inside a Video-R1 solution "<answer>X</answer>".
+
+  Raises:
+    ValueError: the solution has no answer tags (Video-R1 would read "" and reward every
+      completion without tags).
+  """
+  gt = videor1_answer(solution)
+  if gt is None:
+    raise ValueError(f"solution {solution[:60]!r} has no <answer>...</answer>; write the "
+                     "reference answer as <answer>X</answer>")
+  return gt
+
+
+def _number(text: str | None) -> float | None:
+  """Video-R1's `normalize_number` (commas dropped, then float), None for non-finite."""
+  if text is None:
+    return None
+  try:
+    value = float(text.replace(",", ""))
+  except ValueError:
+    return None
+  return value if np.isfinite(value) else None
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+  """Word-level Levenshtein distance / reference words (Video-R1's `wer`)."""
+  ref, hyp = reference.split(), hypothesis.split()
+  prev = list(range(len(hyp) + 1))
+  for i in range(1, len(ref) + 1):
+    cur = [i] + [0] * len(hyp)
+    for j in range(1, len(hyp) + 1):
+      cur[j] = prev[j - 1] if ref[i - 1] == hyp[j - 1] else 1 + min(
+          prev[j], cur[j - 1], prev[j - 1])
+    prev = cur
+  return prev[-1] / max(1, len(ref))
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+  # Loaded on first use: rouge-score pulls in nltk, which most runs never need.
+  from rouge_score import rouge_scorer
+  return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def rouge_mean_f(reference: str, hypothesis: str) -> float:
+  """Mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures (stemmed), as Video-R1."""
+  scores = _rouge_scorer().score(reference, hypothesis)
+  return (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure
+          + scores["rougeL"].fmeasure) / 3
+
+
+@ANSWER_RULES.register("multiple choice")
+def multiple_choice_rule(completion: str, solution: str) -> float:
+  """1 if the answer span equals the reference letter exactly, else 0."""
+  gt, out = solution_answer(solution), videor1_answer(completion)
+  return float(out is not None and out == gt)
+
+
+@ANSWER_RULES.register("numerical")
+def numerical_rule(completion: str, solution: str) -> float:
+  """1 if both parse as numbers equal after rounding to 2 decimals, else 0."""
+  gt, out = _number(solution_answer(solution)), _number(videor1_answer(completion))
+  return float(gt is not None and out is not None and round(gt, 2) == round(out, 2))
+
+
+@ANSWER_RULES.register("OCR")
+def ocr_rule(completion: str, solution: str) -> float:
+  """1 - word error rate of the answer span against the reference, clipped to [0, 1]."""
+  gt, out = solution_answer(solution), videor1_answer(completion) or ""
+  return float(min(1.0, max(0.0, 1.0 - word_error_rate(gt, out))))
+
+
+@ANSWER_RULES.register("free-form")
+def free_form_rule(completion: str, solution: str) -> float:
+  """Mean ROUGE-1/2/L F-measure of the answer span against the reference, in [0, 1]."""
+  gt, out = solution_answer(solution), videor1_answer(completion) or ""
+  return float(min(1.0, max(0.0, rouge_mean_f(gt, out))))
+
+
+@ANSWER_RULES.register("regression")
+def regression_rule(completion: str, solution: str) -> float:
+  """1 - relative error |out - gt| / |gt| (clipped to [0, 1]); 0 if either is no number."""
+  gt, out = _number(solution_answer(solution)), _number(videor1_answer(completion))
+  if gt is None or out is None:
+    return 0.0
+  if gt == 0:
+    return float(out == 0)
+  rel = (abs(out - gt) + 1e-9) / (abs(gt) + 1e-9)
+  return float(1.0 - min(1.0, max(0.0, rel)))
+
+
+def type_metric_name(problem_type: str) -> str:
+  """"free-form" -> "free_form", "multiple choice" -> "multiple_choice" (metric tags)."""
+  return problem_type.replace(" ", "_").replace("-", "_")
+
+
+def check_problem_type(problem_type: str) -> str:
+  """`problem_type` if it is one of Video-R1's five, else a ValueError naming them."""
+  if problem_type not in ANSWER_RULES:
+    raise ValueError(f"unknown problem_type {problem_type!r}; Video-R1's are "
+                     f"{list(PROBLEM_TYPES)}")
+  return problem_type
 
 
 # ----------------------------------------------------------------------------------------
@@ -188,33 +336,71 @@ def _check_groups(texts_bg: Sequence[Sequence[str]], num_prompts: int | None) ->
   return sizes.pop() if sizes else 0
 
 
+MC_RULES = ("lenient", "videor1")
+
+
 @REWARDS.register("accuracy")
 def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
              options_b: Sequence[Options] | None = None,
-             num_options: int = 4) -> RewardResult:
-  """1 where the extracted option equals the reference answer, else 0.
+             num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
+             mc_rule: str = "lenient") -> RewardResult:
+  """Accuracy per rollout, by each prompt's Video-R1 problem type.
+
+  Multiple choice (the default type): 1 where the answer read equals the reference, else
+  0; `mc_rule` "lenient" reads it with `extract_choice` (wrapped letters, option text),
+  "videor1" requires the first answer span to be exactly the letter (Video-R1's rule).
+  The other types score with their rule in `ANSWER_RULES` (numerical 0/1, OCR, free-form
+  and regression in [0, 1]), against the reference given as a Video-R1 solution
+  "<answer>X</answer>" (or the bare answer).
 
   Args:
     texts_bg: B groups of G decoded completions.
-    answers_b: the reference answer of each prompt (index or letter).
+    answers_b: the reference of each prompt: an option index or letter (multiple
+      choice), else the solution text.
     options_b: option texts per prompt (or None), see `extract_choice`.
     num_options: number of options where a prompt's options are not given.
+    problem_types_b: each prompt's problem type (None: all multiple choice).
+    mc_rule: "lenient" or "videor1", see above.
 
   Returns:
-    Rewards [B, G] and metrics `unparseable_frac` (answers that could not be read).
+    Rewards [B, G] and metrics `unparseable_frac` (multiple-choice answers that could not
+    be read) and `type/<type_metric_name(problem type)>`: the mean reward of that type's
+    rollouts (e.g. "type/free_form").
   """
+  if mc_rule not in MC_RULES:
+    raise ValueError(f"mc_rule={mc_rule!r}; choose one of {MC_RULES}")
   g = _check_groups(texts_bg, len(answers_b))
   options_b = options_b if options_b is not None else [None] * len(answers_b)
+  types_b = (list(problem_types_b) if problem_types_b is not None
+             else ["multiple choice"] * len(answers_b))
+  if len(types_b) != len(answers_b):
+    raise ValueError(f"{len(types_b)} problem types for {len(answers_b)} answers")
   values = np.zeros((len(texts_bg), g), np.float32)
-  unparsed = 0
-  for b, (group, answer, options) in enumerate(zip(texts_bg, answers_b, options_b)):
+  unparsed, num_mc = 0, 0
+  for b, (group, answer, options, ptype) in enumerate(
+      zip(texts_bg, answers_b, options_b, types_b)):
+    ptype = check_problem_type(str(ptype or "multiple choice"))
+    if ptype != "multiple choice":
+      solution = answer if "<answer>" in str(answer) else f"<answer>{answer}</answer>"
+      values[b] = [ANSWER_RULES.get(ptype)(text, solution) for text in group]
+      continue
     n = len(options) if options is not None else num_options
     target = answer_index(answer, n)
+    num_mc += len(group)
     for i, text in enumerate(group):
-      choice = extract_choice(text, options, n)
-      unparsed += choice is None
-      values[b, i] = float(choice == target)
-  return RewardResult(values, {"unparseable_frac": unparsed / max(values.size, 1)})
+      if mc_rule == "videor1":
+        values[b, i] = multiple_choice_rule(text, f"<answer>{string.ascii_uppercase[target]}"
+                                            "</answer>")
+        unparsed += videor1_answer(text) is None
+      else:
+        choice = extract_choice(text, options, n)
+        unparsed += choice is None
+        values[b, i] = float(choice == target)
+  metrics = {"unparseable_frac": unparsed / max(num_mc, 1)}
+  names_b = [type_metric_name(t or "multiple choice") for t in types_b]
+  for name in sorted(set(names_b)):
+    metrics[f"type/{name}"] = float(values[[n == name for n in names_b]].mean())
+  return RewardResult(values, metrics)
 
 
 def has_format(text: str) -> bool:
@@ -230,17 +416,21 @@ def has_format(text: str) -> bool:
 @REWARDS.register("format")
 def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str] = (),
                   options_b: Sequence[Options] | None = None,
-                  num_options: int = 4) -> RewardResult:
+                  num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
+                  mc_rule: str = "lenient") -> RewardResult:
   """1 where a completion has the think/answer structure (see `has_format`), else 0.
+
+  The same for every problem type (Video-R1's format reward is one rule too).
 
   Args:
     texts_bg: B groups of G decoded completions.
-    answers_b, options_b, num_options: unused; the shared reward signature.
+    answers_b, options_b, num_options, problem_types_b, mc_rule: unused; the shared
+      reward signature.
 
   Returns:
     Rewards [B, G]; no metrics.
   """
-  del answers_b, options_b, num_options
+  del answers_b, options_b, num_options, problem_types_b, mc_rule
   g = _check_groups(texts_bg, None)
   values = np.array([[float(has_format(t)) for t in group] for group in texts_bg],
                     np.float32).reshape(len(texts_bg), g)
@@ -250,16 +440,19 @@ def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | s
 def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
                        answers_b: Sequence[int | str],
                        options_b: Sequence[Options] | None = None,
-                       num_options: int = 4
+                       num_options: int = 4, *,
+                       problem_types_b: Sequence[str] | None = None,
+                       mc_rule: str = "lenient"
                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Runs the registered text rewards `names` over one batch of groups.
 
   Returns:
-    ({name: rewards [B, G]}, {"<name>/<metric>": value}).
+    ({name: rewards [B, G]}, {"<name>/<metric>": value}, e.g. "accuracy/type/OCR").
   """
   values, metrics = {}, {}
   for name in names:
-    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options)
+    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options,
+                               problem_types_b=problem_types_b, mc_rule=mc_rule)
     values[name] = result.values_bg
     metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
   return values, metrics
