@@ -136,10 +136,12 @@ class EvalResult:
     """The tables as Markdown (accuracy in percent)."""
     s = self.settings
     lines = [f"# Evaluation: {self.name}", ""]
-    keys = ("data_dir", "selector", "num_keyframes", "mode", "checkpoint", "num_questions")
+    keys = ("data_dir", "selector", "num_keyframes", "mode", "prompt_template", "checkpoint",
+            "num_questions")
     info = [f"{k}={s[k]}" for k in keys if k in s]
     if info:
       lines += ["Settings: " + ", ".join(info), ""]
+    lines += [f"Scoring: {scoring_label(s)}", ""]
     header = ["| group | questions | correct | accuracy | unparseable |",
               "|---|---:|---:|---:|---:|"]
 
@@ -153,6 +155,17 @@ class EvalResult:
       lines += [row(k, t) for k, t in self.tables[group].items()]
       lines.append("")
     return "\n".join(lines)
+
+
+def scoring_label(settings: Mapping[str, Any]) -> str:
+  """How a result's answers were read, for every table and report."""
+  name = settings.get("scoring")
+  if name is None:
+    return "not recorded (written before scorings were named: the lenient reader)"
+  notes = {"lmms_eval": "lmms-eval's VideoMME rule, comparable with published numbers",
+           "lenient": "the project's lenient reader, NOT comparable with published numbers",
+           "likelihood": "argmax of the options' log-probabilities (no text read)"}
+  return f"{name} ({notes[name]})" if name in notes else str(name)
 
 
 def _pct(x: float) -> str:
@@ -307,11 +320,21 @@ def compare_results(results: Sequence[EvalResult]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def scoring_note(results: Sequence[EvalResult]) -> str:
+  """One line saying how the results' answers were read (and whether they compare)."""
+  labels = {scoring_label(r.settings) for r in results}
+  if len(labels) == 1:
+    return f"Scoring: {labels.pop()}"
+  return "Scoring differs, so these columns are not comparable: " + "; ".join(
+      f"{n}: {scoring_label(r.settings)}" for n, r in zip(_unique_names(results), results))
+
+
 def write_comparison(out_dir: str | os.PathLike, results: Sequence[EvalResult],
                      name: str = "comparison") -> dict[str, str]:
   """Writes `<name>.md` (the `compare_results` table) and `<name>.json` (its rows)."""
   base = os.path.join(os.fspath(out_dir), name)
-  md = f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
+  md = (f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
+        + "\n" + scoring_note(results) + "\n")
   rows = _json({"results": _unique_names(results), "rows": comparison_rows(results)})
   write_files_atomic({base + ".md": md, base + ".json": rows + "\n"})
   return {"md": base + ".md", "json": base + ".json"}

@@ -268,10 +268,12 @@ def write_report(out_dir: str | os.PathLike, *,
     lines += ([f"![training curves]({os.path.basename(png)})", ""] if png else
               ["No reward, accuracy, KL or loss metrics were logged.", ""])
   if loaded:
-    lines += ["## Accuracy", "", eval_lib.compare_results(loaded)]
+    lines += ["## Accuracy", "", eval_lib.compare_results(loaded),
+              eval_lib.scoring_note(loaded), ""]
     for r in loaded:
       settings = ", ".join(f"{k}={r.settings[k]}" for k in (
-          "selector", "num_keyframes", "frame_order", "mode", "checkpoint", "data_dir")
+          "selector", "num_keyframes", "frame_order", "mode", "scoring", "prompt_template",
+          "checkpoint", "data_dir")
           if k in r.settings)
       paths = eval_lib.write_result(r, out_dir)
       lines.append(f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "

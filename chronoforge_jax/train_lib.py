@@ -40,6 +40,7 @@ import optax
 from chronoforge_jax import checkpoint as ckpt_lib
 from chronoforge_jax import metrics as metrics_lib
 from chronoforge_jax import sampling
+from chronoforge_jax import scoring
 from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline
@@ -460,6 +461,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
   kf_grpo_config.validate(config)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # launch.eval evaluates with the prompt trained on.
+    scoring.write_eval_defaults(workdir, prompt_template=config.input.prompt_template,
+                                scoring=config.input.eval_scoring)
 
   # --- Mesh, model, shardings, step functions -------------------------------------------
   mesh = sharding.mesh_from_config(config.mesh)

@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from chronoforge_jax.data import records
+from chronoforge_jax.data import prompts, records
 from chronoforge_jax.rl import views as views_lib
 
 HOST_KEYS = ("question_id", "video_id", "duration_bucket", "task_type", "options")
@@ -58,6 +58,8 @@ class PipelineSettings:
       patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
     prompt_buckets: allowed prompt lengths NOT counting the video tokens.
     target_buckets: allowed reference-answer lengths.
+    prompt_template: the user text's template, a name in `prompts.PROMPT_TEMPLATES`
+      ("short": question, options, one instruction; "videor1": Video-R1's prompt).
     target_reasoning: SFT targets carry the annotation's reasoning inside <think>; False
       leaves <think></think> empty (short targets: the tiny demo model learns the format
       in a few dozen steps).
@@ -81,6 +83,7 @@ class PipelineSettings:
   merge_size: int = 2
   prompt_buckets: tuple[int, ...] = (128, 256, 512)
   target_buckets: tuple[int, ...] = (64, 128, 256)
+  prompt_template: str = "short"
   target_reasoning: bool = True
   seed: int = 0
   shuffle: bool = True
@@ -111,6 +114,9 @@ class PipelineSettings:
       b = tuple(getattr(self, field))
       if not b or list(b) != sorted(set(b)) or b[0] < 1:
         bad(field, f"got {b}; need increasing positive lengths")
+    if self.prompt_template not in prompts.PROMPT_TEMPLATES:
+      bad("prompt_template", f"got {self.prompt_template!r}; need one of "
+          f"{prompts.PROMPT_TEMPLATES.names()}")
     if self.num_epochs is not None and self.num_epochs < 1:
       bad("num_epochs", f"got {self.num_epochs}; need >= 1 or None")
     if self.patch_size < 1 or self.merge_size < 1:
@@ -192,10 +198,15 @@ class _BatchBuilder:
     self._select = None
 
   def _question_texts(self, q: Mapping[str, Any]) -> tuple[list[int], list[int]]:
-    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], 0)
+    prompt = self._prompt(q, 0)
     reasoning = q.get("reasoning", "") if self.s.target_reasoning else ""
     target = self.tok.encode(self.tok.answer_text(q["answer_index"], reasoning))
     return prompt, target
+
+  def _prompt(self, q: Mapping[str, Any], num_video: int) -> list[int]:
+    return prompts.encode_prompt(self.tok, self.s.prompt_template, q["question"],
+                                 q["options"], num_video,
+                                 q.get("problem_type") or prompts.MULTIPLE_CHOICE)
 
   def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
     """Prompt text and target lengths of every question (checked against the buckets)."""
@@ -279,7 +290,7 @@ class _BatchBuilder:
 
   def _example(self, q, video, v: views_lib.Views, prompt_len: int, target_len: int,
                valid: bool) -> dict[str, Any]:
-    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], self.num_video)
+    prompt = self._prompt(q, self.num_video)
     target = self._target(q, target_len)
     lo, hi = self._answer_span(q, target, target_len)
     pad = self.tok.pad_id
@@ -401,6 +412,7 @@ def settings_from_config(config, *, train: bool = True, selector: str | None = N
       disorder_ratio=inp.disorder_ratio, patch_size=inp.patch_size,
       merge_size=inp.spatial_merge_size, prompt_buckets=tuple(inp.prompt_buckets),
       target_buckets=tuple(inp.target_buckets), target_reasoning=inp.target_reasoning,
+      prompt_template=inp.prompt_template,
       patch_mode=inp.patch_mode, seed=inp.seed,
       prefetch_workers=inp.prefetch_workers, prefetch_buffer=inp.prefetch_buffer,
       read_threads=inp.read_threads)
