@@ -203,7 +203,8 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
   total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
       components, rollout["disordered_accuracy"], weights=dict(rl.reward_weights),
       saliency=rl.saliency.enabled, alpha=rl.saliency.alpha, mu=rl.saliency.mu,
-      rule=rl.saliency.rule)
+      rule=rl.saliency.rule, eligible_b=(rollout["saliency_eligible"][:, 0] > 0.5
+                                         if "saliency_eligible" in rollout else None))
   adv_bg = grpo.compute_advantages(total_bg, rl.advantage_estimator, eps=rl.advantage_eps)
   metrics["adv/bonus_shift"] = grpo.bonus_advantage_shift(
       total_bg, bonus_bg, rl.advantage_estimator, eps=rl.advantage_eps)
@@ -629,6 +630,10 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
                                       **typed)
   rollout["accuracy"] = global_from_full(mesh, comps["accuracy"])
   rollout["format"] = global_from_full(mesh, comps["format"])
+  if typed.get("problem_types_b") is not None:  # Still images earn no saliency bonus.
+    still_b = np.array([m == "image" for m in host["media"]])
+    rollout["saliency_eligible"] = global_from_full(mesh, np.broadcast_to(
+        ~still_b[:, None], comps["accuracy"].shape).astype(np.float32))
   if "disordered" in samples:
     dis, dis_metrics = score_rollouts(tok, gathered["disordered_0"],
                                       gathered["disordered_1"], gathered["answer"],

@@ -463,3 +463,15 @@ def test_accuracy_multiple_choice_rules(text, lenient, videor1):
   for rule, want in (("lenient", lenient), ("videor1", videor1)):
     got = rewards.REWARDS.get("accuracy")([[text]], [1], mc_rule=rule).values_bg
     assert float(got[0, 0]) == want, rule
+
+
+def test_saliency_bonus_skips_ineligible_prompts():
+  # Image items (a still has no frame order) never earn the bonus, as in Video-R1.
+  ordered = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+  disordered = jnp.zeros((2, 3))
+  full, _ = rewards.saliency_bonus(ordered, disordered, alpha=0.3)
+  bonus, metrics = rewards.saliency_bonus(ordered, disordered, alpha=0.3,
+                                          eligible_b=jnp.array([True, False]))
+  np.testing.assert_allclose(full, [[0.3, 0.3, 0], [0.3, 0.3, 0]])
+  np.testing.assert_allclose(bonus, [[0.3, 0.3, 0], [0, 0, 0]])
+  assert float(metrics["order_win_frac"]) == 0.5
