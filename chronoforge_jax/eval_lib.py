@@ -54,8 +54,10 @@ from flax import nnx
 
 from chronoforge_jax import sampling
 from chronoforge_jax import scoring as scoring_lib
+from chronoforge_jax.rl import answer_rules
 # Results, tables and files live in eval_results; re-exported as this module's API.
-from chronoforge_jax.eval_results import (GROUPS, NO_CATEGORY, EvalResult,  # noqa: F401
+from chronoforge_jax.eval_results import (GROUPS, MULTIPLE_CHOICE,  # noqa: F401
+                                          NO_CATEGORY, EvalResult,
                                           QuestionResult, accuracy_tables, compare_results,
                                           comparison_rows, load_result, result_paths,
                                           scoring_label, scoring_note,
@@ -251,6 +253,10 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
+  others = sorted({t for t in host["problem_type"] if t != MULTIPLE_CHOICE})
+  if others:
+    raise ValueError(f"mode 'likelihood' scores option letters, but the data holds "
+                     f"{others} questions without options; use mode 'generate'")
   num_options = [len(o) for o in host["options"]]
   comp, mask = option_completions(tokenizer, max(num_options), template)
   scores_bn = _to_host(_option_scores(graphdef, state, {k: dev[k] for k in (
@@ -260,7 +266,7 @@ def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
     s = scores_bn[b, :n]
     pick = int(np.argmax(s))
     out.append((pick, template.format(letter=tokenizer_lib.LETTERS[pick]),
-                tuple(float(x) for x in s)))
+                tuple(float(x) for x in s), None))
   return out
 
 
@@ -279,7 +285,12 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
   results = []
   for b, options in enumerate(host["options"]):
     text = tokenizer.decode(tokens[b][mask[b]], skip_special_tokens=True)
-    results.append((scoring_lib.score(scoring, text, list(options)), text, None))
+    ptype = host["problem_type"][b]
+    if ptype == MULTIPLE_CHOICE:
+      results.append((scoring_lib.score(scoring, text, list(options)), text, None, None))
+    else:  # Video-R1's rule of the type, whatever `scoring` names (it reads letters).
+      results.append((None, text, None, answer_rules.ANSWER_RULES.get(ptype)(
+          text, host["solution"][b])))
   return results
 
 
@@ -406,7 +417,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
         else:
           answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens,
                               (batch["prompt_ids"], batch["prompt_mask"]), scoring)
-        for b, (pick, text, scores) in enumerate(answers):
+        for b, (pick, text, scores, score) in enumerate(answers):
           if not batch["example_valid"][b] or len(results) >= total:
             continue
           results.append(QuestionResult(
@@ -415,6 +426,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
               task_type=str(host["task_type"][b] or ""),
               answer_index=int(batch["answer_index"][b]), predicted_index=pick,
               num_options=len(host["options"][b]), text=text, option_scores=scores,
+              problem_type=str(host["problem_type"][b]), score=score,
               keyframe_indices=tuple(int(i) for i in batch["keyframe_indices"][b])))
           if bar is not None:
             bar.update(1)

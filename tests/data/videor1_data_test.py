@@ -184,7 +184,8 @@ def test_pipeline_batches_of_mixed_types_and_media(mixed):
     assert host["media"][b] == q["media"]
     target = tok.decode(batch["target_ids"][b][batch["target_mask"][b]])
     answer = rewards.solution_answer(q["solution"])
-    assert f"<answer>{answer}</answer>" in target
+    # Video-R1-COT style: the SFT target is <think>process</think><answer>X</answer>.
+    assert target == f"<think>{q['reasoning']}</think><answer>{answer}</answer><|im_end|>"
     # The answer tokens (target_answer_mask) spell the answer.
     assert tok.decode(batch["target_ids"][b][batch["target_answer_mask"][b]]).strip() in (
         answer, f"<answer>{answer}", f"{answer}</answer>", f"<answer>{answer}</answer>")
@@ -233,3 +234,73 @@ def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_
   assert logged == {rewards.type_metric_name(t) for t in rewards.PROBLEM_TYPES}
   with open(tmp_path / "eval_defaults.json") as f:
     assert json.load(f) == {"prompt_template": "short", "scoring": "lenient"}
+
+
+def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
+  """Generate mode on the mixed set: each type scored by its rule, a per-type table."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from chronoforge_jax import eval_lib, sampling
+  from chronoforge_jax.models import vlm
+
+  out = mixed[0]
+  tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(out, "tokenizer"))
+  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
+      cfg, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(0)
+  model = nnx.merge(graphdef, jax.tree.map(
+      lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract))
+  data = records.PreprocessedData(out)
+  qs = [data.question(i) for i in range(len(data))]
+  # Right answers for even items, half-right or wrong ones for odd items.
+  texts = [f"<think>x</think><answer>{rewards.solution_answer(q['solution'])}</answer>"
+           if i % 2 == 0 else "<think>x</think><answer>B 12 STOP a man</answer>"
+           for i, q in enumerate(qs)]
+
+  def fake_generate(model_, inputs, **kw):
+    b = inputs["input_ids"].shape[0]
+    start = fake_generate.done
+    fake_generate.done += b
+    rows = [tok.encode(texts[start + i]) + [tok.eos_id] if start + i < len(texts)
+            else [tok.eos_id] for i in range(b)]
+    width = max(map(len, rows))
+    tokens = np.array([r + [tok.pad_id] * (width - len(r)) for r in rows], np.int32)
+    mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], np.int32)
+    return sampling.SampleOutput(tokens=tokens, completion_mask=mask, logprobs=None,
+                                 policy_logprobs=None, model_logprobs=None,
+                                 lengths=mask.sum(1), stopped=None)
+  fake_generate.done = 0
+  monkeypatch.setattr(sampling, "generate", fake_generate)
+  r = eval_lib.evaluate(model, out, tok, selector="uniform", num_keyframes=4,
+                        batch_size=5, mode="generate", progress=False,
+                        prompt_buckets=(128, 192), scoring="lmms_eval")
+  want = collections.defaultdict(list)
+  for q, text, rec in zip(qs, texts, r.records):
+    assert rec.question_id == q["question_id"] and rec.problem_type == q["problem_type"]
+    if q["problem_type"] == "multiple choice":
+      score = float("ABCD"[q["answer_index"]] == (re_first_abcd(text) or "?"))
+    else:
+      score = rewards.ANSWER_RULES.get(q["problem_type"])(text, q["solution"])
+      assert rec.score == pytest.approx(score)
+    want[q["problem_type"]].append(score)
+  table = r.tables["problem_type"]
+  assert set(table) == set(rewards.PROBLEM_TYPES)
+  for ptype, scores in want.items():
+    assert table[ptype]["accuracy"] == pytest.approx(np.mean(scores)), ptype
+  assert r.tables["overall"]["accuracy"] == pytest.approx(
+      np.mean([s for v in want.values() for s in v]))
+  assert "By problem type" in r.to_markdown()
+  assert any(row["group"] == "problem_type" for row in eval_lib.comparison_rows([r]))
+  with pytest.raises(ValueError, match="use mode 'generate'"):
+    eval_lib.evaluate(model, out, tok, selector="uniform", num_keyframes=4, batch_size=5,
+                      mode="likelihood", progress=False, prompt_buckets=(128, 192))
+
+
+def re_first_abcd(text: str) -> str | None:
+  """lmms-eval's reading of these texts: the first capital A-D (no prefixes occur)."""
+  import re
+  m = re.search(r"[ABCD]", text)
+  return m[0] if m else None
