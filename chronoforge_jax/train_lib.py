@@ -326,6 +326,10 @@ def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.nd
   b = len(answers_b)
   texts_bg = [texts[i * num_samples:(i + 1) * num_samples] for i in range(b)]
   types_b = list(problem_types_b) if problem_types_b is not None else [None] * b
+  if problem_types_b is None and (np.asarray(answers_b) < 0).any():
+    raise ValueError("the batch holds items without options (Video-R1 numerical, OCR, "
+                     "free-form or regression), whose rewards need their solution text; "
+                     "that is only on one process: train such data on one process")
   answers = [int(a) if t in (None, "", "multiple choice") else solutions_b[i]
              for i, (a, t) in enumerate(zip(answers_b, types_b))]
   return rewards_lib.score_text_rewards(
