@@ -126,8 +126,9 @@ def accuracy_tables(records_: Sequence[QuestionResult]) -> dict[str, Any]:
 
   Returns:
     {"overall": summary, "duration_bucket": {bucket: summary}, "task_type": {type:
-    summary}, "problem_type": {Video-R1 type: summary}}; summaries as `summarize`; questions without a category are grouped under
-    "(none)"; duration buckets come in short/medium/long order, other keys sorted.
+    summary}, "problem_type": {Video-R1 type: summary}}; summaries as `summarize`;
+    questions without a category are grouped under "(none)"; duration buckets come in
+    short/medium/long order, other keys sorted.
   """
   tables: dict[str, Any] = {"overall": summarize(records_)}
   for group in (*GROUPS, TYPE_GROUP):

@@ -9,12 +9,12 @@ the scoring it used (`EvalResult.settings["scoring"]`).
   `lmms_eval/tasks/videomme/utils.py` at d0c1eae757432949cc276537e9d883934738ae21 (the
   same function since at least bb3fd824, November 2024, until lmms-eval PR #1274 of April
   2026 replaced it by a generic multiple-choice extractor; VideoMME numbers published in
-  that time, the paper's included, were read by this one). Drop a few answer prefixes ("The best answer is",
-  ...), then the FIRST capital A-D anywhere in the response is the answer, whatever the
-  word around it ("All ..." reads A); a response of more than ten words without any A-D
-  reads nothing. It is applied to the whole response, reasoning and tags included, as
-  lmms-eval applied it to what the model returned. A letter past the question's options
-  reads as no answer (lmms-eval scores it wrong too).
+  that time with lmms-eval were read by this one). Drop a few answer prefixes
+  ("The best answer is", ...), then the FIRST capital A-D anywhere in the response is
+  the answer, whatever the word around it ("All ..." reads A); a response of more than
+  ten words without any A-D reads nothing. It is applied to the whole response,
+  reasoning and tags included, as lmms-eval applied it to what the model returned. A
+  letter past the question's options reads as no answer (lmms-eval scores it wrong too).
 * `lenient`: the project's reader, `rewards.extract_choice`: the last answer tag's letter
   (wrapped, punctuated, or the option text), else answer phrases, "B is correct", marked
   letters, or the one standalone capital letter; several distinct bare letters ("B, C")

@@ -5,6 +5,8 @@ Two kinds of reward live here:
 * Text rewards (`accuracy`, `format`) score decoded completions on the host in plain
   Python. They are registered by name in `REWARDS`, take `[B][G]` nested lists of strings
   (B prompts, G rollouts each) and return a `RewardResult` with a `[B, G]` float32 array.
+  `accuracy` follows each prompt's Video-R1 problem type: multiple choice here, the other
+  four by their rule in `answer_rules.ANSWER_RULES` (Video-R1's grpo.py, ported).
 * The saliency-enhanced keyframe reward (PAPER.md, KF-GRPO) is a pure `jnp` function of
   the `[B, G]` correctness of the ordered-keyframe rollouts and the `[B, G']` correctness
   of the hybrid-disordered rollouts, so it runs inside jitted code and under pmap.

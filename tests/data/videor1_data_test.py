@@ -19,7 +19,7 @@ import pytest
 
 from chronoforge_jax import testing
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax.data import benchmarks, decode, pipeline, prompts, records
+from chronoforge_jax.data import decode, pipeline, prompts, records
 from chronoforge_jax.rl import rewards
 
 SIZE = 56
