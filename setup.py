@@ -16,6 +16,7 @@ _CORE = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.66",
+    "rouge-score>=0.1.2",  # Video-R1's free-form reward (ROUGE).
 ]
 _VIDEO = ["av>=12"]
 _HF = ["safetensors>=0.4", "tokenizers>=0.20"]

@@ -13,8 +13,10 @@ one pass, last batch padded, only the K keyframes of each question's video).
 
 Two ways to read the model's answer:
   "generate"    greedy decoding with the KV-cache sampler (`sampling.generate`), then
-                `rewards.extract_choice` on the decoded text; an answer that names no
-                option is "unparseable" and counts as wrong (the paper's protocol).
+                the answer is read by a named scoring (`scoring.SCORINGS`: "lenient",
+                the project's reader, or "lmms_eval", lmms-eval's VideoMME rule, whose
+                numbers compare with published ones); an answer that names no option is
+                "unparseable" and counts as wrong (the paper's protocol).
   "likelihood"  each option letter L is scored as the summed log-probability of the
                 completion `answer_template.format(letter=L)` (default
                 "<answer>L</answer>") right after the prompt (`token_logprobs`), and the
@@ -51,10 +53,14 @@ import numpy as np
 from flax import nnx
 
 from chronoforge_jax import sampling
+from chronoforge_jax import scoring as scoring_lib
+from chronoforge_jax.rl import answer_rules
 # Results, tables and files live in eval_results; re-exported as this module's API.
-from chronoforge_jax.eval_results import (GROUPS, NO_CATEGORY, EvalResult,  # noqa: F401
+from chronoforge_jax.eval_results import (GROUPS, MULTIPLE_CHOICE,  # noqa: F401
+                                          NO_CATEGORY, EvalResult,
                                           QuestionResult, accuracy_tables, compare_results,
                                           comparison_rows, load_result, result_paths,
+                                          scoring_label, scoring_note,
                                           summarize, write_comparison, write_files_atomic,
                                           write_result)
 from chronoforge_jax import tokenizer as tokenizer_lib
@@ -63,7 +69,6 @@ from chronoforge_jax.data import records
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import vlm
 from chronoforge_jax.rl import kf_grpo
-from chronoforge_jax.rl import rewards
 
 MODES = ("generate", "likelihood")
 ANSWER_TEMPLATE = "<answer>{letter}</answer>"
@@ -248,6 +253,10 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
+  others = sorted({t for t in host["problem_type"] if t != MULTIPLE_CHOICE})
+  if others:
+    raise ValueError(f"mode 'likelihood' scores option letters, but the data holds "
+                     f"{others} questions without options; use mode 'generate'")
   num_options = [len(o) for o in host["options"]]
   comp, mask = option_completions(tokenizer, max(num_options), template)
   scores_bn = _to_host(_option_scores(graphdef, state, {k: dev[k] for k in (
@@ -257,12 +266,12 @@ def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
     s = scores_bn[b, :n]
     pick = int(np.argmax(s))
     out.append((pick, template.format(letter=tokenizer_lib.LETTERS[pick]),
-                tuple(float(x) for x in s)))
+                tuple(float(x) for x in s), None))
   return out
 
 
 def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
-              prompts: tuple[np.ndarray, np.ndarray]):
+              prompts: tuple[np.ndarray, np.ndarray], scoring: str = "lenient"):
   view = _encode_view(graphdef, state, {k: dev[k] for k in _VIDEO_KEYS})
   grid = kf_grpo.view_grid(dev["frames"].shape, dev["ordered_patches"].shape[1],
                            model.config.vision)
@@ -276,7 +285,12 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
   results = []
   for b, options in enumerate(host["options"]):
     text = tokenizer.decode(tokens[b][mask[b]], skip_special_tokens=True)
-    results.append((rewards.extract_choice(text, list(options)), text, None))
+    ptype = host["problem_type"][b]
+    if ptype == MULTIPLE_CHOICE:
+      results.append((scoring_lib.score(scoring, text, list(options)), text, None, None))
+    else:  # Video-R1's rule of the type, whatever `scoring` names (it reads letters).
+      results.append((None, text, None, answer_rules.ANSWER_RULES.get(ptype)(
+          text, host["solution"][b])))
   return results
 
 
@@ -322,7 +336,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
              name: str | None = None, out_dir: str | os.PathLike | None = None,
              mesh: jax.sharding.Mesh | None = None, progress: bool = True,
              meta: Mapping[str, Any] | None = None, patch_mode: str = "pair",
-             frame_order: str = "ordered", frame_order_seed: int = 0) -> EvalResult:
+             frame_order: str = "ordered", frame_order_seed: int = 0,
+             scoring: str = "lenient", prompt_template: str = "short") -> EvalResult:
   """Evaluates `model` on every question of a preprocessed benchmark folder.
 
   Args:
@@ -347,6 +362,10 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     frame_order: "ordered" (the benchmark), or the controls "shuffled" (each question's
       keyframes in a random order) and "zeroed" (black frames); see `reorder_frames`.
     frame_order_seed: seed of the "shuffled" permutations.
+    scoring: how a generated answer is read, a name in `scoring.SCORINGS` ("lenient",
+      "lmms_eval"); recorded in the result ("likelihood" mode needs none).
+    prompt_template: the prompt's template (`prompts.PROMPT_TEMPLATES`); use the one the
+      model was trained with.
 
   Returns:
     The EvalResult.
@@ -360,6 +379,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
   if frame_order not in FRAME_ORDERS:
     raise ValueError(f"frame_order={frame_order!r}: choose one of {FRAME_ORDERS}")
+  scoring_lib.SCORINGS.get(scoring)  # An unknown name fails before anything loads.
   index = check_data_dir(data_dir)
   if select_kwargs is None:
     from configs import tad as tad_config
@@ -369,7 +389,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
       batch_size, num_keyframes=num_keyframes, selector=selector,
       select_kwargs=dict(select_kwargs), patch_size=vcfg.patch_size,
       merge_size=vcfg.spatial_merge_size, prompt_buckets=tuple(prompt_buckets),
-      patch_mode=patch_mode, prefetch_workers=0)
+      patch_mode=patch_mode, prefetch_workers=0, prompt_template=prompt_template)
   total = int(index["num_questions"]) if max_questions is None else min(
       max_questions, int(index["num_questions"]))
   name = name or f"{selector}_k{num_keyframes}_{mode}"
@@ -396,8 +416,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
           answers = _likelihood(graphdef, state, dev, host, tokenizer, answer_template)
         else:
           answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens,
-                              (batch["prompt_ids"], batch["prompt_mask"]))
-        for b, (pick, text, scores) in enumerate(answers):
+                              (batch["prompt_ids"], batch["prompt_mask"]), scoring)
+        for b, (pick, text, scores, score) in enumerate(answers):
           if not batch["example_valid"][b] or len(results) >= total:
             continue
           results.append(QuestionResult(
@@ -406,6 +426,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
               task_type=str(host["task_type"][b] or ""),
               answer_index=int(batch["answer_index"][b]), predicted_index=pick,
               num_options=len(host["options"][b]), text=text, option_scores=scores,
+              problem_type=str(host["problem_type"][b]), score=score,
               keyframe_indices=tuple(int(i) for i in batch["keyframe_indices"][b])))
           if bar is not None:
             bar.update(1)
@@ -416,7 +437,8 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
       bar.close()
   run = {"data_dir": os.path.abspath(os.fspath(data_dir)), "selector": selector,
          "num_keyframes": num_keyframes, "patch_mode": patch_mode, "mode": mode,
-         "frame_order": frame_order,
+         "frame_order": frame_order, "prompt_template": prompt_template,
+         "scoring": scoring if mode == "generate" else "likelihood",
          "batch_size": batch_size,
          "max_new_tokens": max_new_tokens if mode == "generate" else None,
          "answer_template": answer_template if mode == "likelihood" else None,

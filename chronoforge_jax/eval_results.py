@@ -19,8 +19,12 @@ import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from chronoforge_jax.data import benchmarks
+from chronoforge_jax.rl import answer_rules
 
 GROUPS = ("duration_bucket", "task_type")
+# Tabled too, and shown where a result holds more than multiple-choice questions.
+TYPE_GROUP = "problem_type"
+MULTIPLE_CHOICE = "multiple choice"
 NO_CATEGORY = "(none)"
 
 
@@ -43,6 +47,11 @@ class QuestionResult:
     text: the generated answer ("generate") or the winning completion ("likelihood").
     option_scores: summed log-probs of each option's completion ("likelihood"), else None.
     keyframe_indices: the K frames the model saw (indices into the stored frames).
+    problem_type: Video-R1's problem type; the other types have no options
+      (answer_index -1, predicted_index None) and are scored by their rule instead.
+    score: that rule's reward in [0, 1] (None for multiple choice); a question counts as
+      correct at >= 0.5, and a table's accuracy is the mean score (for multiple choice
+      the mean of 0/1 correctness, as before).
   """
   question_id: str
   video_id: str
@@ -54,10 +63,25 @@ class QuestionResult:
   text: str
   option_scores: tuple[float, ...] | None = None
   keyframe_indices: tuple[int, ...] = ()
+  problem_type: str = MULTIPLE_CHOICE
+  score: float | None = None
 
   @property
   def correct(self) -> bool:
+    if self.score is not None:
+      return self.score >= 0.5
     return self.predicted_index is not None and self.predicted_index == self.answer_index
+
+  @property
+  def value(self) -> float:
+    """The question's contribution to accuracy: its score, else 0/1 correctness."""
+    return float(self.score) if self.score is not None else float(self.correct)
+
+  @property
+  def unparseable(self) -> bool:
+    if self.problem_type != MULTIPLE_CHOICE:
+      return answer_rules.videor1_answer(self.text) is None
+    return self.predicted_index is None
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -81,9 +105,9 @@ def summarize(records_: Iterable[QuestionResult]) -> dict[str, Any]:
   rs = list(records_)
   n = len(rs)
   correct = sum(r.correct for r in rs)
-  unparseable = sum(r.predicted_index is None for r in rs)
+  unparseable = sum(r.unparseable for r in rs)
   return {"num_questions": n, "num_correct": correct,
-          "accuracy": correct / n if n else math.nan,
+          "accuracy": sum(r.value for r in rs) / n if n else math.nan,
           "num_unparseable": unparseable,
           "unparseable_fraction": unparseable / n if n else math.nan}
 
@@ -102,11 +126,12 @@ def accuracy_tables(records_: Sequence[QuestionResult]) -> dict[str, Any]:
 
   Returns:
     {"overall": summary, "duration_bucket": {bucket: summary}, "task_type": {type:
-    summary}}; summaries as `summarize`; questions without a category are grouped under
-    "(none)"; duration buckets come in short/medium/long order, other keys sorted.
+    summary}, "problem_type": {Video-R1 type: summary}}; summaries as `summarize`;
+    questions without a category are grouped under "(none)"; duration buckets come in
+    short/medium/long order, other keys sorted.
   """
   tables: dict[str, Any] = {"overall": summarize(records_)}
-  for group in GROUPS:
+  for group in (*GROUPS, TYPE_GROUP):
     by: dict[str, list[QuestionResult]] = {}
     for r in records_:
       by.setdefault(getattr(r, group) or NO_CATEGORY, []).append(r)
@@ -136,10 +161,12 @@ class EvalResult:
     """The tables as Markdown (accuracy in percent)."""
     s = self.settings
     lines = [f"# Evaluation: {self.name}", ""]
-    keys = ("data_dir", "selector", "num_keyframes", "mode", "checkpoint", "num_questions")
+    keys = ("data_dir", "selector", "num_keyframes", "mode", "prompt_template", "checkpoint",
+            "num_questions")
     info = [f"{k}={s[k]}" for k in keys if k in s]
     if info:
       lines += ["Settings: " + ", ".join(info), ""]
+    lines += [f"Scoring: {scoring_label(s)}", ""]
     header = ["| group | questions | correct | accuracy | unparseable |",
               "|---|---:|---:|---:|---:|"]
 
@@ -148,11 +175,26 @@ class EvalResult:
               f"{_pct(t['accuracy'])} | {_pct(t['unparseable_fraction'])} |")
 
     lines += ["## Overall", "", *header, row("all", self.tables["overall"]), ""]
-    for group, title in (("duration_bucket", "By duration"), ("task_type", "By task type")):
+    groups = [("duration_bucket", "By duration"), ("task_type", "By task type")]
+    if _mixed_types([self]):
+      groups.append((TYPE_GROUP, "By problem type (accuracy: mean reward of the type's "
+                                 "rule)"))
+    for group, title in groups:
       lines += [f"## {title}", "", *header]
       lines += [row(k, t) for k, t in self.tables[group].items()]
       lines.append("")
     return "\n".join(lines)
+
+
+def scoring_label(settings: Mapping[str, Any]) -> str:
+  """How a result's answers were read, for every table and report."""
+  name = settings.get("scoring")
+  if name is None:
+    return "not recorded (written before scorings were named: the lenient reader)"
+  notes = {"lmms_eval": "lmms-eval's VideoMME rule, comparable with published numbers",
+           "lenient": "the project's lenient reader, NOT comparable with published numbers",
+           "likelihood": "argmax of the options' log-probabilities (no text read)"}
+  return f"{name} ({notes[name]})" if name in notes else str(name)
 
 
 def _pct(x: float) -> str:
@@ -263,12 +305,17 @@ def comparison_rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
   names = _unique_names(results)
   rows = [{"group": "overall", "category": "all",
            "summaries": {n: r.tables["overall"] for n, r in zip(names, results)}}]
-  for group in GROUPS:
-    cats = _category_order({c for r in results for c in r.tables[group]}, group)
+  for group in (*GROUPS, TYPE_GROUP) if _mixed_types(results) else GROUPS:
+    cats = _category_order({c for r in results for c in r.tables.get(group, {})}, group)
     for c in cats:
-      rows.append({"group": group, "category": c,
-                   "summaries": {n: r.tables[group].get(c) for n, r in zip(names, results)}})
+      rows.append({"group": group, "category": c, "summaries": {
+          n: r.tables.get(group, {}).get(c) for n, r in zip(names, results)}})
   return rows
+
+
+def _mixed_types(results: Sequence[EvalResult]) -> bool:
+  """True when some result holds questions other than multiple choice."""
+  return any(set(r.tables.get(TYPE_GROUP, {})) - {MULTIPLE_CHOICE} for r in results)
 
 
 def _unique_names(results: Sequence[EvalResult]) -> list[str]:
@@ -290,7 +337,8 @@ def compare_results(results: Sequence[EvalResult]) -> str:
   delta = len(results) > 1
   head = ["group", "questions", *names] + ([f"{names[-1]} - {names[0]}"] if delta else [])
   lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-  labels = {"overall": "", "duration_bucket": "duration: ", "task_type": "task: "}
+  labels = {"overall": "", "duration_bucket": "duration: ", "task_type": "task: ",
+            TYPE_GROUP: "type: "}
   for row in comparison_rows(results):
     sums = [row["summaries"][n] for n in names]
     counts = {s["num_questions"] for s in sums if s}
@@ -307,11 +355,21 @@ def compare_results(results: Sequence[EvalResult]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def scoring_note(results: Sequence[EvalResult]) -> str:
+  """One line saying how the results' answers were read (and whether they compare)."""
+  labels = {scoring_label(r.settings) for r in results}
+  if len(labels) == 1:
+    return f"Scoring: {labels.pop()}"
+  return "Scoring differs, so these columns are not comparable: " + "; ".join(
+      f"{n}: {scoring_label(r.settings)}" for n, r in zip(_unique_names(results), results))
+
+
 def write_comparison(out_dir: str | os.PathLike, results: Sequence[EvalResult],
                      name: str = "comparison") -> dict[str, str]:
   """Writes `<name>.md` (the `compare_results` table) and `<name>.json` (its rows)."""
   base = os.path.join(os.fspath(out_dir), name)
-  md = f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
+  md = (f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
+        + "\n" + scoring_note(results) + "\n")
   rows = _json({"results": _unique_names(results), "rows": comparison_rows(results)})
   write_files_atomic({base + ".md": md, base + ".json": rows + "\n"})
   return {"md": base + ".md", "json": base + ".json"}

@@ -40,7 +40,7 @@ CURVE_PANELS = (
     ("loss", r"(^|/)(loss|pg_loss|sft/nll)$"),
 )
 GROUP_TITLES = {"overall": "overall", "duration_bucket": "duration bucket",
-                "task_type": "task type"}
+                "task_type": "task type", "problem_type": "problem type"}
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
@@ -227,6 +227,10 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
   lines = ["| result | accuracy | most frequent answer (share) | majority baseline | "
            "unparseable |", "|---|---:|---|---:|---:|"]
   for r in results:
+    # Letters exist for multiple choice only (the other Video-R1 types have no options).
+    mc = [q for q in r.records if q.problem_type == eval_lib.MULTIPLE_CHOICE]
+    if len(mc) < len(r.records):
+      r = eval_lib.EvalResult.from_records(r.name, mc, r.settings)
     n = max(len(r.records), 1)
     index, share = most_frequent_answer(r)
     gold = collections.Counter(q.answer_index for q in r.records)
@@ -268,18 +272,23 @@ def write_report(out_dir: str | os.PathLike, *,
     lines += ([f"![training curves]({os.path.basename(png)})", ""] if png else
               ["No reward, accuracy, KL or loss metrics were logged.", ""])
   if loaded:
-    lines += ["## Accuracy", "", eval_lib.compare_results(loaded)]
+    lines += ["## Accuracy", "", eval_lib.compare_results(loaded),
+              eval_lib.scoring_note(loaded), ""]
     for r in loaded:
       settings = ", ".join(f"{k}={r.settings[k]}" for k in (
-          "selector", "num_keyframes", "frame_order", "mode", "checkpoint", "data_dir")
+          "selector", "num_keyframes", "frame_order", "mode", "scoring", "prompt_template",
+          "checkpoint", "data_dir")
           if k in r.settings)
       paths = eval_lib.write_result(r, out_dir)
       lines.append(f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
                    f"[per question]({os.path.basename(paths['jsonl'])}))")
     lines += ["", "### Answers by option letter", "", prediction_summary(loaded), ""]
-    for group, file in (("overall", "accuracy_overall.png"),
-                        ("duration_bucket", "accuracy_by_duration.png"),
-                        ("task_type", "accuracy_by_task.png")):
+    groups = [("overall", "accuracy_overall.png"),
+              ("duration_bucket", "accuracy_by_duration.png"),
+              ("task_type", "accuracy_by_task.png")]
+    if any(r["group"] == "problem_type" for r in eval_lib.comparison_rows(loaded)):
+      groups.append(("problem_type", "accuracy_by_problem_type.png"))
+    for group, file in groups:
       accuracy_bars(os.path.join(out_dir, file), loaded, group)
       heading = "Overall" if group == "overall" else f"By {GROUP_TITLES[group]}"
       lines += [f"### {heading}", "", f"![accuracy: {heading.lower()}]({file})", ""]

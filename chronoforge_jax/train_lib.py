@@ -40,6 +40,7 @@ import optax
 from chronoforge_jax import checkpoint as ckpt_lib
 from chronoforge_jax import metrics as metrics_lib
 from chronoforge_jax import sampling
+from chronoforge_jax import scoring
 from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline
@@ -202,7 +203,8 @@ def kf_grpo_step(graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, 
   total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
       components, rollout["disordered_accuracy"], weights=dict(rl.reward_weights),
       saliency=rl.saliency.enabled, alpha=rl.saliency.alpha, mu=rl.saliency.mu,
-      rule=rl.saliency.rule)
+      rule=rl.saliency.rule, eligible_b=(rollout["saliency_eligible"][:, 0] > 0.5
+                                         if "saliency_eligible" in rollout else None))
   adv_bg = grpo.compute_advantages(total_bg, rl.advantage_estimator, eps=rl.advantage_eps)
   metrics["adv/bonus_shift"] = grpo.bonus_advantage_shift(
       total_bg, bonus_bg, rl.advantage_estimator, eps=rl.advantage_eps)
@@ -307,19 +309,32 @@ def logp_fn(graphdef, vocab_chunk: int, params, batch, completions, mask, *,
 
 
 def score_rollouts(tok: tokenizer_lib.Tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                   answers_b: np.ndarray, num_samples: int,
-                   options_b=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+                   answers_b: np.ndarray, num_samples: int, options_b=None, *,
+                   problem_types_b=None, solutions_b=None, mc_rule: str = "lenient"
+                   ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each.
 
+  Items of the other Video-R1 problem types (`problem_types_b`) are scored against their
+  solution text (`solutions_b`) by the type's rule (`rewards.ANSWER_RULES`).
+
   Returns:
-    ({name: [B, G]}, host metrics such as "accuracy/unparseable_frac").
+    ({name: [B, G]}, host metrics such as "accuracy/unparseable_frac" and the per-type
+    mean accuracy "accuracy/type/<type>").
   """
   texts = [tok.decode(t[m.astype(bool)], skip_special_tokens=True)
            for t, m in zip(tokens, mask)]
   b = len(answers_b)
   texts_bg = [texts[i * num_samples:(i + 1) * num_samples] for i in range(b)]
+  types_b = list(problem_types_b) if problem_types_b is not None else [None] * b
+  if problem_types_b is None and (np.asarray(answers_b) < 0).any():
+    raise ValueError("the batch holds items without options (Video-R1 numerical, OCR, "
+                     "free-form or regression), whose rewards need their solution text; "
+                     "that is only on one process: train such data on one process")
+  answers = [int(a) if t in (None, "", "multiple choice") else solutions_b[i]
+             for i, (a, t) in enumerate(zip(answers_b, types_b))]
   return rewards_lib.score_text_rewards(
-      ("accuracy", "format"), texts_bg, [int(a) for a in answers_b], options_b)
+      ("accuracy", "format"), texts_bg, answers, options_b, problem_types_b=types_b,
+      mc_rule=mc_rule)
 
 
 # ----------------------------------------------------------------------------------------
@@ -451,6 +466,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
   kf_grpo_config.validate(config)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # launch.eval evaluates with the prompt trained on.
+    scoring.write_eval_defaults(workdir, prompt_template=config.input.prompt_template,
+                                scoring=config.input.eval_scoring)
 
   # --- Mesh, model, shardings, step functions -------------------------------------------
   mesh = sharding.mesh_from_config(config.mesh)
@@ -607,15 +625,23 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
       {"answer": batch["answer_index"], **{f"{k}_{i}": v for k, pair in samples.items()
                                           for i, v in enumerate(pair)}}, tiled=True)
   options = host.get("options") if jax.process_count() == 1 else None
+  # Text metadata is this process's slice: non-multiple-choice items need one process.
+  typed = dict(problem_types_b=host.get("problem_type"), solutions_b=host.get("solution"),
+               mc_rule=rl.mc_rule) if jax.process_count() == 1 else dict(mc_rule=rl.mc_rule)
   rollout: dict[str, jax.Array] = {}
   comps, host_metrics = score_rollouts(tok, gathered["ordered_0"], gathered["ordered_1"],
-                                      gathered["answer"], rl.num_generations, options)
+                                      gathered["answer"], rl.num_generations, options,
+                                      **typed)
   rollout["accuracy"] = global_from_full(mesh, comps["accuracy"])
   rollout["format"] = global_from_full(mesh, comps["format"])
+  if typed.get("problem_types_b") is not None:  # Still images earn no saliency bonus.
+    still_b = np.array([m == "image" for m in host["media"]])
+    rollout["saliency_eligible"] = global_from_full(mesh, np.broadcast_to(
+        ~still_b[:, None], comps["accuracy"].shape).astype(np.float32))
   if "disordered" in samples:
     dis, dis_metrics = score_rollouts(tok, gathered["disordered_0"],
                                       gathered["disordered_1"], gathered["answer"],
-                                      rl.num_disordered, options)
+                                      rl.num_disordered, options, **typed)
     host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
     rollout["disordered_accuracy"] = global_from_full(mesh, dis["accuracy"])
     if rl.train_on_disordered:

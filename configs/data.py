@@ -27,6 +27,8 @@ import numbers
 import ml_collections
 from ml_collections import config_dict
 
+from chronoforge_jax import scoring
+from chronoforge_jax.data import prompts
 from configs import common
 from configs import tad as tad_config
 
@@ -54,6 +56,14 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.prompt_buckets = (128, 256, 512)   # Prompt lengths, not counting video tokens.
   c.target_buckets = (64, 128, 256)    # Reference-answer lengths (SFT targets).
   c.target_reasoning = True   # SFT targets keep the annotation's <think> reasoning.
+  # The user text's template (chronoforge_jax/data/prompts.py): "short" (question, options,
+  # one instruction line) or "videor1" (Video-R1's QUESTION_TEMPLATE + TYPE_TEMPLATE).
+  # The paper config (kf_grpo.py:qwen2_5_vl_7b) sets "videor1"; evaluation uses the
+  # training template unless launch.eval --prompt_template says otherwise.
+  c.prompt_template = "short"
+  # How evaluation reads a generated answer (chronoforge_jax/scoring.py): "lenient" or
+  # "lmms_eval" (lmms-eval's VideoMME rules: numbers comparable with published ones).
+  c.eval_scoring = "lenient"
   c.seed = 0
   c.num_epochs = config_dict.placeholder(int)  # None: repeat forever.
   c.prefetch_workers = 2      # Grain worker processes (0: build in the trainer process).
@@ -162,6 +172,9 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
     check(c.temporal_patch_size == 2, "input.temporal_patch_size",
           f"got {c.temporal_patch_size!r}; both patch modes support only 2")
     _buckets(c.prompt_buckets, "input.prompt_buckets")
+    common.check_choice(c.prompt_template, "input.prompt_template",
+                        set(prompts.PROMPT_TEMPLATES.names()))
+    common.check_choice(c.eval_scoring, "input.eval_scoring", set(scoring.SCORINGS.names()))
     _buckets(c.target_buckets, "input.target_buckets")
     check(c.num_epochs is None or (_int(c.num_epochs) and c.num_epochs >= 1),
           "input.num_epochs", f"got {c.num_epochs!r}; need None (forever) or an int >= 1")

@@ -118,6 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif v == "qwen2_5_vl_7b":
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000
+    c.rl.mc_rule = "videor1"      # Video-R1's exact-letter reward (README: Video-R1 types).
+    c.input.prompt_template = "videor1"  # Video-R1's QUESTION_TEMPLATE + TYPE_TEMPLATE.
+    c.input.eval_scoring = "lmms_eval"   # Published VideoMME numbers read answers so.
   return c
 
 

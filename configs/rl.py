@@ -50,6 +50,10 @@ def rl_config(variant: str = "default") -> ml_collections.ConfigDict:
   # Rewards: total = sum of weight * component; every component is logged on its own.
   c.reward_weights = ml_collections.ConfigDict(
       dict(accuracy=1.0, format=1.0, saliency=1.0, length=1.0))
+  # Multiple-choice accuracy: "lenient" reads wrapped letters and option text
+  # (rewards.extract_choice); "videor1" wants the first <answer> span to be exactly the
+  # letter (Video-R1's rule). The other problem types always use Video-R1's rules.
+  c.mc_rule = "lenient"
   c.saliency = ml_collections.ConfigDict(dict(
       enabled=True,             # False: plain GRPO, no disordered rollouts.
       rule="ratio",             # "ratio": p >= mu * p~ (T-GRPO); "strict": p > p~.
@@ -138,6 +142,8 @@ def validate_rl(cfg: ml_collections.ConfigDict) -> None:
           f"got {weight!r}; need a finite number")
   check(any(w != 0 for k, w in rl.reward_weights.items() if k != "saliency"),
         "rl.reward_weights", "every text reward has weight 0; nothing would be learned")
+
+  common.check_choice(rl.mc_rule, "rl.mc_rule", set(rewards.MC_RULES))
 
   s = rl.saliency
   check(isinstance(s.enabled, bool), "rl.saliency.enabled",

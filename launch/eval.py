@@ -16,6 +16,10 @@ directory, or a params-only directory (`checkpoint.save_params`, e.g. a converte
 model). Without --checkpoint, --hf_dir's safetensors are evaluated (the base model).
 The tokenizer comes from --tokenizer_dir, else --hf_dir, else <data_dir>/tokenizer.
 TAD settings come from --config=configs/tad.py (fields via --config.tad.<field>=...).
+--scoring (lmms_eval: lmms-eval's VideoMME rule, comparable with published numbers;
+lenient: the project's reader) and --prompt_template (short, videor1) default to the
+training run's settings (eval_defaults.json in its workdir), else lenient and short; every
+result and report names the scoring it used.
 
 Devices: one mesh over all devices (--mesh data,fsdp,tensor; default all on data, so the
 batch is split and the params replicated; use fsdp/tensor for models too large for one
@@ -99,6 +103,15 @@ _FRAME_ORDER = flags.DEFINE_enum(
     "ordered: the benchmark. Controls: shuffled (each question's keyframes in a random "
     "order, timestamps kept: what order is worth) or zeroed (black frames: what the text "
     "alone gives).")
+_SCORING = flags.DEFINE_enum(
+    "scoring", None, ["lmms_eval", "lenient"],
+    "How a generated answer is read: lmms_eval (lmms-eval's VideoMME rule: numbers "
+    "comparable with published ones) or lenient (the project's reader). Default: the "
+    "training run's input.eval_scoring (eval_defaults.json in its workdir), else lenient.")
+_PROMPT_TEMPLATE = flags.DEFINE_enum(
+    "prompt_template", None, ["short", "videor1"],
+    "Prompt template (chronoforge_jax/data/prompts.py). Default: the one the checkpoint "
+    "was trained with (eval_defaults.json in its workdir), else short.")
 flags.adopt_module_key_flags(multihost)  # --help lists the multi-process flags too.
 
 
@@ -147,11 +160,14 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         random_init: bool = False, tad_kwargs=None, progress: bool = True,
         patch_mode: str = "pair", attention_impl: str = "xla",
         mesh_shape=(-1, 1, 1), frame_order: str = "ordered",
-        answer_template: str = "<answer>{letter}</answer>") -> dict:
+        answer_template: str = "<answer>{letter}</answer>", scoring: str | None = None,
+        prompt_template: str | None = None) -> dict:
   """Loads the model, evaluates each selector, writes results, comparison and report.
 
   With several processes (after `jax.distributed.initialize`), every process runs this
   on the same data over one mesh of all devices; process 0 prints and writes.
+  `scoring` and `prompt_template` default to the training run's (its workdir's
+  eval_defaults.json, found from `checkpoint`), else "lenient" and "short".
 
   Returns:
     {selector: EvalResult}.
@@ -166,6 +182,13 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
   def say(message):
     if jax.process_index() == 0:
       print(message, flush=True)
+
+  from chronoforge_jax import scoring as scoring_lib
+  trained, found = scoring_lib.read_eval_defaults(checkpoint)
+  scoring = scoring or trained.get("scoring") or "lenient"
+  prompt_template = prompt_template or trained.get("prompt_template") or "short"
+  say(f"eval: prompt template {prompt_template!r}, scoring {scoring!r}"
+      + (f" (defaults from {found})" if found else ""))
 
   try:
     mesh = sharding.make_mesh(tuple(int(x) for x in mesh_shape))
@@ -200,18 +223,20 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
         prompt_buckets=tuple(int(b) for b in prompt_buckets),
         select_kwargs=tad_kwargs, out_dir=out, progress=progress, patch_mode=patch_mode,
         mesh=mesh, frame_order=frame_order, answer_template=answer_template,
+        scoring=scoring, prompt_template=prompt_template,
         name=None if frame_order == "ordered" else f"{name}_k{k}_{mode}_{frame_order}",
         meta={"checkpoint": source, "model": model_preset if not hf_dir else hf_dir})
     r = results[name]
     o = r.tables["overall"]
     say(f"eval: {name}: accuracy {100 * o['accuracy']:.1f}% on {o['num_questions']} "
-        f"questions ({100 * o['unparseable_fraction']:.1f}% unparseable) in "
-        f"{r.settings['seconds']:.1f} s")
+        f"questions ({100 * o['unparseable_fraction']:.1f}% unparseable, scoring "
+        f"{r.settings['scoring']}) in {r.settings['seconds']:.1f} s")
   if jax.process_index() != 0:
     return results  # Process 0 writes the comparison and the report.
   if len(results) > 1:
     paths = eval_lib.write_comparison(out, list(results.values()))
     say(eval_lib.compare_results(list(results.values())))
+    say(eval_lib.scoring_note(list(results.values())))
     say(f"eval: comparison -> {paths['md']}")
   metrics = workdir if workdir and os.path.exists(os.path.join(workdir, "metrics.jsonl")) \
       else None
@@ -240,7 +265,8 @@ def main(argv) -> int:
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
         progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,
         attention_impl=_ATTENTION.value, mesh_shape=_MESH.value,
-        frame_order=_FRAME_ORDER.value, answer_template=_ANSWER_TEMPLATE.value)
+        frame_order=_FRAME_ORDER.value, answer_template=_ANSWER_TEMPLATE.value,
+        scoring=_SCORING.value, prompt_template=_PROMPT_TEMPLATE.value)
   except (UsageError, FileNotFoundError, ValueError) as e:
     print(f"eval: error: {e}", file=sys.stderr)
     return 2

@@ -17,6 +17,7 @@ import pytest
 from chronoforge_jax import checkpoint as ckpt_lib
 from chronoforge_jax import eval_lib
 from chronoforge_jax import sampling
+from chronoforge_jax import scoring
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline
 from chronoforge_jax.data import records
@@ -314,8 +315,20 @@ def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
     assert q.predicted_index == rewards.extract_choice(q.text, opts)
   assert r.tables["overall"]["num_unparseable"] == 1
   assert r.tables["overall"]["num_correct"] == 2  # v0q0 (C) and v1q0 (B).
+  assert r.settings["scoring"] == "lenient" and "Scoring: lenient" in r.to_markdown()
   inputs, kw = calls[0]
   assert kw["temperature"] == 0.0 and kw["max_new_tokens"] == 7
+  # The same texts read by lmms-eval's VideoMME rule: the first capital A-D.
+  calls.clear()
+  lm = eval_lib.evaluate(model, data[0], tok, selector="uniform", num_keyframes=K,
+                         batch_size=2, mode="generate", max_new_tokens=7, progress=False,
+                         scoring="lmms_eval")
+  assert [q.predicted_index for q in lm.records] == [
+      scoring.score("lmms_eval", t, o) for t, o in zip(texts, options)]
+  assert [q.predicted_index for q in lm.records] == [2, None, 1, None, 3]
+  assert lm.settings["scoring"] == "lmms_eval"
+  assert "lmms-eval's VideoMME rule" in eval_lib.scoring_note([lm])
+  assert "not comparable" in eval_lib.scoring_note([r, lm])
   assert kw["stop_tokens"] == tok.eos_ids
   assert inputs["video_embeds"].shape[0] == 2 * (K // 2) * 4
   np.testing.assert_array_equal(inputs["video_grid_thw"], [[K // 2, 4, 4]] * 2)

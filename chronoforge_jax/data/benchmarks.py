@@ -12,9 +12,17 @@ a preprocessing run:
   id), `qa` list of {uid, question with "(A) ..." option lines, answer, question_type
   list, time_reference}. Video file: `<key>.mp4` (or the row's `video_path`).
 - Video-R1 (`Video-R1-260k.json` / `Video-R1-COT-165k.json`): a list of {problem_id,
-  problem, data_type, problem_type, options, solution "<answer>X</answer>", path,
-  data_source, optional process "<think>...</think>"}. Only multiple-choice video items
-  are kept. The synthetic set uses this format plus `video_id`, `duration` and `task_type`.
+  problem, data_type ("video" or "image"), problem_type (Video-R1's five: multiple choice,
+  numerical, OCR, free-form, regression), options (lettered, multiple choice only),
+  solution "<answer>X</answer>", path, data_source, optional process
+  "<think>...</think>" (the COT set's reasoning, kept for SFT targets)}. An item is
+  rejected, with the reason, for an unknown data_type or problem_type (Video-R1 would
+  crash), a solution without answer tags (Video-R1 would give full credit to any answer
+  without tags) or one its type cannot score (a letter outside the options, a number that
+  does not parse, an empty text). Image items keep `media="image"` and the duration
+  bucket "image": preprocessing decodes the still as a one-frame video (PyAV reads
+  PNG/JPEG), see `records` and the README. The synthetic set uses this format plus
+  `video_id`, `duration` and `task_type`.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import os
 import re
 import string
 from typing import Any, Callable, Iterable
+
+from chronoforge_jax.rl import answer_rules
 
 FORMATS = ("videomme", "lvbench", "videor1", "synthetic")
 DURATION_BUCKETS = ("short", "medium", "long")
@@ -44,12 +54,16 @@ class QAItem:
     video_path: path of the video file.
     question: question text without options.
     options: option texts without letters.
-    answer_index: 0-based index of the correct option.
+    answer_index: 0-based index of the correct option (-1 for the other problem types).
     duration_bucket: "short", "medium", "long" or "" (filled from the decoded length).
     task_type: task/question category for per-category tables.
     reasoning: reference reasoning for SFT targets ("" if none).
     source: the annotation format.
     extra: everything else worth keeping (domain, time reference, ...).
+    problem_type: one of Video-R1's five problem types (`answer_rules.PROBLEM_TYPES`).
+    solution: the reference answer as Video-R1 writes it, "<answer>X</answer>"; its
+      problem type's rule (`answer_rules.ANSWER_RULES`) scores answers against it.
+    media: "video", or "image" for a still image (a one-frame video).
   """
   question_id: str
   video_id: str
@@ -62,6 +76,9 @@ class QAItem:
   reasoning: str = ""
   source: str = ""
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+  problem_type: str = "multiple choice"
+  solution: str = ""
+  media: str = "video"
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -228,18 +245,38 @@ def _lvbench(row: dict, video_dir: str) -> list[QAItem | _Reject]:
   return items
 
 
+MEDIA = ("video", "image")
+IMAGE_BUCKET = "image"
+
+
 def _videor1(row: dict, video_dir: str, source: str = "videor1") -> list[QAItem]:
-  data_type = row.get("data_type", "video") if isinstance(row, dict) else None
-  if data_type != "video":
-    raise AnnotationError(f"data_type {data_type!r}: only video items are used")
+  if not isinstance(row, dict):
+    raise AnnotationError(f"entry is a {type(row).__name__}, expected an object")
+  media = row.get("data_type", "video")
+  if media not in MEDIA:
+    raise AnnotationError(f"data_type {media!r}: expected one of {list(MEDIA)}")
   problem_type = _need(row, "problem_type")
-  if problem_type != "multiple choice":
-    raise AnnotationError(f"problem_type {problem_type!r}: only 'multiple choice' is used")
-  options = strip_letters(_need(row, "options", list))
+  if problem_type not in answer_rules.PROBLEM_TYPES:
+    raise AnnotationError(f"unknown problem_type {problem_type!r}; Video-R1's are "
+                          f"{list(answer_rules.PROBLEM_TYPES)}")
   solution = _need(row, "solution")
   m = _ANSWER_TAG.search(solution)
   if not m:
-    raise AnnotationError(f"solution {solution[:60]!r} has no <answer>...</answer>")
+    raise AnnotationError(f"malformed solution {solution[:60]!r}: no <answer>...</answer>")
+  answer = m.group(1).strip()
+  options, answer_index = (), -1
+  if problem_type == "multiple choice":
+    options = strip_letters(_need(row, "options", list))
+    if not re.fullmatch(r"[A-Z]", answer):
+      raise AnnotationError(f"malformed solution {solution[:60]!r}: a multiple-choice "
+                            "answer is one option letter")
+    answer_index = letter_index(answer, len(options))
+  elif problem_type in ("numerical", "regression"):
+    if answer_rules.ANSWER_RULES.get(problem_type)(solution, solution) <= 0.5:
+      raise AnnotationError(f"malformed solution {solution[:60]!r}: a {problem_type} answer "
+                            "is a finite number")
+  elif not answer:
+    raise AnnotationError(f"malformed solution {solution[:60]!r}: empty {problem_type} answer")
   rel = _need(row, "path")
   think = _THINK_TAG.search(str(row.get("process", "")))
   bucket = str(row.get("duration", ""))
@@ -249,10 +286,12 @@ def _videor1(row: dict, video_dir: str, source: str = "videor1") -> list[QAItem]
       question_id=str(_need(row, "problem_id")),
       video_id=str(row.get("video_id") or os.path.normpath(rel)),
       video_path=_video_path(video_dir, rel), question=_need(row, "problem"), options=options,
-      answer_index=letter_index(m.group(1), len(options)), duration_bucket=bucket,
+      answer_index=answer_index,
+      duration_bucket=IMAGE_BUCKET if media == "image" else bucket,
       task_type=str(row.get("task_type") or row.get("data_source", "")),
       reasoning=think.group(1).strip() if think else "", source=source,
-      extra={k: row[k] for k in ("data_source", "events") if k in row})]
+      extra={k: row[k] for k in ("data_source", "events") if k in row},
+      problem_type=problem_type, solution=f"<answer>{answer}</answer>", media=media)]
 
 
 _PARSERS: dict[str, Callable[[dict, str], list[Any]]] = {

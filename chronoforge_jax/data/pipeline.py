@@ -21,7 +21,10 @@ and U = K + 2M pairing keyframes, P = K and U = 2(K + M) duplicating them; rl/vi
   [B,A] (the tokens that name the answer: those that change with the answer letter),
   example_valid bool [B],
 and host-only object arrays (HOST_KEYS): question_id, video_id, duration_bucket,
-task_type, options.
+task_type, options, problem_type (Video-R1's five; answer_index is -1 for all but
+multiple choice), solution ("<answer>X</answer>", what the type's reward scores against)
+and media ("video" or "image": a still stored as a one-frame video, whose K keyframe
+slots all repeat that frame, as for any video shorter than K).
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from chronoforge_jax.data import records
+from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.data import prompts, records
+from chronoforge_jax.rl import answer_rules
 from chronoforge_jax.rl import views as views_lib
 
-HOST_KEYS = ("question_id", "video_id", "duration_bucket", "task_type", "options")
+HOST_KEYS = ("question_id", "video_id", "duration_bucket", "task_type", "options",
+             "problem_type", "solution", "media")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +64,8 @@ class PipelineSettings:
       patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
     prompt_buckets: allowed prompt lengths NOT counting the video tokens.
     target_buckets: allowed reference-answer lengths.
+    prompt_template: the user text's template, a name in `prompts.PROMPT_TEMPLATES`
+      ("short": question, options, one instruction; "videor1": Video-R1's prompt).
     target_reasoning: SFT targets carry the annotation's reasoning inside <think>; False
       leaves <think></think> empty (short targets: the tiny demo model learns the format
       in a few dozen steps).
@@ -81,6 +89,7 @@ class PipelineSettings:
   merge_size: int = 2
   prompt_buckets: tuple[int, ...] = (128, 256, 512)
   target_buckets: tuple[int, ...] = (64, 128, 256)
+  prompt_template: str = "short"
   target_reasoning: bool = True
   seed: int = 0
   shuffle: bool = True
@@ -111,6 +120,9 @@ class PipelineSettings:
       b = tuple(getattr(self, field))
       if not b or list(b) != sorted(set(b)) or b[0] < 1:
         bad(field, f"got {b}; need increasing positive lengths")
+    if self.prompt_template not in prompts.PROMPT_TEMPLATES:
+      bad("prompt_template", f"got {self.prompt_template!r}; need one of "
+          f"{prompts.PROMPT_TEMPLATES.names()}")
     if self.num_epochs is not None and self.num_epochs < 1:
       bad("num_epochs", f"got {self.num_epochs}; need >= 1 or None")
     if self.patch_size < 1 or self.merge_size < 1:
@@ -192,10 +204,22 @@ class _BatchBuilder:
     self._select = None
 
   def _question_texts(self, q: Mapping[str, Any]) -> tuple[list[int], list[int]]:
-    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], 0)
+    prompt = self._prompt(q, 0)
     reasoning = q.get("reasoning", "") if self.s.target_reasoning else ""
-    target = self.tok.encode(self.tok.answer_text(q["answer_index"], reasoning))
+    target = self.tok.encode(self._answer_turn(q, reasoning))
     return prompt, target
+
+  def _answer_turn(self, q: Mapping[str, Any], reasoning: str = "") -> str:
+    """The reference assistant turn: <think>R</think><answer>X</answer><|im_end|>."""
+    if _problem_type(q) == prompts.MULTIPLE_CHOICE:
+      return self.tok.answer_text(q["answer_index"], reasoning)
+    answer = answer_rules.solution_answer(q["solution"])
+    return f"<think>{reasoning.strip()}</think><answer>{answer}</answer>{tokenizer_lib.IM_END}"
+
+  def _prompt(self, q: Mapping[str, Any], num_video: int) -> list[int]:
+    return prompts.encode_prompt(self.tok, self.s.prompt_template, q["question"],
+                                 q["options"], num_video,
+                                 q.get("problem_type") or prompts.MULTIPLE_CHOICE)
 
   def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
     """Prompt text and target lengths of every question (checked against the buckets)."""
@@ -223,7 +247,7 @@ class _BatchBuilder:
       return ids
     # Too long: shorten the reasoning, keep the answer and the end-of-turn token.
     head = self.tok.encode("<think>")
-    tail = self.tok.encode(self.tok.answer_text(q["answer_index"])[len("<think>"):])
+    tail = self.tok.encode(self._answer_turn(q)[len("<think>"):])
     body = self.tok.encode(q.get("reasoning", "").strip() if self.s.target_reasoning else "")
     return head + body[:max(0, length - len(head) - len(tail))] + tail
 
@@ -267,7 +291,11 @@ class _BatchBuilder:
                    target_len: int) -> tuple[int, int]:
     """[start, end) of the target tokens that spell the answer letter: what differs from
     the same target with another letter (BPE may merge the letter with its tags)."""
-    other = self._target({**q, "answer_index": (q["answer_index"] + 1) % 4}, target_len)
+    if _problem_type(q) == prompts.MULTIPLE_CHOICE:
+      other_q = {**q, "answer_index": (q["answer_index"] + 1) % 4}
+    else:  # A one-character answer that merges with nothing around it.
+      other_q = {**q, "solution": "<answer>~</answer>"}
+    other = self._target(other_q, target_len)
     shortest = min(len(target), len(other))
     start = 0
     while start < shortest and target[start] == other[start]:
@@ -279,7 +307,7 @@ class _BatchBuilder:
 
   def _example(self, q, video, v: views_lib.Views, prompt_len: int, target_len: int,
                valid: bool) -> dict[str, Any]:
-    prompt = self.tok.encode_chat_prompt(q["question"], q["options"], self.num_video)
+    prompt = self._prompt(q, self.num_video)
     target = self._target(q, target_len)
     lo, hi = self._answer_span(q, target, target_len)
     pad = self.tok.pad_id
@@ -299,8 +327,14 @@ class _BatchBuilder:
         "example_valid": np.bool_(valid),
         "question_id": q["question_id"], "video_id": q["video_id"],
         "duration_bucket": q.get("duration_bucket", ""), "task_type": q.get("task_type", ""),
-        "options": list(q["options"]),
+        "options": list(q["options"]), "problem_type": _problem_type(q),
+        "solution": q.get("solution") or f"<answer>{chr(65 + q['answer_index'])}</answer>",
+        "media": q.get("media", "video"),
     }
+
+
+def _problem_type(q: Mapping[str, Any]) -> str:
+  return q.get("problem_type") or prompts.MULTIPLE_CHOICE
 
 
 def _collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -401,6 +435,7 @@ def settings_from_config(config, *, train: bool = True, selector: str | None = N
       disorder_ratio=inp.disorder_ratio, patch_size=inp.patch_size,
       merge_size=inp.spatial_merge_size, prompt_buckets=tuple(inp.prompt_buckets),
       target_buckets=tuple(inp.target_buckets), target_reasoning=inp.target_reasoning,
+      prompt_template=inp.prompt_template,
       patch_mode=inp.patch_mode, seed=inp.seed,
       prefetch_workers=inp.prefetch_workers, prefetch_buffer=inp.prefetch_buffer,
       read_threads=inp.read_threads)

@@ -5,6 +5,8 @@ Two kinds of reward live here:
 * Text rewards (`accuracy`, `format`) score decoded completions on the host in plain
   Python. They are registered by name in `REWARDS`, take `[B][G]` nested lists of strings
   (B prompts, G rollouts each) and return a `RewardResult` with a `[B, G]` float32 array.
+  `accuracy` follows each prompt's Video-R1 problem type: multiple choice here, the other
+  four by their rule in `answer_rules.ANSWER_RULES` (Video-R1's grpo.py, ported).
 * The saliency-enhanced keyframe reward (PAPER.md, KF-GRPO) is a pure `jnp` function of
   the `[B, G]` correctness of the ordered-keyframe rollouts and the `[B, G']` correctness
   of the hybrid-disordered rollouts, so it runs inside jitted code and under pmap.
@@ -27,6 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from chronoforge_jax.registry import Registry
+# Video-R1's problem types and their answer rules (jax-free, so data loaders can use them).
+from chronoforge_jax.rl.answer_rules import (ANSWER_RULES, PROBLEM_TYPES,  # noqa: F401
+                                             check_problem_type, multiple_choice_rule,
+                                             solution_answer, type_metric_name,
+                                             videor1_answer)
 
 Options = Sequence[str] | None
 
@@ -68,8 +75,13 @@ _PHRASE_LETTER = re.compile(
 # Marked letters in free text: uppercase "B." / "B)" / "B:", or any case in brackets.
 _MARKED_LETTER = re.compile(
     r"(?<![A-Za-z0-9])(?:([A-Z])[.:)](?=\s|$)|[(\[]\s*([A-Za-z])\s*[)\]])")
-# Standalone uppercase letters: lowercase singles are too often English ("a").
-_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+# "B is correct", "(C) is the right answer": a letter the text declares right.
+_VERDICT_LETTER = re.compile(
+    r"(?<![A-Za-z0-9'])[(\[]?([A-Z])[)\]]?\s+(?:is|seems|looks)\s+(?:the\s+)?"
+    r"(?:correct|right|best|answer)\b")
+# Standalone uppercase letters: lowercase singles are too often English ("a"), and so is
+# a capital "A" before a lowercase word that is not a verdict ("A dog runs", "A is not").
+_BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])(?!A\s+[a-z])([A-Z])(?![A-Za-z0-9'])")
 _OPTION_PREFIX = re.compile(r"^\s*[(\[]?\s*[A-Za-z]\s*[)\].:]\s+")
 _NON_WORD = re.compile(r"[^\w\s]")
 
@@ -132,8 +144,10 @@ def extract_choice(text: str, options: Options = None, num_options: int = 4) -> 
   as left by a length cut, counts too); it may be wrapped or punctuated ("(B)", "b.",
   "**C**"), lead the option text ("D. the dog"), or be replaced by the option text
   itself. A span that names several letters is a hedge and gives None. Without an answer
-  tag, the last "answer is X" phrase, else the last marked letter ("B." or "(b)"), else
-  the last standalone uppercase option letter is taken.
+  tag, the last "answer is X" phrase, else the last letter declared right ("B is
+  correct"), else the last marked letter ("B." or "(b)"), else the one standalone
+  uppercase option letter; several distinct ones ("B, C") are a hedge and give None, and
+  a capital "A" before a lowercase word ("A dog", "A is not") is read as the article.
 
   Args:
     text: a decoded completion.
@@ -153,11 +167,13 @@ def extract_choice(text: str, options: Options = None, num_options: int = 4) -> 
   opened = list(_OPEN_ANSWER.finditer(text))
   if opened:
     return _parse_answer_span(text[opened[-1].end():], options, n)
-  for pattern in (_PHRASE_LETTER, _MARKED_LETTER, _BARE_LETTER):
+  for pattern in (_PHRASE_LETTER, _VERDICT_LETTER, _MARKED_LETTER):
     hit = _last_letter(pattern, text, n)
     if hit:
       return hit[1]
-  return None
+  # Bare letters: one distinct letter is the answer; several ("B, C") are a hedge.
+  found = {_letter_index(c, n) for c in _BARE_LETTER.findall(text)} - {None}
+  return found.pop() if len(found) == 1 else None
 
 
 def answer_index(answer: int | str, num_options: int) -> int:
@@ -188,33 +204,71 @@ def _check_groups(texts_bg: Sequence[Sequence[str]], num_prompts: int | None) ->
   return sizes.pop() if sizes else 0
 
 
+MC_RULES = ("lenient", "videor1")
+
+
 @REWARDS.register("accuracy")
 def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
              options_b: Sequence[Options] | None = None,
-             num_options: int = 4) -> RewardResult:
-  """1 where the extracted option equals the reference answer, else 0.
+             num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
+             mc_rule: str = "lenient") -> RewardResult:
+  """Accuracy per rollout, by each prompt's Video-R1 problem type.
+
+  Multiple choice (the default type): 1 where the answer read equals the reference, else
+  0; `mc_rule` "lenient" reads it with `extract_choice` (wrapped letters, option text),
+  "videor1" requires the first answer span to be exactly the letter (Video-R1's rule).
+  The other types score with their rule in `ANSWER_RULES` (numerical 0/1, OCR, free-form
+  and regression in [0, 1]), against the reference given as a Video-R1 solution
+  "<answer>X</answer>" (or the bare answer).
 
   Args:
     texts_bg: B groups of G decoded completions.
-    answers_b: the reference answer of each prompt (index or letter).
+    answers_b: the reference of each prompt: an option index or letter (multiple
+      choice), else the solution text.
     options_b: option texts per prompt (or None), see `extract_choice`.
     num_options: number of options where a prompt's options are not given.
+    problem_types_b: each prompt's problem type (None: all multiple choice).
+    mc_rule: "lenient" or "videor1", see above.
 
   Returns:
-    Rewards [B, G] and metrics `unparseable_frac` (answers that could not be read).
+    Rewards [B, G] and metrics `unparseable_frac` (multiple-choice answers that could not
+    be read) and `type/<type_metric_name(problem type)>`: the mean reward of that type's
+    rollouts (e.g. "type/free_form").
   """
+  if mc_rule not in MC_RULES:
+    raise ValueError(f"mc_rule={mc_rule!r}; choose one of {MC_RULES}")
   g = _check_groups(texts_bg, len(answers_b))
   options_b = options_b if options_b is not None else [None] * len(answers_b)
+  types_b = (list(problem_types_b) if problem_types_b is not None
+             else ["multiple choice"] * len(answers_b))
+  if len(types_b) != len(answers_b):
+    raise ValueError(f"{len(types_b)} problem types for {len(answers_b)} answers")
   values = np.zeros((len(texts_bg), g), np.float32)
-  unparsed = 0
-  for b, (group, answer, options) in enumerate(zip(texts_bg, answers_b, options_b)):
+  unparsed, num_mc = 0, 0
+  for b, (group, answer, options, ptype) in enumerate(
+      zip(texts_bg, answers_b, options_b, types_b)):
+    ptype = check_problem_type(str(ptype or "multiple choice"))
+    if ptype != "multiple choice":
+      solution = answer if "<answer>" in str(answer) else f"<answer>{answer}</answer>"
+      values[b] = [ANSWER_RULES.get(ptype)(text, solution) for text in group]
+      continue
     n = len(options) if options is not None else num_options
     target = answer_index(answer, n)
+    num_mc += len(group)
     for i, text in enumerate(group):
-      choice = extract_choice(text, options, n)
-      unparsed += choice is None
-      values[b, i] = float(choice == target)
-  return RewardResult(values, {"unparseable_frac": unparsed / max(values.size, 1)})
+      if mc_rule == "videor1":
+        values[b, i] = multiple_choice_rule(text, f"<answer>{string.ascii_uppercase[target]}"
+                                            "</answer>")
+        unparsed += videor1_answer(text) is None
+      else:
+        choice = extract_choice(text, options, n)
+        unparsed += choice is None
+        values[b, i] = float(choice == target)
+  metrics = {"unparseable_frac": unparsed / max(num_mc, 1)}
+  names_b = [type_metric_name(t or "multiple choice") for t in types_b]
+  for name in sorted(set(names_b)):
+    metrics[f"type/{name}"] = float(values[[n == name for n in names_b]].mean())
+  return RewardResult(values, metrics)
 
 
 def has_format(text: str) -> bool:
@@ -230,17 +284,21 @@ def has_format(text: str) -> bool:
 @REWARDS.register("format")
 def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str] = (),
                   options_b: Sequence[Options] | None = None,
-                  num_options: int = 4) -> RewardResult:
+                  num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
+                  mc_rule: str = "lenient") -> RewardResult:
   """1 where a completion has the think/answer structure (see `has_format`), else 0.
+
+  The same for every problem type (Video-R1's format reward is one rule too).
 
   Args:
     texts_bg: B groups of G decoded completions.
-    answers_b, options_b, num_options: unused; the shared reward signature.
+    answers_b, options_b, num_options, problem_types_b, mc_rule: unused; the shared
+      reward signature.
 
   Returns:
     Rewards [B, G]; no metrics.
   """
-  del answers_b, options_b, num_options
+  del answers_b, options_b, num_options, problem_types_b, mc_rule
   g = _check_groups(texts_bg, None)
   values = np.array([[float(has_format(t)) for t in group] for group in texts_bg],
                     np.float32).reshape(len(texts_bg), g)
@@ -250,16 +308,19 @@ def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | s
 def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
                        answers_b: Sequence[int | str],
                        options_b: Sequence[Options] | None = None,
-                       num_options: int = 4
+                       num_options: int = 4, *,
+                       problem_types_b: Sequence[str] | None = None,
+                       mc_rule: str = "lenient"
                        ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Runs the registered text rewards `names` over one batch of groups.
 
   Returns:
-    ({name: rewards [B, G]}, {"<name>/<metric>": value}).
+    ({name: rewards [B, G]}, {"<name>/<metric>": value}, e.g. "accuracy/type/OCR").
   """
   values, metrics = {}, {}
   for name in names:
-    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options)
+    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options,
+                               problem_types_b=problem_types_b, mc_rule=mc_rule)
     values[name] = result.values_bg
     metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
   return values, metrics
@@ -287,7 +348,7 @@ def _strict_rule(p_b: jax.Array, p_tilde_b: jax.Array, mu: float) -> jax.Array:
 
 def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Array, *,
                    alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
-                   axis_name: str | None = None
+                   axis_name: str | None = None, eligible_b: jax.Array | None = None
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The KF-GRPO saliency-enhanced reward for the ordered-keyframe rollouts.
 
@@ -303,6 +364,8 @@ def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Arr
     mu: the ratio rule's factor.
     rule: a name in `SALIENCY_RULES`.
     axis_name: if set, metrics are averaged over this mapped axis too.
+    eligible_b: optional bool [B]; False rows never get the bonus (image items: a still
+      has no frame order, so Video-R1 gives them no temporal reward either).
 
   Returns:
     (bonus [B, G] float32, metrics: ordered_acc (mean p), disordered_acc (mean p~),
@@ -318,6 +381,8 @@ def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Arr
   p_b = ordered_bg.mean(axis=1)
   p_tilde_b = disordered_bh.mean(axis=1)
   win_b = SALIENCY_RULES.get(rule)(p_b, p_tilde_b, mu) & (p_b > 0)
+  if eligible_b is not None:
+    win_b = win_b & jnp.asarray(eligible_b, bool)
   bonus_bg = alpha * win_b[:, None].astype(jnp.float32) * ordered_bg
   metrics = {
       "ordered_acc": p_b.mean(),
@@ -388,7 +453,7 @@ def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
                     correct_disordered_bh: jax.Array | None, *,
                     weights: Mapping[str, float], saliency: bool = True,
                     alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
-                    axis_name: str | None = None
+                    axis_name: str | None = None, eligible_b: jax.Array | None = None
                     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Total reward of the ordered rollouts: weighted text rewards + saliency bonus.
 
@@ -401,6 +466,7 @@ def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
     saliency: add the KF-GRPO bonus (config.rl.saliency.enabled).
     alpha, mu, rule: the bonus settings, see `saliency_bonus`.
     axis_name: mapped axis the batch is split over, for the logged means.
+    eligible_b: optional bool [B], prompts that may earn the bonus (see `saliency_bonus`).
 
   Returns:
     (total [B, G], weighted bonus [B, G] inside the total (zeros when off; feed it to
@@ -416,7 +482,7 @@ def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
                        "=false")
     bonus_bg, sal_metrics = saliency_bonus(
         components["accuracy"], correct_disordered_bh, alpha=alpha, mu=mu, rule=rule,
-        axis_name=axis_name)
+        axis_name=axis_name, eligible_b=eligible_b)
     components["saliency"] = bonus_bg
     metrics.update({f"saliency/{k}": v for k, v in sal_metrics.items()})
   total_bg, reward_metrics = combine_rewards(components, weights, axis_name)

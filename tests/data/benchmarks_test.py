@@ -125,7 +125,7 @@ def test_lvbench(tmp_path):
 def test_videor1(tmp_path):
   items, rejects = benchmarks.load_annotations(
       "videor1", _write(tmp_path, "r1.json", VIDEOR1), "/r1")
-  assert len(items) == 1
+  assert len(items) == 3
   a = items[0]
   assert a.question_id == "2" and a.answer_index == 0
   assert a.options[0] == "A YouTube subscription notification"
@@ -133,10 +133,14 @@ def test_videor1(tmp_path):
                           "youtube_video_2024/ytb_7nRmsEw7nsE.mp4")
   assert a.reasoning == "Let me think. It looks like a YouTube pop-up."
   assert a.task_type == "LLaVA-Video-178K/2_3_m_youtube_v0_1" and a.duration_bucket == ""
+  assert (a.problem_type, a.media, a.solution) == ("multiple choice", "video",
+                                                   "<answer>A</answer>")
+  num, image = items[1:]
+  assert (num.problem_type, num.answer_index, num.options, num.solution) == (
+      "numerical", -1, (), "<answer>3</answer>")
+  assert (image.media, image.duration_bucket, image.answer_index) == ("image", "image", 0)
   reasons = [r["reason"] for r in rejects]
-  assert len(reasons) == 3
-  assert "numerical" in reasons[0] and "data_type 'image'" in reasons[1]
-  assert "<answer>" in reasons[2]
+  assert len(reasons) == 1 and "malformed solution 'B'" in reasons[0]
 
 
 def test_bad_lines_duplicates_and_missing_file(tmp_path):

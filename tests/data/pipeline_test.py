@@ -261,3 +261,27 @@ def test_settings_from_config_and_errors(dataset):
   with pytest.raises(ValueError, match="cannot fill one global batch"):
     pipeline.make_dataset(data_dir, tok, _settings(batch_size=16, num_epochs=1))
   assert dataclasses.replace(s, seed=3).seed == 3
+
+
+def test_prompt_template_by_name(dataset):
+  from chronoforge_jax.data import prompts
+  from configs import data as data_config
+
+  data_dir, tok, _ = dataset
+  data = records.PreprocessedData(data_dir)
+  s = _settings(prompt_template="videor1", prompt_buckets=(512, 640), shuffle=False)
+  batch = _take(pipeline.make_dataset(data_dir, tok, s), 1)[0]
+  num_video = pipeline.num_video_tokens(s.num_patches, SIZE, SIZE)
+  for b in range(2):
+    q = data.question(b)
+    want = prompts.encode_prompt(tok, "videor1", q["question"], q["options"], num_video)
+    got = batch["prompt_ids"][b][batch["prompt_mask"][b]].tolist()
+    assert got == want
+    assert "Please think about this question as if you were a human" in tok.decode(got)
+  config = data_config.get_config("smoke")
+  assert pipeline.settings_from_config(config).prompt_template == "short"
+  config.input.prompt_template = "video_r1"
+  with pytest.raises(data_config.common.ConfigError, match="input.prompt_template"):
+    data_config.validate_data(config)
+  with pytest.raises(ValueError, match="prompt_template"):
+    _settings(prompt_template="video_r1")

@@ -77,7 +77,7 @@ def test_help():
   assert out.returncode in (0, 1), out.stderr  # absl prints the usage and exits 1.
   assert "Evaluates a checkpoint" in out.stdout
   for flag in ("--data_dir", "--checkpoint", "--model_preset", "--hf_dir", "--selector",
-               "--k", "--mode", "--out"):
+               "--k", "--mode", "--out", "--scoring", "--prompt_template"):
     assert flag in out.stdout
 
 
@@ -134,6 +134,9 @@ def test_end_to_end_both_selectors(tmp_path):
           "accuracy_by_duration.png", "accuracy_by_task.png"} <= files
   comparison = open(out_dir / "comparison.md").read()
   assert "tad_k4_likelihood - uniform_k4_likelihood" in comparison
+  assert "Scoring: likelihood" in comparison
+  assert "Scoring: likelihood" in open(out_dir / "report.md").read()
+  assert "eval: prompt template 'short', scoring 'lenient'" in out.stdout
   assert not [f for f in files if ".tmp" in f]
 
 

@@ -42,6 +42,11 @@ OPTIONS = ["A. a blue cube", "B. red", "C. red ball", "D. the dog runs away"]
     ("nothing to see here", None, None),
     ("e.g. it is unclear", None, None),
     ("<answer>F</answer>", OPTIONS + ["E. x", "F. y"], 5),
+    # Issue 11: the no-tag fallback once took the last bare letter.
+    ("B is correct. A is not.", None, 1),
+    ("B, C", None, None),                           # two letters: a hedge, not C
+    ("(C) is the right answer, not D", None, 2),
+    ("A dog runs, so B", None, 1),
 ])
 def test_extract_choice_labelled(text, options, expected):
   assert rewards.extract_choice(text, options) == expected
@@ -118,7 +123,8 @@ def test_score_text_rewards_by_name():
   values, metrics = rewards.score_text_rewards(["accuracy", "format"], texts, [1])
   np.testing.assert_array_equal(values["accuracy"], [[1, 1]])
   np.testing.assert_array_equal(values["format"], [[1, 0]])
-  assert metrics == {"accuracy/unparseable_frac": 0.0}
+  assert metrics == {"accuracy/unparseable_frac": 0.0,
+                     "accuracy/type/multiple_choice": 1.0}
   with pytest.raises(KeyError, match="unknown reward function 'lenght'"):
     rewards.score_text_rewards(["lenght"], texts, [1])
 
@@ -260,3 +266,212 @@ def test_length_bonus_known_groups_and_in_the_total():
       weights={"accuracy": 1.0, "format": 1.0, "length": 1.0}, saliency=False)
   np.testing.assert_allclose(total, correct + 1.0 + bonus, rtol=1e-6)
   assert float(metrics["reward/length"]) == pytest.approx(0.4 / 8)
+
+
+# ----------------------------------------------------------------------------------------
+# Video-R1's five problem types, against a plain transcription of its reward.
+# ----------------------------------------------------------------------------------------
+# TRANSCRIBED from Video-R1 src/r1-v/src/open_r1/grpo.py @
+# 59d65c347e44efa71be27abf9d89b4a2bb7d1c05 (`accuracy_reward`), one item at a time, with
+# the debug logging dropped. Kept as written there, quirks included.
+import re as _re  # noqa: E402
+
+from rouge_score import rouge_scorer as _rouge_scorer  # noqa: E402
+
+
+def _videor1_accuracy(content, sol, question_type):
+  def extract_answer(text):
+    pattern = r'<answer>\s*(.*?)\s*</answer>'
+    match = _re.search(pattern, text, _re.DOTALL)
+    if match:
+      return match.group(1).strip()
+    return ""
+
+  def normalize_number(num_str):
+    try:
+      num_str = num_str.replace(',', '')
+      return float(num_str)
+    except Exception:
+      return None
+
+  def wer(reference, hypothesis):
+    ref_words = reference.split()
+    hyp_words = hypothesis.split()
+    m = len(ref_words)
+    n = len(hyp_words)
+    d = [[0] * (n + 1) for _ in range(m + 1)]
+    for i in range(m + 1):
+      d[i][0] = i
+    for j in range(n + 1):
+      d[0][j] = j
+    for i in range(1, m + 1):
+      for j in range(1, n + 1):
+        if ref_words[i - 1] == hyp_words[j - 1]:
+          d[i][j] = d[i - 1][j - 1]
+        else:
+          d[i][j] = 1 + min(d[i - 1][j], d[i][j - 1], d[i - 1][j - 1])
+    return d[m][n] / max(1, m)
+
+  def compute_rouge_score(reference, hypothesis, use_stemmer=True):
+    scorer = _rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'],
+                                       use_stemmer=use_stemmer)
+    scores = scorer.score(reference, hypothesis)
+    return (scores['rouge1'].fmeasure + scores['rouge2'].fmeasure
+            + scores['rougeL'].fmeasure) / 3
+
+  try:
+    output_ans = extract_answer(content)
+    gt_ans = extract_answer(sol)
+    if question_type == "multiple choice":
+      reward = 1.0 if output_ans.strip() == gt_ans.strip() else 0.0
+    elif question_type == "numerical":
+      gt_has_decimal = ("." in gt_ans) or ("," in gt_ans)
+      out_has_decimal = ("." in output_ans) or ("," in output_ans)
+      if gt_has_decimal != out_has_decimal:
+        reward = 0.0
+      else:
+        gt_number = normalize_number(gt_ans)
+        out_number = normalize_number(output_ans)
+        if gt_number is None or out_number is None:
+          reward = 0.0
+        else:
+          reward = 1.0 if round(gt_number, 2) == round(out_number, 2) else 0.0
+    elif question_type == "OCR":
+      error_rate = wer(gt_ans, output_ans)
+      reward = 1 - error_rate
+      reward = max(0.0, min(1.0, reward))
+    elif question_type == "free-form":
+      score = compute_rouge_score(gt_ans, output_ans)
+      reward = max(0.0, min(1.0, score))
+    elif question_type == "regression":
+      gt_number = normalize_number(gt_ans)
+      out_number = normalize_number(output_ans)
+      if gt_number is None or out_number is None:
+        reward = 0.0
+      rel_diff = (abs(out_number - gt_number) + 1e-9) / (abs(gt_number) + 1e-9)
+      rel_diff = min(1.0, max(0.0, rel_diff))
+      reward = 1 - rel_diff
+    else:
+      reward = 0.0
+  except Exception:
+    reward = 0.0
+  return reward
+# ---------------------------------------------------------------- end of transcription
+
+
+def _a(x):
+  return f"<think>reasoning</think><answer>{x}</answer>"
+
+
+# (problem type, completion, solution, port's reward when it deliberately deviates from
+# Video-R1 (see rewards.py), else None: the port must equal the transcription).
+_TABLE = [
+    ("multiple choice", _a("B"), "<answer>B</answer>", None),
+    ("multiple choice", _a(" B "), "<answer>B</answer>", None),
+    ("multiple choice", _a("b"), "<answer>B</answer>", None),
+    ("multiple choice", _a("(B)"), "<answer>B</answer>", None),
+    ("multiple choice", _a("B. red"), "<answer>B</answer>", None),
+    ("multiple choice", "B", "<answer>B</answer>", None),
+    ("multiple choice", _a("C") + "<answer>B</answer>", "<answer>B</answer>", None),
+    ("multiple choice", "<answer>\nB\n</answer>", "<answer>B</answer>", None),
+    ("numerical", _a("42"), "<answer>42</answer>", None),
+    ("numerical", _a("42.001"), "<answer>42.00</answer>", None),
+    ("numerical", _a("3.14159"), "<answer>3.14</answer>", None),
+    ("numerical", _a("3.15"), "<answer>3.14</answer>", None),
+    ("numerical", _a("forty-two"), "<answer>42</answer>", None),
+    ("numerical", _a("42 apples"), "<answer>42</answer>", None),
+    ("numerical", _a("-7"), "<answer>-7</answer>", None),
+    ("numerical", "42", "<answer>42</answer>", None),
+    ("numerical", _a("3.0"), "<answer>3</answer>", 1.0),      # "." on one side only
+    ("numerical", _a("1,000"), "<answer>1000</answer>", 1.0),  # thousands comma
+    ("numerical", _a("1,5"), "<answer>1.5</answer>", None),    # comma drops: 15 != 1.5
+    ("OCR", _a("the quick brown fox"), "<answer>the quick brown fox</answer>", None),
+    ("OCR", _a("the quick brown"), "<answer>the quick brown fox</answer>", None),
+    ("OCR", _a("the quick red fox"), "<answer>the quick brown fox</answer>", None),
+    ("OCR", _a("a b c d e f g h"), "<answer>the fox</answer>", None),
+    ("OCR", _a(""), "<answer>STOP</answer>", None),
+    ("OCR", "STOP", "<answer>STOP</answer>", None),
+    ("OCR", _a("Stop"), "<answer>STOP</answer>", None),
+    ("free-form", _a("The man opens the door."), "<answer>The man opens the door.</answer>",
+     None),
+    ("free-form", _a("a man opened doors"), "<answer>The man opens the door.</answer>",
+     None),
+    ("free-form", _a("cats running quickly"), "<answer>A dog sleeps.</answer>", None),
+    ("free-form", "no tags here", "<answer>A dog sleeps.</answer>", None),
+    ("regression", _a("10"), "<answer>10</answer>", None),
+    ("regression", _a("12"), "<answer>10</answer>", None),
+    ("regression", _a("7.5"), "<answer>10</answer>", None),
+    ("regression", _a("35"), "<answer>10</answer>", None),
+    ("regression", _a("-3"), "<answer>-4</answer>", None),
+    ("regression", _a("ten"), "<answer>10</answer>", None),
+    ("regression", "10", "<answer>10</answer>", None),
+    ("regression", _a("nan"), "<answer>10</answer>", 0.0),    # Video-R1: 1.0
+    ("regression", _a("0"), "<answer>0</answer>", 1.0),       # Video-R1: 0 for every answer
+    ("regression", _a("0.5"), "<answer>0</answer>", None),
+]
+
+
+@pytest.mark.parametrize("ptype, completion, solution, deviation", _TABLE)
+def test_videor1_rules_match_transcription(ptype, completion, solution, deviation):
+  port = rewards.ANSWER_RULES.get(ptype)(completion, solution)
+  reference = _videor1_accuracy(completion, solution, ptype)
+  if deviation is None:
+    assert port == pytest.approx(reference, abs=1e-6)
+  else:
+    assert port == pytest.approx(deviation, abs=1e-6)
+    assert port != pytest.approx(reference, abs=1e-6)  # A real, documented deviation.
+
+
+def test_videor1_rules_cover_the_five_types():
+  assert sorted(rewards.ANSWER_RULES.names()) == sorted(rewards.PROBLEM_TYPES)
+  assert {t for t, *_ in _TABLE} == set(rewards.PROBLEM_TYPES)
+  # Partial credit exists where Video-R1 gives it (and the table exercises it).
+  ocr = rewards.ANSWER_RULES.get("OCR")(_a("the quick brown"),
+                                        "<answer>the quick brown fox</answer>")
+  assert ocr == pytest.approx(0.75)
+
+
+def test_solution_without_tags_is_an_error():
+  # Video-R1 reads "" and gives 1.0 to any completion without tags.
+  assert _videor1_accuracy("no tags", "B", "multiple choice") == 1.0
+  with pytest.raises(ValueError, match="no <answer>"):
+    rewards.ANSWER_RULES.get("multiple choice")("no tags", "B")
+
+
+def test_accuracy_reward_by_problem_type_and_metrics():
+  texts = [[_a("B"), _a("C")], [_a("3"), _a("4")], [_a("the quick brown"), "x"],
+           [_a("12"), _a("10")]]
+  answers = [1, "<answer>3</answer>", "the quick brown fox", "<answer>10</answer>"]
+  types = ["multiple choice", "numerical", "OCR", "regression"]
+  result = rewards.REWARDS.get("accuracy")(texts, answers, problem_types_b=types)
+  expected = [[_videor1_accuracy(t, s if "<answer>" in str(s) else
+                                 f"<answer>{'ABCD'[s] if isinstance(s, int) else s}</answer>",
+                                 p) for t in g]
+              for g, s, p in zip(texts, answers, types)]
+  np.testing.assert_allclose(result.values_bg, expected, atol=1e-6)
+  assert result.metrics["type/multiple_choice"] == pytest.approx(0.5)
+  assert result.metrics["type/numerical"] == pytest.approx(0.5)
+  assert result.metrics["type/OCR"] == pytest.approx(0.375)
+  assert result.metrics["type/regression"] == pytest.approx(np.mean(expected[3]))
+  with pytest.raises(ValueError, match="unknown problem_type 'counting'"):
+    rewards.REWARDS.get("accuracy")(texts[:1], [1], problem_types_b=["counting"])
+
+
+@pytest.mark.parametrize("text, lenient, videor1", [
+    (_a("B"), 1.0, 1.0), (_a("(B)"), 1.0, 0.0), (_a("B. red"), 1.0, 0.0), ("B", 1.0, 0.0)])
+def test_accuracy_multiple_choice_rules(text, lenient, videor1):
+  for rule, want in (("lenient", lenient), ("videor1", videor1)):
+    got = rewards.REWARDS.get("accuracy")([[text]], [1], mc_rule=rule).values_bg
+    assert float(got[0, 0]) == want, rule
+
+
+def test_saliency_bonus_skips_ineligible_prompts():
+  # Image items (a still has no frame order) never earn the bonus, as in Video-R1.
+  ordered = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+  disordered = jnp.zeros((2, 3))
+  full, _ = rewards.saliency_bonus(ordered, disordered, alpha=0.3)
+  bonus, metrics = rewards.saliency_bonus(ordered, disordered, alpha=0.3,
+                                          eligible_b=jnp.array([True, False]))
+  np.testing.assert_allclose(full, [[0.3, 0.3, 0], [0.3, 0.3, 0]])
+  np.testing.assert_allclose(bonus, [[0.3, 0.3, 0], [0, 0, 0]])
+  assert float(metrics["order_win_frac"]) == 0.5
