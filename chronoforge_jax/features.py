@@ -82,8 +82,9 @@ def video_features(frames: np.ndarray | Iterable[np.ndarray], *, chunk: int = 25
                    center: bool = True) -> np.ndarray:
   """Features of a long video, `chunk` frames per device call.
 
-  Bounds device memory for videos of any length; the last chunk is padded to `chunk`
-  frames so only one program is compiled.
+  Bounds device memory for videos of any length. A last, partial chunk is padded to the
+  next power of two (at most `chunk`), so a still image (one frame) costs one frame's
+  work rather than `chunk` frames', while at most log2(chunk) + 1 programs compile.
 
   Args:
     frames: uint8 [T, H, W, 3], or an iterable of [H, W, 3] frames (e.g. a decoder
@@ -99,9 +100,10 @@ def video_features(frames: np.ndarray | Iterable[np.ndarray], *, chunk: int = 25
   def flush():
     n = len(buf)
     block_thwc = np.stack(buf)
-    if n < chunk:
+    padded = min(chunk, 1 << (n - 1).bit_length())
+    if n < padded:
       block_thwc = np.concatenate(
-          [block_thwc, np.zeros((chunk - n,) + block_thwc.shape[1:], block_thwc.dtype)])
+          [block_thwc, np.zeros((padded - n,) + block_thwc.shape[1:], block_thwc.dtype)])
     out.append(np.asarray(_features_jit(block_thwc, grid=grid, color=color,
                                         center=center))[:n])
     buf.clear()

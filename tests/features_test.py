@@ -56,6 +56,11 @@ def test_video_features_chunks_equal_one_call():
   np.testing.assert_allclose(features.video_features(iter(frames), chunk=64, grid=4),
                              whole, atol=2e-6)
   assert features.video_features(iter([]), grid=4).shape == (0, 48)
+  # One frame (a still image) and a partial last chunk: padded to a power of two only.
+  np.testing.assert_allclose(features.video_features(frames[:1], chunk=256, grid=4),
+                             whole[:1], atol=2e-6)
+  np.testing.assert_allclose(features.video_features(frames, chunk=8, grid=4), whole,
+                             atol=2e-6)
 
 
 def test_uniform_brightness_change_is_visible_to_cosine():
