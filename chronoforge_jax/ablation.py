@@ -483,6 +483,7 @@ class Cell:
   task_type: dict[str, MeanCI]
   bonus_fired: MeanCI | None      # mean saliency/order_win_frac (None: never logged).
   bonus_shift: MeanCI | None
+  by_seed: dict[int, float] = dataclasses.field(default_factory=dict)  # seed -> accuracy.
 
 
 def aggregate(summaries: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Cell]:
@@ -509,8 +510,21 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], C
         shuffled=mean_ci(shuffled) if shuffled else None, gap=mean_ci(gap) if gap else None,
         task_type={t: mean_ci([e["ordered"]["task_type"].get(t, math.nan) for e in evs])
                    for t in types},
-        bonus_fired=opt("bonus_fired"), bonus_shift=opt("bonus_shift"))
+        bonus_fired=opt("bonus_fired"), bonus_shift=opt("bonus_shift"),
+        by_seed={r["seed"]: a for r, a in zip(runs, acc) if "seed" in r})
   return cells
+
+
+def paired_difference(a: Cell, b: Cell) -> MeanCI | None:
+  """Mean and CI of a's minus b's accuracy over the seeds both ran (None: under 2).
+
+  Runs with the same seed share the data order and the model's starting point, so most of
+  the seed-to-seed spread is common to both arms; the paired difference removes it.
+  """
+  seeds = sorted(set(a.by_seed) & set(b.by_seed))
+  if len(seeds) < 2:
+    return None
+  return mean_ci([a.by_seed[k] - b.by_seed[k] for k in seeds])
 
 
 def fmt_ci(ci: MeanCI | None, *, pct: bool = True, signed: bool = False) -> str:
@@ -605,6 +619,14 @@ def reading(cells: Sequence[Cell], sft: Mapping[str, Any] | None = None) -> list
     else:
       s.append(f"The others: {others}; no other arm's 95% CI overlaps the best one's.")
       tie = False
+    paired = [(c, paired_difference(best, c)) for c in rest]
+    paired = [(c, d) for c, d in paired if d is not None]
+    if paired:
+      s.append(f"Paired by seed (same data order), `{best.arm}` minus each other arm: "
+               + ", ".join(f"{fmt_ci(d, signed=True)} vs `{c.arm}`"
+                           for c, d in paired) + "; "
+               + ("every paired CI excludes 0." if all(not d.contains(0.0) for _, d in paired)
+                  else "a CI that includes 0 is no evidence of a difference."))
     start = (sft or {}).get("eval", {}).get(selector, {}).get("ordered", {}).get("accuracy")
     if start is not None:
       s.append(f"From the SFT checkpoint's {100 * start:.1f}%, RL moved the mean by "

@@ -229,6 +229,23 @@ def test_aggregate_by_hand():
   assert cells[("grpo", "uniform")].accuracy.n == 1
 
 
+def test_paired_difference_removes_the_shared_seed_effect():
+  # kfgrpo beats grpo by 2, 4, 3 points on seeds whose own levels differ by 20 points.
+  s = [_summary("grpo", "tad", seed, a, a, {}) for seed, a in enumerate([0.50, 0.70, 0.60])]
+  s += [_summary("kfgrpo", "tad", seed, a, a, {}) for seed, a in enumerate([0.52, 0.74, 0.63])]
+  s.append(_summary("kfgrpo", "tad", 7, 0.99, 0.99, {}))  # No grpo run with seed 7: unpaired.
+  cells = ablation.aggregate(s)
+  d = ablation.paired_difference(cells[("kfgrpo", "tad")], cells[("grpo", "tad")])
+  diffs = [0.02, 0.04, 0.03]
+  sd = math.sqrt(sum((x - 0.03) ** 2 for x in diffs) / 2)
+  assert d.n == 3 and d.mean == pytest.approx(0.03)
+  assert d.half_width == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-5)
+  assert not d.contains(0.0)  # The unpaired accuracies' CIs overlap widely.
+  assert cells[("grpo", "tad")].accuracy.overlaps(cells[("kfgrpo", "tad")].accuracy)
+  one = ablation.aggregate([s[0], s[3]])
+  assert ablation.paired_difference(one[("kfgrpo", "tad")], one[("grpo", "tad")]) is None
+
+
 def test_report_tables_reading_and_plots(tmp_path):
   summaries, metrics, sft = _made_up()
   path = ablation.write_report(str(tmp_path), summaries, sft=sft, metrics=metrics,
