@@ -232,6 +232,10 @@ def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Records the config of a stage; refuses a folder made with a different one.
 
+  Only fields both configs have are compared: a field the code gained (or lost) since the
+  folder was made is not a difference (new fields default to the old behaviour), so a
+  finished ablation still resumes after an update; such fields are printed.
+
   Raises:
     ConfigMismatch: listing the fields that differ, when `workdir` holds another config.
   """
@@ -240,13 +244,17 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    diff = [f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in sorted(set(old) | set(record))
-            if old.get(k) != record.get(k)]
+    diff = [f"{k}: {old[k]!r} -> {record[k]!r}" for k in sorted(set(old) & set(record))
+            if old[k] != record[k]]
     if diff:
       raise ConfigMismatch(
           f"{workdir} was made with a different config ({'; '.join(diff[:6])}"
           f"{'; ...' if len(diff) > 6 else ''}); delete that folder to redo it, or use "
           "another --out")
+    changed = sorted(set(old) ^ set(record))
+    if changed:
+      print(f"  {workdir}: config fields added or removed since it was made (not compared): "
+            + ", ".join(changed), flush=True)
     return
   write_json(path, record)
 

@@ -181,6 +181,14 @@ def test_a_folder_made_with_another_config_is_refused(tmp_path):
   config.rl.beta = 0.5
   with pytest.raises(ablation.ConfigMismatch, match=r"rl\.beta: 0\.04 -> 0\.5"):
     ablation.check_same_config(str(tmp_path), config)
+  # A field the code gained since the folder was made is not a difference.
+  record = json.load(open(tmp_path / ablation.RUN_CONFIG))
+  del record["rl.beta"]
+  json.dump(record, open(tmp_path / ablation.RUN_CONFIG, "w"))
+  ablation.check_same_config(str(tmp_path), config)
+  config.seed = 12345
+  with pytest.raises(ablation.ConfigMismatch, match=r"seed: \d+ -> 12345"):
+    ablation.check_same_config(str(tmp_path), config)
 
 
 # ---------------------------------------------------------------------------------------
