@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # The paper's ablation in miniature (launch/ablation.py): `make ablation` runs the full
 # variant (under 2 h on 2 CPU cores) into ablation_out/; `make ablation ABLATION=quick`
-# (about 11 min) or ABLATION=smoke write ablation_out_<variant>/. Rerunning resumes.
+# (about 12 min) or ABLATION=smoke write ablation_out_<variant>/. Rerunning resumes.
 ABLATION ?= full
 ABLATION_DIR ?= $(if $(filter full,$(ABLATION)),ablation_out,ablation_out_$(ABLATION))
 ablation: $(STAMP)

@@ -11,7 +11,7 @@ run is evaluated on the held-out split with its own selector, with ordered and w
 
 Variants:
   full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs of 120 steps; an
-         estimated 80-100 minutes on 2 CPU cores (under the two-hour budget).
+         79 minutes measured on 2 CPU cores shared with other jobs (under the two-hour budget).
   quick  1 seed, TAD keyframes only, the three arms, 40 RL steps: about 12 minutes.
   smoke  configs/kf_grpo.py:smoke on configs/data.py:smoke, 2 steps per stage: seconds
          per run (tests).
