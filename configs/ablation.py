@@ -10,7 +10,7 @@ its params (`ckpt.init_from`) and runs `rl.steps` RL steps of the `rl.base` conf
 run is evaluated on the held-out split with its own selector, with ordered and with shuffled keyframes.
 
 Variants:
-  full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs of 120 steps; an
+  full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs of 120 steps;
          79 minutes measured on 2 CPU cores shared with other jobs (under the two-hour budget).
   quick  1 seed, TAD keyframes only, the three arms, 40 RL steps: about 12 minutes.
   smoke  configs/kf_grpo.py:smoke on configs/data.py:smoke, 2 steps per stage: seconds
