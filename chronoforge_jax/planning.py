@@ -406,7 +406,8 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      model_cfg: model_config_lib.ModelConfig, *, frame_size: int,
                      stop_tokens: Sequence[int] | None = None,
                      progress: Callable[[str], None] | None = None,
-                     only: Sequence[str] | None = None) -> list[ProgramReport]:
+                     only: Sequence[str] | None = None,
+                     compiled_out: dict[str, Any] | None = None) -> list[ProgramReport]:
   """Compiles every program of a KF-GRPO step for `mesh` and reports each one.
 
   The programs are the trainer's own (`train_lib.step_functions`, the sampler through
@@ -429,7 +430,9 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     frame_size: frame side in pixels after preprocessing.
     stop_tokens: the sampler's stop ids (default: the model's eos ids).
     progress: called with a line before each compile (e.g. print).
-    only: compile just these programs (their inputs' programs are compiled too).
+    only: compile just these programs, by name or family ("sample", "logprobs"); the
+      programs whose outputs they take are then only lowered, for their output shapes.
+    compiled_out: if given, receives {name: (abstract args or None, jax.stages.Compiled)}.
 
   Returns:
     One ProgramReport per program, in the order above.
@@ -448,7 +451,7 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   reports: list[ProgramReport] = []
   wanted = lambda name: only is None or name.split("[")[0] in only or name in only
 
-  def run(name, lower, runs_per_step=1, need=False):
+  def run(name, lower, runs_per_step=1, need=False, args=None):
     """Compiles `name` if wanted (else only lowers it, when a later program `need`s its
     outputs); returns its outputs as ShapeDtypeStructs, None if it did not fit."""
     if not (wanted(name) or need):
@@ -461,11 +464,14 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       return _out_structs(lowered)
     report, compiled = _compile(name, lowered, runs_per_step)
     reports.append(report)
+    if compiled_out is not None and compiled is not None:
+      compiled_out[name] = (args, compiled)
     say(f"  {name}: {_report_brief(report)}")
     return None if compiled is None else _out_structs(lowered, compiled)
 
   if config.sft_steps > 0 or (only is not None and "sft_step" in only):
-    run("sft_step", lambda: steps["sft_step"].lower(abstract_state, batch))
+    run("sft_step", lambda: steps["sft_step"].lower(abstract_state, batch),
+        args=(abstract_state, batch))
   if config.total_steps <= config.sft_steps:
     return reports
 
@@ -518,7 +524,7 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         if "ref" in abstract_state:
           rollout[f"{prefix}ref_logp"] = logp
   run("grpo_step", lambda: steps["grpo_step"].lower(abstract_state, batch, rollout),
-      runs_per_step=rl.num_iterations)
+      runs_per_step=rl.num_iterations, args=(abstract_state, batch, rollout))
   return reports
 
 
@@ -585,7 +591,7 @@ def fit_line(reports: Sequence[ProgramReport], topo: Topology) -> tuple[str, boo
   need = lambda r: (r.peak_bytes if r.fits else (r.required_bytes or topo.hbm_bytes + 1))
   worst = max(reports, key=need)
   failing = [r for r in reports if not r.fits or r.peak_bytes > topo.hbm_bytes]
-  y = topo.hbm_bytes / GIB
+  y = round(topo.hbm_bytes / GIB, 4)
   if not failing:
     return f"fits: peak {need(worst) / GIB:.2f} GiB of {y:g} GiB per chip on {topo.name}", True
   bad = max(failing, key=need)

@@ -77,14 +77,14 @@ def _tokenizer(config):
 
 def main(argv):
   del argv
+  if _COMPILE.value and not _TOPOLOGY.value:
+    raise app.UsageError("--compile needs --topology (e.g. --topology=v5p-16)")
   import os  # pylint: disable=g-import-not-at-top
   # CPU only, set before jax is imported: the quick plan fakes CPU devices, and --compile's
   # TPU devices come from libtpu's topology description, which needs no TPU backend (so
   # no TPU probing at start-up).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from chronoforge_jax import planning  # pylint: disable=g-import-not-at-top
-  if _COMPILE.value and not _TOPOLOGY.value:
-    raise app.UsageError("--compile needs --topology (e.g. --topology=v5p-16)")
   topo = None
   if _TOPOLOGY.value:
     try:
