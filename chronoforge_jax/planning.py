@@ -456,12 +456,12 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     outputs); returns its outputs as ShapeDtypeStructs, None if it did not fit."""
     if not (wanted(name) or need):
       return None
-    if wanted(name):
-      say(f"compiling {name} ...")
+    t0 = time.perf_counter()
     with jax.set_mesh(mesh):
       lowered = lower()
     if not wanted(name):
       return _out_structs(lowered)
+    say(f"compiling {name} ... (lowered in {time.perf_counter() - t0:.1f} s)")
     report, compiled = _compile(name, lowered, runs_per_step)
     reports.append(report)
     if compiled_out is not None and compiled is not None:

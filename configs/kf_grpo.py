@@ -14,6 +14,18 @@ Variants:
                  keyframes, G = 8 per view, beta = 0.04, lr 1e-6 (Video-R1's recipe where
                  the paper is silent; see configs/rl.py and ../shared/PAPER.md).
 
+  Slice variants: the paper's setup (or the 72B model) with the batch, mesh, remat policy
+  and attention chosen for one Cloud TPU slice, each proven to fit by compiling every
+  program of a step for that slice (README "Will it fit?"; `make`-free, no TPU needed):
+    python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
+  qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, dots_no_batch remat.
+  qwen2_5_vl_7b_v6e16   v6e-16 (16 chips, 32 GiB): batch 16, fsdp 16, full remat,
+                        chunked attention.
+  qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
+                        full remat, chunked attention.
+  All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
+  tokens and answers up to 768 tokens: one prompt per chip.
+
 Launch commands:
   # CPU smoke run on preprocessed synthetic shards:
   python -m launch.train --config=configs/kf_grpo.py:smoke --workdir=/tmp/kf_smoke \
@@ -37,7 +49,13 @@ from configs import model as model_config
 from configs import rl as rl_config
 from configs import tad as tad_config
 
-VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b")
+# Slice variants: (model preset, global batch = chips, fsdp, remat, attention).
+SLICES = {
+    "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, "dots_no_batch", "xla"),
+    "qwen2_5_vl_7b_v6e16": ("qwen2_5_vl_7b", 16, 16, "full", "chunked"),
+    "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, "full", "chunked"),
+}
+VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -115,9 +133,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.log_every = 5
       c.optax.warmup_steps = 5
       c.ckpt.save_every = 20
-  elif v == "qwen2_5_vl_7b":
+  elif v == "qwen2_5_vl_7b" or v in SLICES:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000
+    if v in SLICES:
+      preset, batch, fsdp, remat, attention = SLICES[v]
+      c.model.preset = preset
+      c.input.batch_size = batch
+      c.mesh.fsdp = fsdp
+      c.model.remat_policy = remat
+      c.model.attention_impl = attention
   return c
 
 
