@@ -18,13 +18,14 @@ Variants:
   and attention chosen for one Cloud TPU slice, each proven to fit by compiling every
   program of a step for that slice (README "Will it fit?"; `make`-free, no TPU needed):
     python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
-  qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, dots_no_batch remat.
-  qwen2_5_vl_7b_v6e16   v6e-16 (16 chips, 32 GiB): batch 16, fsdp 16, full remat,
-                        chunked attention.
+  qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, full remat (the
+                        default dots_no_batch needs 118 GiB per chip in the GRPO step).
+  qwen2_5_vl_7b_v6e32   v6e-32 (32 chips, 32 GiB): batch 16, fsdp 16 x tensor 2, full
+                        remat, chunked attention (fsdp 16 on v6e-16 needs 36 GiB).
   qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
                         full remat, chunked attention.
   All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
-  tokens and answers up to 768 tokens: one prompt per chip.
+  tokens and answers up to 768 tokens: one prompt (8 + 8 rollouts) per fsdp shard.
 
 Launch commands:
   # CPU smoke run on preprocessed synthetic shards:
@@ -49,11 +50,11 @@ from configs import model as model_config
 from configs import rl as rl_config
 from configs import tad as tad_config
 
-# Slice variants: (model preset, global batch = chips, fsdp, remat, attention).
+# Slice variants: (model preset, global batch, fsdp, tensor, remat, attention).
 SLICES = {
-    "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, "dots_no_batch", "xla"),
-    "qwen2_5_vl_7b_v6e16": ("qwen2_5_vl_7b", 16, 16, "full", "chunked"),
-    "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, "full", "chunked"),
+    "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "xla"),
+    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 16, 16, 2, "full", "chunked"),
+    "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
 }
 VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)
 
@@ -137,10 +138,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000
     if v in SLICES:
-      preset, batch, fsdp, remat, attention = SLICES[v]
+      preset, batch, fsdp, tensor, remat, attention = SLICES[v]
       c.model.preset = preset
       c.input.batch_size = batch
       c.mesh.fsdp = fsdp
+      c.mesh.tensor = tensor
       c.model.remat_policy = remat
       c.model.attention_impl = attention
   return c
