@@ -528,8 +528,8 @@ def lower_generate(model, inputs: Mapping[str, Any], **kwargs: Any) -> jax.stage
   `lower_generate(...).compile().memory_analysis()` before a training loop.
 
   Args:
-    model: as in `generate`.
-    inputs: as in `generate`.
+    model: as in `generate`, or an abstract one (ShapeDtypeStruct params).
+    inputs: as in `generate`, or jax.ShapeDtypeStructs (then no value checks).
     **kwargs: `generate`'s keyword arguments.
 
   Returns:

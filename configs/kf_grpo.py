@@ -20,8 +20,9 @@ Variants:
     python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
   qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, full remat (the
                         default dots_no_batch needs 118 GiB per chip in the GRPO step).
-  qwen2_5_vl_7b_v6e32   v6e-32 (32 chips, 32 GiB): batch 16, fsdp 16 x tensor 2, full
-                        remat, chunked attention (fsdp 16 on v6e-16 needs 36 GiB).
+  qwen2_5_vl_7b_v6e32   v6e-32 (32 chips, 32 GiB, a 4x8 torus): batch 8, fsdp 8 x tensor
+                        4, full remat, chunked attention (fsdp 16 on v6e-16 needs 36 GiB;
+                        each mesh axis must be a product of torus sides: 16 x 2 is not).
   qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
                         full remat, chunked attention.
   All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
@@ -53,7 +54,7 @@ from configs import tad as tad_config
 # Slice variants: (model preset, global batch, fsdp, tensor, remat, attention).
 SLICES = {
     "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "xla"),
-    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 16, 16, 2, "full", "chunked"),
+    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "chunked"),
     "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
 }
 VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)
