@@ -15,8 +15,9 @@ Variants:
                  the paper is silent; see configs/rl.py and ../shared/PAPER.md).
 
   Slice variants: the paper's setup (or the 72B model) with the batch, mesh, remat policy
-  and attention chosen for one Cloud TPU slice by compiling the programs of a step for
-  that slice (README "Will it fit?"; no TPU needed):
+  and attention chosen for one Cloud TPU slice from the compiles of the settings that did
+  not fit (README "Will it fit?"; no TPU needed). Their own compiles did not finish in the
+  session that wrote them: run this before relying on one:
     python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
   qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, full remat, chunked
                         attention (the GRPO step needs 118 GiB per chip with the default
