@@ -7,6 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 PYTEST_ARGS ?=
+# .[all] carries libtpu (TPU compiles for `launch.plan --compile` and CI): keep the demo,
+# the ablation and the tests on the CPU instead of probing for a TPU at every start.
+# `make demo JAX_PLATFORMS=` lets JAX pick an accelerator.
+export JAX_PLATFORMS ?= cpu
 
 .PHONY: demo test test-fast venv bench clean ablation
 

@@ -18,6 +18,15 @@ _CORE = [
     "tqdm>=4.66",
     "rouge-score>=0.1.2",  # Video-R1's free-form reward (ROUGE).
 ]
+# The jax release the project is tested with, and the accelerator plugins built for it (the
+# pins `jax[tpu]==0.10.2` and `jax[cuda12]==0.10.2` resolve to). A bare `pip install -U
+# "jax[tpu]"` would move jax past the tested version; these extras never do.
+_JAX_TESTED = ["jax==0.10.2", "jaxlib==0.10.2"]
+# libtpu also lets a CPU-only machine compile for TPU topologies (`launch.plan --compile`,
+# tests/planning_test.py), so the test extra carries it too.
+_LIBTPU = ["libtpu==0.0.42.*"]
+_TPU = _JAX_TESTED + _LIBTPU + ["requests"]  # requests: jax's TPU VM metadata queries.
+_CUDA12 = _JAX_TESTED + ["jax-cuda12-plugin[with-cuda]==0.10.2"]
 _VIDEO = ["av>=12"]
 _HF = ["safetensors>=0.4", "tokenizers>=0.20"]
 # The PyTorch reference stack for parity tests. torch is pinned: this exact CPU build is
@@ -45,7 +54,9 @@ setuptools.setup(
     extras_require={
         "video": _VIDEO,
         "hf": _HF,
-        "test": _TEST + _VIDEO + _HF,
-        "all": _TEST + _VIDEO + _HF,
+        "tpu": _TPU,
+        "cuda12": _CUDA12,
+        "test": _TEST + _VIDEO + _HF + _JAX_TESTED + _LIBTPU,
+        "all": _TEST + _VIDEO + _HF + _JAX_TESTED + _LIBTPU,
     },
 )

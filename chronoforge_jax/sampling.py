@@ -384,7 +384,8 @@ def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int
   if has_video and inputs.get("video_grid_thw") is None:
     raise ValueError("video inputs need video_grid_thw (host NumPy [V, 3])")
   # Value checks need the tokens on this host; a multi-host global batch skips them.
-  if all(getattr(x, "is_fully_addressable", True) for x in (ids, mask)):
+  if all(getattr(x, "is_fully_addressable", True) and not isinstance(x, jax.ShapeDtypeStruct)
+         for x in (ids, mask)):
     ids_np, mask_np = np.asarray(ids), np.asarray(mask)
     if not mask_np.any(axis=1).all():
       rows = np.flatnonzero(~mask_np.any(axis=1)).tolist()
@@ -455,9 +456,13 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
   # arrays are padded on device (before the compiled call, whose key is the padded shape).
   xp = np if isinstance(ids, np.ndarray) and isinstance(mask, np.ndarray) else jnp
   widths = ((0, 0), (s_pad - s, 0))
-  arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths,
-                               constant_values=pad_id)
-  arrays["attention_mask"] = xp.pad(xp.asarray(mask).astype(np.int32), widths)
+  if isinstance(ids, jax.ShapeDtypeStruct):  # Abstract prompts: lower_generate, planning.
+    arrays["input_ids"], arrays["attention_mask"] = (
+        jax.ShapeDtypeStruct((b, s_pad), jnp.int32, sharding=x.sharding) for x in (ids, mask))
+  else:
+    arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths,
+                                 constant_values=pad_id)
+    arrays["attention_mask"] = xp.pad(xp.asarray(mask).astype(np.int32), widths)
   arrays["stop_tokens"] = _stop_array(stop_tokens, b, cfg.eos_token_ids, vocab)
   if max_lengths is None:
     budget = np.full((b,), max_new_tokens, np.int32)
@@ -523,8 +528,8 @@ def lower_generate(model, inputs: Mapping[str, Any], **kwargs: Any) -> jax.stage
   `lower_generate(...).compile().memory_analysis()` before a training loop.
 
   Args:
-    model: as in `generate`.
-    inputs: as in `generate`.
+    model: as in `generate`, or an abstract one (ShapeDtypeStruct params).
+    inputs: as in `generate`, or jax.ShapeDtypeStructs (then no value checks).
     **kwargs: `generate`'s keyword arguments.
 
   Returns:

@@ -272,27 +272,40 @@ def views_fn(graphdef, params, batch):
           for name, view in views.items()}
 
 
-def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict,
-                 stop_tokens: tuple[int, ...], rng) -> dict[str, Any]:
-  """Samples G completions on the ordered view and G' on the disordered view."""
+def sampler_calls(vision_config, views: dict, batch: Batch, prompt_ids, prompt_mask,
+                  rl: ml_collections.ConfigDict, stop_tokens: tuple[int, ...]
+                  ) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
+  """(view, rng fold-in key, sampler inputs, sampler kwargs but rng) of each rollout view:
+  G samples on the ordered view, G' on the disordered one (with the saliency bonus).
+
+  `sample_views` runs these through `sampling.generate`; `planning.compile_programs`
+  lowers the same calls with `sampling.lower_generate`.
+  """
   grid = kf_grpo.view_grid(batch["frames"].shape, batch["ordered_patches"].shape[1],
-                           model.config.vision)
-  # The sampler checks and buckets prompts on the host: give every process the whole
-  # (small) global prompt batch; the video embeddings stay sharded on device.
-  prompt_ids, prompt_mask = multihost_utils.process_allgather(
-      (batch["prompt_ids"], batch["prompt_mask"]), tiled=True)
-  out = {}
+                           vision_config)
+  calls = []
   for name, g, key in (("ordered", rl.num_generations, 0),
                        ("disordered", rl.num_disordered, 1)):
     if name == "disordered" and not rl.saliency.enabled:
       continue
     inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, video_grid_thw=grid,
                   **views[name])
-    out[name] = sampling.generate(
-        model, inputs, max_new_tokens=rl.max_new_tokens, num_samples=g,
-        temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
-        stop_tokens=stop_tokens, rng=jax.random.fold_in(rng, key), bucket=False)
-  return out
+    calls.append((name, key, inputs, dict(
+        max_new_tokens=rl.max_new_tokens, num_samples=g, temperature=rl.temperature,
+        top_k=rl.top_k, top_p=rl.top_p, stop_tokens=stop_tokens, bucket=False)))
+  return calls
+
+
+def sample_views(model, views: dict, batch: Batch, rl: ml_collections.ConfigDict,
+                 stop_tokens: tuple[int, ...], rng) -> dict[str, Any]:
+  """Samples G completions on the ordered view and G' on the disordered view."""
+  # The sampler checks and buckets prompts on the host: give every process the whole
+  # (small) global prompt batch; the video embeddings stay sharded on device.
+  prompt_ids, prompt_mask = multihost_utils.process_allgather(
+      (batch["prompt_ids"], batch["prompt_mask"]), tiled=True)
+  return {name: sampling.generate(model, inputs, rng=jax.random.fold_in(rng, key), **kwargs)
+          for name, key, inputs, kwargs in sampler_calls(
+              model.config.vision, views, batch, prompt_ids, prompt_mask, rl, stop_tokens)}
 
 
 def logp_fn(graphdef, vocab_chunk: int, params, batch, completions, mask, *,
@@ -431,25 +444,30 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
   mcfg = model_config(config, tok)
   graphdef, tx, state_shardings, abstract_state, init_state, reset_reference = (
       build_state(config, mesh, mcfg))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-  # --- Step functions ------------------------------------------------------------------
-  rl = config.rl
-  chunk = config.model.vocab_chunk
   stop_tokens = tuple(t for t in (mcfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
                       if t is not None)
   return Setup(
       mesh=mesh, tokenizer=tok, model_config=mcfg, graphdef=graphdef, tx=tx,
       state_shardings=state_shardings, abstract_state=abstract_state, init_state=init_state,
       reset_reference=reset_reference,
+      **step_functions(config, mesh, graphdef, tx, state_shardings),
+      stop_tokens=stop_tokens)
+
+
+def step_functions(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, graphdef,
+                   tx: optax.GradientTransformation, state_shardings) -> dict[str, Any]:
+  """The jitted programs of a step: sft_step, grpo_step (both donate the state), views,
+  logprobs. `setup` gives them to the loop; `planning.compile_programs` lowers them."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  chunk = config.model.vocab_chunk
+  return dict(
       sft_step=jax.jit(functools.partial(sft_step, graphdef, tx, chunk), donate_argnums=0,
                        out_shardings=(state_shardings, replicated)),
-      grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, rl, chunk),
+      grpo_step=jax.jit(functools.partial(kf_grpo_step, graphdef, tx, config.rl, chunk),
                         donate_argnums=0, out_shardings=(state_shardings, replicated)),
       views=jax.jit(functools.partial(views_fn, graphdef)),
       logprobs=jax.jit(functools.partial(logp_fn, graphdef, chunk),
-                       static_argnames=("view", "num_samples")),
-      stop_tokens=stop_tokens)
+                       static_argnames=("view", "num_samples")))
 
 
 def _say(message: str) -> None:

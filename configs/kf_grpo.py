@@ -14,6 +14,25 @@ Variants:
                  keyframes, G = 8 per view, beta = 0.04, lr 1e-6 (Video-R1's recipe where
                  the paper is silent; see configs/rl.py and ../shared/PAPER.md).
 
+  Slice variants: the paper's setup (or the 72B model) with the batch, mesh, remat policy
+  and attention chosen for one Cloud TPU slice from the compiles of the settings that did
+  not fit (README "Will it fit?"; no TPU needed). Their own compiles did not finish in the
+  session that wrote them: run this before relying on one:
+    python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
+  qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, full remat, chunked
+                        attention (the GRPO step needs 118 GiB per chip with the default
+                        dots_no_batch remat and xla attention, 100 GiB with full + xla).
+  qwen2_5_vl_7b_v6e32   v6e-32 (32 chips, 32 GiB, a 4x8 torus): batch 8, fsdp 8 x tensor
+                        4, full remat, chunked attention (fsdp 16 on v6e-16 needs 36 GiB;
+                        each mesh axis must be a product of torus sides: 16 x 2 is not).
+  qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
+                        full remat, chunked attention. NOT yet proven: sized from the
+                        abstract plan (42.3 GiB per chip of state and rollout cache; on
+                        v5p-32 params, optimizer state and reference alone take 68.4 GiB);
+                        its unrolled 80-layer programs were not compiled here (README).
+  All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
+  tokens and answers up to 768 tokens: one prompt (8 + 8 rollouts) per fsdp shard.
+
 Launch commands:
   # CPU smoke run on preprocessed synthetic shards:
   python -m launch.train --config=configs/kf_grpo.py:smoke --workdir=/tmp/kf_smoke \
@@ -37,7 +56,13 @@ from configs import model as model_config
 from configs import rl as rl_config
 from configs import tad as tad_config
 
-VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b")
+# Slice variants: (model preset, global batch, fsdp, tensor, remat, attention).
+SLICES = {
+    "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "chunked"),
+    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "chunked"),
+    "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
+}
+VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -115,12 +140,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.log_every = 5
       c.optax.warmup_steps = 5
       c.ckpt.save_every = 20
-  elif v == "qwen2_5_vl_7b":
+  elif v == "qwen2_5_vl_7b" or v in SLICES:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000
     c.rl.mc_rule = "videor1"      # Video-R1's exact-letter reward (README: Video-R1 types).
     c.input.prompt_template = "videor1"  # Video-R1's QUESTION_TEMPLATE + TYPE_TEMPLATE.
     c.input.eval_scoring = "lmms_eval"   # Published VideoMME numbers read answers so.
+    if v in SLICES:
+      preset, batch, fsdp, tensor, remat, attention = SLICES[v]
+      c.model.preset = preset
+      c.input.batch_size = batch
+      c.mesh.fsdp = fsdp
+      c.mesh.tensor = tensor
+      c.model.remat_policy = remat
+      c.model.attention_impl = attention
   return c
 
 

@@ -58,3 +58,99 @@ def test_rollout_cache_rows_count_prompt_video_and_answer(config):
   cache = {r.name: r for r in planning.plan(config, mesh, model_cfg, frame_size=56)}
   assert cache["rollout KV cache (K+V)"].global_bytes == 2 * layers * rows * length * kv * \
       head_dim * 4  # float32 compute in the smoke config
+
+
+# ----------------------------------------------------------------------------------------
+# TPU slices and the compiled plan (launch.plan --topology --compile).
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,chips,topology", [
+    # Cloud TPU's slice shapes (cloud.google.com/tpu/docs/v5p, v5e, v6e, v4).
+    ("v5p-8", 4, "v5:2x2x1"), ("v5p-16", 8, "v5:2x2x2"), ("v5p-32", 16, "v5:2x2x4"),
+    ("v5p-64", 32, "v5:2x4x4"), ("v5p-128", 64, "v5:4x4x4"), ("v5p-256", 128, "v5:4x4x8"),
+    ("v4-32", 16, "v4:2x2x4"), ("v5e-1", 1, "v5e:1x1"), ("v5e-8", 8, "v5e:2x4"),
+    ("v5e-16", 16, "v5e:4x4"), ("v5e-256", 256, "v5e:16x16"), ("v6e-64", 64, "v6e:8x8")])
+def test_slice_names_map_to_chips_and_libtpu_topologies(name, chips, topology):
+  topo = planning.parse_topology(name)
+  assert (topo.chips, topo.topology_name) == (chips, topology)
+
+
+def test_hbm_per_chip_and_override():
+  assert {g: planning.parse_topology(f"{g}-8").hbm_bytes / 2**30
+          for g in ("v5p", "v5e", "v6e", "v4")} == {"v5p": 95, "v5e": 16, "v6e": 32, "v4": 32}
+  assert planning.parse_topology("v5p-8", hbm_gib=0.5).hbm_bytes == 2**29
+
+
+@pytest.mark.parametrize("bad", ["v5p-12", "v5p-3", "tpu-8", "v5p16", "v7-8"])
+def test_bad_slice_names_say_how_to_spell_them(bad):
+  with pytest.raises(ValueError, match=r"--topology=.*(v5p-16|power of two)"):
+    planning.parse_topology(bad)
+
+
+def _report(name, peak_gib, **kw):
+  return planning.ProgramReport(name, 1, peak_bytes=int(peak_gib * 2**30), **kw)
+
+
+def test_fit_line_names_the_largest_peak_and_the_program_that_does_not_fit():
+  topo = planning.parse_topology("v5e-16")
+  line, ok = planning.fit_line([_report("views", 3.0), _report("grpo_step", 12.5)], topo)
+  assert (line, ok) == ("fits: peak 12.50 GiB of 16 GiB per chip on v5e-16", True)
+  line, ok = planning.fit_line([_report("views", 3.0), _report("grpo_step", 17.25),
+                                _report("sample[ordered]", 16.5)], topo)
+  assert (line, ok) == ("does not fit: peak 17.25 GiB of 16 GiB per chip on v5e-16 "
+                        "(program grpo_step)", False)
+  # A program the compiler rejected: the HBM it asked for, read from its message.
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for "
+             "HLO temporaries (36.00G) exceeds available HBM (15.75G).")
+  oom = planning.ProgramReport("grpo_step", 1, error=message,
+                               required_bytes=planning._required_bytes(message))
+  line, ok = planning.fit_line([_report("views", 3.0), oom], topo)
+  assert (line, ok) == ("does not fit: peak 36.00 GiB of 16 GiB per chip on v5e-16 "
+                        "(program grpo_step)", False)
+  # The other message form XLA uses.
+  assert planning._required_bytes(
+      "Ran out of memory in memory space hbm. Used 20.50G of 15.75G hbm.") == int(20.5 * 2**30)
+
+
+@pytest.mark.slow
+def test_tpu_compile_of_the_grpo_step_holds_exactly_the_planned_state(config):
+  """Compiles the tiny config's GRPO step for a v5e-4 slice (libtpu, no TPU): the memory
+  analysis exists, and XLA's argument bytes are the plan's params + optimizer state +
+  reference, the step counter and the batch/rollout inputs, each padded to its TPU tiles."""
+  pytest.importorskip("libtpu")
+  config = config.copy_and_resolve_references()
+  config.mesh.update(dict(data=1, fsdp=4, tensor=1))
+  topo = planning.parse_topology("v5e-4")
+  mesh = planning.topology_mesh(topo, config.mesh)
+  assert {d.platform for d in mesh.devices.flat} == {"tpu"}
+  model_cfg = train_lib.model_config(config, tokenizer_lib.Tokenizer.from_dir(
+      config.input.tokenizer_dir))
+  out = {}
+  (report,) = planning.compile_programs(config, mesh, model_cfg, frame_size=56,
+                                        only=["grpo_step"], compiled_out=out)
+  args, compiled = out["grpo_step"]
+  mem = compiled.memory_analysis()
+  assert report.fits and report.argument_bytes == mem.argument_size_in_bytes > 0
+  assert report.temp_bytes > 0 and report.code_bytes > 0 and report.flops > 0
+  assert report.peak_bytes >= report.argument_bytes
+  # 1. XLA's argument bytes = every argument's shard, padded to its compiled tiles.
+  formats = jax.tree.leaves(compiled.input_formats[0],
+                            is_leaf=lambda x: hasattr(x, "layout"))
+  leaves = jax.tree.leaves(args)
+  assert len(formats) == len(leaves)
+  assert report.argument_bytes == sum(planning.layout_bytes(a, f)
+                                      for a, f in zip(leaves, formats))
+  # 2. The state part, unpadded under the compiled program's own input shardings, is the
+  #    abstract plan's params + optimizer state + reference (+ the int32 step counter).
+  state_shardings = jax.tree.leaves(compiled.input_shardings[0][0])
+  state_leaves = jax.tree.leaves(args[0])
+  compiled_state = sum(math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+                       for a, s in zip(state_leaves, state_shardings))
+  rows = {r.name: r for r in planning.plan(config, mesh, model_cfg, frame_size=56)}
+  planned = sum(rows[k].device_bytes for k in ("visual params", "text params",
+                                               "optimizer state",
+                                               "reference params (beta > 0)"))
+  assert compiled_state == planned + 4
+  # Sharding really splits the state: fsdp=4 holds less than one replica per chip.
+  assert rows["text params"].device_bytes < rows["text params"].global_bytes
