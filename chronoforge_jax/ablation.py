@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from chronoforge_jax import eval_lib
+from chronoforge_jax import fileio
 from chronoforge_jax import metrics as metrics_lib
 from chronoforge_jax import report
 from chronoforge_jax import tokenizer as tokenizer_lib
@@ -251,14 +252,8 @@ def check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then os.replace)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, default=_jsonable)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes JSON atomically (configs' tuples and the like made JSON-able)."""
+  fileio.write_json_atomic(path, obj, default=_jsonable)
 
 
 def read_summary(workdir: str) -> dict[str, Any] | None:
@@ -311,7 +306,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, eval_dir: str,
     for order in e.frame_orders:
       result = eval_lib.evaluate(
           model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-          batch_size=config.input.eval_batch_size, mode=e.mode, max_new_tokens=config.rl.max_new_tokens,
+          batch_size=config.input.eval_batch_size, mode=e.mode,
+          max_new_tokens=config.rl.max_new_tokens,
           select_kwargs=select_kwargs, prompt_buckets=tuple(config.input.prompt_buckets),
           answer_template=e.answer_template, max_questions=e.max_questions or None,
           name=f"{selector}_{order}", out_dir=os.path.join(workdir, "eval"), progress=False,
@@ -527,7 +523,8 @@ def fmt_ci(ci: MeanCI | None, *, pct: bool = True, signed: bool = False) -> str:
   head = f"{scale * ci.mean:{'+' if signed else ''}.1f}{unit}"
   if not math.isfinite(ci.half_width):
     return head
-  return f"{head} [{scale * ci.low:{'+' if signed else ''}.1f}, {scale * ci.high:{'+' if signed else ''}.1f}]"
+  sign = "+" if signed else ""
+  return f"{head} [{scale * ci.low:{sign}.1f}, {scale * ci.high:{sign}.1f}]"
 
 
 def _ordered(cells: Mapping[tuple[str, str], Cell], arms: Sequence[str] | None,
@@ -781,8 +778,5 @@ def write_report(out: str, summaries: Sequence[Mapping[str, Any]], *,
                  + (f"{ev['shuffled']['accuracy']:.1%}" if "shuffled" in ev else "-")
                  + f" | {'-' if fired is None else f'{fired:.1%}'} |")
   path = os.path.join(out, "report.md")
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  os.replace(tmp, path)
+  fileio.write_text_atomic(path, "\n".join(lines) + "\n")
   return path

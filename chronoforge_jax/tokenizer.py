@@ -21,6 +21,8 @@ from typing import Sequence
 import numpy as np
 import tokenizers
 
+from chronoforge_jax import fileio
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -205,7 +207,8 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 512,
   tmp = path + ".tmp"
   tok.save(tmp)
   os.replace(tmp, path)
-  with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-    json.dump({"pad_token": ENDOFTEXT, "eos_token": IM_END, "model_max_length": 32768,
-               "note": "tiny byte-level BPE built by chronoforge_jax.tokenizer"}, f, indent=1)
+  fileio.write_json_atomic(
+      os.path.join(out_dir, "tokenizer_config.json"),
+      {"pad_token": ENDOFTEXT, "eos_token": IM_END, "model_max_length": 32768,
+       "note": "tiny byte-level BPE built by chronoforge_jax.tokenizer"}, sort_keys=False)
   return Tokenizer(tok, name=path)

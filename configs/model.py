@@ -20,8 +20,11 @@ Fields:
   remat_policy: none | full | dots | dots_no_batch (what each layer saves for backward).
   attention_impl: the decoder's attention: "xla" (one [B, H, S, S] logits tensor per
     layer), "chunked" (query blocks of `attention_chunk` rows, recomputed in the backward
-    pass: long video prompts at a fraction of the memory; any backend) or "cudnn" (cuDNN
-    flash attention, NVIDIA GPUs). All three compute the same function.
+    pass: long video prompts at a fraction of the memory; any backend), "cudnn" (cuDNN
+    flash attention, NVIDIA GPUs), "splash" (the Pallas splash flash-attention kernel,
+    TPUs; an error on other targets) or "splash_interpret" (the same kernel in Pallas
+    interpret mode on any backend: slow, for tests). All compute the same function on real
+    tokens; splash serves the full-sequence and prefill passes, KV-cache decode uses "xla".
   attention_chunk: query rows per block with attention_impl="chunked".
   scan_layers: True (default): each layer stack (decoder layers, vision blocks) keeps its
     params stacked [L, ...] and runs as one `nnx.scan`, so compile time does not grow
@@ -88,7 +91,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config.param_dtype, "model.param_dtype", DTYPES)
   common.check_choice(config.remat_policy, "model.remat_policy", REMAT)
   common.check_choice(config.attention_impl, "model.attention_impl",
-                      ("xla", "chunked", "cudnn"))
+                      ("xla", "chunked", "cudnn", "splash", "splash_interpret"))
   common.check(isinstance(config.attention_chunk, int) and config.attention_chunk >= 1,
                "model.attention_chunk", f"got {config.attention_chunk!r}; need an int >= 1")
   common.check_choice(config.text_position_after_video, "model.text_position_after_video",

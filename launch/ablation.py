@@ -25,7 +25,6 @@ Arms and their settings are in configs/ablation.py.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -38,35 +37,15 @@ from configs import ablation as ablation_config
 from configs import common
 from configs import kf_grpo as kf_grpo_config
 from configs import tad as tad_config
+from launch import tools
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(_ROOT, "configs", "ablation.py"),
+    "config", os.path.join(tools.ROOT, "configs", "ablation.py"),
     "Ablation config: configs/ablation.py[:full|quick|smoke].", lock_config=True)
 _OUT = flags.DEFINE_string("out", "ablation_out", "Output folder (reused to resume).")
 _CACHE = flags.DEFINE_bool(
     "compilation_cache", True, "Keep XLA's compiled programs in <out>/jax_cache, so runs "
     "that differ only in seed or selector compile once.")
-
-
-def _run(cmd: list[str]) -> str:
-  """Runs one of the project's command-line tools, echoing it; returns its stdout."""
-  print("  $ " + " ".join(cmd[2:] if cmd[0] == sys.executable else cmd), flush=True)
-  result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=_ROOT)
-  if result.returncode != 0:
-    raise SystemExit(f"ablation: `{' '.join(cmd)}` failed with exit code {result.returncode}")
-  return result.stdout
-
-
-def make_data(out: str, data_arg: str) -> tuple[str, str]:
-  """Writes and preprocesses the synthetic set (resumable); returns (train_dir, eval_dir)."""
-  dirs = {}
-  for split in ("train", "eval"):
-    dirs[split] = os.path.join(out, "data", split)
-    print(_run([sys.executable, "-m", "launch.preprocess", f"--config={data_arg}",
-                "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
-                f"--out={dirs[split]}", f"--split={split}"]).strip(), flush=True)
-  return dirs["train"], dirs["eval"]
 
 
 def main(argv) -> int:
@@ -81,7 +60,8 @@ def main(argv) -> int:
     # Every config is checked before anything slow starts.
     ablation_config.validate(config)
     sft_base, rl_base = ablation_config.base_configs(config)
-    ablation.build_configs(config, sft_base, rl_base, out=out, train_dir=os.path.join(out, "data", "train"),
+    ablation.build_configs(config, sft_base, rl_base, out=out,
+                           train_dir=os.path.join(out, "data", "train"),
                            check_config=kf_grpo_config.validate)
   except (common.ConfigError, ablation.ConfigMismatch) as e:
     print(f"ablation: {e}", file=sys.stderr, flush=True)
@@ -94,9 +74,11 @@ def main(argv) -> int:
   start = time.perf_counter()
   print(f"== 1/4 data: synthetic temporal-QA set ({ablation_config.data_arg(config)})",
         flush=True)
-  train_dir, eval_dir = make_data(out, ablation_config.data_arg(config))
+  train_dir, eval_dir = tools.preprocess_synthetic(out, ablation_config.data_arg(config),
+                                                  who="ablation")
   try:
-    ablation.run_ablation(config, sft_base=sft_base, rl_base=rl_base, out=out, train_dir=train_dir, eval_dir=eval_dir,
+    ablation.run_ablation(config, sft_base=sft_base, rl_base=rl_base, out=out,
+                          train_dir=train_dir, eval_dir=eval_dir,
                           check_config=kf_grpo_config.validate,
                           select_kwargs=lambda c: tad_config.tad_kwargs(c.tad))
   except (common.ConfigError, ablation.ConfigMismatch) as e:

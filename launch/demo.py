@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launch import tools
+
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder (reused to resume).")
 _SFT_STEPS = flags.DEFINE_integer(
     "sft_steps", None, "SFT steps (default: configs/kf_grpo.py:demo's sft_steps).")
@@ -53,27 +53,13 @@ def _stage(name: str, message: str) -> None:
   print(f"\n== {name}: {message}", flush=True)
 
 
-def _run(cmd: list[str]) -> str:
-  """Runs one of the project's command-line tools, echoing it; returns its stdout."""
-  print("  $ " + " ".join(cmd[2:] if cmd[0] == sys.executable else cmd), flush=True)
-  result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=_ROOT)
-  if result.returncode != 0:
-    raise SystemExit(f"demo: `{' '.join(cmd)}` failed with exit code {result.returncode}")
-  return result.stdout
-
-
 def make_data(out: str) -> tuple[str, str]:
   """Writes and preprocesses the synthetic set; returns (train_dir, eval_dir)."""
-  dirs = {}
-  sizes = [f"--config.preprocess.synthetic.num_{name}_questions={flag.value}"
-           for name, flag in (("train", _TRAIN_QUESTIONS), ("eval", _EVAL_QUESTIONS))
-           if flag.value is not None]
-  for split in ("train", "eval"):
-    dirs[split] = os.path.join(out, "data", split)
-    print(_run([sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:demo",
-                *sizes, "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
-                f"--out={dirs[split]}", f"--split={split}", "--quiet"]).strip())
-  return dirs["train"], dirs["eval"]
+  sizes = tuple(f"--config.preprocess.synthetic.num_{name}_questions={flag.value}"
+                for name, flag in (("train", _TRAIN_QUESTIONS), ("eval", _EVAL_QUESTIONS))
+                if flag.value is not None)
+  return tools.preprocess_synthetic(out, "configs/data.py:demo", who="demo",
+                                    extra_args=(*sizes, "--quiet"))
 
 
 def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, float]:
@@ -91,9 +77,9 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
   events = {os.path.join(out, "synthetic", it["path"]): it.get("events", []) for it in items}
   first = sorted(events)[0]
   for selector in ("tad", "uniform"):
-    _run([sys.executable, "-m", "launch.select_keyframes", f"--video={first}", f"--k={k}",
-          f"--fps={fps}", f"--selector={selector}",
-          f"--out={os.path.join(out, 'tad', selector)}"])
+    tools.run_tool([sys.executable, "-m", "launch.select_keyframes", f"--video={first}",
+                    f"--k={k}", f"--fps={fps}", f"--selector={selector}",
+                    f"--out={os.path.join(out, 'tad', selector)}"], who="demo")
   # Event recall over the eval videos: an event is found if a keyframe falls inside it.
   tad_kwargs = tad_config.tad_kwargs(tad_config.tad_section())
   hits, total = {"tad": 0, "uniform": 0}, 0

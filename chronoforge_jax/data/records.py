@@ -26,6 +26,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from chronoforge_jax import fileio
+
 INDEX = "index.json"
 SETTINGS = "settings.json"
 REJECTED = "rejected.jsonl"
@@ -73,15 +75,6 @@ def decode_arrays(record: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     count = int(np.prod(shape, dtype=np.int64))
     arrays[name] = np.frombuffer(record, dtype, count, base + offset).reshape(tuple(shape))
   return arrays, header["meta"]
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def shard_name(shard_id: int) -> str:
@@ -196,7 +189,7 @@ class ShardWriter:
               "video_ids": self.video_ids, "question_ids": self.question_ids,
               "frame_shape": self.shape, "max_video_frames": self.max_video_frames,
               "feature_dim": self.feature_dim, "rejected": self.rejected, **(extra or {})}
-    _write_json_atomic(shard_path(self.out_dir, self.shard_id, "marker"), marker)
+    fileio.write_json_atomic(shard_path(self.out_dir, self.shard_id, "marker"), marker)
     return marker
 
 
@@ -257,7 +250,7 @@ def write_index(out_dir: str | os.PathLike, settings: Mapping[str, Any],
     for r in rejected:
       f.write(json.dumps(r, default=str) + "\n")
   os.replace(tmp, os.path.join(out_dir, REJECTED))
-  _write_json_atomic(os.path.join(out_dir, INDEX), index)
+  fileio.write_json_atomic(os.path.join(out_dir, INDEX), index)
   return index
 
 
@@ -514,7 +507,7 @@ def preprocess(items: Sequence[Any], out_dir: str | os.PathLike,
                        "rerun with the same settings and annotations to resume, or use a "
                        "fresh --out folder")
   else:
-    _write_json_atomic(settings_path, record)
+    fileio.write_json_atomic(settings_path, record)
   shard_dir = os.path.join(out_dir, SHARD_DIR)
   for name in os.listdir(shard_dir):
     if ".tmp" in name:  # Left by a killed run: never committed, never read.

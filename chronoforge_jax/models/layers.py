@@ -7,8 +7,13 @@
                  and softmax in float32 (as the reference's eager/SDPA paths do), in one of
                  ATTENTION_IMPLS: "xla" (one [B, H, Q, K] logits tensor), "chunked"
                  (query blocks under jax.checkpoint: the logits of one block live at a
-                 time, forward and backward) or "cudnn" (cuDNN's fused flash attention
-                 through jax.nn.dot_product_attention; NVIDIA GPUs only).
+                 time, forward and backward), "cudnn" (cuDNN's fused flash attention
+                 through jax.nn.dot_product_attention; NVIDIA GPUs only), "splash" (the
+                 Pallas TPU flash kernel, `models/splash.py`; TPUs only) or
+                 "splash_interpret" (that kernel in Pallas interpret mode: any backend,
+                 slow, for tests).
+  CausalMask     the decoder's mask (causal + padding) as a [B, S] vector, which splash
+                 can use and the other paths expand to [B, S, S].
   apply_rotary() rotate-half rotary embedding, in float32.
 
 Every parameter is an `nnx.Param` whose `logical_axes` metadata holds its *logical* axis
@@ -20,11 +25,14 @@ could not be built there.)
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from chronoforge_jax.models import splash
 
 Dtype = jnp.dtype | type
 
@@ -138,34 +146,68 @@ def apply_rotary(x_bshd: jax.Array, cos_bsd: jax.Array, sin_bsd: jax.Array) -> j
   return (x32 * cos + rotate_half(x32) * sin).astype(x_bshd.dtype)
 
 
-ATTENTION_IMPLS = ("xla", "chunked", "cudnn")
+ATTENTION_IMPLS = ("xla", "chunked", "cudnn", "splash", "splash_interpret")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CausalMask:
+  """Causal self-attention with per-token padding, kept as a [B, S] vector.
+
+  Query i may attend to key j when j <= i and key j is a real token. The decoder passes
+  this instead of the dense [B, S, S] mask so that "splash" can run its causal kernel with
+  padding as segment ids; the other paths call `dense()`.
+
+  Attributes:
+    valid_bs: [B, S] bool, True for real tokens; None when all tokens are real.
+  """
+  valid_bs: jax.Array | None = None
+
+  def dense(self, seq_len: int) -> jax.Array:
+    """The [B, S, S] (or [1, S, S] without padding) boolean mask."""
+    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))[None]
+    return causal if self.valid_bs is None else causal & self.valid_bs[:, None, :]
 
 
 def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
-              mask_bqk: jax.Array | None, *, impl: str = "xla",
+              mask_bqk: jax.Array | CausalMask | None, *, impl: str = "xla",
               chunk_size: int = 512) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
   Query head h attends with key/value head h // (H / G), as HF's `repeat_kv` does.
   Fully masked query rows (padding) get a uniform average instead of NaN.
 
+  "splash" and "splash_interpret" serve only a `CausalMask` over equal query and key
+  lengths (the decoder's full-sequence and prefill passes); any other call, e.g. KV-cache
+  decode (one query over the cache) or a dense mask, falls back to "xla". With splash,
+  padding query rows differ from "xla" (see `models/splash.py`); real rows agree.
+
   Args:
     q_bqhd: [B, Q, H, hd] queries.
     k_bkgd: [B, K, G, hd] keys (G divides H).
     v_bkgd: [B, K, G, hd] values.
-    mask_bqk: [B, Q, K] boolean, True where attention is allowed; None for all.
-    impl: one of ATTENTION_IMPLS (module docstring). The three agree to rounding.
+    mask_bqk: [B, Q, K] boolean, True where attention is allowed; a CausalMask (Q == K);
+      or None for all.
+    impl: one of ATTENTION_IMPLS (module docstring). They agree to rounding.
     chunk_size: query rows per block with impl="chunked".
 
   Returns:
     [B, Q, H, hd] outputs in q's dtype.
   """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention impl {impl!r}: choose one of {ATTENTION_IMPLS}")
+  if isinstance(mask_bqk, CausalMask):
+    if q_bqhd.shape[1] != k_bkgd.shape[1]:
+      raise ValueError(f"CausalMask is for self-attention: {q_bqhd.shape[1]} queries, "
+                       f"{k_bkgd.shape[1]} keys")
+    if impl in ("splash", "splash_interpret"):
+      return splash.splash_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk.valid_bs,
+                                     interpret=impl == "splash_interpret")
+    mask_bqk = mask_bqk.dense(q_bqhd.shape[1])
   if impl == "chunked" and q_bqhd.shape[1] > chunk_size:
     return _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size)
   if impl == "cudnn":
     return _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention impl {impl!r}: choose one of {ATTENTION_IMPLS}")
   return _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
 
 

@@ -211,10 +211,9 @@ class TextDecoder(nnx.Module):
   def _run(self, x_bsd, positions_3bs, mask_bs, want_kv):
     """All layers over a full sequence; with want_kv also every layer's keys/values,
     stacked [L, B, S, KV, hd] (prefill: no backward pass, so no remat)."""
-    b, s, _ = x_bsd.shape
     cos, sin = self._cos_sin(positions_3bs)
-    causal = jnp.tril(jnp.ones((s, s), bool))[None]
-    mask = causal if mask_bs is None else causal & mask_bs.astype(bool)[:, None, :]
+    # Causal + padding, kept as [B, S] so attention_impl="splash" can use it as is.
+    mask = layers.CausalMask(None if mask_bs is None else mask_bs.astype(bool))
     x = sharding.shard(x_bsd.astype(self.dtype), ("batch", "act_seq", "act_embed"))
 
     def body(layer, x, i):
