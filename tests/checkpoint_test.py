@@ -192,12 +192,14 @@ def test_init_from_wrong_tree_names_path_and_fix(mesh, tmp_path):
 
 
 def _model_state(mesh, *, scan_layers):
-  """The tiny VLM's train state (params, AdamW moments, step) with random sharded params."""
-  import optax
+  """The tiny VLM's train state with random sharded params and the trainer's optimizer
+  at its most nested (frozen vision tower: masked moments; gradient accumulation)."""
   from flax import nnx
 
   from chronoforge_jax import sharding
+  from chronoforge_jax import train_lib
   from chronoforge_jax.models import get_preset, vlm
+  from configs import kf_grpo
 
   abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
       get_preset("tiny"), rngs=nnx.Rngs(0), scan_layers=scan_layers)), nnx.Param)
@@ -205,7 +207,9 @@ def _model_state(mesh, *, scan_layers):
   params = jax.tree.map(
       lambda a, s: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), s),
       abstract, sharding.state_shardings(abstract, mesh))
-  tx = optax.adamw(1e-3)
+  config = kf_grpo.get_config("smoke")
+  config.optax.freeze_vision, config.optax.grad_accum = True, 2
+  tx = train_lib.make_optimizer(config, params)
   opt_state = jax.jit(lambda p: tx.update(p, tx.init(p), p)[1])(params)
   return {"params": params, "opt_state": opt_state, "step": jnp.int32(5)}
 

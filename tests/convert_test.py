@@ -141,24 +141,28 @@ def test_convert_launcher_writes_loadable_params(tmp_path):
   (tmp_path / "hf" / "tokenizer.json").write_text("{}")
   summary = convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "out"),
                                mesh_shape=(1, -1, 1))
+  per_layer = convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "out_per_layer"),
+                                 mesh_shape=(1, -1, 1), scan_layers=False)
   assert "tokenizer.json" in summary["files"]
   model = convert.load_hf_model(str(tmp_path / "hf"))
-  # Restore as the trainer does: into the abstract params of a freshly built model.
+  # Restore as the trainer does: into the abstract params of a freshly built (scanned)
+  # model, from the stacked and from the per-layer output.
   graphdef, abstract = nnx.split(nnx.eval_shape(
       lambda: vlm.VideoLanguageModel(model.config, rngs=nnx.Rngs(0))), nnx.Param)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
                           abstract)
-  restored = nnx.merge(graphdef, checkpoint.load_params(str(tmp_path / "out" / "params"),
-                                                        abstract))
   want = jax.tree.leaves(nnx.state(model, nnx.Param))
-  got = jax.tree.leaves(nnx.state(restored, nnx.Param))
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for out in ("out", "out_per_layer"):
+    restored = nnx.merge(graphdef, checkpoint.load_params(str(tmp_path / out / "params"),
+                                                          abstract))
+    got = jax.tree.leaves(nnx.state(restored, nnx.Param))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with open(tmp_path / "out" / "config.json") as f:
     assert json.load(f)["tie_word_embeddings"] is True
-  assert summary["params"] == sum(x.size for x in want)
+  assert summary["params"] == per_layer["params"] == sum(x.size for x in want)
 
 
 _SAVE_TWO_PROCESSES = """

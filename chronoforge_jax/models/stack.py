@@ -188,13 +188,18 @@ def relayout(tree: Any, *, scan: bool, stack_fn: Callable = jnp.stack,
   Returns:
     The tree with each nnx.State in the requested layout (a no-op where it already is).
   """
-  def convert(state):
-    flat = list(nnx.to_flat_state(state))
-    depths = {}
-    for path, var in flat:
+  is_state = lambda x: isinstance(x, nnx.State)
+  # Each stack's depth, from any stacked array in the tree (a masked optimizer state may
+  # hold no array for a whole stack, e.g. a frozen vision tower).
+  depths = {}
+  for state in filter(is_state, jax.tree.leaves(tree, is_leaf=is_state)):
+    for path, var in nnx.to_flat_state(state):
       parts = split_path(path)
       if parts is not None and parts[1] is None and hasattr(var.get_value(), "shape"):
         depths[parts[0]] = var.get_value().shape[0]
+
+  def convert(state):
+    flat = list(nnx.to_flat_state(state))
     out, groups = {}, {}
     for path, var in flat:
       parts = split_path(path)
@@ -215,5 +220,4 @@ def relayout(tree: Any, *, scan: bool, stack_fn: Callable = jnp.stack,
       out[path] = _replace(layers[0], stacked, stacked=True)
     return nnx.from_flat_state(out)
 
-  return jax.tree.map(lambda x: convert(x) if isinstance(x, nnx.State) else x, tree,
-                      is_leaf=lambda x: isinstance(x, nnx.State))
+  return jax.tree.map(lambda x: convert(x) if is_state(x) else x, tree, is_leaf=is_state)
