@@ -23,6 +23,13 @@ Resume order (`restore_or_init`), first match wins:
                 checkpoint; the optimizer starts fresh at step 0;
   4. scratch:   nothing restored; the trainer initialises from its seed.
 
+Layer layout: a model built with `model.scan_layers=True` (the default) stacks each layer
+stack's params [L, ...] (`text/layers/attn/...`); with False they are named per layer
+(`text/layers/<i>/attn/...`), as in every checkpoint written before scanned layers
+existed. Every restore here (own, resume, init_from, `load_params`) reads a checkpoint of
+either layout into a model of either layout: when they differ it restores in the
+checkpoint's layout and stacks (or unstacks) params and optimizer moments on the way in.
+
 `PreemptionGuard` turns SIGTERM/SIGINT into a flag the loop polls, so the trainer can
 save the current step and exit cleanly.
 """
@@ -42,6 +49,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from grain import checkpoint as grain_checkpoint
+from jax.sharding import NamedSharding, PartitionSpec
+
+from chronoforge_jax.models import stack
 
 PyTree = Any
 Source = Literal["own", "resume", "init_from", "scratch"]
@@ -87,6 +97,76 @@ def _rng_from_json(blob: dict[str, Any] | None) -> jax.Array | None:
   if blob["impl"] is None:
     return jax.numpy.asarray(data)
   return jax.random.wrap_key_data(data, impl=blob["impl"])
+
+
+# ---------------------------------------------------------------------------------------
+# Layer layout: per-layer checkpoints into scanned models and back.
+# ---------------------------------------------------------------------------------------
+
+
+def _key_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _per_layer(tree: PyTree) -> bool | None:
+  """Whether a (metadata or abstract) tree names layers one by one (None: no layers)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return stack.is_per_layer(_key_names(path) for path, _ in leaves)
+
+
+def _saved_tree(item_dir: epath.Path) -> PyTree | None:
+  """The saved pytree's metadata tree (None if it cannot be read)."""
+  try:
+    return ocp.PyTreeCheckpointHandler().metadata(item_dir).tree
+  except (OSError, ValueError, KeyError):
+    return None
+
+
+def _layer_sharding(sharding, *, stacked: bool):
+  if not isinstance(sharding, NamedSharding):
+    return sharding
+  spec = tuple(sharding.spec)
+  spec = (None,) + spec if stacked else spec[1:]
+  return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def _stack_abstract(leaves: list[jax.ShapeDtypeStruct]) -> jax.ShapeDtypeStruct:
+  a = leaves[0]
+  return jax.ShapeDtypeStruct((len(leaves),) + a.shape, a.dtype,
+                              sharding=_layer_sharding(a.sharding, stacked=True))
+
+
+def _unstack_abstract(a: jax.ShapeDtypeStruct, n: int) -> list[jax.ShapeDtypeStruct]:
+  one = jax.ShapeDtypeStruct(a.shape[1:], a.dtype,
+                             sharding=_layer_sharding(a.sharding, stacked=False))
+  return [one] * n
+
+
+def _in_saved_layout(saved_tree: PyTree | None, abstract: PyTree):
+  """The restore target in the checkpoint's layer layout, and the conversion back.
+
+  Returns:
+    (target to restore into, function mapping the restored tree to `abstract`'s layout
+    and shardings).
+  """
+  saved = None if saved_tree is None else _per_layer(saved_tree)
+  wanted = _per_layer(abstract)
+  if saved is None or wanted is None or saved == wanted:
+    return abstract, lambda restored: restored
+  logging.info("checkpoint: its layers are %s, the model's %s; converting on restore",
+               *(("per layer" if x else "stacked") for x in (saved, wanted)))
+  target = stack.relayout(abstract, scan=not saved, stack_fn=_stack_abstract,
+                          unstack_fn=_unstack_abstract)
+
+  def back(restored):
+    moved = stack.relayout(restored, scan=not wanted)
+    return jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), moved, abstract)
+
+  return target, back
+
+
+_LAYOUT_HINT = ("A checkpoint of either layer layout (model.scan_layers True or False) "
+                "loads into a model of either layout; other differences do not.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +219,8 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyT
   _check_abstract(abstract_state, "abstract_state")
   step_dir = ocp.path.step.standard_name_format().find_step(
       manager.directory, step).path
-  args = {"state": ocp.args.StandardRestore(abstract_state),
+  target, to_model_layout = _in_saved_layout(_saved_tree(step_dir / "state"), abstract_state)
+  args = {"state": ocp.args.StandardRestore(target),
           "meta": ocp.args.JsonRestore()}
   has_data = (step_dir / "data").exists()
   if data_iter is not None and has_data:
@@ -154,9 +235,10 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyT
         f"cannot restore checkpoint {step_dir}: {e}\nThe abstract state must match "
         "the saved tree (same model/optimizer config) and the data-iterator state is "
         "per process (same process count); for a params-only start use "
-        "config.ckpt.init_from instead of resume.") from e
+        f"config.ckpt.init_from instead of resume. {_LAYOUT_HINT}") from e
   meta = restored["meta"]
-  return Restored(source=source, step=int(meta["step"]), state=restored["state"],
+  return Restored(source=source, step=int(meta["step"]),
+                  state=to_model_layout(restored["state"]),
                   rng=_rng_from_json(meta.get("rng")), extra=meta.get("extra", {}),
                   data_restored="data" in args, path=str(step_dir))
 
@@ -358,27 +440,34 @@ def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params
     params_key: for training checkpoints, the state entry holding the params.
 
   Returns:
-    The params tree, laid out as `abstract_params`.
+    The params tree, laid out as `abstract_params`. A checkpoint whose layers are named
+    one by one (written by an unscanned model) loads into a scanned model's stacked
+    params, and the reverse.
   """
   _check_abstract(abstract_params, "abstract_params")
   found = _training_step_dir(path)
+  item_dir = (epath.Path(_abs(path)) if found is None
+              else epath.Path(found[0]) / str(found[1]) / "state")
+  saved = _saved_tree(item_dir)
+  if found is not None and saved is not None:
+    saved = saved.get(params_key) if isinstance(saved, dict) else None
+  target, to_model_layout = _in_saved_layout(saved, abstract_params)
   try:
     if found is None:
       with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(_abs(path), abstract_params)
-    root, step = found
-    item = {params_key: abstract_params}
+        return to_model_layout(checkpointer.restore(item_dir, target))
+    item = {params_key: target}
     with ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(
-          epath.Path(root) / str(step) / "state", args=ocp.args.PyTreeRestore(
+          item_dir, args=ocp.args.PyTreeRestore(
               item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
               partial_restore=True))
-    return restored[params_key]
+    return to_model_layout(restored[params_key])
   except (ValueError, KeyError) as e:
     raise ValueError(
         f"cannot load params from {path}: {e}\nThe params tree must match the model "
         "config (same preset, same parameter names); convert HF weights with "
-        "launch/convert_hf.py for this model config.") from e
+        f"launch/convert_hf.py for this model config. {_LAYOUT_HINT}") from e
 
 
 def restore_or_init(ckpt: Checkpointer, abstract_state: PyTree, *, resume: str = "",

@@ -13,7 +13,9 @@ Public API:
   save_hf(model, path, *, dtype=None, max_shard_bytes=4 GiB, tokenizer_dir=None)
       Writes config.json (the published flat layout) and safetensors shards with the
       published tensor names, which transformers (4.5x and 5.x) and vLLM load.
-  hf_param_map(config) -> {jax_param_path: (hf_name, transform)}
+  hf_param_map(config) -> {jax_param_path: (hf_name, transform)}, with per-layer paths
+      (`("text", "layers", i, ...)`); a scanned model's stacked param [L, ...] is layer
+      i's tensor at row i (`stack.layer_path`), so both layouts load and save alike.
   params_state(model) -> the params as the trainer's nnx.State (what
       `checkpoint.save_params` writes for `launch/convert_hf.py`).
 
@@ -37,6 +39,7 @@ import numpy as np
 from flax import nnx
 
 from chronoforge_jax import sharding
+from chronoforge_jax.models import stack
 from chronoforge_jax.models.config import ModelConfig, from_hf_config, to_hf_config
 from chronoforge_jax.models.vlm import VideoLanguageModel
 
@@ -58,7 +61,8 @@ Path = tuple[Any, ...]
 
 
 def hf_param_map(cfg: ModelConfig) -> dict[Path, tuple[str, str]]:
-  """Maps each param path of VideoLanguageModel to its published HF name and transform."""
+  """Maps each param path of an unscanned VideoLanguageModel (one entry per layer) to its
+  published HF name and transform."""
   out: dict[Path, tuple[str, str]] = {}
   out[("visual", "patch_embed", "kernel")] = ("visual.patch_embed.proj.weight", "patch")
   for i in range(cfg.vision.depth):
@@ -167,9 +171,21 @@ def _flat_params(state) -> list[tuple[Path, nnx.Variable]]:
   return [(tuple(path), v) for path, v in nnx.to_flat_state(state)]
 
 
+def _layer_slots(path: Path, shape: tuple[int, ...]) -> list[tuple[Path, int | None]]:
+  """The per-layer paths (`hf_param_map` keys) a param holds, each with its row.
+
+  A stacked param [L, ...] of a scanned model holds L layers (rows 0..L-1); any other
+  param holds itself (row None).
+  """
+  parts = stack.split_path(path)
+  if parts is None or parts[1] is not None:
+    return [(path, None)]
+  return [(stack.layer_path(path, i), i) for i in range(shape[0])]
+
+
 def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.float32,
                   remat_policy: str = "none", rules=None, attention_impl: str = "xla",
-                  **config_overrides: Any) -> VideoLanguageModel:
+                  scan_layers: bool = True, **config_overrides: Any) -> VideoLanguageModel:
   """Loads a local HF Qwen2.5-VL checkpoint directory into a VideoLanguageModel.
 
   Args:
@@ -181,6 +197,8 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
     remat_policy: see `vision.remat_policy_fn`.
     attention_impl: the decoder's attention, see `layers.attention`.
     rules: logical axis rules (default `sharding.current_rules()`).
+    scan_layers: build the model with stacked, scanned layers (per-layer HF tensors are
+      stacked on load) or one module per layer.
     **config_overrides: ModelConfig fields not in config.json
       (e.g. text_position_after_video='spatial').
 
@@ -191,7 +209,7 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
     cfg = from_hf_config(json.load(f), **config_overrides)
   abstract = nnx.eval_shape(lambda: VideoLanguageModel(
       cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
-      attention_impl=attention_impl))
+      attention_impl=attention_impl, scan_layers=scan_layers))
   graphdef, state = nnx.split(abstract)
   reader = SafetensorsReader(path)
   mapping = hf_param_map(cfg)
@@ -200,20 +218,24 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
   # Check every name and shape before reading any data.
   plan, missing, misshaped, consumed = [], [], [], set()
   for p, var in _flat_params(state):
-    if p not in mapping:
-      raise AssertionError(f"no HF name for param {p}; hf_param_map is out of date")
-    hf_name, transform = mapping[p]
-    found = next((n for n in _alternates(hf_name) if n in available), None)
-    if found is None:
-      missing.append(hf_name)
-      continue
-    consumed.add(found)
     shape = tuple(var.get_value().shape)
-    want = _hf_shape(shape, transform, cfg)
-    if reader.shape(found) != want:
-      misshaped.append(f"{found}: checkpoint {reader.shape(found)}, model expects {want}")
-      continue
-    plan.append((p, var, found, transform, shape))
+    slots, names, transform = _layer_slots(p, shape), [], None
+    for layer_p, row in slots:
+      if layer_p not in mapping:
+        raise AssertionError(f"no HF name for param {layer_p}; hf_param_map is out of date")
+      hf_name, transform = mapping[layer_p]
+      found = next((n for n in _alternates(hf_name) if n in available), None)
+      if found is None:
+        missing.append(hf_name)
+        continue
+      consumed.add(found)
+      want = _hf_shape(shape if row is None else shape[1:], transform, cfg)
+      if reader.shape(found) != want:
+        misshaped.append(f"{found}: checkpoint {reader.shape(found)}, model expects {want}")
+        continue
+      names.append(found)
+    if len(names) == len(slots):
+      plan.append((p, var, names, transform, shape, slots[0][1] is not None))
   ignorable = {n for n in available if n.endswith("inv_freq")}
   if cfg.text.tie_word_embeddings:
     ignorable |= {"lm_head.weight"}
@@ -230,14 +252,22 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
   shardings = (dict(_flat_params(sharding.state_shardings(state, mesh, rules)))
                if mesh is not None else {})
   np_dtype = np.dtype(param_dtype)
-  for p, var, name, transform, shape in plan:
-    host = _to_ours(reader.get(name), transform)
+
+  def read(names, transform, stacked, idx=()):
+    """The host block `idx` of a param: stacked params read only the layers in it."""
+    if not stacked:
+      return np.asarray(_to_ours(reader.get(names[0]), transform)[idx], dtype=np_dtype)
+    rows, rest = (idx[0], idx[1:]) if idx else (slice(None), ())
+    return np.stack([np.asarray(_to_ours(reader.get(n), transform)[rest], dtype=np_dtype)
+                     for n in names[rows]])
+
+  for p, var, names, transform, shape, stacked in plan:
     if mesh is not None:
       target = shardings[p].get_value()
       value = jax.make_array_from_callback(
-          shape, target, lambda idx, host=host: np.asarray(host[idx], dtype=np_dtype))
+          shape, target, lambda idx, args=(names, transform, stacked): read(*args, idx))
     else:
-      value = jax.device_put(np.asarray(host, dtype=np_dtype))
+      value = jax.device_put(read(names, transform, stacked))
     var.set_value(value)
   return nnx.merge(graphdef, state)
 
@@ -284,14 +314,19 @@ def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
   writer = jax.process_index() == 0
   if writer:
     os.makedirs(path, exist_ok=True)
-  params = dict(_flat_params(nnx.state(model, nnx.Param)))
   mapping = hf_param_map(cfg)
+  # Per-layer path -> (param, row): a scanned model's stacked params hold L layers.
+  slots = {}
+  for p, var in _flat_params(nnx.state(model, nnx.Param)):
+    for layer_p, row in _layer_slots(p, tuple(var.get_value().shape)):
+      slots[layer_p] = (var, row)
   entries = []
   for p, (hf_name, transform) in mapping.items():
-    value = params[p].get_value()
+    var, row = slots[p]
+    value = var.get_value()
+    shape = tuple(value.shape) if row is None else tuple(value.shape[1:])
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(value.dtype)
-    entries.append((hf_name, _hf_shape(tuple(value.shape), transform, cfg), out_dtype,
-                    p, transform))
+    entries.append((hf_name, _hf_shape(shape, transform, cfg), out_dtype, p, transform))
   files, current, size = [], [], 0
   for e in entries:
     nbytes = int(np.prod(e[1], dtype=np.int64)) * e[2].itemsize
@@ -305,7 +340,8 @@ def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
 
   def produce(name):
     _, hf_shape, _, p, transform = by_name[name]
-    value = params[p].get_value()
+    var, row = slots[p]
+    value = var.get_value() if row is None else var.get_value()[row]  # one layer on device
     if value.is_fully_addressable:
       host = np.asarray(jax.device_get(value))
     else:  # A collective: every process gathers the same tensors in the same order.

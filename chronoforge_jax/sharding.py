@@ -1,8 +1,9 @@
 """Device mesh, logical axis rules, and the one `shard()` helper for activations.
 
 The mesh has axes ('data', 'fsdp', 'tensor'). Params carry *logical* axis names in their
-`nnx.Param` metadata (`logical_axes`, e.g. ('embed', 'mlp')); a short rules table maps each
-logical name to mesh axes. The same table constrains activations through `shard()`.
+`nnx.Param` metadata (`logical_axes`, e.g. ('embed', 'mlp'); scanned layers' stacked params
+start with 'layers', which stays replicated); a short rules table maps each logical name to
+mesh axes. The same table constrains activations through `shard()`.
 
 Public API:
 
@@ -51,6 +52,9 @@ DEFAULT_RULES: LogicalRules = (
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    # the stacked layer axis of scanned layer stacks ([L, ...] params): every device
+    # holds all layers of its shard
+    ("layers", None),
     # decoder params
     ("vocab", "tensor"),
     ("embed", "fsdp"),

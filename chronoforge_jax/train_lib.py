@@ -375,7 +375,8 @@ def build_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                                   param_dtype=param_dtype,
                                   remat_policy=config.model.remat_policy,
                                   attention_impl=config.model.attention_impl,
-                                  attention_chunk=config.model.attention_chunk)
+                                  attention_chunk=config.model.attention_chunk,
+                                  scan_layers=config.model.get("scan_layers", True))
 
   abstract_model = nnx.eval_shape(lambda: create_model(config.seed))
   graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)

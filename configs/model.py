@@ -26,6 +26,10 @@ Fields:
     interpret mode on any backend: slow, for tests). All compute the same function on real
     tokens; splash serves the full-sequence and prefill passes, KV-cache decode uses "xla".
   attention_chunk: query rows per block with attention_impl="chunked".
+  scan_layers: True (default): each layer stack (decoder layers, vision blocks) keeps its
+    params stacked [L, ...] and runs as one `nnx.scan`, so compile time does not grow
+    with depth. False: one module per layer, unrolled by a Python loop (for debugging;
+    its checkpoints name layers one by one, and `ckpt.init_from` loads either layout).
   text_position_after_video: "" (checkpoint default, 'max': Qwen's rule), 'max' or
     'spatial' (transformers >= 5.3); see ModelConfig.text_position_after_video.
   vocab_chunk: vocabulary columns per step of the chunked log-softmax (token_logprobs).
@@ -65,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.remat_policy = "dots_no_batch"
   config.attention_impl = "xla"
   config.attention_chunk = 512
+  config.scan_layers = True
   config.text_position_after_video = ""
   config.vocab_chunk = 8192
   if args.variant in ("smoke", "small"):

@@ -11,6 +11,11 @@ Writes into --out:
 Weights are read tensor by tensor from memory-mapped safetensors and placed directly in
 their mesh shardings. Missing, unexpected or mis-shaped tensors stop the conversion with
 an error naming them, before anything is written.
+
+The params are written in the layout of a scanned model (`model.scan_layers=True`, the
+default): each layer stack's per-layer HF tensors stacked into [L, ...] params
+(`--scan_layers=false`: one entry per layer). Either layout loads into a model of either
+layout (`chronoforge_jax.checkpoint` converts on restore).
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16
 _MESH = flags.DEFINE_string("mesh", "-1,1,1", "data,fsdp,tensor mesh sizes to load with "
                             "(-1 = the rest); params are placed sharded, never gathered.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing <out>/params.")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", True, "Write layer stacks stacked [L, ...] "
+                                 "(a scanned model's layout) or one entry per layer.")
 
 
 def convert(hf_dir: str, out: str, *, param_dtype: str = "float32",
-            mesh_shape=(-1, 1, 1), overwrite: bool = False) -> dict:
+            mesh_shape=(-1, 1, 1), overwrite: bool = False, scan_layers: bool = True) -> dict:
   """Loads `hf_dir` onto a mesh and writes `<out>/params` plus config/tokenizer files.
 
   Args:
@@ -41,6 +48,7 @@ def convert(hf_dir: str, out: str, *, param_dtype: str = "float32",
     param_dtype: 'float32' or 'bfloat16'.
     mesh_shape: (data, fsdp, tensor) sizes.
     overwrite: replace existing params.
+    scan_layers: write the stacked layout of a scanned model (else one entry per layer).
 
   Returns:
     A summary dict (parameter count, seconds, files written).
@@ -60,7 +68,8 @@ def convert(hf_dir: str, out: str, *, param_dtype: str = "float32",
   mesh = sharding.make_mesh(mesh_shape)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[param_dtype]
   logging.info("loading %s onto mesh %s", hf_dir, dict(mesh.shape))
-  model = convert_lib.load_hf_model(hf_dir, mesh=mesh, param_dtype=dtype)
+  model = convert_lib.load_hf_model(hf_dir, mesh=mesh, param_dtype=dtype,
+                                    scan_layers=scan_layers)
   params = convert_lib.params_state(model)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   logging.info("loaded %.3fB params in %.1fs; writing Orbax params",
@@ -78,7 +87,8 @@ def main(argv):
   del argv
   mesh_shape = [int(s) for s in _MESH.value.split(",")]
   summary = convert(_HF_DIR.value, _OUT.value, param_dtype=_PARAM_DTYPE.value,
-                    mesh_shape=mesh_shape, overwrite=_OVERWRITE.value)
+                    mesh_shape=mesh_shape, overwrite=_OVERWRITE.value,
+                    scan_layers=_SCAN_LAYERS.value)
   print(f"wrote {_OUT.value}: {summary['params'] / 1e9:.3f}B params in "
         f"{summary['seconds']:.1f}s ({', '.join(summary['files'])})")
   print(f"train from it with --config.ckpt.init_from={os.path.join(_OUT.value, 'params')} "

@@ -191,6 +191,64 @@ def test_init_from_wrong_tree_names_path_and_fix(mesh, tmp_path):
     checkpoint.load_params(str(tmp_path / "p"), wrong)
 
 
+def _model_state(mesh, *, scan_layers):
+  """The tiny VLM's train state with random sharded params and the trainer's optimizer
+  at its most nested (frozen vision tower: masked moments; gradient accumulation)."""
+  from flax import nnx
+
+  from chronoforge_jax import sharding
+  from chronoforge_jax import train_lib
+  from chronoforge_jax.models import get_preset, vlm
+  from configs import kf_grpo
+
+  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
+      get_preset("tiny"), rngs=nnx.Rngs(0), scan_layers=scan_layers)), nnx.Param)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(
+      lambda a, s: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), s),
+      abstract, sharding.state_shardings(abstract, mesh))
+  config = kf_grpo.get_config("smoke")
+  config.optax.freeze_vision, config.optax.grad_accum = True, 2
+  tx = train_lib.make_optimizer(config, params)
+  opt_state = jax.jit(lambda p: tx.update(p, tx.init(p), p)[1])(params)
+  return {"params": params, "opt_state": opt_state, "step": jnp.int32(5)}
+
+
+@pytest.mark.parametrize("saved_scanned", [False, True], ids=["per_layer", "stacked"])
+def test_checkpoints_load_across_layer_layouts(mesh, tmp_path, saved_scanned):
+  """A per-layer checkpoint (unscanned model, or written before scanned layers) loads
+  into a scanned model's stacked params and optimizer moments, and the reverse."""
+  from chronoforge_jax.models import stack
+
+  scanned = _model_state(mesh, scan_layers=True)
+  per_layer = stack.relayout(scanned, scan=False)
+  saved, wanted = (scanned, per_layer) if saved_scanned else (per_layer, scanned)
+  abstract = checkpoint.abstract_like(wanted)
+  assert checkpoint._per_layer(abstract) == saved_scanned
+
+  with checkpoint.Checkpointer(str(tmp_path / "run"), save_every=1, keep=1) as ckpt:
+    ckpt.save(5, saved)
+  sources = ["run"]
+  if not saved_scanned:  # An old converted HF model (`save_params`) for init_from.
+    checkpoint.save_params(str(tmp_path / "params"), saved["params"])
+    sources.append("params")
+  for source in sources:
+    params = checkpoint.load_params(str(tmp_path / source), abstract["params"])
+    _assert_same_values(params, wanted["params"])
+    assert jax.tree.structure(params) == jax.tree.structure(wanted["params"])
+  with checkpoint.Checkpointer(str(tmp_path / "run"), save_every=1, keep=1) as ckpt:
+    restored = ckpt.restore(abstract)
+  _assert_same_values(restored.state, wanted)
+  assert jax.tree.structure(restored.state) == jax.tree.structure(wanted)
+  for x, a in zip(jax.tree.leaves(restored.state), jax.tree.leaves(abstract)):
+    assert x.sharding == a.sharding
+  # Independently of relayout: layer 1 of the saved per-layer q kernel is row 1.
+  q_per_layer = per_layer["params"]["text"]["layers"][1]["attn"]["q"]["kernel"]
+  q_stacked = (restored.state if not saved_scanned else scanned)["params"]["text"]
+  np.testing.assert_array_equal(np.asarray(q_stacked["layers"]["attn"]["q"]["kernel"][1]),
+                                np.asarray(q_per_layer))
+
+
 _KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp

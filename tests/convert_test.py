@@ -43,11 +43,14 @@ def _logits(model, inp):
       model, inp["input_ids"], inp["attention_mask"], inp["pixel_values_videos"]))
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_round_trip_through_transformers(tmp_path, tied):
+@pytest.mark.parametrize("tied,scan_layers", [(False, True), (True, True), (False, False)],
+                         ids=["scan", "tied-scan", "unrolled"])
+def test_round_trip_through_transformers(tmp_path, tied, scan_layers):
   hf = _hf(tied)
   hf.save_pretrained(tmp_path / "hf")
-  model = convert.load_hf_model(str(tmp_path / "hf"), text_position_after_video="spatial")
+  model = convert.load_hf_model(str(tmp_path / "hf"), text_position_after_video="spatial",
+                                scan_layers=scan_layers)
+  assert model.scan_layers == scan_layers
   # Small shards force the sharded layout with an index file.
   convert.save_hf(model, str(tmp_path / "out"), max_shard_bytes=20_000)
   files = os.listdir(tmp_path / "out")
@@ -107,10 +110,11 @@ def test_transformers5_names_and_bfloat16_weights(tmp_path):
   with open(tmp_path / "hf" / "config.json") as f:
     (tmp_path / "v5" / "config.json").write_text(f.read())
   model = convert.load_hf_model(str(tmp_path / "v5"), param_dtype=jnp.bfloat16)
-  q = model.text.layers[0].attn.q.kernel[...]
+  q = model.text.layers.attn.q.kernel[...]   # stacked [layers, in, out]
   assert q.dtype == jnp.bfloat16
-  want = tensors["model.layers.0.self_attn.q_proj.weight"].T.astype(ml_dtypes.bfloat16)
-  np.testing.assert_array_equal(np.asarray(q), want)
+  for i in range(q.shape[0]):
+    want = tensors[f"model.layers.{i}.self_attn.q_proj.weight"].T.astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(np.asarray(q[i]), want)
 
 
 def test_load_onto_a_mesh_places_shards(tmp_path):
@@ -118,12 +122,15 @@ def test_load_onto_a_mesh_places_shards(tmp_path):
   from chronoforge_jax import sharding
   mesh = sharding.make_mesh((2, 2, 2))
   model = convert.load_hf_model(str(tmp_path / "hf"), mesh=mesh)
-  kernel = model.text.layers[0].mlp.gate.kernel[...]   # [36, 53] ('embed', 'mlp')
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)  # 53 is prime
-  embed = model.visual.blocks[0].qkv.kernel[...]       # [40, 120]
-  assert embed.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  ref = convert.load_hf_model(str(tmp_path / "hf"))
-  np.testing.assert_array_equal(np.asarray(embed), np.asarray(ref.visual.blocks[0].qkv.kernel[...]))
+  # [3, 36, 53] ('layers', 'embed', 'mlp'): the stacked layer axis is replicated.
+  kernel = model.text.layers.mlp.gate.kernel[...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)  # 53 prime
+  embed = model.visual.blocks.qkv.kernel[...]          # [3, 40, 120]
+  assert embed.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  ref = convert.load_hf_model(str(tmp_path / "hf"), scan_layers=False)
+  for i in range(3):
+    np.testing.assert_array_equal(np.asarray(embed[i]),
+                                  np.asarray(ref.visual.blocks[i].qkv.kernel[...]))
 
 
 def test_convert_launcher_writes_loadable_params(tmp_path):
@@ -134,24 +141,28 @@ def test_convert_launcher_writes_loadable_params(tmp_path):
   (tmp_path / "hf" / "tokenizer.json").write_text("{}")
   summary = convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "out"),
                                mesh_shape=(1, -1, 1))
+  per_layer = convert_hf.convert(str(tmp_path / "hf"), str(tmp_path / "out_per_layer"),
+                                 mesh_shape=(1, -1, 1), scan_layers=False)
   assert "tokenizer.json" in summary["files"]
   model = convert.load_hf_model(str(tmp_path / "hf"))
-  # Restore as the trainer does: into the abstract params of a freshly built model.
+  # Restore as the trainer does: into the abstract params of a freshly built (scanned)
+  # model, from the stacked and from the per-layer output.
   graphdef, abstract = nnx.split(nnx.eval_shape(
       lambda: vlm.VideoLanguageModel(model.config, rngs=nnx.Rngs(0))), nnx.Param)
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
                           abstract)
-  restored = nnx.merge(graphdef, checkpoint.load_params(str(tmp_path / "out" / "params"),
-                                                        abstract))
   want = jax.tree.leaves(nnx.state(model, nnx.Param))
-  got = jax.tree.leaves(nnx.state(restored, nnx.Param))
-  assert len(got) == len(want)
-  for a, b in zip(got, want):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for out in ("out", "out_per_layer"):
+    restored = nnx.merge(graphdef, checkpoint.load_params(str(tmp_path / out / "params"),
+                                                          abstract))
+    got = jax.tree.leaves(nnx.state(restored, nnx.Param))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with open(tmp_path / "out" / "config.json") as f:
     assert json.load(f)["tie_word_embeddings"] is True
-  assert summary["params"] == sum(x.size for x in want)
+  assert summary["params"] == per_layer["params"] == sum(x.size for x in want)
 
 
 _SAVE_TWO_PROCESSES = """
@@ -162,7 +173,7 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
 from chronoforge_jax import convert, sharding
 mesh = sharding.make_mesh((1, 2, 1))  # fsdp over both processes' devices.
 model = convert.load_hf_model(sys.argv[3], mesh=mesh, text_position_after_video="spatial")
-kernel = model.text.layers[0].mlp.up.kernel.get_value()
+kernel = model.text.layers.mlp.up.kernel.get_value()
 assert not kernel.is_fully_addressable, kernel.sharding
 convert.save_hf(model, sys.argv[4], max_shard_bytes=20_000)
 """

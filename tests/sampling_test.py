@@ -18,6 +18,7 @@ from scipy import stats
 from chronoforge_jax import sampling
 from chronoforge_jax import sharding
 from chronoforge_jax.models import hf_reference
+from chronoforge_jax.models import stack
 from chronoforge_jax.models.config import get_preset
 from chronoforge_jax.models.vlm import VideoLanguageModel
 from chronoforge_jax.models.vision import VisionTower
@@ -187,11 +188,19 @@ def tiny_model(seed: int = 0) -> VideoLanguageModel:
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
   for path, var in nnx.to_flat_state(state):
-    shape = var.get_value().shape
+    shape = var.get_value().shape  # stacked layers: [layers, in, out]
     noise = rng.standard_normal(shape).astype(np.float32)
-    scale = {"embed": 1.0, "scale": 0.2, "bias": 0.1}.get(path[-1], 1 / np.sqrt(shape[0]))
+    scale = {"embed": 1.0, "scale": 0.2, "bias": 0.1}.get(path[-1])
+    scale = 1 / np.sqrt(shape[-2]) if scale is None else scale
     var.set_value(jnp.asarray((path[-1] == "scale") + scale * noise))
   return nnx.merge(graphdef, state)
+
+
+def unrolled(model: VideoLanguageModel) -> VideoLanguageModel:
+  """The same weights in a model whose layers are unrolled (`scan_layers=False`)."""
+  abstract = nnx.eval_shape(lambda: VideoLanguageModel(CFG, rngs=nnx.Rngs(0),
+                                                       scan_layers=False))
+  return nnx.merge(nnx.graphdef(abstract), stack.relayout(nnx.state(model), scan=False))
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +294,10 @@ def completion_logits(model, batch, completions_rt, num_samples):
   return np.stack([logits[i, s:s + t] for i, s in enumerate(starts)])
 
 
-def test_greedy_equals_full_forward_argmax(model, batch):
-  out = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0,
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_greedy_equals_full_forward_argmax(model, batch, scan_layers):
+  sampler_model = model if scan_layers else unrolled(model)
+  out = sampling.generate(sampler_model, batch, max_new_tokens=T_NEW, temperature=0.0,
                           stop_tokens=[])
   want_tokens, want_logps = reference_greedy(model, batch, T_NEW)
   np.testing.assert_array_equal(out.tokens, want_tokens)

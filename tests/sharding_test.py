@@ -54,30 +54,37 @@ def test_shard_is_a_noop_without_mesh_and_constrains_with_one():
     sharding.shard(x, ("batch",))
 
 
-def _random_model(cfg, seed=0):
+def _random_model(cfg, seed=0, scan_layers=True):
   """A model with random weights of realistic scale, built without slow eager init."""
-  abstract = nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0),
+                                                           scan_layers=scan_layers))
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
-  for _, v in nnx.to_flat_state(state):
+  for path, v in nnx.to_flat_state(state):
     shape = v.get_value().shape
-    if len(shape) == 1:
+    if path[-1] in ("scale", "bias"):  # [(layers,) dim]
       x = 1.0 + 0.1 * rng.standard_normal(shape)
-    else:
-      x = rng.standard_normal(shape) / np.sqrt(shape[0])
+    else:  # [(layers,) in, out] kernels, [vocab, embed] and [embed, vocab] matrices
+      x = rng.standard_normal(shape) / np.sqrt(shape[-2])
     v.set_value(jnp.asarray(x, jnp.float32))
   return nnx.merge(graphdef, state)
 
 
-def test_state_shardings_follow_logical_axes():
-  model = _random_model(get_preset("tiny"))
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_state_shardings_follow_logical_axes(scan_layers):
+  model = _random_model(get_preset("tiny"), scan_layers=scan_layers)
   mesh = sharding.make_mesh((1, 4, 2))
   shardings = sharding.state_shardings(model, mesh)
   # [151, 36]: 151 is prime, so the vocab stays unsplit; 36 splits over fsdp=4.
   assert shardings["text"]["embed"].get_value().spec == P(None, "fsdp")
-  q_kernel = shardings["text"]["layers"][0]["attn"]["q"]["kernel"]
-  assert q_kernel.get_value().spec == P("fsdp", "tensor")
-  assert shardings["visual"]["blocks"][0]["norm1"]["scale"].get_value().spec == P(None)
+  layers, blocks = shardings["text"]["layers"], shardings["visual"]["blocks"]
+  if scan_layers:  # Stacked [3, ...]: the layer axis is replicated, the rest as before.
+    assert layers["attn"]["q"]["kernel"].get_value().spec == P(None, "fsdp", "tensor")
+    assert layers["attn"]["q"]["kernel"].logical_axes == ("layers", "embed", "heads")
+    assert blocks["norm1"]["scale"].get_value().spec == P(None, None)
+  else:
+    assert layers[0]["attn"]["q"]["kernel"].get_value().spec == P("fsdp", "tensor")
+    assert blocks[0]["norm1"]["scale"].get_value().spec == P(None)
   leaves = sharding.tree_shardings(nnx.state(model), mesh)
   assert all(isinstance(s, NamedSharding) for s in jax.tree.leaves(leaves))
 

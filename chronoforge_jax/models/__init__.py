@@ -2,10 +2,12 @@
 
 Modules: `config` (frozen configs, presets, config.json mapping), `layers` (Dense, RMSNorm,
 SwiGLU, attention), `rope` (2D RoPE, M-RoPE position ids), `vision` (ViT tower), `text`
-(decoder + KV cache), `vlm` (VideoLanguageModel, frames_to_pixel_values).
+(decoder + KV cache), `vlm` (VideoLanguageModel, frames_to_pixel_values), `stack` (layer
+stacks: stacked params run with nnx.scan, or a list for debugging).
 
 `create_model(section, rngs=...)` builds a model from the `model` config section
-(configs/model.py): a preset name or an HF checkpoint directory, dtype names, remat.
+(configs/model.py): a preset name or an HF checkpoint directory, dtype names, remat,
+scanned or unrolled layers.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
 
   Args:
     section: has preset, hf_dir, dtype, param_dtype, remat_policy, attention_impl,
-      attention_chunk (configs/model.py).
+      attention_chunk, scan_layers (configs/model.py).
     rngs: parameter RNG streams.
 
   Returns:
@@ -64,7 +66,8 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
                             param_dtype=dtype_from_name(section.param_dtype),
                             remat_policy=section.remat_policy,
                             attention_impl=section.get("attention_impl", "xla"),
-                            attention_chunk=section.get("attention_chunk", 512))
+                            attention_chunk=section.get("attention_chunk", 512),
+                            scan_layers=section.get("scan_layers", True))
 
 
 def match_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:

@@ -8,6 +8,10 @@ ties it to the embedding). It works on embeddings, so the VLM can splice video t
                                                          writes slots [0, S)
   decode(x_b1d, cache, token_mask_b) -> (h_b1d, cache)   one slot, at cache.end
 
+The layers are one stack (`stack.py`): with `scan_layers` (the default) their params are
+stacked [L, ...] and every path below runs them with one `nnx.scan`, so compile time does
+not grow with depth; without it they are a list run by a Python loop (for debugging).
+
 KVCache layout (a pytree, every field shardable, fixed shapes so decode jit-compiles once):
   k, v     [L, B, T, KV, hd]   keys/values per layer (keys already rotated)
   mask     [B, T] bool         True where a slot holds a real token (padding -> False)
@@ -28,6 +32,7 @@ from flax import nnx
 from chronoforge_jax import sharding
 from chronoforge_jax.models import layers
 from chronoforge_jax.models import rope
+from chronoforge_jax.models import stack
 from chronoforge_jax.models.config import TextConfig
 from chronoforge_jax.models.vision import remat_policy_fn
 
@@ -122,11 +127,22 @@ class DecoderLayer(nnx.Module):
 
 
 class TextDecoder(nnx.Module):
-  """Embedding, decoder layers, final norm, LM head (tied or not)."""
+  """Embedding, decoder layers, final norm, LM head (tied or not).
+
+  Args:
+    cfg: the decoder config.
+    rngs: parameter RNG streams.
+    dtype, param_dtype: compute and storage dtypes.
+    remat_policy: what each layer saves for the backward pass (`vision.remat_policy_fn`).
+    attention_impl, attention_chunk: the attention (`layers.attention`).
+    scan_layers: stack the layers' params [L, ...] and scan them (True), or keep one
+      module per layer run by a Python loop (False: slower to compile, for debugging).
+  """
 
   def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                param_dtype=jnp.float32, remat_policy: str = "none",
-               attention_impl: str = "xla", attention_chunk: int = 512):
+               attention_impl: str = "xla", attention_chunk: int = 512,
+               scan_layers: bool = True):
     if attention_impl not in layers.ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r}: choose one of "
                        f"{layers.ATTENTION_IMPLS}")
@@ -135,9 +151,10 @@ class TextDecoder(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                               param_dtype)
-    self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs, attention_impl=attention_impl,
-                                         attention_chunk=attention_chunk, **kw)
-                            for _ in range(cfg.num_hidden_layers)])
+    self.layers = stack.create(
+        lambda r: DecoderLayer(cfg, rngs=r, attention_impl=attention_impl,
+                               attention_chunk=attention_chunk, **kw),
+        cfg.num_hidden_layers, rngs, scan=scan_layers)
     self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
     self.lm_head = (None if cfg.tie_word_embeddings else
                     layers.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
@@ -145,6 +162,7 @@ class TextDecoder(nnx.Module):
     self.cfg = cfg
     self.dtype = dtype
     self.remat_policy = remat_policy
+    self.scan_layers = scan_layers
     remat_policy_fn(remat_policy)  # validate early
 
   # -- embeddings and head ---------------------------------------------------------
@@ -169,15 +187,10 @@ class TextDecoder(nnx.Module):
     # The reference casts the tables to the activation dtype before rotating.
     return cos.astype(self.dtype), sin.astype(self.dtype)
 
-  def _layer_call(self, layer, x, cos, sin, mask, want_kv):
-    policy = remat_policy_fn(self.remat_policy)
-    if want_kv:  # prefill: no backward pass, so no remat
-      return layer(x, cos, sin, mask)
-    if policy is None:
-      return layer(x, cos, sin, mask)[0], None
-    # Only the hidden state leaves the rematerialised block (keys/values stay inside).
-    fn = nnx.remat(lambda mod, *a: mod(*a)[0], policy=policy)
-    return fn(layer, x, cos, sin, mask), None
+  def _run_layers(self, body, carry, *, remat: bool = False):
+    """Folds body(layer, carry, i) -> (carry, y) over the layers (see `stack.run`)."""
+    policy = remat_policy_fn(self.remat_policy) if remat else None
+    return stack.run(self.layers, body, carry, scan=self.scan_layers, remat_policy=policy)
 
   # -- full sequence -----------------------------------------------------------------
   def hidden(self, x_bsd: jax.Array, positions_3bs: jax.Array,
@@ -196,14 +209,19 @@ class TextDecoder(nnx.Module):
     return h
 
   def _run(self, x_bsd, positions_3bs, mask_bs, want_kv):
+    """All layers over a full sequence; with want_kv also every layer's keys/values,
+    stacked [L, B, S, KV, hd] (prefill: no backward pass, so no remat)."""
     cos, sin = self._cos_sin(positions_3bs)
     # Causal + padding, kept as [B, S] so attention_impl="splash" can use it as is.
     mask = layers.CausalMask(None if mask_bs is None else mask_bs.astype(bool))
     x = sharding.shard(x_bsd.astype(self.dtype), ("batch", "act_seq", "act_embed"))
-    kvs = []
-    for layer in self.layers:
-      x, kv = self._layer_call(layer, x, cos, sin, mask, want_kv)
-      kvs.append(kv)
+
+    def body(layer, x, i):
+      x, kv = layer(x, cos, sin, mask)
+      # Only the hidden state leaves a rematerialised layer (keys/values stay inside).
+      return x, (kv if want_kv else None)
+
+    x, kvs = self._run_layers(body, x, remat=not want_kv)
     return self.norm(x), kvs
 
   # -- KV cache ----------------------------------------------------------------------
@@ -232,9 +250,8 @@ class TextDecoder(nnx.Module):
     s = x_bsd.shape[1]
     if s > cache.max_len:
       raise ValueError(f"prompt length {s} exceeds the cache's max_len {cache.max_len}")
-    h, kvs = self._run(x_bsd, positions_3bs, mask_bs, want_kv=True)
-    k_new = jnp.stack([kv[0] for kv in kvs]).astype(cache.k.dtype)
-    v_new = jnp.stack([kv[1] for kv in kvs]).astype(cache.v.dtype)
+    h, (k_new, v_new) = self._run(x_bsd, positions_3bs, mask_bs, want_kv=True)
+    k_new, v_new = k_new.astype(cache.k.dtype), v_new.astype(cache.v.dtype)
     k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new, 0, axis=2)
     v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new, 0, axis=2)
     mask = jax.lax.dynamic_update_slice_in_dim(
@@ -265,19 +282,23 @@ class TextDecoder(nnx.Module):
     # The new token always sees itself, so a padding row never attends to nothing.
     attn_mask = kv_mask | (jnp.arange(cache.max_len) == slot)[None]
     attn_mask = attn_mask[:, None, :]
-    x = x_b1d.astype(self.dtype)
-    k_cache, v_cache = cache.k, cache.v
-    for i, layer in enumerate(self.layers):
+
+    def body(layer, carry, i):
+      x, k_cache, v_cache = carry
       q, k, v = layer.qkv(x, cos, sin)
-      # Write into the stacked cache in place (the buffer is donated under jit), then
-      # attend over this layer's slice, which now includes the new token.
+      # Write into layer i's slice of the stacked cache in place (the buffer is donated
+      # under jit and is the scan's carry), then attend over that slice, which now
+      # includes the new token.
       k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype),
                                              (i, 0, slot, 0, 0))
       v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype),
                                              (i, 0, slot, 0, 0))
       o = layers.attention(q, k_cache[i].astype(q.dtype), v_cache[i].astype(q.dtype),
                            attn_mask)
-      x = layer.finish(x, o)
+      return (layer.finish(x, o), k_cache, v_cache), None
+
+    (x, k_cache, v_cache), _ = self._run_layers(
+        body, (x_b1d.astype(self.dtype), cache.k, cache.v))
     new = KVCache(k=k_cache, v=v_cache, mask=kv_mask, end=slot + 1,
                   next_pos=cache.next_pos + valid_b.astype(jnp.int32))
     return self.norm(x), new.constrain()

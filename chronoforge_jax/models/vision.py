@@ -13,6 +13,11 @@ temporal patch out as [windows_h, windows_w, window, window, merge, merge] token
 the ragged edge windows with masked dummies. Window attention attends inside each window,
 full attention inside each temporal patch, both with the dummies masked out as keys. The
 result equals the reference's packed `cu_seqlens` attention.
+
+The blocks are one stack (`stack.py`): with `scan_layers` (the default) their params are
+stacked [depth, ...], and each run of consecutive window-attention blocks between the
+full-attention blocks (`fullatt_block_indexes`) is one `nnx.scan`, as is each run of
+full-attention blocks; without it the blocks are a list run by a Python loop.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from flax import nnx
 from chronoforge_jax import sharding
 from chronoforge_jax.models import layers
 from chronoforge_jax.models import rope
+from chronoforge_jax.models import stack
 from chronoforge_jax.models.config import VisionConfig
 
 
@@ -137,19 +143,26 @@ class PatchMerger(nnx.Module):
 
 
 class VisionTower(nnx.Module):
-  """Patch embedding, `depth` blocks (window or full attention) and the 2x2 merger."""
+  """Patch embedding, `depth` blocks (window or full attention) and the 2x2 merger.
+
+  `scan_layers` stacks the blocks' params [depth, ...] and scans each run of blocks of
+  one attention kind (False: one module per block, run by a Python loop).
+  """
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none"):
+               param_dtype=jnp.float32, remat_policy: str = "none",
+               scan_layers: bool = True):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.patch_embed = layers.Dense(cfg.patch_dim, cfg.hidden_size,
                                     axes=("vision_patch", "vision_embed"), use_bias=False,
                                     rngs=rngs, **kw)
-    self.blocks = nnx.List([VisionBlock(cfg, rngs=rngs, **kw) for _ in range(cfg.depth)])
+    self.blocks = stack.create(lambda r: VisionBlock(cfg, rngs=r, **kw), cfg.depth, rngs,
+                               scan=scan_layers)
     self.merger = PatchMerger(cfg, rngs=rngs, **kw)
     self.cfg = cfg
     self.dtype = dtype
     self.remat_policy = remat_policy
+    self.scan_layers = scan_layers
 
   def _run_group(self, x_tld: jax.Array, h: int, w: int) -> jax.Array:
     """Runs the tower on temporal patches that all have an h x w patch grid."""
@@ -169,22 +182,17 @@ class VisionTower(nnx.Module):
     win_cos = jnp.tile(cos.reshape(nw, wl, -1), (t, 1, 1))
     win_sin = jnp.tile(sin.reshape(nw, wl, -1), (t, 1, 1))
 
-    def run_block(block, x, full):
-      if full:
-        return block(x, cos[None], sin[None], full_mask)
+    def window_block(block, x, i):
       y = block(x.reshape(t * nw, wl, -1), win_cos, win_sin, win_mask)
-      return y.reshape(t, lp, -1)
+      return y.reshape(t, lp, -1), None
+
+    def full_block(block, x, i):
+      return block(x, cos[None], sin[None], full_mask), None
 
     policy = remat_policy_fn(self.remat_policy)
-    for i, block in enumerate(self.blocks):
-      full = i in cfg.fullatt_block_indexes
-      if policy is None:
-        x = run_block(block, x, full)
-      else:
-        # nnx.remat takes positional arguments only; `full` is static, so close over it.
-        fn = (lambda b, y: run_block(b, y, True)) if full else (
-            lambda b, y: run_block(b, y, False))
-        x = nnx.remat(fn, policy=policy)(block, x)
+    for start, stop, full in attention_runs(cfg.depth, cfg.fullatt_block_indexes):
+      x, _ = stack.run(self.blocks, full_block if full else window_block, x,
+                       scan=self.scan_layers, remat_policy=policy, start=start, stop=stop)
     merged = self.merger(x)                                   # [T, Lp/m^2, D_out]
     out = merged[:, plan.unit_out]                            # [T, Hm*Wm, D_out]
     return out.reshape(t * out.shape[1], -1)
@@ -228,6 +236,24 @@ class VisionTower(nnx.Module):
     perm = np.concatenate([np.arange(offsets[v], offsets[v] + sizes[v])
                            for v in range(len(grid))])
     return jnp.concatenate(outs, axis=0)[perm]
+
+
+def attention_runs(depth: int, full_indexes: Sequence[int]) -> list[tuple[int, int, bool]]:
+  """Splits blocks [0, depth) into maximal runs of one attention kind.
+
+  Returns:
+    [(start, stop, full)]: blocks [start, stop) all use full attention (full=True) or
+    all window attention; e.g. depth 8 with full attention at (3, 7) gives
+    [(0, 3, False), (3, 4, True), (4, 7, False), (7, 8, True)].
+  """
+  runs: list[tuple[int, int, bool]] = []
+  for i in range(depth):
+    full = i in full_indexes
+    if runs and runs[-1][2] == full:
+      runs[-1] = (runs[-1][0], i + 1, full)
+    else:
+      runs.append((i, i + 1, full))
+  return runs
 
 
 def remat_policy_fn(name: str):

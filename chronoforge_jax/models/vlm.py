@@ -3,7 +3,13 @@
 Interface (the trainer, the sampler and the converter rely on these names):
 
   model = VideoLanguageModel(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
-                             param_dtype=jnp.float32, remat_policy='dots_no_batch')
+                             param_dtype=jnp.float32, remat_policy='dots_no_batch',
+                             scan_layers=True)
+      `scan_layers` (default True) stacks each layer stack's params [L, ...]
+      (`text.layers`, `visual.blocks`) and runs it with `nnx.scan`: compile time stays
+      flat in depth. False keeps one module per layer (`text.layers[i]`), run by a
+      Python loop, for debugging; `stack.stack_paths` / `unstack_paths` convert params
+      between the two layouts.
 
   model(input_ids_bs, attention_mask_bs, pixel_values_videos=None, video_grid_thw=None,
         second_per_grid_ts=None, patch_timestamps=None, *, video_embeds=None) -> logits_bsv
@@ -68,16 +74,18 @@ class VideoLanguageModel(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                param_dtype=jnp.float32, remat_policy: str = "none",
-               attention_impl: str = "xla", attention_chunk: int = 512):
+               attention_impl: str = "xla", attention_chunk: int = 512,
+               scan_layers: bool = True):
     self.config = config
     self.dtype = dtype
+    self.scan_layers = scan_layers
     self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                              remat_policy=remat_policy)
+                              remat_policy=remat_policy, scan_layers=scan_layers)
     # The decoder's attention implementation (layers.ATTENTION_IMPLS); the vision tower's
     # attention stays within one temporal patch's windows and always uses "xla".
     self.text = TextDecoder(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
                             remat_policy=remat_policy, attention_impl=attention_impl,
-                            attention_chunk=attention_chunk)
+                            attention_chunk=attention_chunk, scan_layers=scan_layers)
 
   # -- vision ------------------------------------------------------------------------
   def encode_video(self, pixel_values_videos: jax.Array, video_grid_thw) -> jax.Array:

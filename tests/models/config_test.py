@@ -131,8 +131,14 @@ def test_model_config_section_builds_the_model():
       model_section.validate(bad)
   chunked = model_section.get_config("smoke")
   chunked.attention_impl, chunked.attention_chunk = "chunked", 64
-  layer = nnx.eval_shape(lambda: models.create_model(chunked, rngs=nnx.Rngs(0))).text.layers[0]
-  assert (layer.attention_impl, layer.attention_chunk) == ("chunked", 64)
+  layers = nnx.eval_shape(lambda: models.create_model(chunked, rngs=nnx.Rngs(0))).text.layers
+  assert (layers.attention_impl, layers.attention_chunk) == ("chunked", 64)
+  # Scanned by default: one stacked module, params [L, ...]; unrolled: one per layer.
+  assert smoke.scan_layers and layers.attn.q.kernel.get_value().shape == (3, 36, 36)
+  unrolled = model_section.get_config("smoke")
+  unrolled.scan_layers = False
+  layers = nnx.eval_shape(lambda: models.create_model(unrolled, rngs=nnx.Rngs(0))).text.layers
+  assert len(layers) == 3 and layers[0].attn.q.kernel.get_value().shape == (36, 36)
   after = model_section.get_config("smoke")
   after.text_position_after_video = "spatial"
   assert models.config_from_section(after).text_position_after_video == "spatial"

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from chronoforge_jax.models import hf_reference
+from chronoforge_jax.models import stack
 from chronoforge_jax.models import vlm
 
 torch = pytest.importorskip("torch")
@@ -32,9 +33,9 @@ HF_RULE = {"text_position_after_video": "spatial"}
 
 
 @functools.lru_cache(maxsize=None)
-def _pair(name):
+def _pair(name, scan_layers=True):
   return hf_reference.build_pair(hf_reference.hf_config_dict(**CONFIGS[name]), seed=2,
-                                 **HF_RULE)
+                                 scan_layers=scan_layers, **HF_RULE)
 
 
 def _logits(model, inp, **kw):
@@ -49,12 +50,14 @@ def _rel_err(ours, ref, mask):
   return np.abs(ours[m] - ref[m]).max() / np.abs(ref[m]).max()
 
 
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 @pytest.mark.parametrize("name,grids,text_lens,per_row,pad,spg", [
     ("tiny", [(2, 6, 10), (4, 10, 6)], [(3, 4), (6, 2)], [1, 1], "left", [1.0, 0.5]),
     ("tied_mha", [(3, 6, 6), (1, 4, 8), (2, 8, 4)], [(2, 3), (5, 1)], [2, 1], "right", None),
 ])
-def test_forward_matches_transformers(name, grids, text_lens, per_row, pad, spg):
-  hf, model = _pair(name)
+def test_forward_matches_transformers(name, grids, text_lens, per_row, pad, spg, scan_layers):
+  hf, model = _pair(name, scan_layers)
+  assert model.scan_layers == scan_layers
   inp = hf_reference.video_prompt_batch(model.config, grids, text_lens,
                                         np.random.default_rng(0), pad=pad,
                                         videos_per_row=per_row, seconds_per_grid=spg)
@@ -158,10 +161,12 @@ def test_chunked_logprobs_match_dense_with_gradients():
 
 
 def _same_weights(model, **options):
-  """The model's weights in a model built with other options (dtype, remat)."""
+  """The model's weights in a model built with other options (dtype, remat, layers
+  scanned or not)."""
   abstract = nnx.eval_shape(lambda: vlm.VideoLanguageModel(model.config, rngs=nnx.Rngs(0),
                                                            **options))
-  return nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+  state = stack.relayout(nnx.state(model), scan=abstract.scan_layers)
+  return nnx.merge(nnx.graphdef(abstract), state)
 
 
 def test_chunked_attention_model_matches_transformers():
@@ -185,13 +190,19 @@ def test_bfloat16_compute_tracks_float32():
   low = _logits(bf16, inp)
   assert low.dtype == np.float32
   assert _rel_err(low, f32, inp["attention_mask"]) < 5e-2
-  assert bf16.text.layers[0].attn.q.kernel[...].dtype == jnp.float32  # f32 master params
+  assert bf16.text.layers.attn.q.kernel[...].dtype == jnp.float32  # f32 master params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
-def test_remat_keeps_gradients(policy):
+@pytest.mark.parametrize("policy,scan_layers", [
+    ("full", True), ("dots", True), ("dots_no_batch", True), ("none", False),
+    ("full", False), ("dots_no_batch", False)])
+def test_remat_and_layer_scan_keep_gradients(policy, scan_layers):
+  """Every remat policy, scanned or unrolled layers: the same loss and gradients as the
+  scanned model without remat (unrolled gradients stacked for the comparison)."""
   _, model = _pair("tiny")
+  # Full attention in the middle block: window runs before and after it are scanned.
+  assert model.config.vision.fullatt_block_indexes == (1,)
   inp = hf_reference.video_prompt_batch(model.config, [(2, 4, 4)], [(2, 2)],
                                         np.random.default_rng(7))
   grid = inp["video_grid_thw"]
@@ -200,7 +211,12 @@ def test_remat_keeps_gradients(policy):
     return jnp.mean(m(inp["input_ids"], inp["attention_mask"], inp["pixel_values_videos"],
                       grid) ** 2)
 
-  plain = nnx.jit(nnx.grad(loss))(model)
-  remat = nnx.jit(nnx.grad(loss))(_same_weights(model, remat_policy=policy))
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+  value_and_grad = nnx.jit(nnx.value_and_grad(loss))
+  plain_loss, plain = value_and_grad(model)
+  other = _same_weights(model, remat_policy=policy, scan_layers=scan_layers)
+  other_loss, grads = value_and_grad(other)
+  grads = stack.relayout(nnx.state(grads), scan=True)
+  np.testing.assert_allclose(other_loss, plain_loss, rtol=1e-6)
+  assert jax.tree.structure(grads) == jax.tree.structure(nnx.state(plain))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(grads)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
