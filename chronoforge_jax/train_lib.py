@@ -543,6 +543,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step_metrics: dict[str, float] = {}
     step = start_step
     waits = InputWaitMeter()
+    timer = PhaseTimer()
     try:
       while step < config.total_steps:
         with waits.waiting():
@@ -550,20 +551,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         batch = to_global(mesh, local)
         tokens, host_metrics = 0, {}
         if step < config.sft_steps:
-          state, metrics = run_step("sft", state, batch)
+          state, metrics = timer("update", run_step, "sft", state, batch)
         else:
           if step == config.sft_steps > 0 and "ref" in state:
             state = s.reset_reference(state)  # KL anchors to the SFT'd policy.
           rollout, tokens, host_metrics = make_rollout(s, config, state, batch, host,
-                                                       jax.random.fold_in(rng, step))
+                                                       jax.random.fold_in(rng, step), timer)
           for _ in range(config.rl.num_iterations):
-            state, metrics = run_step("grpo", state, batch, rollout)
+            state, metrics = timer("update", run_step, "grpo", state, batch, rollout)
         metrics = jax.device_get(metrics)
         step += 1
         if not guard.check(step, metrics):
           continue  # The step left the state unchanged; the last checkpoint stays good.
         step_metrics = {**metrics_lib.to_scalars(metrics), **host_metrics,
-                        **waits.step_done(compiled=len(compiled))}
+                        **timer.metrics(), **waits.step_done(compiled=len(compiled))}
         writer.write_scalars(step, step_metrics)
         progress.update(step, step_metrics, tokens=tokens)
         stop = preempt.should_stop()
@@ -626,19 +627,71 @@ class InputWaitMeter:
             "steps that compiled nothing")
 
 
+class PhaseTimer:
+  """Wall time per phase of a step: each timed call is waited for before the clock stops.
+
+  Waiting costs little here: every phase's output feeds the next (rollout tokens are
+  decoded on the host, rewards feed the update), so the device has nothing to overlap.
+  """
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  def __call__(self, name: str, fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+  def metrics(self) -> dict[str, float]:
+    """{"time/<phase>_s": seconds} of the phases timed since the last call."""
+    out = {f"time/{name}_s": t for name, t in self.seconds.items()}
+    self.seconds = {}
+    return out
+
+
 def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batch,
-                 host: dict, rng) -> tuple[dict[str, jax.Array], int, dict[str, float]]:
+                 host: dict, rng, timer: PhaseTimer | None = None
+                 ) -> tuple[dict[str, jax.Array], int, dict[str, float]]:
   """Samples both views and scores them on the host.
+
+  Phases timed by `timer`: views (vision tower), rollout (sampler prefill + decode on
+  both views), scoring (host: gather, decode, rewards), logprobs (old-policy and
+  reference passes). With `rl.use_rollout_logps` the old-policy log-probs (needed when
+  `rl.num_iterations` > 1) are the sampler's, not a second forward pass.
 
   Returns:
     (train-step inputs, completion tokens sampled on the ordered view, host-side reward
     metrics such as the unparseable fraction of each view).
   """
   rl = config.rl
-  mesh, tok = s.mesh, s.tokenizer
+  timer = timer or PhaseTimer()
   model = nnx.merge(s.graphdef, state["params"])
-  out = sample_views(model, s.views(state["params"], batch), batch, rl, s.stop_tokens, rng)
+  views = timer("views", s.views, state["params"], batch)
+  out = timer("rollout", sample_views, model, views, batch, rl, s.stop_tokens, rng)
   samples = {k: (v.tokens, v.completion_mask) for k, v in out.items()}
+  rollout, gathered, host_metrics = timer("scoring", _score_views, s, rl, batch, host,
+                                          samples)
+  trained = [("ordered", "", rl.num_generations)]
+  if rl.train_on_disordered:
+    trained.append(("disordered", "disordered_", rl.num_disordered))
+  for view, prefix, g in trained:
+    completions, mask = samples[view]
+    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = completions, mask
+    logp = functools.partial(timer, "logprobs", s.logprobs, view=view, num_samples=g)
+    if rl.num_iterations > 1 and rl.get("use_rollout_logps", False):
+      rollout[f"{prefix}old_logp"] = out[view].model_logprobs  # The sampler's own.
+    elif rl.num_iterations > 1:
+      rollout[f"{prefix}old_logp"] = logp(state["params"], batch, completions, mask)
+    if "ref" in state:
+      rollout[f"{prefix}ref_logp"] = logp(state["ref"], batch, completions, mask)
+  return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
+
+
+def _score_views(s: Setup, rl: ml_collections.ConfigDict, batch: Batch, host: dict,
+                 samples: dict[str, tuple[jax.Array, jax.Array]]):
+  """Rewards of both views' samples, scored on the host (every process, whole batch)."""
+  mesh, tok = s.mesh, s.tokenizer
   # Every process scores the whole global batch (cheap), so rewards need no gather later.
   gathered = multihost_utils.process_allgather(
       {"answer": batch["answer_index"], **{f"{k}_{i}": v for k, pair in samples.items()
@@ -667,18 +720,7 @@ def make_rollout(s: Setup, config: ml_collections.ConfigDict, state, batch: Batc
       rollout["disordered_format"] = global_from_full(mesh, dis["format"])
   else:
     rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
-  trained = [("ordered", "", rl.num_generations)]
-  if rl.train_on_disordered:
-    trained.append(("disordered", "disordered_", rl.num_disordered))
-  for view, prefix, g in trained:
-    completions, mask = samples[view]
-    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = completions, mask
-    logp = functools.partial(s.logprobs, view=view, num_samples=g)
-    if rl.num_iterations > 1:
-      rollout[f"{prefix}old_logp"] = logp(state["params"], batch, completions, mask)
-    if "ref" in state:
-      rollout[f"{prefix}ref_logp"] = logp(state["ref"], batch, completions, mask)
-  return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
+  return rollout, gathered, host_metrics
 
 
 def _memory_summary(mem) -> str:

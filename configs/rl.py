@@ -77,6 +77,11 @@ def rl_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.beta = 0.04                 # 0 skips the reference model's forward pass.
   c.kl_estimator = "k3"
   c.num_iterations = 1          # mu: policy updates per batch of rollouts.
+  # With mu > 1 the ratio's denominator (old_logp): False runs a log-prob pass of the
+  # rollout policy; True takes the sampler's own log_softmax(logits) of each drawn token
+  # (tunix's use_rollout_logps): one forward pass fewer, equal within float rounding
+  # when sampler and trainer compute in the same dtype.
+  c.use_rollout_logps = False
   c.aggregation = "sequence_mean"  # "sequence_mean" (GRPO), "token_mean", "dr_grpo".
 
   if variant == "demo":
@@ -182,4 +187,6 @@ def validate_rl(cfg: ml_collections.ConfigDict) -> None:
   common.check_choice(rl.kl_estimator, "rl.kl_estimator", set(grpo.KL_ESTIMATORS.names()))
   check(_is_int(rl.num_iterations) and rl.num_iterations >= 1, "rl.num_iterations",
         f"got {rl.num_iterations!r}; need an int >= 1")
+  check(isinstance(rl.get("use_rollout_logps", False), bool), "rl.use_rollout_logps",
+        f"got {rl.get('use_rollout_logps')!r}; need true/false")
   common.check_choice(rl.aggregation, "rl.aggregation", set(grpo.AGGREGATIONS.names()))

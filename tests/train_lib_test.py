@@ -582,3 +582,39 @@ def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
   unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))
   assert unchanged(snapshots[0], snapshots[1])      # first micro-step: accumulate only
   assert not unchanged(snapshots[1], snapshots[2])  # second: one optimizer update
+
+
+@pytest.mark.slow
+def test_rollout_logps_give_the_loss_and_update_of_a_log_prob_pass(data_dir):
+  """rl.use_rollout_logps: old_logp from the sampler instead of a second forward pass.
+
+  The same rollout (same key) either way; the sampler's log-probs equal the log-prob pass
+  on every generated token, and so do the mu = 2 step's loss and updated params.
+  """
+  config = _config(data_dir, **{"rl.beta": 0.0, "rl.num_iterations": 2, "sft_steps": 0,
+                                "optax.warmup_steps": 0})
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  s = train_lib.setup(config, mesh)
+  local, host = pipeline.split_host(next(iter(pipeline.make_dataset(
+      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  results = {}
+  with jax.set_mesh(mesh):
+    batch = train_lib.to_global(mesh, local)
+    for use in (False, True):
+      config.rl.use_rollout_logps = use
+      state = s.init_state()
+      timer = train_lib.PhaseTimer()
+      rollout, _, _ = train_lib.make_rollout(s, config, state, batch, host,
+                                             jax.random.key(7), timer)
+      phases = set(timer.metrics())
+      state, metrics = s.grpo_step(state, batch, rollout)
+      results[use] = jax.device_get((rollout, metrics, state["params"]))
+      assert ("time/logprobs_s" in phases) == (not use), phases
+  (r0, m0, p0), (r1, m1, p1) = results[False], results[True]
+  np.testing.assert_array_equal(r0["completions"], r1["completions"])
+  mask = np.asarray(r0["mask"], bool)
+  assert mask.sum() > 0
+  np.testing.assert_allclose(r1["old_logp"][mask], r0["old_logp"][mask], atol=1e-5)
+  np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
