@@ -397,7 +397,7 @@ def save_params(path: str, params: PyTree, *, overwrite: bool = False) -> None:
 
 def _training_step_dir(path: str) -> tuple[str, int] | None:
   """Returns (root, step) if `path` is a training run's checkpoint dir or step dir."""
-  p = epath.Path(path)
+  p = epath.Path(_abs(path))
   if (p / "state").is_dir() and (p / "meta").is_dir():
     try:
       return str(p.parent), ocp.path.step.step_from_checkpoint_name(p.name)

@@ -54,6 +54,7 @@ from flax import nnx
 
 from chronoforge_jax import sampling
 from chronoforge_jax import scoring as scoring_lib
+from chronoforge_jax import tad
 from chronoforge_jax.rl import answer_rules
 # Results, tables and files live in eval_results; re-exported as this module's API.
 from chronoforge_jax.eval_results import (GROUPS, MULTIPLE_CHOICE,  # noqa: F401
@@ -349,7 +350,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     batch_size: questions per forward pass.
     mode: "generate" (greedy answer + extraction) or "likelihood" (option scoring).
     max_new_tokens: answer length cap ("generate").
-    select_kwargs: TAD settings (default: `configs.tad` defaults).
+    select_kwargs: TAD settings (`tad.analyze`'s; unset ones take its defaults).
     prompt_buckets: allowed prompt lengths without video tokens (bounds recompiles).
     answer_template: the completion scored per option letter ("likelihood").
     max_questions: evaluate only the first N questions (None: all).
@@ -381,9 +382,7 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
     raise ValueError(f"frame_order={frame_order!r}: choose one of {FRAME_ORDERS}")
   scoring_lib.SCORINGS.get(scoring)  # An unknown name fails before anything loads.
   index = check_data_dir(data_dir)
-  if select_kwargs is None:
-    from configs import tad as tad_config
-    select_kwargs = tad_config.tad_kwargs(tad_config.tad_section())
+  select_kwargs = {**tad.analyze_defaults(), **(select_kwargs or {})}
   vcfg = model.config.vision
   settings = pipeline.eval_settings(
       batch_size, num_keyframes=num_keyframes, selector=selector,

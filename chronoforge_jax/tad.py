@@ -19,6 +19,7 @@ Python loop over frames, and all run under jit, vmap, pmap and shard_map.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Literal, NamedTuple
 
 import jax
@@ -270,6 +271,12 @@ def top_k_chronological(priority_bt: jax.Array, k: int,
 
 
 SELECTORS: Registry = Registry("keyframe selector")
+
+
+def analyze_defaults() -> dict[str, object]:
+  """`analyze`'s settings and their defaults (what `select_keyframes(**kwargs)` takes)."""
+  return {name: p.default for name, p in inspect.signature(analyze).parameters.items()
+          if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 @SELECTORS.register("tad")

@@ -479,11 +479,15 @@ def _say(message: str) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a checkpoint.
 
+  Args:
+    config: a training config (configs/kf_grpo.py), validated by the caller
+      (`configs.kf_grpo.validate`; launch/train.py does it before anything compiles).
+    workdir: checkpoints, metrics and plots go here.
+
   Returns:
     The metrics of the last step run.
   """
-  from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
-  kf_grpo_config.validate(config)
+  workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # launch.eval evaluates with the prompt trained on.
     scoring.write_eval_defaults(workdir, prompt_template=config.input.prompt_template,

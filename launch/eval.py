@@ -43,6 +43,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from launch import multihost
+from launch import tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "configs",
@@ -256,11 +257,14 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO.
   multihost.initialize()
   try:
-    run(data_dir=_DATA_DIR.value or "", checkpoint=_CHECKPOINT.value,
-        model_preset=_PRESET.value, hf_dir=_HF_DIR.value, tokenizer_dir=_TOKENIZER_DIR.value,
-        selector=_SELECTOR.value, k=_K.value, mode=_MODE.value, out=_OUT.value,
-        batch_size=_BATCH.value, max_new_tokens=_MAX_NEW.value, max_questions=_MAX_Q.value,
-        prompt_buckets=_PROMPT_BUCKETS.value, workdir=_WORKDIR.value, dtype=_DTYPE.value,
+    # Paths as the user typed them, relative to this folder: made absolute once, here.
+    path = tools.absolute
+    run(data_dir=path(_DATA_DIR.value or ""), checkpoint=path(_CHECKPOINT.value),
+        model_preset=_PRESET.value, hf_dir=path(_HF_DIR.value),
+        tokenizer_dir=path(_TOKENIZER_DIR.value), selector=_SELECTOR.value, k=_K.value,
+        mode=_MODE.value, out=path(_OUT.value), batch_size=_BATCH.value,
+        max_new_tokens=_MAX_NEW.value, max_questions=_MAX_Q.value,
+        prompt_buckets=_PROMPT_BUCKETS.value, workdir=path(_WORKDIR.value), dtype=_DTYPE.value,
         param_dtype=_PARAM_DTYPE.value, match_tokenizer=_MATCH_TOKENIZER.value,
         random_init=_RANDOM_INIT.value, tad_kwargs=tad_config.tad_kwargs(_CONFIG.value.tad),
         progress=not _QUIET.value, patch_mode=_PATCH_MODE.value,

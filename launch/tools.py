@@ -1,4 +1,8 @@
-"""What the driving launchers (demo, ablation) share: running the project's own tools.
+"""What the launchers share: paths resolved at the boundary, running the project's tools.
+
+Every path a user passes (flags and config fields) is made absolute once, here, against
+the folder the command was typed in (`absolute`, `absolute_config_paths`): Orbax wants
+absolute paths, and `run_tool` runs its subprocesses from the repository root.
 
 `launch.demo` and `launch.ablation` run `launch.preprocess`, `launch.train` and friends as
 subprocesses, exactly as a user would type them, so each stage is a command the user can
@@ -12,6 +16,29 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The config fields that hold paths, where a config has them.
+CONFIG_PATHS = ("input.data_dir", "input.tokenizer_dir", "model.hf_dir", "ckpt.init_from",
+                "ckpt.resume")
+
+
+def absolute(path: str | None) -> str | None:
+  """`path` made absolute against the working folder; "", None and URLs unchanged."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_config_paths(config, fields: tuple[str, ...] = CONFIG_PATHS):
+  """Makes the config's path fields absolute in place (fields it lacks are skipped)."""
+  for name in fields:
+    section, _, field = name.rpartition(".")
+    node = config
+    for part in section.split(".") if section else ():
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is not None and field in node and isinstance(node[field], str):
+      node[field] = absolute(node[field])
+  return config
 
 
 def run_tool(cmd: list[str], *, who: str) -> str:

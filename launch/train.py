@@ -15,7 +15,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from configs import common
+from configs import kf_grpo as kf_grpo_config
 from launch import multihost
+from launch import tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/kf_grpo.py:smoke.",
@@ -30,12 +33,17 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  config = tools.absolute_config_paths(_CONFIG.value)
+  try:
+    kf_grpo_config.validate(config)  # Before anything is compiled.
+  except common.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   jax = multihost.initialize()
   from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
 
   logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-  train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train_lib.train_and_evaluate(config, tools.absolute(_WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def _config(data_dir, **overrides):
   return config
 
 
-def _train_cmd(data_dir, workdir, *extra):
-  return [sys.executable, "-m", "launch.train", "--config=configs/kf_grpo.py:smoke",
+def _train_cmd(data_dir, workdir, *extra, config_file="configs/kf_grpo.py"):
+  return [sys.executable, "-m", "launch.train", f"--config={config_file}:smoke",
           f"--workdir={workdir}", f"--config.input.data_dir={data_dir}",
           "--config.ckpt.save_every=1", f"--config.rl.beta={BETA}", *extra]
 
@@ -116,8 +116,11 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted(uninterrupted,
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert os.path.isdir(ckpt_dir), f"no checkpoint of step {kill_after} before the kill"
-  resumed = subprocess.run(_train_cmd(data_dir, workdir), cwd=ROOT, env=ENV,
-                           capture_output=True, text=True, timeout=600)
+  # Resumed from another folder with every path relative to it, as a user would type them.
+  resumed = subprocess.run(
+      _train_cmd(os.path.relpath(data_dir, tmp_path), "run_b",
+                 config_file=os.path.join(ROOT, "configs", "kf_grpo.py")),
+      cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "starting at step 0" not in resumed.stdout, f"killed after step {kill_after}"
 

@@ -23,8 +23,8 @@ def _env():
   return env
 
 
-def _run(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=REPO, env=_env(),
+def _run(*args, timeout=300, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=cwd, env=_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -110,9 +110,10 @@ def test_end_to_end_both_selectors(tmp_path):
       f.write(json.dumps({"step": s, "loss": 1.0 / s, "reward/accuracy": 0.2 * s,
                           "ordered_acc": 0.3, "disordered_acc": 0.1, "kl": 0.01}) + "\n")
   out_dir = tmp_path / "eval"
-  out = _run("--data_dir", data, "--checkpoint", str(tmp_path / "params"), "--model_preset",
+  # Every path relative to the folder the command runs in, as a user types them.
+  out = _run("--data_dir", "data", "--checkpoint", "params", "--model_preset",
              "tiny", "--k", "4", "--batch_size", "2", "--mode", "likelihood", "--dtype",
-             "float32", "--out", str(out_dir), "--workdir", str(workdir), "--quiet")
+             "float32", "--out", "eval", "--workdir", "run", "--quiet", cwd=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "eval: tad: accuracy" in out.stdout and "eval: uniform: accuracy" in out.stdout
   files = set(os.listdir(out_dir))
