@@ -81,7 +81,8 @@ def main():
   config = kf_grpo.get_config(a.config)
   model_cfg = models.config_from_section(config.model)
   cfg = model_cfg.text
-  seq = a.seq or planning.rollout_cache_shape(config, model_cfg, a.frame_size)[2]
+  seq = a.seq or (planning.rollout_prompt_length(config, a.frame_size) +
+                  config.rl.max_new_tokens)
   mesh = sharding.make_mesh([int(config.mesh[x]) for x in sharding.MESH_AXES],
                             devices=topo.devices)
   b = a.batch_per_chip * mesh.size

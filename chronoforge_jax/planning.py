@@ -2,7 +2,8 @@
 
 The quick plan, from the config and the mesh alone (abstract shapes, `jax.eval_shape`), per
 device: params, optimizer state, the frozen reference params (beta > 0), and the KV cache
-of one rollout (B prompts x G samples, prompt + answer). It leaves activations out:
+of one rollout (B prompts stored once, plus B x G answers: the sampler's shared-prefix
+cache, `sampling.share_prefix`). It leaves activations out:
 
   rows = planning.plan(config, mesh, model_cfg, frame_size=448)
   print(planning.format_plan(rows, mesh))
@@ -74,18 +75,36 @@ def tree_row(name: str, abstract_tree: Any, shardings: Any) -> Row:
   return Row(name, elements, global_bytes, device_bytes)
 
 
-def rollout_cache_shape(config: ml_collections.ConfigDict,
-                        model_cfg: model_config_lib.ModelConfig,
-                        frame_size: int) -> tuple[int, ...]:
-  """[layers, B*G, prompt + answer, kv_heads, head_dim] of one view's rollout cache."""
-  t = model_cfg.text
+def rollout_prompt_length(config: ml_collections.ConfigDict, frame_size: int) -> int:
+  """Tokens of the longest rollout prompt: the largest text bucket plus one view's video."""
   i = config.input
-  video = pipeline.num_video_tokens(views.view_patches(config.tad.k, i.patch_mode), frame_size, frame_size,
-                                    i.patch_size, i.spatial_merge_size)
-  length = max(i.prompt_buckets) + video + config.rl.max_new_tokens
-  rows = i.batch_size * max(config.rl.num_generations, config.rl.num_disordered)
+  video = pipeline.num_video_tokens(views.view_patches(config.tad.k, i.patch_mode),
+                                    frame_size, frame_size, i.patch_size,
+                                    i.spatial_merge_size)
+  return max(i.prompt_buckets) + video
+
+
+def rollout_cache_shapes(config: ml_collections.ConfigDict,
+                         model_cfg: model_config_lib.ModelConfig,
+                         frame_size: int) -> dict[str, tuple[int, ...]]:
+  """K (and V) shapes of one view's rollout cache, as the sampler lays it out
+  (`sampling.share_prefix`): each prompt once, each of its G answers on its own.
+
+  Returns:
+    {"prefix": [layers, B, prompt, kv_heads, head_dim],
+     "suffix": [layers, B*G, answer slots (max_new_tokens - 1), kv_heads, head_dim]},
+    G the larger of the two views' group sizes.
+  """
+  from chronoforge_jax import sampling  # pylint: disable=g-import-not-at-top
+
+  t = model_cfg.text
+  b = config.input.batch_size
+  g = max(config.rl.num_generations, config.rl.num_disordered)
   head_dim = t.hidden_size // t.num_attention_heads
-  return (t.num_hidden_layers, rows, length, t.num_key_value_heads, head_dim)
+  layers, kv = t.num_hidden_layers, t.num_key_value_heads
+  return {"prefix": (layers, b, rollout_prompt_length(config, frame_size), kv, head_dim),
+          "suffix": (layers, b * g, sampling.answer_slots(config.rl.max_new_tokens), kv,
+                     head_dim)}
 
 
 def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -100,7 +119,8 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
   Returns:
     Rows: vision params, text params, optimizer state, reference params (beta > 0),
-    rollout KV cache (K and V, one view), and the total.
+    rollout KV cache (K and V of the prompts once and of the G answers per prompt, one
+    view), and the total.
   """
   from chronoforge_jax import train_lib  # Late: train_lib imports much more.
 
@@ -112,10 +132,10 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if "ref" in abstract:
     rows.append(tree_row("reference params (beta > 0)", abstract["ref"], shardings["ref"]))
   dtype = jnp.dtype(config.model.dtype)
-  shape = rollout_cache_shape(config, model_cfg, frame_size)
-  spec = sharding.logical_to_spec(text_lib.CACHE_AXES, shape=shape, mesh=mesh)
-  kv = tree_row("rollout KV cache (K+V)", [jax.ShapeDtypeStruct(shape, dtype)] * 2,
-                [jax.sharding.NamedSharding(mesh, spec)] * 2)
+  shapes = list(rollout_cache_shapes(config, model_cfg, frame_size).values())
+  specs = [sharding.logical_to_spec(text_lib.CACHE_AXES, shape=s, mesh=mesh) for s in shapes]
+  kv = tree_row("rollout KV cache (K+V)", [jax.ShapeDtypeStruct(s, dtype) for s in shapes] * 2,
+                [jax.sharding.NamedSharding(mesh, spec) for spec in specs] * 2)
   rows.append(kv)
   rows.append(Row("total", sum(r.elements for r in rows), sum(r.global_bytes for r in rows),
                   sum(r.device_bytes for r in rows)))

@@ -7,10 +7,16 @@ One jit-compiled program per (batch, prompt-length bucket, max_new_tokens, num_s
 sampling settings, video grid) does all of it on device, with no host round trip per token:
 
 1. Prefill: the vision tower and the prompt run once per prompt (B rows), into a cache
-   of the prompt's length.
-2. Group sharing: the filled cache, the last logits and the next positions are repeated
-   G = `num_samples` times into a [B*G]-row cache that has room for the answers. Row
-   r = b * G + g is sample g of prompt b (`jnp.repeat` order).
+   of the prompt's length S.
+2. Group sharing (`share_prefix`): the prompt cache is kept as it is, once per prompt,
+   and each of the B*G rows gets its own answer cache of T - 1 slots (the first token
+   comes from the prefill logits); the last logits and the next positions are repeated
+   G = `num_samples` times. Row r = b * G + g is sample g of prompt b (`jnp.repeat`
+   order). Each decode step attends to the row's prompt and its own answer and merges
+   the two softmax parts exactly (`layers.prefix_decode_attention`): the cache holds
+   S + G*(T-1) slots per prompt instead of G*(S+T-1) (`kv_cache_bytes`), and the G rows
+   of a prompt read its keys together. `shared_prefix=False` runs the former layout
+   (`repeat_cache`: G full copies of the prompt), kept for comparison.
 3. Decode: a `lax.while_loop` samples one token per row and feeds it back through
    `decode_step` until every row has stopped or `max_new_tokens` are out. Finished rows
    keep running (fixed shapes) with their slot masked and their position frozen.
@@ -47,7 +53,10 @@ Public API:
   sample_step(keys_b, logits_bv, params) -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)
   bucket_length(n, *, min_bucket=16, steps_per_octave=4) -> int
   row_keys(rng, batch, num_samples) -> [B*G] keys
-  repeat_cache(cache, num_samples, max_len) -> KVCache        the group sharing step
+  share_prefix(cache, num_samples, answer_len) -> SharedPrefixCache   group sharing
+  repeat_cache(cache, num_samples, max_len) -> KVCache    the former one (G copies)
+  answer_slots(max_new_tokens) -> int                     answer cache slots per row
+  kv_cache_bytes(text_config, ...) -> int                 K+V bytes per prompt
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from chronoforge_jax.models.text import KVCache
+from chronoforge_jax.models.text import KVCache, SharedPrefixCache
 
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
               "second_per_grid_ts", "patch_timestamps", "video_embeds")
@@ -246,8 +255,63 @@ def bucket_length(n: int, *, min_bucket: int = 16, steps_per_octave: int = 4) ->
   return -(-n // step) * step
 
 
+def answer_slots(max_new_tokens: int) -> int:
+  """Answer cache slots per row: T - 1 (the first token comes from the prefill logits,
+  each later one is written before the next is drawn); at least 1 for fixed shapes."""
+  return max(int(max_new_tokens) - 1, 1)
+
+
+def share_prefix(cache: KVCache, num_samples: int, answer_len: int) -> SharedPrefixCache:
+  """Shares a prefilled cache across a group, the prompt stored once.
+
+  Args:
+    cache: the prefilled [B]-row cache (its max_len is the prompt length S); it becomes
+      the prefix, unchanged.
+    num_samples: G.
+    answer_len: answer slots per row (`answer_slots(max_new_tokens)`).
+
+  Returns:
+    A SharedPrefixCache whose suffix has B*G empty rows of answer_len slots, row
+    b * G + g starting at prompt b's next position.
+  """
+  if answer_len < 1:
+    raise ValueError(f"answer_len {answer_len} must be >= 1")
+  l, b, _, kv, hd = cache.k.shape
+  shape = (l, b * num_samples, answer_len, kv, hd)
+  suffix = KVCache(k=jnp.zeros(shape, cache.k.dtype), v=jnp.zeros(shape, cache.v.dtype),
+                   mask=jnp.zeros((b * num_samples, answer_len), bool),
+                   end=jnp.zeros((), jnp.int32),
+                   next_pos=jnp.repeat(cache.next_pos, num_samples, axis=0))
+  return SharedPrefixCache(prefix=cache, suffix=suffix).constrain()
+
+
+def kv_cache_bytes(text_config, *, prompt_len: int, max_new_tokens: int, num_samples: int,
+                   dtype, shared_prefix: bool = True) -> int:
+  """Bytes of keys and values the sampler's cache holds per prompt.
+
+  Shared prefix: (S + G * answer_slots(T)) slots; the former layout (`repeat_cache`):
+  G * (S + T - 1). A slot is 2 (K and V) * layers * kv_heads * head_dim elements of
+  `dtype`. The [rows, slots] bool masks (1 byte a slot and row) are not counted.
+
+  Args:
+    text_config: the decoder's config (`ModelConfig.text`).
+    prompt_len: S, the (bucketed) prompt length.
+    max_new_tokens: T.
+    num_samples: G.
+    dtype: the cache dtype.
+    shared_prefix: the layout.
+  """
+  s, g = int(prompt_len), int(num_samples)
+  slots = (s + g * answer_slots(max_new_tokens) if shared_prefix
+           else g * (s + int(max_new_tokens) - 1))
+  per_slot = (2 * text_config.num_hidden_layers * text_config.num_key_value_heads *
+              text_config.head_dim * jnp.dtype(dtype).itemsize)
+  return slots * per_slot
+
+
 def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
-  """Shares a prefilled cache across a group: [B] rows of S slots -> [B*G] rows of max_len.
+  """The former group sharing (`shared_prefix=False`): G full copies of each prompt,
+  [B] rows of S slots -> [B*G] rows of max_len.
 
   Row b * G + g holds a copy of row b; slots [S, max_len) are empty and masked, and
   `end` stays at S so decoding continues right after the prompt.
@@ -285,6 +349,7 @@ class _Static:
   pad_id: int
   video_grid_thw: tuple[tuple[int, int, int], ...] | None
   cache_dtype: Any
+  shared_prefix: bool = True
 
 
 def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r,
@@ -346,11 +411,15 @@ def _generate_jit(graphdef, state, arrays: dict[str, jax.Array], rng: jax.Array,
   g = static.num_samples
   video = {k: arrays[k] for k in _VIDEO_ARRAY_KEYS if k in arrays}
   grid = None if static.video_grid_thw is None else np.asarray(static.video_grid_thw)
-  # Prefill into a prompt-sized cache: the full-length cache only exists at B*G rows.
+  # Prefill into a prompt-sized cache: answers get their own slots (share_prefix) or,
+  # in the former layout, rows of prompt + answer (repeat_cache).
   cache = model.init_cache(b, s, static.cache_dtype)
   last_logits_bv, cache, _ = model.prefill(ids_bs, mask_bs, cache, video_grid_thw=grid,
                                            **video)
-  cache = repeat_cache(cache, g, s + static.max_new_tokens - 1)
+  if static.shared_prefix:
+    cache = share_prefix(cache, g, answer_slots(static.max_new_tokens))
+  else:
+    cache = repeat_cache(cache, g, s + static.max_new_tokens - 1)
   last_logits_rv = jnp.repeat(last_logits_bv, g, axis=0)
   keys_r = row_keys(rng, b, g)
   stop_rk = jnp.repeat(arrays["stop_tokens"], g, axis=0)
@@ -418,8 +487,8 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
                   num_samples: int = 1, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, stop_tokens=None, rng: jax.Array | None = None,
                   max_lengths=None, suppress_tokens: Sequence[int] | None = None,
-                  pad_id: int | None = None, bucket: bool | int = True, cache_dtype=None
-                  ) -> tuple[Any, ...]:
+                  pad_id: int | None = None, bucket: bool | int = True, cache_dtype=None,
+                  shared_prefix: bool = True) -> tuple[Any, ...]:
   """Validates and pads on the host; returns the compiled program's arguments."""
   cfg = model.config
   vocab = cfg.text.vocab_size
@@ -477,7 +546,8 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
                                          for row in np.asarray(grid).reshape(-1, 3))
   static = _Static(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples),
                    params=params, pad_id=pad_id, video_grid_thw=grid,
-                   cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+                   cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype),
+                   shared_prefix=bool(shared_prefix))
   graphdef, state = nnx.split(model)
   return graphdef, state, arrays, rng, static
 
@@ -487,7 +557,8 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
              stop_tokens: Sequence[int] | np.ndarray | None = None,
              rng: jax.Array | None = None, max_lengths: np.ndarray | None = None,
              suppress_tokens: Sequence[int] | None = None, pad_id: int | None = None,
-             bucket: bool | int = True, cache_dtype=None) -> SampleOutput:
+             bucket: bool | int = True, cache_dtype=None,
+             shared_prefix: bool = True) -> SampleOutput:
   """Samples `num_samples` answers per prompt with a shared prefill and a KV cache.
 
   Args:
@@ -510,6 +581,10 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
     bucket: True pads the prompt length with `bucket_length`; an int pads it to a
       multiple of that int; False keeps it.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
+    shared_prefix: True (default): each prompt's keys/values once, plus each row's own
+      answer cache (`share_prefix`); False: the former layout, G full copies of the
+      prompt (`repeat_cache`), for comparison. Same tokens for the same rng (up to
+      float rounding of the attention, which may flip near-ties).
 
   Returns:
     A SampleOutput with [B * num_samples] rows.
@@ -518,7 +593,7 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
       model, inputs, max_new_tokens=max_new_tokens, num_samples=num_samples,
       temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, rng=rng,
       max_lengths=max_lengths, suppress_tokens=suppress_tokens, pad_id=pad_id,
-      bucket=bucket, cache_dtype=cache_dtype))
+      bucket=bucket, cache_dtype=cache_dtype, shared_prefix=shared_prefix))
 
 
 def lower_generate(model, inputs: Mapping[str, Any], **kwargs: Any) -> jax.stages.Lowered:

@@ -3,9 +3,11 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from chronoforge_jax import planning
+from chronoforge_jax import sampling
 from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax import train_lib
@@ -44,20 +46,33 @@ def test_plan_matches_the_real_sharded_state(config, shape):
         rows["text params"].global_bytes
 
 
-def test_rollout_cache_rows_count_prompt_video_and_answer(config):
+def test_rollout_cache_rows_count_prompt_once_and_each_answer(config):
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   model_cfg = train_lib.model_config(config, tokenizer_lib.Tokenizer.from_dir(
       config.input.tokenizer_dir))
-  layers, rows, length, kv, head_dim = planning.rollout_cache_shape(config, model_cfg, 56)
+  shapes = planning.rollout_cache_shapes(config, model_cfg, 56)
+  layers, b, prompt, kv, head_dim = shapes["prefix"]
   t = model_cfg.text
   video = (config.tad.k // 2) * (56 // 28) ** 2
+  g = config.rl.num_generations
   assert (layers, kv, head_dim) == (t.num_hidden_layers, t.num_key_value_heads,
                                     t.hidden_size // t.num_attention_heads)
-  assert rows == config.input.batch_size * config.rl.num_generations
-  assert length == max(config.input.prompt_buckets) + video + config.rl.max_new_tokens
+  assert b == config.input.batch_size
+  assert prompt == max(config.input.prompt_buckets) + video
+  # The sampler's answer cache: every token after the first is written before the next.
+  assert shapes["suffix"] == (layers, b * g, config.rl.max_new_tokens - 1, kv, head_dim)
   cache = {r.name: r for r in planning.plan(config, mesh, model_cfg, frame_size=56)}
-  assert cache["rollout KV cache (K+V)"].global_bytes == 2 * layers * rows * length * kv * \
-      head_dim * 4  # float32 compute in the smoke config
+  per_prompt = sampling.kv_cache_bytes(t, prompt_len=prompt,
+                                       max_new_tokens=config.rl.max_new_tokens,
+                                       num_samples=g, dtype=jnp.float32)
+  assert cache["rollout KV cache (K+V)"].global_bytes == b * per_prompt == 2 * layers * kv * \
+      head_dim * 4 * b * (prompt + g * (config.rl.max_new_tokens - 1))  # float32 (smoke)
+  # G copies of each prompt, as the sampler held them before the shared prefix.
+  copies = sampling.kv_cache_bytes(t, prompt_len=prompt,
+                                   max_new_tokens=config.rl.max_new_tokens, num_samples=g,
+                                   dtype=jnp.float32, shared_prefix=False)
+  assert copies == 2 * layers * kv * head_dim * 4 * g * (prompt + config.rl.max_new_tokens - 1)
+  assert per_prompt < copies
 
 
 # ----------------------------------------------------------------------------------------

@@ -296,10 +296,12 @@ def completion_logits(model, batch, completions_rt, num_samples):
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 def test_greedy_equals_full_forward_argmax(model, batch, scan_layers):
+  """G = 2 greedy answers per prompt (shared-prefix cache): both equal the reference."""
   sampler_model = model if scan_layers else unrolled(model)
-  out = sampling.generate(sampler_model, batch, max_new_tokens=T_NEW, temperature=0.0,
-                          stop_tokens=[])
+  out = sampling.generate(sampler_model, batch, max_new_tokens=T_NEW, num_samples=2,
+                          temperature=0.0, stop_tokens=[])
   want_tokens, want_logps = reference_greedy(model, batch, T_NEW)
+  want_tokens, want_logps = (np.repeat(x, 2, axis=0) for x in (want_tokens, want_logps))
   np.testing.assert_array_equal(out.tokens, want_tokens)
   np.testing.assert_array_equal(out.completion_mask, 1)
   np.testing.assert_array_equal(out.lengths, T_NEW)
@@ -337,6 +339,73 @@ def test_sampled_logprobs_match_training_forward(model, batch):
                              np_log_softmax(logits / kw["temperature"])[idx], atol=1e-5)
   warped = np_log_softmax(np_warp(logits, suppress=SUPPRESS, **kw))
   np.testing.assert_allclose(out.logprobs, warped[idx], atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
+def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers):
+  """Same rng, same tokens: the shared prompt cache vs G full copies (`repeat_cache`),
+  with stop tokens and per-prompt budgets so finished rows are exercised too."""
+  sampler_model = model if scan_layers else unrolled(model)
+  kw = dict(max_new_tokens=T_NEW, num_samples=3, temperature=0.9, top_k=30,
+            rng=jax.random.key(11), stop_tokens=[15, 37, 47], max_lengths=[T_NEW, 4])
+  shared = sampling.generate(sampler_model, batch, **kw)
+  former = sampling.generate(sampler_model, batch, shared_prefix=False, **kw)
+  for name in ("tokens", "completion_mask", "lengths", "stopped"):
+    np.testing.assert_array_equal(getattr(shared, name), getattr(former, name), err_msg=name)
+  for name in ("logprobs", "policy_logprobs", "model_logprobs"):
+    np.testing.assert_allclose(getattr(shared, name), getattr(former, name), atol=2e-6,
+                               err_msg=name)
+  assert len({tuple(t) for t in np.asarray(shared.tokens)}) > 1
+  # Some rows stop on a stop token, others run into their budget (sizes of this model).
+  assert 0 < np.asarray(shared.stopped).sum() < 6
+
+
+def test_shared_prefix_samples_equal_independent_prompts(model, batch, monkeypatch):
+  """Sample g of prompt b equals the answer to an independent copy of prompt b (its own
+  prefill, num_samples=1) drawn with the same key: the repeated-prompt computation."""
+  g, t = 3, T_NEW + 1  # No other test compiles T_NEW + 1, so the patched keys trace anew.
+  kw = dict(max_new_tokens=t, temperature=1.0, top_p=0.95, stop_tokens=[],
+            rng=jax.random.key(12))
+  shared = sampling.generate(model, batch, num_samples=g, **kw)
+  rep = lambda x: np.repeat(x, g, axis=0)
+  copies = dict(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
+                pixel_values_videos=completion_pixels(batch, g),
+                video_grid_thw=rep(np.asarray(GRIDS)))
+  row_keys = sampling.row_keys
+  b = batch["input_ids"].shape[0]
+  # Row r = b * G + g of the copies gets fold_in(fold_in(rng, b), g), as in the group.
+  monkeypatch.setattr(sampling, "row_keys",
+                      lambda rng, batch, num: row_keys(rng, batch // g, g * num))
+  indep = sampling.generate(model, copies, num_samples=1, **kw)
+  monkeypatch.undo()
+  assert np.asarray(indep.tokens).shape == (b * g, t)
+  np.testing.assert_array_equal(shared.tokens, indep.tokens)
+  np.testing.assert_allclose(shared.model_logprobs, indep.model_logprobs, atol=2e-6)
+  np.testing.assert_allclose(shared.logprobs, indep.logprobs, atol=2e-6)
+
+
+def test_kv_cache_bytes_formula_matches_the_caches(model):
+  text_cfg = CFG.text
+  b, s, t, g = 2, 40, 9, 3
+  prefilled = jax.eval_shape(lambda: model.init_cache(b, s))
+  nbytes = lambda c: sum(x.size * x.dtype.itemsize for x in (c.k, c.v))
+  shared = jax.eval_shape(lambda c: sampling.share_prefix(c, g, sampling.answer_slots(t)),
+                          prefilled)
+  former = jax.eval_shape(lambda c: sampling.repeat_cache(c, g, s + t - 1), prefilled)
+  assert shared.suffix.k.shape == (text_cfg.num_hidden_layers, b * g, t - 1,
+                                   text_cfg.num_key_value_heads, text_cfg.head_dim)
+  kw = dict(prompt_len=s, max_new_tokens=t, num_samples=g, dtype=jnp.float32)
+  assert nbytes(shared.prefix) + nbytes(shared.suffix) == b * sampling.kv_cache_bytes(
+      text_cfg, **kw)
+  assert nbytes(former) == b * sampling.kv_cache_bytes(text_cfg, shared_prefix=False, **kw)
+  # The issue's case: G = 8 answers of 128 tokens to a 1,000-token prompt.
+  kw = dict(prompt_len=1000, max_new_tokens=128, num_samples=8, dtype=jnp.bfloat16)
+  after = sampling.kv_cache_bytes(text_cfg, **kw)
+  before = sampling.kv_cache_bytes(text_cfg, shared_prefix=False, **kw)
+  per_slot = 2 * text_cfg.num_hidden_layers * text_cfg.num_key_value_heads * \
+      text_cfg.head_dim * 2
+  assert (after, before) == ((1000 + 8 * 127) * per_slot, 8 * (1000 + 127) * per_slot)
+  assert sampling.answer_slots(1) == 1
 
 
 def test_stop_tokens_lengths_and_budgets(model, batch):

@@ -15,6 +15,10 @@
   CausalMask     the decoder's mask (causal + padding) as a [B, S] vector, which splash
                  can use and the other paths expand to [B, S, S].
   apply_rotary() rotate-half rotary embedding, in float32.
+  prefix_decode_attention()  a decode step of rows that share a prompt: the prompt's keys
+                 (stored once per prompt) and the row's own answer keys, as two softmax
+                 parts (`softmax_part`) merged exactly by log-sum-exp
+                 (`merge_softmax_parts`), as flash-decoding combines its blocks.
 
 Every parameter is an `nnx.Param` whose `logical_axes` metadata holds its *logical* axis
 names (e.g. ('embed', 'mlp')); `chronoforge_jax.sharding` maps them onto the mesh with its
@@ -26,6 +30,7 @@ could not be built there.)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -264,3 +269,106 @@ def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
   out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask,
                                      implementation="cudnn")
   return out.astype(q_bqhd.dtype)
+
+
+# ------------------------------------------------------------------------------------
+# Decode attention over a shared prompt (the sampler's `text.SharedPrefixCache`).
+# ------------------------------------------------------------------------------------
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SoftmaxPart:
+  """Softmax attention over one block of keys, not yet normalised (flash-decoding).
+
+  For logits x_j (masked ones set to the mask value) and values v_j of the block:
+  max = max_j x_j, sum = sum_j exp(x_j - max), out = sum_j exp(x_j - max) v_j.
+  `merge_softmax_parts` combines blocks into the softmax over all their keys.
+
+  Attributes:
+    max_bqh: [B, Q, H] float32.
+    sum_bqh: [B, Q, H] float32.
+    out_bqhd: [B, Q, H, hd] float32.
+  """
+  max_bqh: jax.Array
+  sum_bqh: jax.Array
+  out_bqhd: jax.Array
+
+
+def softmax_part(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
+                 mask_bqk: jax.Array | None) -> SoftmaxPart:
+  """One block's `SoftmaxPart` (grouped-query heads and masking as `attention`).
+
+  Args:
+    q_bqhd: [B, Q, H, hd] queries.
+    k_bkgd, v_bkgd: [B, K, G, hd] keys and values of the block (G divides H).
+    mask_bqk: [B, Q, K] boolean (broadcastable), True where attention is allowed.
+
+  Returns:
+    The block's SoftmaxPart. A fully masked query row gets max = the mask value and
+    sum = K, so it drops out of a merge with any block that has a real key (and a merge
+    of only such rows averages all values uniformly, as `attention` does).
+  """
+  b, q, h, d = q_bqhd.shape
+  g = k_bkgd.shape[2]
+  q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd,
+                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  if mask_bqk is not None:
+    logits = jnp.where(mask_bqk[:, None, None], logits, _MASK_VALUE)
+  m = jnp.max(logits, axis=-1)
+  p = jnp.exp(logits - m[..., None])
+  out = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_bkgd.dtype), v_bkgd,
+                   preferred_element_type=jnp.float32)
+  to_bqh = lambda x: jnp.moveaxis(x, -1, 1).reshape(b, q, h)
+  return SoftmaxPart(max_bqh=to_bqh(m), sum_bqh=to_bqh(jnp.sum(p, axis=-1)),
+                     out_bqhd=out.reshape(b, q, h, d))
+
+
+def merge_softmax_parts(parts: list[SoftmaxPart], dtype: Dtype) -> jax.Array:
+  """Exact softmax attention over the union of the parts' keys (log-sum-exp merge).
+
+  With M = max_i max_i-part: out = sum_i exp(max_i - M) out_i / sum_i exp(max_i - M) sum_i.
+
+  Returns:
+    [B, Q, H, hd] in `dtype`.
+  """
+  m = functools.reduce(jnp.maximum, [p.max_bqh for p in parts])
+  scales = [jnp.exp(p.max_bqh - m) for p in parts]
+  num = sum(s[..., None] * p.out_bqhd for s, p in zip(scales, parts))
+  den = sum(s * p.sum_bqh for s, p in zip(scales, parts))
+  return (num / den[..., None]).astype(dtype)
+
+
+def prefix_decode_attention(q_r1hd: jax.Array, prefix_k_bsgd: jax.Array,
+                            prefix_v_bsgd: jax.Array, prefix_mask_bs: jax.Array,
+                            suffix_k_rtgd: jax.Array, suffix_v_rtgd: jax.Array,
+                            suffix_mask_rt: jax.Array) -> jax.Array:
+  """One decode step's attention for groups of rows that share a prompt.
+
+  Row r = b * N + n (N = R / B rows per prompt, `jnp.repeat` order) attends to its
+  prompt's keys (stored once per prompt) and to its own answer keys; the two softmax
+  parts are merged exactly (`merge_softmax_parts`), so the result equals `attention`
+  over the row's prompt keys followed by its answer keys. The N rows of a prompt read
+  its keys together, as N queries of one [N, S] attention.
+
+  Args:
+    q_r1hd: [R, 1, H, hd] the new tokens' queries.
+    prefix_k_bsgd, prefix_v_bsgd: [B, S, G, hd] the prompts' keys and values.
+    prefix_mask_bs: [B, S] bool, True for real prompt tokens.
+    suffix_k_rtgd, suffix_v_rtgd: [R, T, G, hd] each row's answer keys and values.
+    suffix_mask_rt: [R, T] bool, True for the answer slots the row may attend to.
+
+  Returns:
+    [R, 1, H, hd] in q's dtype.
+  """
+  r, _, h, d = q_r1hd.shape
+  b = prefix_k_bsgd.shape[0]
+  if r % b:
+    raise ValueError(f"{r} rows do not split into groups over {b} prompts")
+  prefix = softmax_part(q_r1hd.reshape(b, r // b, h, d), prefix_k_bsgd, prefix_v_bsgd,
+                        prefix_mask_bs[:, None, :])
+  prefix = SoftmaxPart(max_bqh=prefix.max_bqh.reshape(r, 1, h),
+                       sum_bqh=prefix.sum_bqh.reshape(r, 1, h),
+                       out_bqhd=prefix.out_bqhd.reshape(r, 1, h, d))
+  suffix = softmax_part(q_r1hd, suffix_k_rtgd, suffix_v_rtgd, suffix_mask_rt[:, None, :])
+  return merge_softmax_parts([prefix, suffix], q_r1hd.dtype)

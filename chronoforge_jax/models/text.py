@@ -7,6 +7,7 @@ ties it to the embedding). It works on embeddings, so the VLM can splice video t
   prefill(x_bsd, positions_3bs, mask_bs, cache, next_pos_b) -> (h_bsd, cache)
                                                          writes slots [0, S)
   decode(x_b1d, cache, token_mask_b) -> (h_b1d, cache)   one slot, at cache.end
+      (cache: a KVCache, or a SharedPrefixCache whose suffix gets the slot)
 
 The layers are one stack (`stack.py`): with `scan_layers` (the default) their params are
 stacked [L, ...] and every path below runs them with one `nnx.scan`, so compile time does
@@ -19,6 +20,14 @@ KVCache layout (a pytree, every field shardable, fixed shapes so decode jit-comp
   next_pos [B] int32           M-RoPE position of the next text token of each row
 The slot index is shared by all rows (left- or right-padded prompts both work: padding
 slots are masked out), positions are per row.
+
+SharedPrefixCache (group sampling: G answers per prompt without G copies of the prompt):
+  prefix   KVCache [L, B, S, KV, hd]     the prefilled prompts, one row each, read only
+  suffix   KVCache [L, B*G, T, KV, hd]   row r = b * G + g's answer tokens: slot, mask and
+                                         next_pos of the decode live here
+Decoding attends to the row's prompt and its own answer slots and merges the two softmax
+parts exactly (`layers.prefix_decode_attention`), so it computes what a KVCache holding
+the prompt followed by the answer would, in S + G*T slots per prompt instead of G*(S+T).
 """
 
 from __future__ import annotations
@@ -58,6 +67,22 @@ class KVCache:
     return KVCache(k=sharding.shard(self.k, CACHE_AXES), v=sharding.shard(self.v, CACHE_AXES),
                    mask=sharding.shard(self.mask, ("cache_batch", "cache_seq")),
                    end=self.end, next_pos=sharding.shard(self.next_pos, ("cache_batch",)))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SharedPrefixCache:
+  """A group decoding cache: each prompt once, each row's answer on its own (module
+  docstring). G = suffix rows / prefix rows."""
+  prefix: KVCache
+  suffix: KVCache
+
+  @property
+  def num_samples(self) -> int:
+    return self.suffix.k.shape[1] // self.prefix.k.shape[1]
+
+  def constrain(self) -> "SharedPrefixCache":
+    return SharedPrefixCache(prefix=self.prefix.constrain(), suffix=self.suffix.constrain())
 
 
 class Attention(nnx.Module):
@@ -261,27 +286,39 @@ class TextDecoder(nnx.Module):
                   next_pos=next_pos_b.astype(jnp.int32))
     return h, new.constrain()
 
-  def decode(self, x_b1d, cache: KVCache, token_mask_b: jax.Array | None = None):
-    """Appends one token per row at slot `cache.end` and returns its hidden state.
+  def decode(self, x_b1d, cache: KVCache | SharedPrefixCache,
+             token_mask_b: jax.Array | None = None):
+    """Appends one token per row at its cache's slot `end` and returns its hidden state.
 
     Args:
-      x_b1d: [B, 1, D] embeddings of the new tokens.
-      cache: the cache.
+      x_b1d: [B, 1, D] embeddings of the new tokens (B: the cache's rows; for a
+        SharedPrefixCache its suffix rows, prompt-major).
+      cache: a KVCache, or a SharedPrefixCache: the token goes to the suffix, and the
+        row attends to its prompt (prefix, unchanged) and its answer so far.
       token_mask_b: [B] False for rows whose token is padding (e.g. finished rows): the
         slot is masked and the row's position does not advance.
 
     Returns:
-      (h_b1d final-normed hidden state, updated cache).
+      (h_b1d final-normed hidden state, updated cache of the same kind).
     """
+    shared = isinstance(cache, SharedPrefixCache)
+    own = cache.suffix if shared else cache  # The cache the new token is written to.
     b = x_b1d.shape[0]
     valid_b = jnp.ones((b,), bool) if token_mask_b is None else token_mask_b.astype(bool)
-    slot = cache.end
-    positions = jnp.broadcast_to(cache.next_pos[None, :, None], (3, b, 1))
+    slot = own.end
+    positions = jnp.broadcast_to(own.next_pos[None, :, None], (3, b, 1))
     cos, sin = self._cos_sin(positions)
-    kv_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, valid_b[:, None], slot, axis=1)
+    kv_mask = jax.lax.dynamic_update_slice_in_dim(own.mask, valid_b[:, None], slot, axis=1)
     # The new token always sees itself, so a padding row never attends to nothing.
-    attn_mask = kv_mask | (jnp.arange(cache.max_len) == slot)[None]
-    attn_mask = attn_mask[:, None, :]
+    attn_mask = kv_mask | (jnp.arange(own.max_len) == slot)[None]
+
+    def attend(q, k, v, i):
+      if not shared:
+        return layers.attention(q, k, v, attn_mask[:, None, :])
+      prefix = cache.prefix
+      return layers.prefix_decode_attention(q, prefix.k[i].astype(q.dtype),
+                                            prefix.v[i].astype(q.dtype), prefix.mask, k, v,
+                                            attn_mask)
 
     def body(layer, carry, i):
       x, k_cache, v_cache = carry
@@ -293,12 +330,13 @@ class TextDecoder(nnx.Module):
                                              (i, 0, slot, 0, 0))
       v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype),
                                              (i, 0, slot, 0, 0))
-      o = layers.attention(q, k_cache[i].astype(q.dtype), v_cache[i].astype(q.dtype),
-                           attn_mask)
+      o = attend(q, k_cache[i].astype(q.dtype), v_cache[i].astype(q.dtype), i)
       return (layer.finish(x, o), k_cache, v_cache), None
 
     (x, k_cache, v_cache), _ = self._run_layers(
-        body, (x_b1d.astype(self.dtype), cache.k, cache.v))
+        body, (x_b1d.astype(self.dtype), own.k, own.v))
     new = KVCache(k=k_cache, v=v_cache, mask=kv_mask, end=slot + 1,
-                  next_pos=cache.next_pos + valid_b.astype(jnp.int32))
+                  next_pos=own.next_pos + valid_b.astype(jnp.int32))
+    if shared:
+      new = SharedPrefixCache(prefix=cache.prefix, suffix=new)
     return self.norm(x), new.constrain()

@@ -39,7 +39,9 @@ Interface (the trainer, the sampler and the converter rely on these names):
     Prompts may be left- or right-padded (the mask marks real tokens); `last_logits_bv`
     are taken at each row's last real token. `decode_step` writes slot `cache.end`;
     a row with token_mask_b False (finished) writes a masked slot and keeps its position.
-    See `text.KVCache` for the cache layout and its logical shardings.
+    See `text.KVCache` for the cache layout and its logical shardings. `decode_step`
+    also takes a `text.SharedPrefixCache` (G answer rows per prefilled prompt, the
+    prompt stored once; `sampling.share_prefix` builds one from a prefilled cache).
 
   frames_to_pixel_values(frames_thwc_uint8, vision_config) -> (pixel_values, grid_thw)
       The HF Qwen2-VL video processor's rescale / normalise / patch flattening for frames
@@ -62,7 +64,7 @@ from flax import nnx
 
 from chronoforge_jax.models import rope
 from chronoforge_jax.models.config import ModelConfig, VisionConfig
-from chronoforge_jax.models.text import KVCache, TextDecoder
+from chronoforge_jax.models.text import KVCache, SharedPrefixCache, TextDecoder
 from chronoforge_jax.models.vision import VisionTower, static_grid
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -236,8 +238,9 @@ class VideoLanguageModel(nnx.Module):
     h_last = jnp.take_along_axis(h, _last_valid_index(mask)[:, None, None], axis=1)
     return self.text.logits(h_last)[:, 0], cache, deltas
 
-  def decode_step(self, tokens_b: jax.Array, cache: KVCache,
-                  token_mask_b: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+  def decode_step(self, tokens_b: jax.Array, cache: KVCache | SharedPrefixCache,
+                  token_mask_b: jax.Array | None = None
+                  ) -> tuple[jax.Array, KVCache | SharedPrefixCache]:
     """Feeds one token per row; returns float32 logits [B, V] and the updated cache."""
     x = self.text.embed_tokens(jnp.asarray(tokens_b)[:, None])
     h, cache = self.text.decode(x, cache, token_mask_b)

@@ -78,3 +78,41 @@ def test_unknown_and_unavailable_impls_say_what_to_use():
   if jax.default_backend() != "gpu":
     with pytest.raises(ValueError, match="needs an NVIDIA GPU.*'chunked'"):
       layers.attention(q, k, v, mask, impl="cudnn")
+
+
+def test_prefix_decode_attention_is_softmax_over_prompt_then_answer():
+  """The log-sum-exp merge of the prompt part and the answer part equals one softmax over
+  the concatenated keys (float64 NumPy), with prompt padding and masked answer slots."""
+  rng = np.random.default_rng(5)
+  b, n, s, t, h, g, d = 3, 4, 9, 5, 6, 2, 8
+  r = b * n
+  q = rng.standard_normal((r, 1, h, d)).astype(np.float32)
+  pk, pv = (3 * rng.standard_normal((b, s, g, d)).astype(np.float32) for _ in range(2))
+  sk, sv = (3 * rng.standard_normal((r, t, g, d)).astype(np.float32) for _ in range(2))
+  pmask = np.ones((b, s), bool)
+  pmask[1, :4] = False        # a left-padded prompt
+  pmask[2, 6:] = False        # a right-padded one
+  smask = rng.random((r, t)) < 0.6
+  smask[:, 0] = True          # every row sees at least its newest token
+  smask[5] = [True, False, False, False, False]
+  got = jax.jit(layers.prefix_decode_attention)(q, pk, pv, pmask, sk, sv, smask)
+  rows = np.arange(r) // n    # row r reads prompt r // n
+  k = np.concatenate([pk[rows], sk], axis=1)
+  v = np.concatenate([pv[rows], sv], axis=1)
+  mask = np.concatenate([pmask[rows], smask], axis=1)[:, None, :]
+  want = _np_attention(q, k, v, mask)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # The same as the one-block attention over the concatenation.
+  np.testing.assert_allclose(np.asarray(got), np.asarray(layers.attention(q, k, v, mask)),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_merge_of_a_fully_masked_part_drops_it():
+  rng = np.random.default_rng(6)
+  q = rng.standard_normal((2, 1, 4, 8)).astype(np.float32)
+  k, v = (rng.standard_normal((2, 5, 2, 8)).astype(np.float32) for _ in range(2))
+  real = layers.softmax_part(q, k, v, np.ones((2, 1, 5), bool))
+  masked = layers.softmax_part(q, 100 * k, 100 * v, np.zeros((2, 1, 5), bool))
+  merged = layers.merge_softmax_parts([masked, real], jnp.float32)
+  want = _np_attention(q, k, v, np.ones((2, 1, 5), bool))
+  np.testing.assert_allclose(np.asarray(merged), want, rtol=1e-5, atol=1e-6)
