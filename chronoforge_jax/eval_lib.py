@@ -281,7 +281,7 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
                 **view)
   out = sampling.generate(model, inputs, max_new_tokens=max_new_tokens, num_samples=1,
                           temperature=0.0, stop_tokens=tokenizer.eos_ids,
-                          pad_id=tokenizer.pad_id, bucket=False)
+                          pad_id=tokenizer.pad_id, bucket=False, logprobs=())
   tokens, mask = _to_host(out.tokens), _to_host(out.completion_mask).astype(bool)
   results = []
   for b, options in enumerate(host["options"]):

@@ -33,7 +33,9 @@ Randomness: `rng` is split into one key per row as fold_in(fold_in(rng, b), g), 
 step folds in the step index, so the same key gives the same samples, group members get
 different keys, and sample g of prompt b does not depend on the other rows.
 
-Log-probs (all float32 [B*G, T], 0 at masked positions) of each sampled token under:
+Log-probs (all float32 [B*G, T], 0 at masked positions) of each sampled token, each
+computed only when asked for (`generate(..., logprobs=...)`; default all three; a field
+not asked for is None):
   `logprobs`         the distribution actually sampled from: softmax of the processed
                      logits (temperature, then top-k, then top-p, as HF's warpers). For
                      greedy decoding that is a point mass, so 0.
@@ -50,7 +52,8 @@ Public API:
   generate(model, inputs, *, ...) -> SampleOutput
   lower_generate(model, inputs, **same kwargs) -> jax.stages.Lowered   (AOT, memory use)
   process_logits(logits_bv, params) -> logits_bv               pure; -inf outside support
-  sample_step(keys_b, logits_bv, params) -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)
+  sample_step(keys_b, logits_bv, params, want=LOGPROBS)
+      -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)    (None where not wanted)
   bucket_length(n, *, min_bucket=16, steps_per_octave=4) -> int
   row_keys(rng, batch, num_samples) -> [B*G] keys
   share_prefix(cache, num_samples, answer_len) -> SharedPrefixCache   group sharing
@@ -198,14 +201,22 @@ def _gather_logprob(logits_bv: jax.Array, tokens_b: jax.Array) -> jax.Array:
   return picked - jax.nn.logsumexp(logits_bv, axis=-1)
 
 
-def sample_step(keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams
-                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Draws one token per row and its three log-probs (see the module docstring).
+# The log-probs the sampler can return, by SampleOutput field: "logprobs" (the sampled,
+# processed distribution), "policy_logprobs", "model_logprobs".
+LOGPROBS = ("logprobs", "policy_logprobs", "model_logprobs")
+
+
+def sample_step(keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams,
+                want: Sequence[str] = LOGPROBS
+                ) -> tuple[jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]:
+  """Draws one token per row and the log-probs in `want` (see the module docstring).
 
   Args:
     keys_b: [B] PRNG keys, one per row (unused when greedy).
     logits_bv: [B, V] model logits.
     params: sampling settings.
+    want: which of LOGPROBS to compute; the others are returned as None (each costs a
+      log-sum-exp over the vocabulary per token).
 
   Returns:
     tokens_b int32, logprobs_b (processed distribution), policy_logprobs_b
@@ -214,14 +225,21 @@ def sample_step(keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams
   logits = logits_bv.astype(jnp.float32)
   if params.greedy:
     tokens = jnp.argmax(_suppress(logits, params.suppress), axis=-1).astype(jnp.int32)
-    model_lp = _gather_logprob(logits, tokens)
-    return tokens, jnp.zeros_like(model_lp), model_lp, model_lp
+    model_lp = (_gather_logprob(logits, tokens)
+                if {"policy_logprobs", "model_logprobs"} & set(want) else None)
+    return (tokens, jnp.zeros(tokens.shape, jnp.float32) if "logprobs" in want else None,
+            model_lp if "policy_logprobs" in want else None,
+            model_lp if "model_logprobs" in want else None)
   processed = process_logits(logits, params)
   tokens = jax.vmap(jax.random.categorical)(keys_b, processed).astype(jnp.int32)
-  model_lp = _gather_logprob(logits, tokens)
-  policy_lp = (model_lp if params.temperature == 1.0
-               else _gather_logprob(logits / params.temperature, tokens))
-  return tokens, _gather_logprob(processed, tokens), policy_lp, model_lp
+  model_lp = (_gather_logprob(logits, tokens) if "model_logprobs" in want
+              or ("policy_logprobs" in want and params.temperature == 1.0) else None)
+  policy_lp = None
+  if "policy_logprobs" in want:
+    policy_lp = (model_lp if params.temperature == 1.0
+                 else _gather_logprob(logits / params.temperature, tokens))
+  return (tokens, _gather_logprob(processed, tokens) if "logprobs" in want else None,
+          policy_lp, model_lp if "model_logprobs" in want else None)
 
 
 def row_keys(rng: jax.Array, batch: int, num_samples: int) -> jax.Array:
@@ -350,6 +368,7 @@ class _Static:
   video_grid_thw: tuple[tuple[int, int, int], ...] | None
   cache_dtype: Any
   shared_prefix: bool = True
+  logprobs: tuple[str, ...] = LOGPROBS
 
 
 def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r,
@@ -359,29 +378,31 @@ def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_
   t_max = static.max_new_tokens
   params = static.params
 
+  want = static.logprobs
+
   def sample(step, logits_rv, done_r):
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)
-    tok, lp, plp, mlp = sample_step(keys, logits_rv, params)
+    tok, *lps = sample_step(keys, logits_rv, params, want)
     live = ~done_r
     tok = jnp.where(live, tok, static.pad_id)
-    zero = jnp.zeros_like(lp)
     hit_stop = live & jnp.any(tok[:, None] == stop_rk, axis=-1)
     done = done_r | hit_stop | (step + 1 >= budget_r)
-    return (tok, jnp.where(live, lp, zero), jnp.where(live, plp, zero),
-            jnp.where(live, mlp, zero), live, hit_stop, done)
+    # Buffers: tokens, mask, then the wanted log-probs (0 where the row has ended).
+    values = (tok, live) + tuple(jnp.where(live, lp, 0.0) for lp in lps if lp is not None)
+    return values, hit_stop, done
 
   def write(bufs, step, values):
     return tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None].astype(buf.dtype),
                                                      step, axis=1)
                  for buf, val in zip(bufs, values))
 
-  bufs = (jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32),
-          jnp.zeros((r, t_max), jnp.float32), jnp.zeros((r, t_max), jnp.float32),
-          jnp.zeros((r, t_max), jnp.float32))
+  bufs = ((jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32))
+          + tuple(jnp.zeros((r, t_max), jnp.float32) for _ in want))
   # The first token comes from the prefill logits; every later one costs a decode step.
   done0 = budget_r <= 0
-  tok, lp, plp, mlp, live, stopped, done = sample(0, last_logits_rv, done0)
-  bufs = write(bufs, 0, (tok, live, lp, plp, mlp))
+  values, stopped, done = sample(0, last_logits_rv, done0)
+  bufs = write(bufs, 0, values)
+  tok, live = values[:2]
 
   def cond(carry):
     step, _, _, _, done, _, _ = carry
@@ -390,15 +411,16 @@ def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_
   def body(carry):
     step, cache, prev_tok, prev_live, done, stopped, bufs = carry
     logits, cache = model.decode_step(prev_tok, cache, token_mask_b=prev_live)
-    tok, lp, plp, mlp, live, hit, done = sample(step, logits, done)
-    bufs = write(bufs, step, (tok, live, lp, plp, mlp))
-    return step + 1, cache, tok, live, done, stopped | hit, bufs
+    values, hit, done = sample(step, logits, done)
+    bufs = write(bufs, step, values)
+    return step + 1, cache, values[0], values[1], done, stopped | hit, bufs
 
   carry = (jnp.asarray(1, jnp.int32), cache, tok, live, done, stopped, bufs)
   _, _, _, _, _, stopped, bufs = jax.lax.while_loop(cond, body, carry)
-  tokens, mask, lp, plp, mlp = bufs
-  return SampleOutput(tokens=tokens, completion_mask=mask, logprobs=lp, policy_logprobs=plp,
-                      model_logprobs=mlp, lengths=jnp.sum(mask, axis=1, dtype=jnp.int32),
+  tokens, mask, *lps = bufs
+  logps = dict.fromkeys(LOGPROBS) | dict(zip(want, lps))
+  return SampleOutput(tokens=tokens, completion_mask=mask, **logps,
+                      lengths=jnp.sum(mask, axis=1, dtype=jnp.int32),
                       stopped=stopped, num_samples=static.num_samples)
 
 
@@ -483,12 +505,24 @@ def _stop_array(stop_tokens, batch: int, default: Sequence[int], vocab: int) -> 
   return np.ascontiguousarray(stop)
 
 
+def _check_logprobs(logprobs: Sequence[str]) -> tuple[str, ...]:
+  """The wanted log-prob fields in LOGPROBS order; an unknown name fails here."""
+  if isinstance(logprobs, str):
+    logprobs = (logprobs,)
+  unknown = set(logprobs) - set(LOGPROBS)
+  if unknown:
+    raise ValueError(f"logprobs={tuple(logprobs)!r}: unknown {sorted(unknown)}; choose from "
+                     f"{LOGPROBS}")
+  return tuple(name for name in LOGPROBS if name in logprobs)
+
+
 def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
                   num_samples: int = 1, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, stop_tokens=None, rng: jax.Array | None = None,
                   max_lengths=None, suppress_tokens: Sequence[int] | None = None,
                   pad_id: int | None = None, bucket: bool | int = True, cache_dtype=None,
-                  shared_prefix: bool = True) -> tuple[Any, ...]:
+                  shared_prefix: bool = True, logprobs: Sequence[str] = LOGPROBS
+                  ) -> tuple[Any, ...]:
   """Validates and pads on the host; returns the compiled program's arguments."""
   cfg = model.config
   vocab = cfg.text.vocab_size
@@ -547,7 +581,7 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
   static = _Static(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples),
                    params=params, pad_id=pad_id, video_grid_thw=grid,
                    cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype),
-                   shared_prefix=bool(shared_prefix))
+                   shared_prefix=bool(shared_prefix), logprobs=_check_logprobs(logprobs))
   graphdef, state = nnx.split(model)
   return graphdef, state, arrays, rng, static
 
@@ -558,7 +592,8 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
              rng: jax.Array | None = None, max_lengths: np.ndarray | None = None,
              suppress_tokens: Sequence[int] | None = None, pad_id: int | None = None,
              bucket: bool | int = True, cache_dtype=None,
-             shared_prefix: bool = True) -> SampleOutput:
+             shared_prefix: bool = True,
+             logprobs: Sequence[str] = LOGPROBS) -> SampleOutput:
   """Samples `num_samples` answers per prompt with a shared prefill and a KV cache.
 
   Args:
@@ -585,6 +620,8 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
       answer cache (`share_prefix`); False: the former layout, G full copies of the
       prompt (`repeat_cache`), for comparison. Same tokens for the same rng (up to
       float rounding of the attention, which may flip near-ties).
+    logprobs: the log-prob fields to compute (of LOGPROBS; the others are None): a
+      trainer that reads none passes ().
 
   Returns:
     A SampleOutput with [B * num_samples] rows.
@@ -593,7 +630,8 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
       model, inputs, max_new_tokens=max_new_tokens, num_samples=num_samples,
       temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, rng=rng,
       max_lengths=max_lengths, suppress_tokens=suppress_tokens, pad_id=pad_id,
-      bucket=bucket, cache_dtype=cache_dtype, shared_prefix=shared_prefix))
+      bucket=bucket, cache_dtype=cache_dtype, shared_prefix=shared_prefix,
+      logprobs=logprobs))
 
 
 def lower_generate(model, inputs: Mapping[str, Any], **kwargs: Any) -> jax.stages.Lowered:

@@ -290,9 +290,14 @@ def sampler_calls(vision_config, views: dict, batch: Batch, prompt_ids, prompt_m
       continue
     inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask, video_grid_thw=grid,
                   **views[name])
+    # The sampler's log-probs are read only as old_logp (rl.use_rollout_logps, mu > 1) of
+    # a view that is trained on; otherwise it computes none.
+    trained = name == "ordered" or rl.train_on_disordered
+    own_logps = rl.num_iterations > 1 and rl.get("use_rollout_logps", False) and trained
     calls.append((name, key, inputs, dict(
         max_new_tokens=rl.max_new_tokens, num_samples=g, temperature=rl.temperature,
-        top_k=rl.top_k, top_p=rl.top_p, stop_tokens=stop_tokens, bucket=False)))
+        top_k=rl.top_k, top_p=rl.top_p, stop_tokens=stop_tokens, bucket=False,
+        logprobs=("model_logprobs",) if own_logps else ())))
   return calls
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,9 +38,13 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_installed_wheel_trains_two_steps_from_another_folder(tmp_path):
+  # Built from a copy of the source files, so the build leaves nothing in the checkout.
+  src = tmp_path / "src"
+  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+      ".*", "build", "dist", "*.egg-info", "__pycache__", "*_out", "*_out_*"))
   site = tmp_path / "site"
   subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                  "--no-build-isolation", "--target", str(site), ROOT], check=True,
+                  "--no-build-isolation", "--target", str(site), str(src)], check=True,
                   capture_output=True, text=True, timeout=600)
   assert (site / "chronoforge_jax" / "train_lib.py").is_file()
   assert not (site / "configs").exists() and not (site / "tests").exists()

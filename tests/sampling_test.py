@@ -340,6 +340,21 @@ def test_sampled_logprobs_match_training_forward(model, batch):
   warped = np_log_softmax(np_warp(logits, suppress=SUPPRESS, **kw))
   np.testing.assert_allclose(out.logprobs, warped[idx], atol=1e-5)
 
+  # Only what is asked for is computed; the tokens are the same either way.
+  only = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
+                           stop_tokens=[], rng=jax.random.key(0),
+                           logprobs=("model_logprobs",), **kw)
+  none = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
+                           stop_tokens=[], rng=jax.random.key(0), logprobs=(), **kw)
+  for o in (only, none):
+    np.testing.assert_array_equal(o.tokens, tokens)
+    assert o.logprobs is None and o.policy_logprobs is None
+  np.testing.assert_array_equal(only.model_logprobs, out.model_logprobs)
+  assert none.model_logprobs is None
+  with pytest.raises(ValueError, match="unknown.*'policy'"):
+    sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g, stop_tokens=[],
+                      rng=jax.random.key(0), logprobs=("policy",), **kw)
+
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers):
