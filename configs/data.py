@@ -41,7 +41,6 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   common.check_choice(variant, "input.variant", set(VARIANTS))
   c = ml_collections.ConfigDict()
   c.data_dir = ""             # Preprocessed training folder (launch/preprocess --out).
-  c.eval_data_dir = ""        # Preprocessed evaluation folder.
   c.tokenizer_dir = ""        # Folder holding tokenizer.json (checkpoint or tiny one).
   c.batch_size = 8            # GLOBAL batch; each of N processes gets batch_size / N.
   c.eval_batch_size = 8       # GLOBAL eval batch; the last one is padded, not dropped.
@@ -52,7 +51,6 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
                               # "duplicate": each frame repeated into its own (P = K).
   c.patch_size = 14           # Qwen2.5-VL vision patch side.
   c.spatial_merge_size = 2    # 2x2 patches merge into one video token.
-  c.temporal_patch_size = 2   # Frames per temporal patch (both patch modes assume 2).
   c.prompt_buckets = (128, 256, 512)   # Prompt lengths, not counting video tokens.
   c.target_buckets = (64, 128, 256)    # Reference-answer lengths (SFT targets).
   c.target_reasoning = True   # SFT targets keep the annotation's <think> reasoning.
@@ -169,8 +167,6 @@ def validate_data(config: ml_collections.ConfigDict) -> None:
           f"got {c.num_nonkey_pairs!r}; need -1 (auto) or an int >= 0")
     for f in ("patch_size", "spatial_merge_size"):
       check(_int(c[f]) and c[f] >= 1, f"input.{f}", f"got {c[f]!r}; need an int >= 1")
-    check(c.temporal_patch_size == 2, "input.temporal_patch_size",
-          f"got {c.temporal_patch_size!r}; both patch modes support only 2")
     _buckets(c.prompt_buckets, "input.prompt_buckets")
     common.check_choice(c.prompt_template, "input.prompt_template",
                         set(prompts.PROMPT_TEMPLATES.names()))

@@ -22,7 +22,6 @@ from configs import common
 SELECTORS = ("tad", "uniform")
 DISTANCES = ("cosine", "l2")
 BOOST_MODES = ("add", "mul")
-SOFT_METHODS = ("sinkhorn", "gumbel", "perturbed")
 COLORS = ("rgb", "luma")
 RESIZES = ("pad", "crop")
 
@@ -59,11 +58,6 @@ def tad_section() -> ml_collections.ConfigDict:
   c.window = 16        # Frames searched each side for a peak's prominence base.
   c.boost = 1.0        # Inflection bonus; >= 1 with "add" keeps every inflection first.
   c.boost_mode = "add"  # "add" (in units of the score range) or "mul".
-  c.soft = ml_collections.ConfigDict()
-  c.soft.method = "sinkhorn"  # Relaxation for gradients: "sinkhorn", "gumbel", "perturbed".
-  c.soft.temperature = 0.05
-  c.soft.n_iters = 50         # Sinkhorn iterations.
-  c.soft.num_samples = 256    # Monte Carlo draws of "perturbed".
   return c
 
 
@@ -82,7 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.features.grid = 4
     config.features.chunk = 32
     config.tad.window = 4
-    config.tad.soft.n_iters = 10
   validate_tad(config)
   config.lock()  # Typos in field names fail instead of adding new fields.
   return config
@@ -121,13 +114,6 @@ def validate_tad(config: ml_collections.ConfigDict) -> None:
         f"got {tad.window!r}; need at least 1 frame")
   check(tad.boost >= 0, "tad.boost", f"got {tad.boost!r}; need a non-negative bonus")
   choice(tad.boost_mode, "tad.boost_mode", BOOST_MODES)
-  choice(tad.soft.method, "tad.soft.method", SOFT_METHODS)
-  check(tad.soft.temperature > 0, "tad.soft.temperature",
-        f"got {tad.soft.temperature!r}; need > 0")
-  check(isinstance(tad.soft.n_iters, int) and tad.soft.n_iters >= 1, "tad.soft.n_iters",
-        f"got {tad.soft.n_iters!r}; need at least 1 Sinkhorn iteration")
-  check(isinstance(tad.soft.num_samples, int) and tad.soft.num_samples >= 1,
-        "tad.soft.num_samples", f"got {tad.soft.num_samples!r}; need at least 1 draw")
   if "features" in config:
     feats = config.features
     check(isinstance(feats.grid, int) and feats.grid >= 1, "features.grid",

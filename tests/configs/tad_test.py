@@ -30,9 +30,6 @@ def test_kwargs_are_exactly_the_library_arguments():
   fparams = inspect.signature(features.frame_features).parameters
   for name, value in tad_config.features_kwargs(config.features).items():
     assert fparams[name].default == value, name
-  soft = inspect.signature(tad.soft_select).parameters
-  for name, value in config.tad.soft.items():
-    assert soft[name].default == value, name
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -43,8 +40,6 @@ def test_kwargs_are_exactly_the_library_arguments():
     ("tad.prominence", -0.1, "tad.prominence"),
     ("tad.window", 0, "tad.window"),
     ("tad.boost_mode", "pow", "tad.boost_mode"),
-    ("tad.soft.method", "topk", "tad.soft.method"),
-    ("tad.soft.temperature", 0.0, "tad.soft.temperature"),
     ("features.color", "hsv", "features.color"),
     ("features.grid", 0, "features.grid"),
     ("input.fps", -1.0, "input.fps"),

@@ -83,7 +83,6 @@ def test_config_variants_validate(variant):
     ("input.batch_size", 0, "config.input.batch_size"),
     ("input.prompt_buckets", (256, 128), "config.input.prompt_buckets"),
     ("input.disorder_ratio", 1.5, "config.input.disorder_ratio"),
-    ("input.temporal_patch_size", 1, "config.input.temporal_patch_size"),
     ("tad.k", 7, "config.tad.k"),
     ("preprocess.size", 100, "config.preprocess.size"),
     ("preprocess.resize", "stretch", "config.preprocess.resize"),
