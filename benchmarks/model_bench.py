@@ -45,6 +45,9 @@ def _parse():
   p.add_argument("--rounds", type=int, default=1,
                  help="alternate NNX and transformers timings this many times per length "
                       "and report the median ratio over rounds (steadier on a busy machine)")
+  p.add_argument("--dense_cpu_attention", action="store_true",
+                 help="also time the NNX step with the decoder's \"xla\" attention as it "
+                      "was lowered for a CPU before query blocks (layers.CPU_BLOCKED=False)")
   p.add_argument("--matmul", type=int, default=2048, help="side of the reference matmul")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
   return p.parse_args()
@@ -104,11 +107,14 @@ def main():
   rows = [_measure(a, cfg, hf, model, seq, mm_rate, median_seconds) for seq in seqs]
   print(f"\nfwd+bwd, NNX vs transformers (same weights, same inputs; "
         f"{n}x{n} f32 matmul: {mm_rate / 1e9:.2f} GFLOP/s)")
+  dense = a.dense_cpu_attention
   print(f"{'tokens/row':>10} {'nnx tok/s':>10} {'hf tok/s':>10} {'nnx/hf':>7} "
-        f"{'nnx ms':>8} {'hf ms':>8} {'GFLOP':>7} {'of mm':>6}")
+        f"{'nnx ms':>8} {'hf ms':>8} {'GFLOP':>7} {'of mm':>6}"
+        + (f" {'nnx/hf, dense CPU attention':>28}" if dense else ""))
   for r in rows:
     print(f"{r['seq']:>10} {r['nnx_tps']:>10,.0f} {r['hf_tps']:>10,.0f} {r['ratio']:>6.2f}x "
-          f"{r['nnx_ms']:>8.1f} {r['hf_ms']:>8.1f} {r['gflop']:>7.2f} {r['frac_mm']:>6.2f}")
+          f"{r['nnx_ms']:>8.1f} {r['hf_ms']:>8.1f} {r['gflop']:>7.2f} {r['frac_mm']:>6.2f}"
+          + (f" {r['dense_ratio']:>27.2f}x" if dense else ""))
 
 
 def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
@@ -121,6 +127,7 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
   from flax import nnx
 
   from chronoforge_jax.models import hf_reference
+  from chronoforge_jax.models import layers
 
   rng = np.random.default_rng(0)
   n_video = int(np.prod(a.grid)) // 4 + 4   # merged tokens + start/end + 2 text
@@ -146,6 +153,13 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
   args = (params, jnp.asarray(inp["input_ids"]), jnp.asarray(mask_f),
           jnp.asarray(inp["pixel_values_videos"]))
   compiled = step.lower(*args).compile()
+  dense = None
+  if a.dense_cpu_attention:
+    layers.CPU_BLOCKED = False
+    try:
+      dense = jax.jit(jax.value_and_grad(loss_fn)).lower(*args).compile()
+    finally:
+      layers.CPU_BLOCKED = True
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   step_flops = float(cost.get("flops", 0.0))
@@ -165,10 +179,12 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
   torch_loss = float(torch_step().detach())
 
   # Alternate the two so that a busy machine slows both alike.
-  jax_times, torch_times = [], []
+  jax_times, torch_times, dense_times = [], [], []
   for _ in range(a.rounds):
     jax_times.append(median_seconds(lambda: compiled(*args), a.iters))
     torch_times.append(median_seconds(torch_step, a.iters))
+    if dense is not None:
+      dense_times.append(median_seconds(lambda: dense(*args), a.iters))
   ratios = [t / j for j, t in zip(jax_times, torch_times)]
   jax_time, torch_time = statistics.median(jax_times), statistics.median(torch_times)
 
@@ -180,6 +196,14 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
         f"ratio nnx/transformers {ratio:.2f}x"
         + (f" (median of {a.rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
            if a.rounds > 1 else ""))
+  dense_ratio = None
+  if dense is not None:
+    dense_ratio = statistics.median([t / j for j, t in zip(dense_times, torch_times)])
+    dense_loss = float(dense(*args)[0])
+    print(f"nnx with dense CPU attention: {tokens / statistics.median(dense_times):,.0f} "
+          f"tokens/s, ratio nnx/transformers {dense_ratio:.2f}x (loss {dense_loss:.6g}); "
+          f"query-blocked / dense: "
+          f"{statistics.median([d / j for j, d in zip(jax_times, dense_times)]):.2f}x")
   rate = step_flops / jax_time
   if step_flops:
     print(f"nnx step: {step_flops / 1e9:.2f} GFLOP (XLA cost analysis) in "
@@ -189,7 +213,7 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
     print("XLA reported no FLOP count for the step on this backend")
   return dict(seq=seq, nnx_tps=jax_tps, hf_tps=torch_tps, ratio=ratio,
               nnx_ms=jax_time * 1e3, hf_ms=torch_time * 1e3, gflop=step_flops / 1e9,
-              frac_mm=rate / mm_rate)
+              frac_mm=rate / mm_rate, dense_ratio=dense_ratio)
 
 
 if __name__ == "__main__":
