@@ -116,3 +116,53 @@ def test_merge_of_a_fully_masked_part_drops_it():
   merged = layers.merge_softmax_parts([masked, real], jnp.float32)
   want = _np_attention(q, k, v, np.ones((2, 1, 5), bool))
   np.testing.assert_allclose(np.asarray(merged), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_kind", ["causal_padded", "causal", "dense", "none"])
+def test_cpu_query_blocks_equal_one_logits_tensor(monkeypatch, mask_kind):
+  """"xla" lowered for the CPU (query blocks, causal blocks skipping later keys, a
+  flash-style backward) computes `_xla_attention`'s function, padding rows included."""
+  monkeypatch.setattr(layers, "CPU_QUERY_BLOCK", 4)
+  rng = np.random.default_rng(5)
+  q, k, v, dense = _inputs(rng, nq=13, nk=13)
+  valid = dense[:, -1, :]            # [B, K]: the last row's first 3 keys are padding.
+  mask = {"causal_padded": layers.CausalMask(jnp.asarray(valid)),
+          "causal": layers.CausalMask(None),
+          "dense": dense & (rng.random(dense.shape) > 0.3),
+          "none": None}[mask_kind]
+  plain = mask.dense(13) if isinstance(mask, layers.CausalMask) else mask
+  cot = rng.standard_normal(q.shape).astype(np.float32)
+
+  def value_and_grads(fn):
+    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cot),
+                                      argnums=(0, 1, 2)))(q, k, v)
+
+  out = jax.jit(lambda q, k, v: layers.attention(q, k, v, mask))(q, k, v)
+  ref = layers._xla_attention(q, k, v, plain)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  got = value_and_grads(lambda q, k, v: layers.attention(q, k, v, mask))
+  want = value_and_grads(lambda q, k, v: layers._xla_attention(q, k, v, plain))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_query_blocks_keep_no_logits_for_the_backward(monkeypatch):
+  """On the CPU, "xla" under a layer scan saves no [H, Q, K] tensor per layer for the
+  backward pass (the dense path stacks one per layer)."""
+  q, k, v, _ = _inputs(np.random.default_rng(6), b=1, nq=512, nk=512, h=4, g=2, d=16)
+  mask = layers.CausalMask(None)
+  n_layers = 4
+
+  def loss(q):
+    def layer(x, _):
+      return layers.attention(x, k, v, mask), None
+    return jnp.sum(jax.lax.scan(layer, q, None, length=n_layers)[0])
+
+  def temp_bytes():
+    return jax.jit(jax.grad(loss)).lower(q).compile().memory_analysis().temp_size_in_bytes
+
+  blocked = temp_bytes()
+  monkeypatch.setattr(layers, "CPU_BLOCKED", False)
+  full = temp_bytes()
+  logits = 4 * 512 * 512 * 4  # One [H, Q, K] float32 tensor.
+  assert full >= n_layers * logits and blocked < 2 * logits, (full, blocked)
