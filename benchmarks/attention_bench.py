@@ -40,12 +40,12 @@ def _parse():
 
 def main():
   a = _parse()
+  from flax import nnx
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
-  from chronoforge_jax.models import config as model_config
   from benchmarks.timing import median_seconds
+  from chronoforge_jax.models import config as model_config
   from chronoforge_jax.models import text
 
   impls = a.impls or (["xla", "chunked"] + (["cudnn"] if jax.default_backend() == "gpu"
@@ -88,7 +88,7 @@ def main():
       continue
     mem = compiled.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
-    seconds = median_seconds(lambda: compiled(params, x), a.iters)
+    seconds = median_seconds(lambda: compiled(params, x), a.iters)  # noqa: B023 (called here)
     loss, grads = compiled(params, x)
     results[impl] = (temp, seconds, float(loss), jax.tree.leaves(grads))
 

@@ -59,17 +59,14 @@ def _gib(n: int) -> str:
 
 def main():
   a = _parse()
-  import jax
-  import jax.numpy as jnp
   from flax import nnx
+  import jax
   from jax.experimental import topologies
+  import jax.numpy as jnp
   from jax.sharding import NamedSharding
 
-  from chronoforge_jax import models
-  from chronoforge_jax import planning
-  from chronoforge_jax import sharding
-  from chronoforge_jax.models import layers
-  from chronoforge_jax.models import text
+  from chronoforge_jax import models, planning, sharding
+  from chronoforge_jax.models import layers, text
   from chronoforge_jax.models.vision import remat_policy_fn
   from configs import kf_grpo
 

@@ -65,9 +65,9 @@ def _parse():
 
 def decoder_compile_seconds(a, layers: int, scan: bool) -> tuple[float, float]:
   """(trace + lower seconds, XLA compile seconds) of the decoder's value_and_grad."""
+  from flax import nnx
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
   from chronoforge_jax.models.config import TextConfig
   from chronoforge_jax.models.text import TextDecoder

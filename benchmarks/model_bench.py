@@ -121,13 +121,12 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
   """Times one training step of both models at `seq` tokens per row; prints and returns."""
   import statistics
 
+  from flax import nnx
   import jax
   import jax.numpy as jnp
   import torch
-  from flax import nnx
 
-  from chronoforge_jax.models import hf_reference
-  from chronoforge_jax.models import layers
+  from chronoforge_jax.models import hf_reference, layers
 
   rng = np.random.default_rng(0)
   n_video = int(np.prod(a.grid)) // 4 + 4   # merged tokens + start/end + 2 text

@@ -101,6 +101,7 @@ def _config(args) -> dict:
 
 def _cache_bytes_line(text_cfg, name: str, args, dtype) -> str:
   import numpy as np
+
   from chronoforge_jax import sampling
   kw = dict(prompt_len=args.cache_prompt, max_new_tokens=args.cache_answer,
             num_samples=args.num_samples, dtype=dtype)
@@ -121,6 +122,7 @@ def _group_timings(ours, cfg, args) -> None:
   """G samples of one prompt vs G independent prompts, at each --group_frames."""
   import jax
   import numpy as np
+
   from chronoforge_jax import sampling
   from chronoforge_jax.models import hf_reference
 
@@ -167,9 +169,8 @@ def main() -> None:
   import torch
 
   from chronoforge_jax import convert, sampling
-  from chronoforge_jax.models import hf_reference
-
   from chronoforge_jax.models import config as config_lib
+  from chronoforge_jax.models import hf_reference
 
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)

@@ -47,9 +47,8 @@ def make_data(out: str) -> tuple[str, str]:
 
 
 def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
-  from chronoforge_jax import eval_lib
+  from chronoforge_jax import eval_lib, train_lib
   from chronoforge_jax import tokenizer as tokenizer_lib
-  from chronoforge_jax import train_lib
   from configs import kf_grpo
   from configs import tad as tad_config
 

@@ -105,8 +105,8 @@ def bench_decode(args, tmp: str) -> None:
     t_decode = time.perf_counter() - start
     frames_dev = jax.device_put(video.frames)
     feats_td = feats(frames_dev)
-    t_feat = median_seconds(lambda: feats(frames_dev), args.repeats)
-    t_tad = median_seconds(lambda: select(feats_td), args.repeats)
+    t_feat = median_seconds(lambda: feats(frames_dev), args.repeats)  # noqa: B023
+    t_tad = median_seconds(lambda: select(feats_td), args.repeats)  # noqa: B023
     what = "native size" if size is None else f"resized to {size}x{size} by swscale"
     print(f"  decode {what}:")
     print(f"    PyAV decode to RGB          {t_decode * 1e3:9.1f} ms")

@@ -35,16 +35,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flax import nnx
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax.models import config as model_config
 from chronoforge_jax.models import vlm
 from chronoforge_jax.rl import kf_grpo
 from chronoforge_jax.rl import views as views_lib
-
 
 PHASES = ("views", "rollout", "scoring", "logprobs", "update")
 
@@ -96,8 +95,9 @@ def steps(args) -> None:
     batch = train_lib.to_global(mesh, local)
     params = s.init_state()["params"]
     model = nnx.merge(s.graphdef, params)
-    calls = train_lib.sampler_calls(model.config.vision, s.views(params, batch), batch, batch["prompt_ids"],
-                                    batch["prompt_mask"], rl, s.stop_tokens)
+    calls = train_lib.sampler_calls(model.config.vision, s.views(params, batch), batch,
+                                    batch["prompt_ids"], batch["prompt_mask"], rl,
+                                    s.stop_tokens)
     times = {}
     for budget in (1, rl.max_new_tokens):
       def run(budget=budget):

@@ -34,17 +34,14 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
 from scipy import stats
 
-from chronoforge_jax import eval_lib
-from chronoforge_jax import fileio
+from chronoforge_jax import eval_lib, fileio, report, train_lib
 from chronoforge_jax import metrics as metrics_lib
-from chronoforge_jax import report
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax import train_lib
 
 SUMMARY = "summary.json"
 RUN_CONFIG = "run_config.json"
@@ -509,7 +506,7 @@ def aggregate(summaries: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], C
     types = sorted({t for e in evs for t in e["ordered"]["task_type"]})
     train = [r.get("train") or {} for r in runs]
 
-    def opt(name):
+    def opt(name, train=train):
       vals = [t[name] for t in train if t.get(name) is not None]
       return mean_ci(vals) if vals else None
 

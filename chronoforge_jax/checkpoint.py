@@ -44,12 +44,11 @@ from typing import Any, Literal
 
 from absl import logging
 from etils import epath
+from grain import checkpoint as grain_checkpoint
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import orbax.checkpoint as ocp
-
-from grain import checkpoint as grain_checkpoint
-from jax.sharding import NamedSharding, PartitionSpec
 
 from chronoforge_jax.models import stack
 

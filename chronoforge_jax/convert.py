@@ -32,11 +32,11 @@ import shutil
 import struct
 from typing import Any, Iterable
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax import sharding
 from chronoforge_jax.models import stack

@@ -91,7 +91,7 @@ class QuestionResult:
     return d
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "QuestionResult":
+  def from_dict(cls, d: Mapping[str, Any]) -> QuestionResult:
     fields = {f.name for f in dataclasses.fields(cls)}
     d = {k: v for k, v in d.items() if k in fields}
     if d.get("option_scores") is not None:
@@ -149,7 +149,7 @@ class EvalResult:
 
   @classmethod
   def from_records(cls, name: str, records_: Sequence[QuestionResult],
-                   settings: Mapping[str, Any] | None = None) -> "EvalResult":
+                   settings: Mapping[str, Any] | None = None) -> EvalResult:
     return cls(name=name, records=tuple(records_), tables=accuracy_tables(records_),
                settings=dict(settings or {}))
 

@@ -10,9 +10,9 @@ import math
 import os
 from typing import Sequence
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+import numpy as np
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:

@@ -24,9 +24,9 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+import numpy as np
 
 from chronoforge_jax import eval_lib
 from chronoforge_jax import metrics as metrics_lib

@@ -69,10 +69,10 @@ import functools
 import math
 from typing import Any, Mapping, Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax.models.text import KVCache, SharedPrefixCache
 
@@ -294,8 +294,8 @@ def share_prefix(cache: KVCache, num_samples: int, answer_len: int) -> SharedPre
   """
   if answer_len < 1:
     raise ValueError(f"answer_len {answer_len} must be >= 1")
-  l, b, _, kv, hd = cache.k.shape
-  shape = (l, b * num_samples, answer_len, kv, hd)
+  n_layers, b, _, kv, hd = cache.k.shape
+  shape = (n_layers, b * num_samples, answer_len, kv, hd)
   suffix = KVCache(k=jnp.zeros(shape, cache.k.dtype), v=jnp.zeros(shape, cache.v.dtype),
                    mask=jnp.zeros((b * num_samples, answer_len), bool),
                    end=jnp.zeros((), jnp.int32),

@@ -30,10 +30,10 @@ import contextlib
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
-import jax
-import numpy as np
 from flax import nnx
+import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = "logical_axes"  # the nnx.Variable metadata key holding logical axis names

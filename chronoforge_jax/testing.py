@@ -91,8 +91,9 @@ def write_frames(path: str | os.PathLike, frames_thwc: np.ndarray, fps: float,
     codec: encoder name ("h264" picks libx264; "mpeg4" and "libvpx-vp9" also work).
     crf: x264 quality (lower is better); ignored by other codecs.
   """
-  import av  # Optional dependency (extra `video`), imported late.
   from fractions import Fraction
+
+  import av  # Optional dependency (extra `video`), imported late.
 
   frames_thwc = np.asarray(frames_thwc)
   if frames_thwc.dtype != np.uint8 or frames_thwc.ndim != 4 or frames_thwc.shape[-1] != 3:

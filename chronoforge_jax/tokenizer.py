@@ -13,7 +13,6 @@ Nothing is downloaded: the directory must already hold `tokenizer.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import string
 from typing import Sequence
@@ -69,7 +68,7 @@ class Tokenizer:
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
   @classmethod
-  def from_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
+  def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
     """Loads `directory/tokenizer.json` (a local HF model directory or a tiny tokenizer).
 
     Args:

@@ -29,26 +29,22 @@ import os
 import time
 from typing import Any
 
+from flax import nnx
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 import optax
 
 from chronoforge_jax import checkpoint as ckpt_lib
 from chronoforge_jax import metrics as metrics_lib
-from chronoforge_jax import sampling
-from chronoforge_jax import scoring
-from chronoforge_jax import sharding
+from chronoforge_jax import models, sampling, scoring, sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline
-from chronoforge_jax import models
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import vlm
-from chronoforge_jax.rl import grpo
-from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import grpo, kf_grpo
 from chronoforge_jax.rl import rewards as rewards_lib
 
 Batch = dict[str, Any]

@@ -7,7 +7,8 @@ r"""The paper's ablation in miniature: GRPO vs T-GRPO vs KF-GRPO from one SFT ch
 One SFT checkpoint is trained on the learnable synthetic set (the `sft.base` training
 config with every step SFT); then every arm x training keyframe selector x seed starts from
 its params (`ckpt.init_from`) and runs `rl.steps` RL steps of the `rl.base` config; each
-run is evaluated on the held-out split with its own selector, with ordered and with shuffled keyframes.
+run is evaluated on the held-out split with its own selector, with ordered and with
+shuffled keyframes.
 
 Variants:
   full   (default) 3 seeds x {tad, uniform} x 3 arms = 18 RL runs of 120 steps;

@@ -56,9 +56,8 @@ def convert(hf_dir: str, out: str, *, param_dtype: str = "float32",
   import jax
   import jax.numpy as jnp
 
-  from chronoforge_jax import checkpoint
+  from chronoforge_jax import checkpoint, sharding
   from chronoforge_jax import convert as convert_lib
-  from chronoforge_jax import sharding
   from chronoforge_jax.models import config as model_config
 
   if not os.path.exists(os.path.join(hf_dir, "config.json")):

@@ -67,8 +67,7 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
   import jax.numpy as jnp
   import numpy as np
 
-  from chronoforge_jax import features
-  from chronoforge_jax import tad
+  from chronoforge_jax import features, tad
   from chronoforge_jax.data import decode
   from configs import tad as tad_config
 

@@ -42,8 +42,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import multihost
-from launch import tools
+from launch import multihost, tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "configs",
@@ -177,6 +176,7 @@ def run(*, data_dir: str, checkpoint: str = "", model_preset: str = "qwen2_5_vl_
              random_init=random_init, k=k, patch_mode=patch_mode)
   import jax
   import jax.numpy as jnp
+
   from chronoforge_jax import eval_lib, report, sharding
   from chronoforge_jax import tokenizer as tokenizer_lib
 

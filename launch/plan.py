@@ -31,8 +31,7 @@ chips), v5e-N and v6e-N count chips. HBM per chip: v5p 95 GiB, v5e 16, v6e 32, v
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -63,6 +62,7 @@ flags.mark_flags_as_required(["config"])
 def _tokenizer(config):
   """The run's tokenizer when its folder exists (needed with model.match_tokenizer)."""
   import os  # pylint: disable=g-import-not-at-top
+
   from chronoforge_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tok_dir = (_TOKENIZER_DIR.value or config.input.tokenizer_dir or
              (os.path.join(config.input.data_dir, "tokenizer") if config.input.data_dir
@@ -94,8 +94,10 @@ def main(argv):
   devices = topo.chips if topo else _CPU_DEVICES.value
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={devices}")
-  from chronoforge_jax import models  # pylint: disable=g-import-not-at-top
-  from chronoforge_jax import sharding  # pylint: disable=g-import-not-at-top
+  from chronoforge_jax import (
+    models,  # pylint: disable=g-import-not-at-top
+    sharding,  # pylint: disable=g-import-not-at-top
+  )
 
   config = _CONFIG.value
   model_cfg = models.config_from_section(config.model)

@@ -45,6 +45,7 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
 
   import jax
   import numpy as np
+
   from chronoforge_jax import features, plots, tad
   from configs import tad as tad_config
 

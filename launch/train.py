@@ -10,15 +10,12 @@ in a field name fails at once, before anything is compiled. Rerunning with the s
 --distributed).
 """
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import common
 from configs import kf_grpo as kf_grpo_config
-from launch import multihost
-from launch import tools
+from launch import multihost, tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/kf_grpo.py:smoke.",

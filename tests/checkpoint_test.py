@@ -10,7 +10,8 @@ import time
 import grain
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
@@ -196,8 +197,7 @@ def _model_state(mesh, *, scan_layers):
   at its most nested (frozen vision tower: masked moments; gradient accumulation)."""
   from flax import nnx
 
-  from chronoforge_jax import sharding
-  from chronoforge_jax import train_lib
+  from chronoforge_jax import sharding, train_lib
   from chronoforge_jax.models import get_preset, vlm
   from configs import kf_grpo
 

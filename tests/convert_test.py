@@ -4,16 +4,15 @@ import functools
 import json
 import os
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
-from flax import nnx
 
 from chronoforge_jax import convert
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import vlm
+from chronoforge_jax.models import hf_reference, vlm
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
@@ -26,7 +25,7 @@ TIED = dict(text={"hidden_size": 40, "num_attention_heads": 2, "num_key_value_he
             vision={"out_hidden_size": 40}, tie_word_embeddings=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hf(tied):
   return hf_reference.build_hf_model(hf_reference.hf_config_dict(**(TIED if tied else {})),
                                      seed=4)

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 
 from chronoforge_jax import checkpoint as ckpt_lib
-from chronoforge_jax import eval_lib
-from chronoforge_jax import sampling
-from chronoforge_jax import scoring
+from chronoforge_jax import eval_lib, sampling, scoring
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax.data import pipeline
-from chronoforge_jax.data import records
+from chronoforge_jax.data import pipeline, records
 from chronoforge_jax.models import vlm
 from chronoforge_jax.rl import rewards
 

@@ -10,8 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from chronoforge_jax import eval_lib
-from chronoforge_jax import report
+from chronoforge_jax import eval_lib, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

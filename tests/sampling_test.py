@@ -8,20 +8,18 @@ full forward (step-by-step argmax, log-softmax of its logits), the training forw
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from scipy import stats
 
-from chronoforge_jax import sampling
-from chronoforge_jax import sharding
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import stack
+from chronoforge_jax import sampling, sharding
+from chronoforge_jax.models import hf_reference, stack
 from chronoforge_jax.models.config import get_preset
-from chronoforge_jax.models.vlm import VideoLanguageModel
 from chronoforge_jax.models.vision import VisionTower
+from chronoforge_jax.models.vlm import VideoLanguageModel
 
 CFG = get_preset("tiny")
 SUPPRESS = (CFG.image_token_id, CFG.video_token_id)
@@ -223,7 +221,7 @@ def _static_grid(grid):
   return None if grid is None else tuple(map(tuple, np.asarray(grid).tolist()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(graphdef, method, grid, names):
   @jax.jit
   def run(state, args, kwargs):
@@ -590,7 +588,7 @@ def test_greedy_equals_hf_generate_with_video(tmp_path):
   assert np.asarray(out.stopped)[1] and np.asarray(out.lengths)[1] <= 4
   np.testing.assert_array_equal(np.asarray(out.tokens)[:, :n], hf_tokens)
   np.testing.assert_array_equal(np.asarray(out.tokens)[:, n:], ours.config.pad_token_id)
-  hf_lp = np.stack([np_log_softmax(l.numpy()) for l in hf_logits], axis=1)
+  hf_lp = np.stack([np_log_softmax(x.numpy()) for x in hf_logits], axis=1)
   hf_lp = np.take_along_axis(hf_lp, hf_tokens[..., None], axis=-1)[..., 0]
   mask = np.asarray(out.completion_mask)[:, :n] > 0
   np.testing.assert_allclose(np.asarray(out.model_logprobs)[:, :n][mask], hf_lp[mask],

@@ -1,16 +1,16 @@
 """Mesh construction, logical axis rules, shard(), and the model on an 8-device mesh."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import vlm
+from chronoforge_jax.models import hf_reference, vlm
 from chronoforge_jax.models.config import get_preset
 
 

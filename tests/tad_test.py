@@ -8,9 +8,9 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from chronoforge_jax import features, tad, testing
 from chronoforge_jax.data import decode

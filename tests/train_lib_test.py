@@ -20,9 +20,7 @@ import optax
 import pytest
 
 from chronoforge_jax import checkpoint as ckpt_lib
-from chronoforge_jax import sharding
-from chronoforge_jax import testing
-from chronoforge_jax import train_lib
+from chronoforge_jax import sharding, testing, train_lib
 from chronoforge_jax.data import pipeline
 from configs import kf_grpo
 
@@ -235,8 +233,9 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
   L_disordered is the GRPO loss of the disordered rollouts on the disordered view with
   their own batch-std advantages of accuracy + format (a NumPy transcription here).
   """
-  from chronoforge_jax.rl import grpo, kf_grpo
   from flax import nnx
+
+  from chronoforge_jax.rl import grpo, kf_grpo
 
   config = _config(data_dir, **{"rl.beta": 0.0, "rl.train_on_disordered": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])

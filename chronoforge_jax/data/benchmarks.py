@@ -203,11 +203,11 @@ def _videomme(row: dict, video_dir: str) -> list[QAItem]:
 def _lvbench_question(text: str) -> tuple[str, tuple[str, ...]]:
   """Splits 'Question?\\n(A) x\\n(B) y' into the question and ('x', 'y')."""
   lines = text.split("\n")
-  first = next((i for i, l in enumerate(lines) if _LVBENCH_OPTION.match(l)), None)
+  first = next((i for i, line in enumerate(lines) if _LVBENCH_OPTION.match(line)), None)
   if first is None:
     raise AnnotationError("question has no '(A) ...' option lines")
   options = []
-  for i, line in enumerate(lines[first:]):
+  for line in lines[first:]:
     m = _LVBENCH_OPTION.match(line)
     if not m:
       if line.strip():

@@ -168,6 +168,7 @@ def _bucket(length: int, buckets: Sequence[int], what: str, field: str) -> int:
 def _cpu_select(name: str, k: int, kwargs: tuple) -> Any:
   """A jitted selector pinned to the host CPU (never the accelerator the trainer uses)."""
   import jax
+
   from chronoforge_jax import tad
 
   fn = jax.jit(lambda f, m: tad.select(name, f, k, m, **dict(kwargs)))

@@ -115,7 +115,7 @@ class ShardWriter:
     self.feature_dim = 0
     self._closed = False
 
-  def __enter__(self) -> "ShardWriter":
+  def __enter__(self) -> ShardWriter:
     return self
 
   def __exit__(self, *exc) -> None:

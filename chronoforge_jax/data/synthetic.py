@@ -226,8 +226,9 @@ def render_frames(events: Sequence[Event], duration: float, settings: SyntheticS
 
 def encode_mp4(path: str, frames_thwc: np.ndarray, fps: float) -> None:
   """Writes frames as an H.264 mp4 (yuv420p), to a temporary name then renamed."""
-  import av  # Optional dependency (extra `video`), imported late.
   from fractions import Fraction
+
+  import av  # Optional dependency (extra `video`), imported late.
 
   tmp = f"{path}.tmp{os.getpid()}.mp4"
   with av.open(tmp, mode="w") as container:

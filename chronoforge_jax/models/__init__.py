@@ -15,14 +15,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
+import jax.numpy as jnp
 
-from chronoforge_jax.models.config import (ModelConfig, TextConfig, VisionConfig,  # noqa: F401
-                                           from_hf_config, get_preset, to_hf_config)
+from chronoforge_jax.models.config import (  # noqa: F401
+  ModelConfig,
+  TextConfig,
+  VisionConfig,
+  from_hf_config,
+  get_preset,
+  to_hf_config,
+)
 from chronoforge_jax.models.text import KVCache  # noqa: F401
-from chronoforge_jax.models.vlm import (VideoLanguageModel,  # noqa: F401
-                                        frames_to_pixel_values)
+from chronoforge_jax.models.vlm import VideoLanguageModel, frames_to_pixel_values  # noqa: F401
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

@@ -230,7 +230,7 @@ class ModelConfig:
       return (self.eos_token_id,)
     return tuple(self.eos_token_id)
 
-  def replace(self, **changes: Any) -> "ModelConfig":
+  def replace(self, **changes: Any) -> ModelConfig:
     return dataclasses.replace(self, **changes)
 
 

@@ -34,9 +34,9 @@ import dataclasses
 import functools
 from typing import Callable
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from chronoforge_jax.models import splash
 

@@ -44,8 +44,8 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from chronoforge_jax import sharding

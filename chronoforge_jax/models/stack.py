@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from chronoforge_jax.sharding import LOGICAL_AXES
 

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import layers
-from chronoforge_jax.models import rope
-from chronoforge_jax.models import stack
+from chronoforge_jax.models import layers, rope, stack
 from chronoforge_jax.models.config import TextConfig
 from chronoforge_jax.models.vision import remat_policy_fn
 
@@ -62,7 +60,7 @@ class KVCache:
   def max_len(self) -> int:
     return self.k.shape[2]
 
-  def constrain(self) -> "KVCache":
+  def constrain(self) -> KVCache:
     """Applies the cache's logical shardings (a no-op without a mesh)."""
     return KVCache(k=sharding.shard(self.k, CACHE_AXES), v=sharding.shard(self.v, CACHE_AXES),
                    mask=sharding.shard(self.mask, ("cache_batch", "cache_seq")),
@@ -81,7 +79,7 @@ class SharedPrefixCache:
   def num_samples(self) -> int:
     return self.suffix.k.shape[1] // self.prefix.k.shape[1]
 
-  def constrain(self) -> "SharedPrefixCache":
+  def constrain(self) -> SharedPrefixCache:
     return SharedPrefixCache(prefix=self.prefix.constrain(), suffix=self.suffix.constrain())
 
 

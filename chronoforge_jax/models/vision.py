@@ -26,15 +26,13 @@ import dataclasses
 import functools
 from typing import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import layers
-from chronoforge_jax.models import rope
-from chronoforge_jax.models import stack
+from chronoforge_jax.models import layers, rope, stack
 from chronoforge_jax.models.config import VisionConfig
 
 
@@ -113,11 +111,11 @@ class VisionBlock(nnx.Module):
 
   def __call__(self, x_bld: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array,
                mask_bll: jax.Array) -> jax.Array:
-    b, l, d = x_bld.shape
-    qkv = self.qkv(self.norm1(x_bld)).reshape(b, l, 3, self.num_heads, d // self.num_heads)
+    b, n, d = x_bld.shape
+    qkv = self.qkv(self.norm1(x_bld)).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q = layers.apply_rotary(qkv[:, :, 0], cos_bld, sin_bld)
     k = layers.apply_rotary(qkv[:, :, 1], cos_bld, sin_bld)
-    attn = layers.attention(q, k, qkv[:, :, 2], mask_bll).reshape(b, l, d)
+    attn = layers.attention(q, k, qkv[:, :, 2], mask_bll).reshape(b, n, d)
     x_bld = x_bld + self.proj(attn)
     x_bld = sharding.shard(x_bld, ("vision_batch", "act_seq", "act_embed"))
     return x_bld + self.mlp(self.norm2(x_bld))
@@ -137,8 +135,8 @@ class PatchMerger(nnx.Module):
     self.group = cfg.spatial_merge_size ** 2
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
-    b, l, d = x_bld.shape
-    x = self.norm(x_bld).reshape(b, l // self.group, self.group * d)
+    b, n, d = x_bld.shape
+    x = self.norm(x_bld).reshape(b, n // self.group, self.group * d)
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 

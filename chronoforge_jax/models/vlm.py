@@ -57,10 +57,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax.models import rope
 from chronoforge_jax.models.config import ModelConfig, VisionConfig

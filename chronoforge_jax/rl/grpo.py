@@ -275,7 +275,7 @@ class LossConfig:
       raise ValueError(f"LossConfig.max_tokens={self.max_tokens}; need >= 1 or None")
 
   @classmethod
-  def from_config(cls, rl: Any) -> "LossConfig":
+  def from_config(cls, rl: Any) -> LossConfig:
     """Builds the loss settings from the `config.rl` section (configs/rl.py)."""
     return cls(policy_loss=rl.policy_loss, eps_low=rl.eps_low, eps_high=rl.eps_high,
                beta=rl.beta, kl_estimator=rl.kl_estimator, aggregation=rl.aggregation,

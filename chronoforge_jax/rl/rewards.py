@@ -29,11 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from chronoforge_jax.registry import Registry
+
 # Video-R1's problem types and their answer rules (jax-free, so data loaders can use them).
-from chronoforge_jax.rl.answer_rules import (ANSWER_RULES, PROBLEM_TYPES,  # noqa: F401
-                                             check_problem_type, multiple_choice_rule,
-                                             solution_answer, type_metric_name,
-                                             videor1_answer)
+from chronoforge_jax.rl.answer_rules import (  # noqa: F401
+  ANSWER_RULES,
+  PROBLEM_TYPES,
+  check_problem_type,
+  multiple_choice_rule,
+  solution_answer,
+  type_metric_name,
+  videor1_answer,
+)
 
 Options = Sequence[str] | None
 

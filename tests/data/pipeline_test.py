@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from chronoforge_jax import tad, tokenizer as tokenizer_lib
+from chronoforge_jax import tad
+from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import benchmarks, decode, pipeline, records, synthetic
 
 K = 4

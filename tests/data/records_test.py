@@ -114,7 +114,7 @@ def test_preprocess_writes_rejects_and_matches_direct_decode(source, tmp_path):
   assert index["num_questions"] == len(good) == 10
   assert index["num_videos"] == len({i.video_id for i in good}) == 5  # Shared videos once.
   assert index["frame_shape"] == [56, 56, 3] and index["feature_dim"] == 48
-  lines = [json.loads(l) for l in open(out / records.REJECTED)]
+  lines = [json.loads(x) for x in open(out / records.REJECTED)]
   by_id = {r["item"].get("question_id", r["item"].get("problem_id")): r["reason"]
            for r in lines}
   assert len(lines) == 5

@@ -238,9 +238,9 @@ def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_
 
 def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
   """Generate mode on the mixed set: each type scored by its rule, a per-type table."""
+  from flax import nnx
   import jax
   import jax.numpy as jnp
-  from flax import nnx
 
   from chronoforge_jax import eval_lib, sampling
   from chronoforge_jax.models import vlm

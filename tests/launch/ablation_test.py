@@ -270,7 +270,8 @@ def test_report_tables_reading_and_plots(tmp_path):
   assert "| SFT (start) | tad | 1 | 45.0% | 35.0% | +10.0 pp |" in report
   # Per question type: columns sorted (count, order), mean [CI].
   assert "| arm | selector | count | order |" in report
-  assert re.search(r"\| grpo \| tad \| 50\.0% \[50\.0, 50\.0\] \| 60\.0% \[35\.2, 84\.8\] \|", report)
+  assert re.search(r"\| grpo \| tad \| 50\.0% \[50\.0, 50\.0\] "
+                   r"\| 60\.0% \[35\.2, 84\.8\] \|", report)
   # The Reading is computed from these numbers (made up here: kfgrpo higher, CIs overlap).
   reading = report.split("## Reading")[1].split("## Held-out")[0]
   assert "`kfgrpo` has the highest mean held-out accuracy (80.0% [55.2, 104.8], 3 seeds " \

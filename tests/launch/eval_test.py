@@ -60,6 +60,7 @@ def _make_data(out_dir):
 def _save_random_params(path, tok):
   """The tiny model's params for `tok`, NumPy-drawn (eager initialisers compile ~10 s)."""
   import jax
+
   from chronoforge_jax import checkpoint as ckpt_lib
   from chronoforge_jax import eval_lib
   from chronoforge_jax.models import vlm

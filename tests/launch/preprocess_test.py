@@ -53,7 +53,7 @@ def test_nothing_written_exits_nonzero(tmp_path):
                 "--quiet")
   assert result.returncode == 1, result.stderr
   assert "0 questions on 0 videos" in result.stdout and "3 rejected" in result.stdout
-  reasons = [json.loads(l)["reason"] for l in open(out / "rejected.jsonl")]
+  reasons = [json.loads(x)["reason"] for x in open(out / "rejected.jsonl")]
   assert any("file not found" in r for r in reasons)
   assert any("empty (0 bytes)" in r for r in reasons)
   assert any("missing field" in r for r in reasons)

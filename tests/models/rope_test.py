@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import rope
+from chronoforge_jax.models import hf_reference, rope
 from chronoforge_jax.models.config import from_hf_config
 
 torch = pytest.importorskip("torch")
 from transformers import Qwen2_5_VLConfig  # noqa: E402
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (  # noqa: E402
-    Qwen2_5_VLModel, Qwen2_5_VLRotaryEmbedding)
+  Qwen2_5_VLModel,
+  Qwen2_5_VLRotaryEmbedding,
+)
 
 CFG_DICT = hf_reference.hf_config_dict()
 CFG = from_hf_config(CFG_DICT)

@@ -10,16 +10,14 @@ padding keys, "xla" to nothing (see models/splash.py).
 
 import dataclasses
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import layers
-from chronoforge_jax.models import splash
-from chronoforge_jax.models import text
+from chronoforge_jax.models import layers, splash, text
 from chronoforge_jax.models.config import PRESETS
 from configs import common
 from configs import model as model_section

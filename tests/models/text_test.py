@@ -2,22 +2,22 @@
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import text
+from chronoforge_jax.models import hf_reference, text
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pair():
   return hf_reference.build_pair(hf_reference.hf_config_dict(), seed=3,
                                  text_position_after_video="spatial")

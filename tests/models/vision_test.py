@@ -3,15 +3,14 @@
 import functools
 import tempfile
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from chronoforge_jax import convert
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import vlm
+from chronoforge_jax.models import hf_reference, vlm
 from chronoforge_jax.models.config import VisionConfig, get_preset
 
 torch = pytest.importorskip("torch")
@@ -26,7 +25,7 @@ CONFIGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pair(name):
   hf = hf_reference.build_hf_model(hf_reference.hf_config_dict(**CONFIGS[name]), seed=1)
   with tempfile.TemporaryDirectory() as d:
@@ -118,8 +117,7 @@ def test_frames_to_pixel_values_matches_processor_transcription():
 def test_frames_to_pixel_values_matches_hf_image_processor():
   """transformers' own (PIL-backend) image processor treats a still image as a video of
   temporal_patch_size identical frames: an independent check of the patch layout."""
-  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-      Qwen2VLImageProcessorPil)
+  from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
   vision = get_preset("tiny").vision
   img = np.random.default_rng(3).integers(0, 256, size=(84, 56, 3), dtype=np.uint8)
   ref = Qwen2VLImageProcessorPil()(images=[img], do_resize=False, return_tensors="np")

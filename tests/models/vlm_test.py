@@ -2,15 +2,13 @@
 
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from chronoforge_jax.models import hf_reference
-from chronoforge_jax.models import stack
-from chronoforge_jax.models import vlm
+from chronoforge_jax.models import hf_reference, stack, vlm
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
@@ -32,7 +30,7 @@ CONFIGS = {
 HF_RULE = {"text_position_after_video": "spatial"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pair(name, scan_layers=True):
   return hf_reference.build_pair(hf_reference.hf_config_dict(**CONFIGS[name]), seed=2,
                                  scan_layers=scan_layers, **HF_RULE)

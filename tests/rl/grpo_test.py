@@ -9,13 +9,15 @@ section (configs/rl.py) that builds `LossConfig` is checked here too.
 
 import functools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from chronoforge_jax.rl import grpo, rewards
 from configs import common

@@ -1,8 +1,8 @@
 """Encode-once views: gathering encoded temporal patches equals encoding the view directly."""
 
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from chronoforge_jax.models import config as model_config
 from chronoforge_jax.models import vlm

@@ -6,12 +6,13 @@ PAPER.md; extraction against hand-labelled strings and generated ones (hypothesi
 
 import functools
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 from chronoforge_jax.rl import rewards
 
