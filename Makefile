@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # `make demo JAX_PLATFORMS=` lets JAX pick an accelerator.
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test test-fast venv bench clean ablation
+.PHONY: demo test test-fast lint format venv bench clean ablation
 
 venv: $(STAMP)
 
@@ -32,6 +32,15 @@ ABLATION ?= full
 ABLATION_DIR ?= $(if $(filter full,$(ABLATION)),ablation_out,ablation_out_$(ABLATION))
 ablation: $(STAMP)
 	$(PY) -m launch.ablation --config=configs/ablation.py:$(ABLATION) --out=$(ABLATION_DIR)
+
+# ruff (ruff.toml): the linter, and the formatter in check mode; `make format` applies both.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: $(STAMP)
 	$(PY) -m pytest tests -n 2 --durations=10 $(PYTEST_ARGS)

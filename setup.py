@@ -40,6 +40,7 @@ _TEST = [
     "scenedetect>=0.6.4",
     "opencv-python-headless>=4.9",
     "pyarrow>=15",  # VideoMME's official annotations are a parquet file.
+    "ruff==0.17.*",  # `make lint`: one minor release, so formatting does not drift.
 ]
 
 setuptools.setup(
