@@ -620,3 +620,36 @@ def layout_bytes(struct: jax.ShapeDtypeStruct, fmt: Any) -> int:
   elif not shard and tiling:  # A scalar occupies a whole 1D tile.
     shard = [math.prod(tiling[0])]
   return math.prod(shard) * jnp.dtype(struct.dtype).itemsize
+
+
+# ----------------------------------------------------------------------------------------
+# Model FLOPs (for measured MFU: benchmarks/gpu_mfu.py).
+# ----------------------------------------------------------------------------------------
+
+
+def decoder_matmul_params(cfg: model_config_lib.TextConfig) -> int:
+  """Weights of the decoder that multiply every token (N of the 6N rule).
+
+  Per layer: the q, k, v and o projections and the three SwiGLU matrices; plus the LM
+  head (a matmul even when tied to the embedding). The embedding lookup is a gather (no
+  FLOPs), and norms and biases are not matmuls: none of them is counted.
+  """
+  d, hd = cfg.hidden_size, cfg.head_dim
+  attn = d * cfg.num_attention_heads * hd * 2 + d * cfg.num_key_value_heads * hd * 2
+  mlp = 3 * d * cfg.intermediate_size
+  return cfg.num_hidden_layers * (attn + mlp) + d * cfg.vocab_size
+
+
+def decoder_train_flops_per_token(cfg: model_config_lib.TextConfig, seq_len: int, *,
+                                  causal: bool = False) -> float:
+  """Model FLOPs of one training token (forward + backward) of the text decoder.
+
+  The standard count (PaLM, appendix B): 6 N + 12 L H hd S, N from
+  `decoder_matmul_params`, L layers, H query heads of width hd, S tokens per row: a
+  multiply-add is 2 FLOPs, the backward pass twice the forward; attention's Q K^T and
+  A V are 2 S H hd each per token and layer. Rematerialisation is not counted (model
+  FLOPs, not hardware FLOPs). causal=True halves the attention term (only the lower
+  triangle of the logits is needed; PaLM's convention counts all of it).
+  """
+  attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
+  return 6 * decoder_matmul_params(cfg) + (attention / 2 if causal else attention)

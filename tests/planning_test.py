@@ -154,3 +154,26 @@ def test_tpu_compile_of_the_grpo_step_holds_exactly_the_planned_state(config):
   assert compiled_state == planned + 4
   # Sharding really splits the state: fsdp=4 holds less than one replica per chip.
   assert rows["text params"].device_bytes < rows["text params"].global_bytes
+
+
+def test_decoder_flops_count_the_models_own_matmul_weights():
+  from flax import nnx
+  from chronoforge_jax.models import config as model_config
+  from chronoforge_jax.models import text
+  # Qwen2.5-7B: 7.61B parameters, of which the 0.545B embedding is a gather and about
+  # 0.1M are biases and norms: 7,070,285,824 matmul weights (layers + LM head).
+  seven_b = model_config.get_preset("qwen2_5_vl_7b").text
+  per_layer = 2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944
+  assert planning.decoder_matmul_params(seven_b) == 28 * per_layer + 3584 * 152064
+  assert planning.decoder_matmul_params(seven_b) == 7_070_285_824
+  # The tiny preset's decoder, counted from its own params: every kernel and the LM head.
+  cfg = model_config.get_preset("tiny").text
+  model = nnx.eval_shape(lambda: text.TextDecoder(cfg, rngs=nnx.Rngs(0)))
+  kernels = sum(math.prod(v.shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                if path[-1] in ("kernel", "lm_head"))
+  assert planning.decoder_matmul_params(cfg) == kernels
+  # Forward + backward = 3 x (2 FLOPs per weight + Q K^T and A V over S keys per head).
+  s = 100
+  attention = 3 * cfg.num_hidden_layers * 2 * (2 * s * cfg.num_attention_heads * cfg.head_dim)
+  assert planning.decoder_train_flops_per_token(cfg, s) == 6 * kernels + attention
+  assert planning.decoder_train_flops_per_token(cfg, s, causal=True) == 6 * kernels + attention / 2
