@@ -327,8 +327,10 @@ class ProgramReport:
     argument_bytes, output_bytes, alias_bytes, temp_bytes, code_bytes: memory analysis
       (alias: outputs that reuse donated arguments).
     peak_bytes: XLA's peak HBM of the program plus its code; None when it did not fit.
-    flops: cost analysis FLOPs of the per-chip program.
-    seconds: the compiler's time estimate ("optimal_seconds").
+    flops: cost analysis FLOPs of the per-chip program. XLA counts a while loop's body
+      once: a scanned layer stack (model.scan_layers) counts as one layer, the sampler's
+      decode loop as one step.
+    seconds: the compiler's time estimate ("optimal_seconds"; loops counted as above).
     compile_seconds: wall time of lower + compile on this machine.
     error: the compiler's out-of-memory message, when it did not fit.
     required_bytes: HBM the compiler said it needed when it did not fit.
@@ -573,8 +575,12 @@ def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
                  f"{flops / 1e12:9.2f} {secs * 1e3:9.1f} {util:6.1%}")
   lines.append("peak = XLA's peak HBM of the program + its code; est. = XLA's time "
                "estimate; util<= = FLOPs / (est. x chip peak), an upper bound on FLOP "
-               "utilisation. The sampler's decode loop is a while loop: XLA's cost model "
-               "counts its body once, not once per generated token.")
+               "utilisation. XLA's cost model counts a while loop's body once: the "
+               "sampler's decode loop once, not once per generated token, and scanned "
+               "layers (model.scan_layers, the default) as one layer per stack, so TFLOP "
+               "and est. ms are those of one layer plus the rest (util<= stays a ratio "
+               "of like counts); --config.model.scan_layers=False counts every layer "
+               "but compiles far slower.")
   return "\n".join(lines)
 
 
