@@ -330,7 +330,9 @@ class ProgramReport:
     flops: cost analysis FLOPs of the per-chip program. XLA counts a while loop's body
       once: a scanned layer stack (model.scan_layers) counts as one layer, the sampler's
       decode loop as one step.
-    seconds: the compiler's time estimate ("optimal_seconds"; loops counted as above).
+    seconds: the compiler's time estimate ("optimal_seconds"; loops counted as above);
+      0 when it gives none or a non-positive one (libtpu 0.0.42's v6e cost model returns
+      negative estimates).
     compile_seconds: wall time of lower + compile on this machine.
     error: the compiler's out-of-memory message, when it did not fit.
     required_bytes: HBM the compiler said it needed when it did not fit.
@@ -400,7 +402,8 @@ def _compile(name: str, lowered: Any, runs_per_step: int) -> tuple[ProgramReport
       output_bytes=get("output_size_in_bytes"), alias_bytes=get("alias_size_in_bytes"),
       temp_bytes=get("temp_size_in_bytes"), code_bytes=get("generated_code_size_in_bytes"),
       peak_bytes=peak + get("generated_code_size_in_bytes"),
-      flops=float(cost.get("flops", 0.0)), seconds=float(cost.get("optimal_seconds", 0.0)),
+      flops=float(cost.get("flops", 0.0)),
+      seconds=max(0.0, float(cost.get("optimal_seconds", 0.0))),
       compile_seconds=seconds), compiled
 
 
@@ -542,8 +545,16 @@ def _g(n: int | None) -> str:
 def _report_brief(r: ProgramReport) -> str:
   if not r.fits:
     return f"does not fit ({r.error}) [{r.compile_seconds:.1f} s]"
-  return (f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, "
-          f"est. {r.seconds * 1e3:.1f} ms [compiled in {r.compile_seconds:.1f} s]")
+  est = f"est. {r.seconds * 1e3:.1f} ms" if r.seconds > 0 else "no time estimate"
+  return (f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, {est} "
+          f"[compiled in {r.compile_seconds:.1f} s]")
+
+
+def _est(seconds: float, flops: float, peak_flops: float) -> str:
+  """The est. ms and util<= cells ("-" without a time estimate)."""
+  if seconds <= 0:
+    return f"{'-':>9s} {'-':>6s}"
+  return f"{seconds * 1e3:9.1f} {flops / (seconds * peak_flops):6.1%}"
 
 
 def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
@@ -555,12 +566,11 @@ def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
            f"{'temps':>7s} {'code':>7s} {'peak':>7s} {'TFLOP':>9s} {'est. ms':>9s} "
            f"{'util<=':>6s} {'compile':>8s}"]
   for r in reports:
-    util = r.flops / (r.seconds * peak_flops) if r.seconds > 0 else 0.0
     if r.fits:
       lines.append(
           f"{r.name:22s} {r.runs_per_step:4d} {_g(r.argument_bytes)} {_g(r.output_bytes)} "
           f"{_g(r.alias_bytes)} {_g(r.temp_bytes)} {_g(r.code_bytes)} {_g(r.peak_bytes)} "
-          f"{r.flops / 1e12:9.2f} {r.seconds * 1e3:9.1f} {util:6.1%} "
+          f"{r.flops / 1e12:9.2f} {_est(r.seconds, r.flops, peak_flops)} "
           f"{r.compile_seconds:7.1f}s")
     else:
       lines.append(f"{r.name:22s} {r.runs_per_step:4d} does not fit: needs "
@@ -569,10 +579,11 @@ def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
   done = [r for r in reports if r.fits]
   if done:
     flops = sum(r.flops * r.runs_per_step for r in done)
-    secs = sum(r.seconds * r.runs_per_step for r in done)
-    util = flops / (secs * peak_flops) if secs > 0 else 0.0
+    # Without every program's estimate the step has none.
+    secs = (sum(r.seconds * r.runs_per_step for r in done)
+            if all(r.seconds > 0 for r in done) else 0.0)
     lines.append(f"{'step (runs x program)':22s} {'':4s} {'':47s} "
-                 f"{flops / 1e12:9.2f} {secs * 1e3:9.1f} {util:6.1%}")
+                 f"{flops / 1e12:9.2f} {_est(secs, flops, peak_flops)}")
   lines.append("peak = XLA's peak HBM of the program + its code; est. = XLA's time "
                "estimate; util<= = FLOPs / (est. x chip peak), an upper bound on FLOP "
                "utilisation. XLA's cost model counts a while loop's body once: the "

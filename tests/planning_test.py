@@ -177,3 +177,17 @@ def test_decoder_flops_count_the_models_own_matmul_weights():
   attention = 3 * cfg.num_hidden_layers * 2 * (2 * s * cfg.num_attention_heads * cfg.head_dim)
   assert planning.decoder_train_flops_per_token(cfg, s) == 6 * kernels + attention
   assert planning.decoder_train_flops_per_token(cfg, s, causal=True) == 6 * kernels + attention / 2
+
+
+def test_reports_without_a_time_estimate_show_none():
+  topo = planning.parse_topology("v6e-32")
+  gib = planning.GIB
+  timed = planning.ProgramReport("views", 1, peak_bytes=gib, flops=918e12 * 0.5,
+                                 seconds=2.0)
+  untimed = planning.ProgramReport("grpo_step", 1, peak_bytes=2 * gib, flops=1e12)
+  rows = planning.format_reports([timed], topo).splitlines()
+  assert rows[2].split()[-3:] == ["2000.0", "25.0%", "0.0s"]
+  assert rows[3].split()[-2:] == ["2000.0", "25.0%"]
+  rows = planning.format_reports([timed, untimed], topo).splitlines()
+  assert rows[3].split()[-3:] == ["-", "-", "0.0s"]
+  assert rows[4].split()[-2:] == ["-", "-"]  # The step has no estimate either.
