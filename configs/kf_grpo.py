@@ -28,9 +28,9 @@ Variants:
                         axis must be a product of torus sides: 16 x 2 is not.
   qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
                         full remat, chunked attention. Compiled (every program): peak
-                        92.95 GiB per chip (grpo_step): little headroom. On v5p-32 params,
-                        optimizer state and reference alone take 68.4 GiB per chip
-                        (abstract plan; not compiled).
+                        92.95 GiB per chip (grpo_step; 91.56 GiB with splash): little
+                        headroom. On v5p-32 params, optimizer state and reference
+                        alone take 68.4 GiB per chip (abstract plan; not compiled).
   All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
   tokens and answers up to 768 tokens: one prompt (8 + 8 rollouts) per fsdp shard.
 
