@@ -124,8 +124,9 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
     dtype, param_dtype: compute and storage dtypes.
     mesh: shard the params over this mesh by their logical axes (default: one device).
     seed: init seed (random weights, and the abstract model's RNG).
-    attention_impl: the decoder's attention ("xla", "chunked", "cudnn"; see
-      `layers.attention`).
+    attention_impl: the decoder's attention, one of `layers.ATTENTION_IMPLS` ("xla",
+      "chunked", "cudnn" on NVIDIA GPUs, "splash" on TPUs, "splash_interpret" for
+      tests; see `layers.attention`).
 
   Returns:
     The VideoLanguageModel.

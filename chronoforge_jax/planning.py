@@ -347,8 +347,12 @@ class ProgramReport:
     argument_bytes, output_bytes, alias_bytes, temp_bytes, code_bytes: memory analysis
       (alias: outputs that reuse donated arguments).
     peak_bytes: XLA's peak HBM of the program plus its code; None when it did not fit.
-    flops: cost analysis FLOPs of the per-chip program.
-    seconds: the compiler's time estimate ("optimal_seconds").
+    flops: cost analysis FLOPs of the per-chip program. XLA counts a while loop's body
+      once: a scanned layer stack (model.scan_layers) counts as one layer, the sampler's
+      decode loop as one step.
+    seconds: the compiler's time estimate ("optimal_seconds"; loops counted as above);
+      0 when it gives none or a non-positive one (libtpu 0.0.42's v6e cost model returns
+      negative estimates).
     compile_seconds: wall time of lower + compile on this machine.
     error: the compiler's out-of-memory message, when it did not fit.
     required_bytes: HBM the compiler said it needed when it did not fit.
@@ -418,7 +422,8 @@ def _compile(name: str, lowered: Any, runs_per_step: int) -> tuple[ProgramReport
       output_bytes=get("output_size_in_bytes"), alias_bytes=get("alias_size_in_bytes"),
       temp_bytes=get("temp_size_in_bytes"), code_bytes=get("generated_code_size_in_bytes"),
       peak_bytes=peak + get("generated_code_size_in_bytes"),
-      flops=float(cost.get("flops", 0.0)), seconds=float(cost.get("optimal_seconds", 0.0)),
+      flops=float(cost.get("flops", 0.0)),
+      seconds=max(0.0, float(cost.get("optimal_seconds", 0.0))),
       compile_seconds=seconds), compiled
 
 
@@ -560,8 +565,16 @@ def _g(n: int | None) -> str:
 def _report_brief(r: ProgramReport) -> str:
   if not r.fits:
     return f"does not fit ({r.error}) [{r.compile_seconds:.1f} s]"
-  return (f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, "
-          f"est. {r.seconds * 1e3:.1f} ms [compiled in {r.compile_seconds:.1f} s]")
+  est = f"est. {r.seconds * 1e3:.1f} ms" if r.seconds > 0 else "no time estimate"
+  return (f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, {est} "
+          f"[compiled in {r.compile_seconds:.1f} s]")
+
+
+def _est(seconds: float, flops: float, peak_flops: float) -> str:
+  """The est. ms and util<= cells ("-" without a time estimate)."""
+  if seconds <= 0:
+    return f"{'-':>9s} {'-':>6s}"
+  return f"{seconds * 1e3:9.1f} {flops / (seconds * peak_flops):6.1%}"
 
 
 def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
@@ -573,12 +586,11 @@ def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
            f"{'temps':>7s} {'code':>7s} {'peak':>7s} {'TFLOP':>9s} {'est. ms':>9s} "
            f"{'util<=':>6s} {'compile':>8s}"]
   for r in reports:
-    util = r.flops / (r.seconds * peak_flops) if r.seconds > 0 else 0.0
     if r.fits:
       lines.append(
           f"{r.name:22s} {r.runs_per_step:4d} {_g(r.argument_bytes)} {_g(r.output_bytes)} "
           f"{_g(r.alias_bytes)} {_g(r.temp_bytes)} {_g(r.code_bytes)} {_g(r.peak_bytes)} "
-          f"{r.flops / 1e12:9.2f} {r.seconds * 1e3:9.1f} {util:6.1%} "
+          f"{r.flops / 1e12:9.2f} {_est(r.seconds, r.flops, peak_flops)} "
           f"{r.compile_seconds:7.1f}s")
     else:
       lines.append(f"{r.name:22s} {r.runs_per_step:4d} does not fit: needs "
@@ -587,14 +599,19 @@ def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
   done = [r for r in reports if r.fits]
   if done:
     flops = sum(r.flops * r.runs_per_step for r in done)
-    secs = sum(r.seconds * r.runs_per_step for r in done)
-    util = flops / (secs * peak_flops) if secs > 0 else 0.0
+    # Without every program's estimate the step has none.
+    secs = (sum(r.seconds * r.runs_per_step for r in done)
+            if all(r.seconds > 0 for r in done) else 0.0)
     lines.append(f"{'step (runs x program)':22s} {'':4s} {'':47s} "
-                 f"{flops / 1e12:9.2f} {secs * 1e3:9.1f} {util:6.1%}")
+                 f"{flops / 1e12:9.2f} {_est(secs, flops, peak_flops)}")
   lines.append("peak = XLA's peak HBM of the program + its code; est. = XLA's time "
                "estimate; util<= = FLOPs / (est. x chip peak), an upper bound on FLOP "
-               "utilisation. The sampler's decode loop is a while loop: XLA's cost model "
-               "counts its body once, not once per generated token.")
+               "utilisation. XLA's cost model counts a while loop's body once: the "
+               "sampler's decode loop once, not once per generated token, and scanned "
+               "layers (model.scan_layers, the default) as one layer per stack, so TFLOP "
+               "and est. ms are those of one layer plus the rest (util<= stays a ratio "
+               "of like counts); --config.model.scan_layers=False counts every layer "
+               "but compiles far slower.")
   return "\n".join(lines)
 
 
@@ -640,3 +657,36 @@ def layout_bytes(struct: jax.ShapeDtypeStruct, fmt: Any) -> int:
   elif not shard and tiling:  # A scalar occupies a whole 1D tile.
     shard = [math.prod(tiling[0])]
   return math.prod(shard) * jnp.dtype(struct.dtype).itemsize
+
+
+# ----------------------------------------------------------------------------------------
+# Model FLOPs (for measured MFU: benchmarks/gpu_mfu.py).
+# ----------------------------------------------------------------------------------------
+
+
+def decoder_matmul_params(cfg: model_config_lib.TextConfig) -> int:
+  """Weights of the decoder that multiply every token (N of the 6N rule).
+
+  Per layer: the q, k, v and o projections and the three SwiGLU matrices; plus the LM
+  head (a matmul even when tied to the embedding). The embedding lookup is a gather (no
+  FLOPs), and norms and biases are not matmuls: none of them is counted.
+  """
+  d, hd = cfg.hidden_size, cfg.head_dim
+  attn = d * cfg.num_attention_heads * hd * 2 + d * cfg.num_key_value_heads * hd * 2
+  mlp = 3 * d * cfg.intermediate_size
+  return cfg.num_hidden_layers * (attn + mlp) + d * cfg.vocab_size
+
+
+def decoder_train_flops_per_token(cfg: model_config_lib.TextConfig, seq_len: int, *,
+                                  causal: bool = False) -> float:
+  """Model FLOPs of one training token (forward + backward) of the text decoder.
+
+  The standard count (PaLM, appendix B): 6 N + 12 L H hd S, N from
+  `decoder_matmul_params`, L layers, H query heads of width hd, S tokens per row: a
+  multiply-add is 2 FLOPs, the backward pass twice the forward; attention's Q K^T and
+  A V are 2 S H hd each per token and layer. Rematerialisation is not counted (model
+  FLOPs, not hardware FLOPs). causal=True halves the attention term (only the lower
+  triangle of the logits is needed; PaLM's convention counts all of it).
+  """
+  attention = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len
+  return 6 * decoder_matmul_params(cfg) + (attention / 2 if causal else attention)

@@ -15,21 +15,22 @@ Variants:
                  the paper is silent; see configs/rl.py and ../shared/PAPER.md).
 
   Slice variants: the paper's setup (or the 72B model) with the batch, mesh, remat policy
-  and attention chosen for one Cloud TPU slice from the compiles of the settings that did
-  not fit (README "Will it fit?"; no TPU needed). Their own compiles did not finish in the
-  session that wrote them: run this before relying on one:
+  and attention chosen for one Cloud TPU slice by compiling it for that slice with scanned
+  layers (README "Will it fit?"; no TPU needed). Reproduce a verdict with
     python -m launch.plan --config=configs/kf_grpo.py:VARIANT --topology=SLICE --compile
   qwen2_5_vl_7b_v5p16   v5p-16 (8 chips, 95 GiB): batch 8, fsdp 8, full remat, chunked
-                        attention (the GRPO step needs 118 GiB per chip with the default
-                        dots_no_batch remat and xla attention, 100 GiB with full + xla).
+                        attention. Compiled (every program, sft_step too with
+                        --config.sft_steps=1): peak 37.49 GiB per chip (grpo_step).
   qwen2_5_vl_7b_v6e32   v6e-32 (32 chips, 32 GiB, a 4x8 torus): batch 8, fsdp 8 x tensor
-                        4, full remat, chunked attention (fsdp 16 on v6e-16 needs 36 GiB;
-                        each mesh axis must be a product of torus sides: 16 x 2 is not).
+                        4, full remat, splash attention. Compiled (every program): peak
+                        15.41 GiB per chip (grpo_step; 15.69 GiB with chunked attention).
+                        fsdp 16 on v6e-16 needed 36 GiB (unrolled compile); each mesh
+                        axis must be a product of torus sides: 16 x 2 is not.
   qwen2_5_vl_72b_v5p64  Qwen2.5-VL-72B on v5p-64 (32 chips, 95 GiB): batch 32, fsdp 32,
-                        full remat, chunked attention. NOT yet proven: sized from the
-                        abstract plan (42.3 GiB per chip of state and rollout cache; on
-                        v5p-32 params, optimizer state and reference alone take 68.4 GiB);
-                        its unrolled 80-layer programs were not compiled here (README).
+                        full remat, chunked attention. Compiled (every program): peak
+                        92.95 GiB per chip (grpo_step; 91.56 GiB with splash): little
+                        headroom. On v5p-32 params, optimizer state and reference
+                        alone take 68.4 GiB per chip (abstract plan; not compiled).
   All keep 16 keyframes at 448 px (2048 video tokens), G = G' = 8, prompts up to 512 text
   tokens and answers up to 768 tokens: one prompt (8 + 8 rollouts) per fsdp shard.
 
@@ -59,7 +60,7 @@ from configs import tad as tad_config
 # Slice variants: (model preset, global batch, fsdp, tensor, remat, attention).
 SLICES = {
     "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "chunked"),
-    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "chunked"),
+    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "splash"),
     "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
 }
 VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)

@@ -169,3 +169,40 @@ def test_tpu_compile_of_the_grpo_step_holds_exactly_the_planned_state(config):
   assert compiled_state == planned + 4
   # Sharding really splits the state: fsdp=4 holds less than one replica per chip.
   assert rows["text params"].device_bytes < rows["text params"].global_bytes
+
+
+def test_decoder_flops_count_the_models_own_matmul_weights():
+  from flax import nnx
+  from chronoforge_jax.models import config as model_config
+  from chronoforge_jax.models import text
+  # Qwen2.5-7B: 7.61B parameters, of which the 0.545B embedding is a gather and about
+  # 0.1M are biases and norms: 7,070,285,824 matmul weights (layers + LM head).
+  seven_b = model_config.get_preset("qwen2_5_vl_7b").text
+  per_layer = 2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944
+  assert planning.decoder_matmul_params(seven_b) == 28 * per_layer + 3584 * 152064
+  assert planning.decoder_matmul_params(seven_b) == 7_070_285_824
+  # The tiny preset's decoder, counted from its own params: every kernel and the LM head.
+  cfg = model_config.get_preset("tiny").text
+  model = nnx.eval_shape(lambda: text.TextDecoder(cfg, rngs=nnx.Rngs(0)))
+  kernels = sum(math.prod(v.shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+                if path[-1] in ("kernel", "lm_head"))
+  assert planning.decoder_matmul_params(cfg) == kernels
+  # Forward + backward = 3 x (2 FLOPs per weight + Q K^T and A V over S keys per head).
+  s = 100
+  attention = 3 * cfg.num_hidden_layers * 2 * (2 * s * cfg.num_attention_heads * cfg.head_dim)
+  assert planning.decoder_train_flops_per_token(cfg, s) == 6 * kernels + attention
+  assert planning.decoder_train_flops_per_token(cfg, s, causal=True) == 6 * kernels + attention / 2
+
+
+def test_reports_without_a_time_estimate_show_none():
+  topo = planning.parse_topology("v6e-32")
+  gib = planning.GIB
+  timed = planning.ProgramReport("views", 1, peak_bytes=gib, flops=918e12 * 0.5,
+                                 seconds=2.0)
+  untimed = planning.ProgramReport("grpo_step", 1, peak_bytes=2 * gib, flops=1e12)
+  rows = planning.format_reports([timed], topo).splitlines()
+  assert rows[2].split()[-3:] == ["2000.0", "25.0%", "0.0s"]
+  assert rows[3].split()[-2:] == ["2000.0", "25.0%"]
+  rows = planning.format_reports([timed, untimed], topo).splitlines()
+  assert rows[3].split()[-3:] == ["-", "-", "0.0s"]
+  assert rows[4].split()[-2:] == ["-", "-"]  # The step has no estimate either.
