@@ -40,20 +40,25 @@ sys.path.insert(0, ROOT)
 
 
 def _parse():
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--layers", type=int, nargs="+", default=(28, 80),
-                 help="decoder depths to compile")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--layers", type=int, nargs="+", default=(28, 80), help="decoder depths to compile"
+  )
   p.add_argument("--hidden", type=int, default=64, help="decoder width")
   p.add_argument("--heads", type=int, default=4, help="query heads (kv heads = heads/2)")
   p.add_argument("--vocab", type=int, default=512, help="vocabulary size")
   p.add_argument("--batch", type=int, default=2, help="rows")
   p.add_argument("--seq", type=int, default=128, help="tokens per row")
-  p.add_argument("--remat", default="dots_no_batch",
-                 help="remat policy (the default config's); none | full | dots | "
-                      "dots_no_batch")
-  p.add_argument("--trainer_repeats", type=int, default=1,
-                 help="trainer start-ups per setting (median reported)")
+  p.add_argument(
+    "--remat",
+    default="dots_no_batch",
+    help="remat policy (the default config's); none | full | dots | dots_no_batch",
+  )
+  p.add_argument(
+    "--trainer_repeats", type=int, default=1, help="trainer start-ups per setting (median reported)"
+  )
   p.add_argument("--skip_decoder", action="store_true")
   p.add_argument("--skip_trainer", action="store_true")
   return p.parse_args()
@@ -62,6 +67,7 @@ def _parse():
 # ------------------------------------------------------------------------------------
 # 1. The decoder's jitted forward + backward.
 # ------------------------------------------------------------------------------------
+
 
 def decoder_compile_seconds(a, layers: int, scan: bool) -> tuple[float, float]:
   """(trace + lower seconds, XLA compile seconds) of the decoder's value_and_grad."""
@@ -74,19 +80,25 @@ def decoder_compile_seconds(a, layers: int, scan: bool) -> tuple[float, float]:
 
   hd = a.hidden // a.heads
   t = hd // 2 // 4
-  cfg = TextConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=2 * a.hidden,
-                   num_hidden_layers=layers, num_attention_heads=a.heads,
-                   num_key_value_heads=max(1, a.heads // 2),
-                   mrope_section=(t, (hd // 2 - t) // 2, hd // 2 - t - (hd // 2 - t) // 2))
-  abstract = nnx.eval_shape(lambda: TextDecoder(cfg, rngs=nnx.Rngs(0), remat_policy=a.remat,
-                                                scan_layers=scan))
+  cfg = TextConfig(
+    vocab_size=a.vocab,
+    hidden_size=a.hidden,
+    intermediate_size=2 * a.hidden,
+    num_hidden_layers=layers,
+    num_attention_heads=a.heads,
+    num_key_value_heads=max(1, a.heads // 2),
+    mrope_section=(t, (hd // 2 - t) // 2, hd // 2 - t - (hd // 2 - t) // 2),
+  )
+  abstract = nnx.eval_shape(
+    lambda: TextDecoder(cfg, rngs=nnx.Rngs(0), remat_policy=a.remat, scan_layers=scan)
+  )
   graphdef, params = nnx.split(abstract)
 
   def loss_fn(params, ids_bs, mask_bs):
     m = nnx.merge(graphdef, params)
     positions = jnp.broadcast_to(jnp.cumsum(mask_bs, axis=1)[None] - 1, (3,) + ids_bs.shape)
     logits = m.logits(m.hidden(m.embed_tokens(ids_bs), positions, mask_bs))
-    return jnp.sum(jnp.mean(logits ** 2, -1) * mask_bs) / jnp.sum(mask_bs)
+    return jnp.sum(jnp.mean(logits**2, -1) * mask_bs) / jnp.sum(mask_bs)
 
   ids = jax.ShapeDtypeStruct((a.batch, a.seq), jnp.int32)
   start = time.perf_counter()
@@ -100,6 +112,7 @@ def decoder_compile_seconds(a, layers: int, scan: bool) -> tuple[float, float]:
 # 2. The trainer's start-up.
 # ------------------------------------------------------------------------------------
 
+
 def _env():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   env.pop("XLA_FLAGS", None)
@@ -109,19 +122,40 @@ def _env():
 def make_smoke_data(root: str) -> str:
   """Preprocessed synthetic smoke shards (as tests/train_lib_test.py makes them)."""
   subprocess.run(
-      [sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:smoke",
-       "--format=synthetic", f"--video_dir={root}/videos", f"--out={root}/train",
-       "--split=train", "--quiet"], check=True, cwd=ROOT, env=_env(), capture_output=True)
+    [
+      sys.executable,
+      "-m",
+      "launch.preprocess",
+      "--config=configs/data.py:smoke",
+      "--format=synthetic",
+      f"--video_dir={root}/videos",
+      f"--out={root}/train",
+      "--split=train",
+      "--quiet",
+    ],
+    check=True,
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+  )
   return os.path.join(root, "train")
 
 
 def trainer_startup_seconds(data_dir: str, workdir: str, scan: bool) -> tuple[float, float]:
   """(process wall seconds, first SFT + first KF-GRPO step seconds) of a smoke run."""
-  cmd = [sys.executable, "-m", "launch.train", "--config=configs/kf_grpo.py:smoke",
-         f"--workdir={workdir}", f"--config.input.data_dir={data_dir}",
-         "--config.sft_steps=1", "--config.total_steps=2",
-         # beta > 0: the reference log-probs program is compiled and run too.
-         "--config.rl.beta=0.04", f"--config.model.scan_layers={scan}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    "--config=configs/kf_grpo.py:smoke",
+    f"--workdir={workdir}",
+    f"--config.input.data_dir={data_dir}",
+    "--config.sft_steps=1",
+    "--config.total_steps=2",
+    # beta > 0: the reference log-probs program is compiled and run too.
+    "--config.rl.beta=0.04",
+    f"--config.model.scan_layers={scan}",
+  ]
   start = time.perf_counter()
   run = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
   wall = time.perf_counter() - start
@@ -134,6 +168,7 @@ def trainer_startup_seconds(data_dir: str, workdir: str, scan: bool) -> tuple[fl
 
 # ------------------------------------------------------------------------------------
 
+
 def _row(cells, widths):
   return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
@@ -142,24 +177,42 @@ def main():
   a = _parse()
   import jax
 
-  print(f"devices: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} "
-        f"CPUs, load average {os.getloadavg()[0]:.1f}")
+  print(
+    f"devices: {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} "
+    f"CPUs, load average {os.getloadavg()[0]:.1f}"
+  )
   if not a.skip_decoder:
-    print(f"\ndecoder jit(value_and_grad): width {a.hidden}, {a.heads} heads, vocab "
-          f"{a.vocab}, batch {a.batch} x {a.seq} tokens, remat {a.remat}")
+    print(
+      f"\ndecoder jit(value_and_grad): width {a.hidden}, {a.heads} heads, vocab "
+      f"{a.vocab}, batch {a.batch} x {a.seq} tokens, remat {a.remat}"
+    )
     widths = (7, 10, 9, 11, 9, 19)
-    print(_row(("layers", "layout", "trace s", "compile s", "total s",
-                "unrolled / scanned"), widths))
+    print(
+      _row(("layers", "layout", "trace s", "compile s", "total s", "unrolled / scanned"), widths)
+    )
     for layers in a.layers:
       times = {scan: decoder_compile_seconds(a, layers, scan) for scan in (True, False)}
       ratio = sum(times[False]) / sum(times[True])
       for scan in (True, False):
         trace, comp = times[scan]
-        print(_row((layers, "scanned" if scan else "unrolled", f"{trace:.1f}", f"{comp:.1f}",
-                    f"{trace + comp:.1f}", f"{ratio:.1f}x" if not scan else ""), widths))
+        print(
+          _row(
+            (
+              layers,
+              "scanned" if scan else "unrolled",
+              f"{trace:.1f}",
+              f"{comp:.1f}",
+              f"{trace + comp:.1f}",
+              f"{ratio:.1f}x" if not scan else "",
+            ),
+            widths,
+          )
+        )
   if not a.skip_trainer:
-    print(f"\ntrainer start-up, configs/kf_grpo.py:smoke (1 SFT + 1 KF-GRPO step, every "
-          f"program compiled), median of {a.trainer_repeats}")
+    print(
+      f"\ntrainer start-up, configs/kf_grpo.py:smoke (1 SFT + 1 KF-GRPO step, every "
+      f"program compiled), median of {a.trainer_repeats}"
+    )
     widths = (10, 15, 20, 19)
     print(_row(("layout", "process s", "first 2 steps s", "unrolled / scanned"), widths))
     with tempfile.TemporaryDirectory() as root:
@@ -167,14 +220,25 @@ def main():
       runs = {True: [], False: []}
       for r in range(a.trainer_repeats):
         for scan in (True, False):
-          runs[scan].append(trainer_startup_seconds(
-              data_dir, os.path.join(root, f"run_{scan}_{r}"), scan))
-      med = {scan: tuple(statistics.median(x[i] for x in runs[scan]) for i in range(2))
-             for scan in runs}
+          runs[scan].append(
+            trainer_startup_seconds(data_dir, os.path.join(root, f"run_{scan}_{r}"), scan)
+          )
+      med = {
+        scan: tuple(statistics.median(x[i] for x in runs[scan]) for i in range(2)) for scan in runs
+      }
       for scan in (True, False):
         ratio = "" if scan else f"{med[False][1] / med[True][1]:.2f}x"
-        print(_row(("scanned" if scan else "unrolled", f"{med[scan][0]:.1f}",
-                    f"{med[scan][1]:.1f}", ratio), widths))
+        print(
+          _row(
+            (
+              "scanned" if scan else "unrolled",
+              f"{med[scan][0]:.1f}",
+              f"{med[scan][1]:.1f}",
+              ratio,
+            ),
+            widths,
+          )
+        )
 
 
 if __name__ == "__main__":

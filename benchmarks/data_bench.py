@@ -27,8 +27,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def _parse() -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--videos", type=int, default=8, help="synthetic videos to generate")
   p.add_argument("--video_seconds", type=float, default=20.0, help="length of each video")
   p.add_argument("--native_size", type=int, default=256, help="side of the encoded mp4s")
@@ -61,6 +62,7 @@ def main() -> None:
   args = _parse()
   from absl import flags
   import numpy as np
+
   flags.FLAGS.mark_as_parsed()
   import jax
 
@@ -70,15 +72,23 @@ def main() -> None:
 
   work = args.work_dir or tempfile.mkdtemp(prefix="data_bench_")
   syn = synthetic.SyntheticSettings(
-      num_train_questions=2 * args.videos, num_eval_questions=2, size=args.native_size,
-      fps=args.native_fps, min_video_seconds=args.video_seconds,
-      max_video_seconds=args.video_seconds)
+    num_train_questions=2 * args.videos,
+    num_eval_questions=2,
+    size=args.native_size,
+    fps=args.native_fps,
+    min_video_seconds=args.video_seconds,
+    max_video_seconds=args.video_seconds,
+  )
   paths, t = _timed(lambda: synthetic.write_dataset(os.path.join(work, "src"), syn))
-  print(f"setup: {args.videos} synthetic mp4s, {args.video_seconds:.0f} s at "
-        f"{args.native_fps:g} fps, {args.native_size}px ({t:.1f} s)", flush=True)
+  print(
+    f"setup: {args.videos} synthetic mp4s, {args.video_seconds:.0f} s at "
+    f"{args.native_fps:g} fps, {args.native_size}px ({t:.1f} s)",
+    flush=True,
+  )
   items, _ = benchmarks.load_annotations("synthetic", paths["train"], paths["video_dir"])
-  settings = records.PreprocessSettings(fps=args.fps, max_frames=512, size=args.size,
-                                        videos_per_shard=4)
+  settings = records.PreprocessSettings(
+    fps=args.fps, max_frames=512, size=args.size, videos_per_shard=4
+  )
   data_dir = os.path.join(work, "shards")
   index, t = _timed(lambda: records.preprocess(items, data_dir, settings, progress=False))
   print(f"setup: preprocessed {index['num_frames']} frames in {t:.1f} s", flush=True)
@@ -102,12 +112,16 @@ def main() -> None:
   n_read, t_read = _timed(lambda: sum(read_all() for _ in range(5)))
   n_dec, t_dec = _timed(decode_all)
   fr, fd = n_read / t_read, n_dec / t_dec
-  print(f"\n1. frames/s  shards {fr:9.0f}   PyAV decode {fd:7.0f}   ratio {fr / fd:6.1f}x  "
-        f"({n_dec} frames, {args.fps:g} fps, {args.size}px)", flush=True)
+  print(
+    f"\n1. frames/s  shards {fr:9.0f}   PyAV decode {fd:7.0f}   ratio {fr / fd:6.1f}x  "
+    f"({n_dec} frames, {args.fps:g} fps, {args.size}px)",
+    flush=True,
+  )
 
   # 2. Examples/s end to end.
-  ps = pipeline.train_settings(args.batch_size, num_keyframes=args.k,
-                               prompt_buckets=(128, 192, 256), target_buckets=(64, 96))
+  ps = pipeline.train_settings(
+    args.batch_size, num_keyframes=args.k, prompt_buckets=(128, 192, 256), target_buckets=(64, 96)
+  )
   n_examples = args.batch_size * args.batches
   it = iter(pipeline.make_dataset(data_dir, tok, ps))
   next(it)  # Compile TAD and warm up.
@@ -121,19 +135,27 @@ def main() -> None:
       v = decode.decode_video(item.video_path, fps=args.fps, size=args.size)
       f = features.video_features(v.frames, chunk=512)
       pad = np.zeros((512, f.shape[1]), np.float32)
-      pad[:len(f)] = f
+      pad[: len(f)] = f
       idx, valid = select(pad, np.arange(512) < len(f))
-      vw = views.build_views(v.num_frames, np.asarray(idx), np.asarray(valid),
-                             num_pairs=ps.num_pairs, disorder_ratio=0.5, rng=rng)
-      _ = v.frames[vw.frame_indices], tok.encode_chat_prompt(item.question, item.options,
-                                                              num_video)
+      vw = views.build_views(
+        v.num_frames,
+        np.asarray(idx),
+        np.asarray(valid),
+        num_pairs=ps.num_pairs,
+        disorder_ratio=0.5,
+        rng=rng,
+      )
+      _ = v.frames[vw.frame_indices], tok.encode_chat_prompt(item.question, item.options, num_video)
 
   on_the_fly(1)
   n_fly = max(4, n_examples // 4)
   _, t_fly = _timed(lambda: on_the_fly(n_fly))
   ep, ef = n_examples / t_pipe, n_fly / t_fly
-  print(f"2. examples/s  Grain pipeline {ep:7.1f}   on-the-fly decode {ef:6.1f}   "
-        f"ratio {ep / ef:6.1f}x  (K={args.k}, U={ps.num_frames} frames/example)", flush=True)
+  print(
+    f"2. examples/s  Grain pipeline {ep:7.1f}   on-the-fly decode {ef:6.1f}   "
+    f"ratio {ep / ef:6.1f}x  (K={args.k}, U={ps.num_frames} frames/example)",
+    flush=True,
+  )
 
   # 3. Batches/s against prefetch workers. Timed over many batches so the few that
   # workers buffer during start-up do not flatter them.
@@ -141,9 +163,18 @@ def main() -> None:
   print(f"3. batches/s of {args.batch_size} (after warm-up, {n3} batches):")
   base = None
   for w in args.workers:
-    ds = pipeline.make_dataset(data_dir, tok, pipeline.train_settings(
-        args.batch_size, num_keyframes=args.k, prompt_buckets=(128, 192, 256),
-        target_buckets=(64, 96), prefetch_workers=w, prefetch_buffer=2))
+    ds = pipeline.make_dataset(
+      data_dir,
+      tok,
+      pipeline.train_settings(
+        args.batch_size,
+        num_keyframes=args.k,
+        prompt_buckets=(128, 192, 256),
+        target_buckets=(64, 96),
+        prefetch_workers=w,
+        prefetch_buffer=2,
+      ),
+    )
     it, t_start = _timed(lambda: iter(ds))  # noqa: B023 (called here)
     t_first = _drain(it, 1)
     _drain(it, 2)
@@ -152,10 +183,14 @@ def main() -> None:
       it.close()
     del it
     base = base or rate
-    print(f"   workers={w}: {rate:7.1f} batches/s  ({rate / base:4.2f}x of workers="
-          f"{args.workers[0]}; start-up {t_start + t_first:.1f} s)", flush=True)
+    print(
+      f"   workers={w}: {rate:7.1f} batches/s  ({rate / base:4.2f}x of workers="
+      f"{args.workers[0]}; start-up {t_start + t_first:.1f} s)",
+      flush=True,
+    )
   print(f"\ncpu cores: {os.cpu_count()}; data in {work}")
   import gc
+
   gc.collect()  # Free Grain's shared-memory batches before interpreter shutdown.
 
 

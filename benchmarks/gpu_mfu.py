@@ -37,42 +37,62 @@ PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0))
 
 
 def _parse(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--layers", type=int, default=2, help="decoder layers")
   p.add_argument("--batch", type=int, default=4, help="rows per step")
   p.add_argument("--seq", type=int, default=2048, help="tokens per row")
-  p.add_argument("--width_scale", type=float, default=1.0,
-                 help="scale head width, MLP width and vocabulary (1.0: the 7B's)")
-  p.add_argument("--attention", default=None,
-                 help="layers.ATTENTION_IMPLS entry (default: cudnn on GPU, else xla)")
-  p.add_argument("--remat", default="none",
-                 help="remat policy: none | full | dots | dots_no_batch")
+  p.add_argument(
+    "--width_scale",
+    type=float,
+    default=1.0,
+    help="scale head width, MLP width and vocabulary (1.0: the 7B's)",
+  )
+  p.add_argument(
+    "--attention",
+    default=None,
+    help="layers.ATTENTION_IMPLS entry (default: cudnn on GPU, else xla)",
+  )
+  p.add_argument("--remat", default="none", help="remat policy: none | full | dots | dots_no_batch")
   p.add_argument("--dtype", default="bfloat16", help="compute dtype")
   p.add_argument("--iters", type=int, default=10, help="timed steps (after one warm-up)")
-  p.add_argument("--peak_tflops", type=float, default=None,
-                 help="device peak TFLOP/s for MFU (default: by device kind, "
-                      + ", ".join(f"{k} {v:g}" for k, v in PEAK_TFLOPS) + ")")
-  p.add_argument("--causal_flops", action="store_true",
-                 help="count half the attention logits (causal) instead of all")
+  p.add_argument(
+    "--peak_tflops",
+    type=float,
+    default=None,
+    help="device peak TFLOP/s for MFU (default: by device kind, "
+    + ", ".join(f"{k} {v:g}" for k, v in PEAK_TFLOPS)
+    + ")",
+  )
+  p.add_argument(
+    "--causal_flops",
+    action="store_true",
+    help="count half the attention logits (causal) instead of all",
+  )
   return p.parse_args(argv)
 
 
 def text_config(a):
   """Qwen2.5-VL-7B's decoder geometry at `a.layers` layers, widths scaled by a.width_scale."""
   from chronoforge_jax.models import config as model_config
+
   seven_b = model_config.get_preset("qwen2_5_vl_7b").text
   heads, kv = seven_b.num_attention_heads, seven_b.num_key_value_heads
   hd = max(8, int(round(seven_b.head_dim * a.width_scale / 8)) * 8)  # even, rope needs it
   half = hd // 2
   t = half // 4
   return model_config.TextConfig(
-      vocab_size=max(64, int(round(seven_b.vocab_size * a.width_scale))),
-      hidden_size=heads * hd,
-      intermediate_size=max(8, int(round(seven_b.intermediate_size * a.width_scale))),
-      num_hidden_layers=a.layers, num_attention_heads=heads, num_key_value_heads=kv,
-      rope_theta=seven_b.rope_theta, mrope_section=(t, (half - t) // 2, half - t - (half - t) // 2),
-      tie_word_embeddings=False)
+    vocab_size=max(64, int(round(seven_b.vocab_size * a.width_scale))),
+    hidden_size=heads * hd,
+    intermediate_size=max(8, int(round(seven_b.intermediate_size * a.width_scale))),
+    num_hidden_layers=a.layers,
+    num_attention_heads=heads,
+    num_key_value_heads=kv,
+    rope_theta=seven_b.rope_theta,
+    mrope_section=(t, (half - t) // 2, half - t - (half - t) // 2),
+    tie_word_embeddings=False,
+  )
 
 
 def default_peak_tflops(device_kind: str) -> float | None:
@@ -87,11 +107,11 @@ def main(argv=None):
   import statistics
   import time
 
+  from flax import nnx
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
-  from flax import nnx
 
   from chronoforge_jax import planning
   from chronoforge_jax.models import text
@@ -101,8 +121,14 @@ def main(argv=None):
   cfg = text_config(a)
   dtype = jnp.dtype(a.dtype)
   with jax.default_device(device):
-    model = text.TextDecoder(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=jnp.float32,
-                             remat_policy=a.remat, attention_impl=impl)
+    model = text.TextDecoder(
+      cfg,
+      rngs=nnx.Rngs(0),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      remat_policy=a.remat,
+      attention_impl=impl,
+    )
     graphdef, params = nnx.split(model)
     tx = optax.adamw(1e-5, weight_decay=0.01)
     opt_state = tx.init(params)
@@ -140,15 +166,21 @@ def main(argv=None):
   achieved = per_token * tokens / sec
   peak = a.peak_tflops or default_peak_tflops(device.device_kind)
   n = planning.decoder_matmul_params(cfg)
-  print(f"device: {device.device_kind} ({device.platform}); decoder {cfg.num_hidden_layers} "
-        f"layers, width {cfg.hidden_size}, {cfg.num_attention_heads} / "
-        f"{cfg.num_key_value_heads} heads of {cfg.head_dim}, MLP {cfg.intermediate_size}, "
-        f"vocab {cfg.vocab_size}; attention {impl}, remat {a.remat}, {dtype.name} compute")
-  print(f"batch {a.batch} x {a.seq} tokens; matmul params N = {n / 1e6:.1f}M; "
-        f"{per_token / 1e9:.3f} GFLOP per token (6N + attention, "
-        f"{'causal' if a.causal_flops else 'full'} logits)")
-  print(f"first step (compile + run) {first:.1f} s; step {sec * 1e3:.1f} ms (median of "
-        f"{a.iters}); loss {float(loss):.3f}")
+  print(
+    f"device: {device.device_kind} ({device.platform}); decoder {cfg.num_hidden_layers} "
+    f"layers, width {cfg.hidden_size}, {cfg.num_attention_heads} / "
+    f"{cfg.num_key_value_heads} heads of {cfg.head_dim}, MLP {cfg.intermediate_size}, "
+    f"vocab {cfg.vocab_size}; attention {impl}, remat {a.remat}, {dtype.name} compute"
+  )
+  print(
+    f"batch {a.batch} x {a.seq} tokens; matmul params N = {n / 1e6:.1f}M; "
+    f"{per_token / 1e9:.3f} GFLOP per token (6N + attention, "
+    f"{'causal' if a.causal_flops else 'full'} logits)"
+  )
+  print(
+    f"first step (compile + run) {first:.1f} s; step {sec * 1e3:.1f} ms (median of "
+    f"{a.iters}); loss {float(loss):.3f}"
+  )
   print(f"tokens/s {tokens / sec:,.0f}")
   print(f"achieved {achieved / 1e12:.2f} TFLOP/s")
   if peak:

@@ -30,8 +30,7 @@ _OUT = flags.DEFINE_string("out", "/tmp/sft_recipe", "Output folder (reused to r
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
 _STEPS = flags.DEFINE_integer("steps", None, "SFT steps (default: the demo config's).")
 
-_CONDITIONS = (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"),
-               ("tad", "zeroed"))
+_CONDITIONS = (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"), ("tad", "zeroed"))
 
 
 def make_data(out: str) -> tuple[str, str]:
@@ -39,10 +38,21 @@ def make_data(out: str) -> tuple[str, str]:
   dirs = {}
   for split in ("train", "eval"):
     dirs[split] = os.path.join(out, "data", split)
-    subprocess.run([sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:demo",
-                    "--format=synthetic", f"--video_dir={os.path.join(out, 'synthetic')}",
-                    f"--out={dirs[split]}", f"--split={split}", "--quiet"],
-                   check=True, cwd=_ROOT)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "launch.preprocess",
+        "--config=configs/data.py:demo",
+        "--format=synthetic",
+        f"--video_dir={os.path.join(out, 'synthetic')}",
+        f"--out={dirs[split]}",
+        f"--split={split}",
+        "--quiet",
+      ],
+      check=True,
+      cwd=_ROOT,
+    )
   return dirs["train"], dirs["eval"]
 
 
@@ -66,20 +76,35 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   config.input.data_dir = train_dir
   start = time.perf_counter()
   metrics = train_lib.train_and_evaluate(config, workdir)
-  row = {"seed": seed, "steps": config.sft_steps,
-         "train_s": round(time.perf_counter() - start, 1),
-         "data_wait_frac": metrics.get("time/data_wait_frac")}
+  row = {
+    "seed": seed,
+    "steps": config.sft_steps,
+    "train_s": round(time.perf_counter() - start, 1),
+    "data_wait_frac": metrics.get("time/data_wait_frac"),
+  }
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(train_dir, "tokenizer"))
-  model = eval_lib.load_model(eval_lib.model_config(preset=config.model.preset, tokenizer=tok),
-                              checkpoint=os.path.join(workdir, "checkpoints"))
+  model = eval_lib.load_model(
+    eval_lib.model_config(preset=config.model.preset, tokenizer=tok),
+    checkpoint=os.path.join(workdir, "checkpoints"),
+  )
   for selector, order in _CONDITIONS:
     result = eval_lib.evaluate(
-        model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-        batch_size=config.input.eval_batch_size, mode="likelihood",
-        select_kwargs=tad_config.tad_kwargs(config.tad), patch_mode=config.input.patch_mode,
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        answer_template="<think></think><answer>{letter}</answer>", progress=False,
-        frame_order=order, name=f"{selector}_{order}", out_dir=workdir)
+      model,
+      eval_dir,
+      tok,
+      selector=selector,
+      num_keyframes=config.tad.k,
+      batch_size=config.input.eval_batch_size,
+      mode="likelihood",
+      select_kwargs=tad_config.tad_kwargs(config.tad),
+      patch_mode=config.input.patch_mode,
+      prompt_buckets=tuple(config.input.prompt_buckets),
+      answer_template="<think></think><answer>{letter}</answer>",
+      progress=False,
+      frame_order=order,
+      name=f"{selector}_{order}",
+      out_dir=workdir,
+    )
     row[f"{selector}_{order}"] = result.tables["overall"]["accuracy"]
     row["num_questions"] = result.tables["overall"]["num_questions"]
   tmp = summary_path + ".tmp"
@@ -99,8 +124,10 @@ def main(argv) -> int:
   names = [f"{s}_{o}" for s, o in _CONDITIONS]
   print("\nseed  steps  train_s  wait   " + "  ".join(f"{n:>16}" for n in names))
   for r in rows:
-    print(f"{r['seed']:>4}  {r['steps']:>5}  {r['train_s']:>7}  {r['data_wait_frac']:.1%}  "
-          + "  ".join(f"{r[n]:>16.1%}" for n in names))
+    print(
+      f"{r['seed']:>4}  {r['steps']:>5}  {r['train_s']:>7}  {r['data_wait_frac']:.1%}  "
+      + "  ".join(f"{r[n]:>16.1%}" for n in names)
+    )
   mean = {n: sum(r[n] for r in rows) / len(rows) for n in names}
   print("mean" + " " * 24 + "  ".join(f"{mean[n]:>16.1%}" for n in names))
   with open(os.path.join(out, "summary.json"), "w") as f:

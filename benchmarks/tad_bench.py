@@ -31,8 +31,7 @@ from chronoforge_jax import features, tad, testing  # noqa: E402
 from chronoforge_jax.data import decode  # noqa: E402
 
 
-def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=1e-6,
-                            boost=1.0):
+def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=1e-6, boost=1.0):
   """TAD's default settings in vectorised float64 NumPy (a fair CPU baseline)."""
   b, t, _ = x_btd.shape
   x = x_btd.astype(np.float64)
@@ -54,7 +53,7 @@ def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=
   for direction in (-1, 1):
     alive, base = np.ones((b, t), bool), v.copy()
     for off in range(1, window + 1):
-      s = pad[:, window + direction * off: window + direction * off + t]
+      s = pad[:, window + direction * off : window + direction * off + t]
       alive &= s <= v
       base = np.where(alive, np.minimum(base, s), base)
     bases.append(base)
@@ -66,8 +65,10 @@ def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=
 
 
 def bench_speed(args) -> None:
-  print(f"(a) TAD speed, features [B={args.batch}, T={args.frames}, D={args.dim}], "
-        f"k={args.k}, backend={jax.default_backend()}")
+  print(
+    f"(a) TAD speed, features [B={args.batch}, T={args.frames}, D={args.dim}], "
+    f"k={args.k}, backend={jax.default_backend()}"
+  )
   rng = np.random.default_rng(0)
   x_btd = np.cumsum(rng.normal(size=(args.batch, args.frames, args.dim)), axis=1)
   x_btd = x_btd.astype(np.float32)
@@ -75,8 +76,12 @@ def bench_speed(args) -> None:
   select = jax.jit(lambda x: tad.select_keyframes(x, args.k)[0])
   t_jit = median_seconds(lambda: select(x_dev), args.repeats)
   start = time.perf_counter()
-  ref = np.stack([testing.reference_select(x_btd[i], args.k, np.ones(args.frames, bool))[0]
-                  for i in range(args.batch)])
+  ref = np.stack(
+    [
+      testing.reference_select(x_btd[i], args.k, np.ones(args.frames, bool))[0]
+      for i in range(args.batch)
+    ]
+  )
   t_ref = time.perf_counter() - start
   vec_out = []
   t_vec = median_seconds(lambda: vec_out.append(numpy_vectorised_select(x_btd, args.k)), 1)
@@ -92,8 +97,10 @@ def bench_speed(args) -> None:
 def bench_decode(args, tmp: str) -> None:
   n = int(args.decode_seconds * args.fps)
   h, w = args.decode_size
-  print(f"(b) TAD vs PyAV decoding: {args.decode_seconds:.0f} s H.264 video, {w}x{h} at "
-        f"{args.fps:g} fps ({n} frames)")
+  print(
+    f"(b) TAD vs PyAV decoding: {args.decode_seconds:.0f} s H.264 video, {w}x{h} at "
+    f"{args.fps:g} fps ({n} frames)"
+  )
   path = os.path.join(tmp, "decode.mp4")
   cuts = testing.random_cuts(n, max(1, n // 100), min_gap=20, seed=1)
   testing.write_cut_video(path, n, cuts, size=(h, w), fps=args.fps, seed=1, noise=4)
@@ -110,12 +117,16 @@ def bench_decode(args, tmp: str) -> None:
     what = "native size" if size is None else f"resized to {size}x{size} by swscale"
     print(f"  decode {what}:")
     print(f"    PyAV decode to RGB          {t_decode * 1e3:9.1f} ms")
-    print(f"    features (on device)        {t_feat * 1e3:9.1f} ms   "
-          f"{t_feat / t_decode:6.1%} of decode")
-    print(f"    TAD selection               {t_tad * 1e3:9.1f} ms   "
-          f"{t_tad / t_decode:6.1%} of decode")
-    print(f"    features + TAD              {(t_feat + t_tad) * 1e3:9.1f} ms   "
-          f"{(t_feat + t_tad) / t_decode:6.1%} of decode")
+    print(
+      f"    features (on device)        {t_feat * 1e3:9.1f} ms   {t_feat / t_decode:6.1%} of decode"
+    )
+    print(
+      f"    TAD selection               {t_tad * 1e3:9.1f} ms   {t_tad / t_decode:6.1%} of decode"
+    )
+    print(
+      f"    features + TAD              {(t_feat + t_tad) * 1e3:9.1f} ms   "
+      f"{(t_feat + t_tad) / t_decode:6.1%} of decode"
+    )
 
 
 def _recall(found, cuts, tol: int = 1) -> float:
@@ -128,20 +139,26 @@ def _recall(found, cuts, tol: int = 1) -> float:
 def bench_recall(args, tmp: str) -> None:
   from scenedetect import ContentDetector, detect  # Baseline only; an optional extra.
 
-  print(f"(c) cut recall (+-1 frame), {args.videos} H.264 videos of {args.video_frames} "
-        f"frames, 4-10 cuts each, pixel noise {args.noise:g}, k={args.k}")
-  rows = {"TAD keyframes": [], "uniform sampling": [], "PySceneDetect Content": [],
-          "TAD inflections": []}
+  print(
+    f"(c) cut recall (+-1 frame), {args.videos} H.264 videos of {args.video_frames} "
+    f"frames, 4-10 cuts each, pixel noise {args.noise:g}, k={args.k}"
+  )
+  rows = {
+    "TAD keyframes": [],
+    "uniform sampling": [],
+    "PySceneDetect Content": [],
+    "TAD inflections": [],
+  }
   extra = {"PySceneDetect Content": [], "TAD inflections": []}
   rng = np.random.default_rng(2)
-  select = jax.jit(lambda f: (tad.select_keyframes(f, args.k)[0],
-                              tad.analyze(f).inflections))
+  select = jax.jit(lambda f: (tad.select_keyframes(f, args.k)[0], tad.analyze(f).inflections))
   for i in range(args.videos):
     num_cuts = int(rng.integers(4, 11))
     cuts = testing.random_cuts(args.video_frames, num_cuts, min_gap=12, seed=100 + i)
     path = os.path.join(tmp, f"cuts{i}.mp4")
-    testing.write_cut_video(path, args.video_frames, cuts, size=(96, 128), fps=25,
-                            seed=100 + i, noise=args.noise)
+    testing.write_cut_video(
+      path, args.video_frames, cuts, size=(96, 128), fps=25, seed=100 + i, noise=args.noise
+    )
     video = decode.decode_video(path)
     feats_td = features.frame_features(video.frames)
     picked, infl = select(feats_td)
@@ -163,18 +180,19 @@ def bench_recall(args, tmp: str) -> None:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--frames", type=int, default=2048)
   parser.add_argument("--dim", type=int, default=256)
   parser.add_argument("--k", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--decode_seconds", type=float, default=60.0)
-  parser.add_argument("--decode_size", type=int, nargs=2, default=(240, 320),
-                      metavar=("H", "W"))
-  parser.add_argument("--small", type=int, default=128,
-                      help="second decode of (b) at this square size")
+  parser.add_argument("--decode_size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+  parser.add_argument(
+    "--small", type=int, default=128, help="second decode of (b) at this square size"
+  )
   parser.add_argument("--fps", type=float, default=25.0)
   parser.add_argument("--videos", type=int, default=12)
   parser.add_argument("--video_frames", type=int, default=300)

@@ -57,11 +57,17 @@ def steps(args) -> None:
 
   out = args.out or tempfile.mkdtemp(prefix="train_bench_")
   data = "smoke" if args.config == "smoke" else "demo"
-  sizes = () if data == "smoke" else (
+  sizes = (
+    ()
+    if data == "smoke"
+    else (
       "--config.preprocess.synthetic.num_train_questions=32",
-      "--config.preprocess.synthetic.num_eval_questions=8")
-  train_dir, _ = tools.preprocess_synthetic(out, f"configs/data.py:{data}", who="train_bench",
-                                            extra_args=(*sizes, "--quiet"))
+      "--config.preprocess.synthetic.num_eval_questions=8",
+    )
+  )
+  train_dir, _ = tools.preprocess_synthetic(
+    out, f"configs/data.py:{data}", who="train_bench", extra_args=(*sizes, "--quiet")
+  )
   config = kf_grpo_config.get_config(args.config)
   config.input.data_dir = train_dir
   config.sft_steps, config.total_steps = 0, args.rl_steps + 1
@@ -74,10 +80,12 @@ def steps(args) -> None:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f][1:]  # The first step compiled everything.
   rl = config.rl
-  print(f"\n{args.config}: {config.input.batch_size} prompts x (G={rl.num_generations} + "
-        f"G'={rl.num_disordered if rl.saliency.enabled else 0}) rollouts of up to "
-        f"{rl.max_new_tokens} tokens, beta={rl.beta}, mu={rl.num_iterations}; median of "
-        f"{len(records)} steps (model at init), {jax.devices()[0].platform}")
+  print(
+    f"\n{args.config}: {config.input.batch_size} prompts x (G={rl.num_generations} + "
+    f"G'={rl.num_disordered if rl.saliency.enabled else 0}) rollouts of up to "
+    f"{rl.max_new_tokens} tokens, beta={rl.beta}, mu={rl.num_iterations}; median of "
+    f"{len(records)} steps (model at init), {jax.devices()[0].platform}"
+  )
   step_s = statistics.median(r["time/step_s"] for r in records)
   for phase in PHASES:
     values = [r[f"time/{phase}_s"] for r in records if f"time/{phase}_s" in r]
@@ -89,21 +97,33 @@ def steps(args) -> None:
   # Prefill vs decode: the trainer's own sampler calls, timed on one batch.
   mesh = sharding.mesh_from_config(config.mesh)
   s = train_lib.setup(config, mesh)
-  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(
-      train_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  local, _ = pipeline.split_host(
+    next(iter(pipeline.make_dataset(train_dir, s.tokenizer, pipeline.settings_from_config(config))))
+  )
   with jax.set_mesh(mesh):
     batch = train_lib.to_global(mesh, local)
     params = s.init_state()["params"]
     model = nnx.merge(s.graphdef, params)
-    calls = train_lib.sampler_calls(model.config.vision, s.views(params, batch), batch,
-                                    batch["prompt_ids"], batch["prompt_mask"], rl,
-                                    s.stop_tokens)
+    calls = train_lib.sampler_calls(
+      model.config.vision,
+      s.views(params, batch),
+      batch,
+      batch["prompt_ids"],
+      batch["prompt_mask"],
+      rl,
+      s.stop_tokens,
+    )
     times = {}
     for budget in (1, rl.max_new_tokens):
+
       def run(budget=budget):
-        return [sampling.generate(model, inputs, rng=jax.random.key(key),
-                                  **dict(kwargs, max_new_tokens=budget))
-                for _, key, inputs, kwargs in calls]
+        return [
+          sampling.generate(
+            model, inputs, rng=jax.random.key(key), **dict(kwargs, max_new_tokens=budget)
+          )
+          for _, key, inputs, kwargs in calls
+        ]
+
       jax.block_until_ready(run())  # Compile.
       best = float("inf")
       for _ in range(args.repeats):
@@ -112,18 +132,26 @@ def steps(args) -> None:
         best = min(best, time.perf_counter() - t0)
       times[budget] = best, sum(int(o.lengths.sum()) for o in outs)
   (prefill, _), (full, tokens) = times[1], times[rl.max_new_tokens]
-  print(f"  rollout split (best of {args.repeats}): prefill + first token "
-        f"{1e3 * prefill:.1f} ms, decode {1e3 * (full - prefill):.1f} ms for {tokens} "
-        f"sampled tokens ({1e3 * (full - prefill) / max(tokens, 1):.2f} ms/token)")
+  print(
+    f"  rollout split (best of {args.repeats}): prefill + first token "
+    f"{1e3 * prefill:.1f} ms, decode {1e3 * (full - prefill):.1f} ms for {tokens} "
+    f"sampled tokens ({1e3 * (full - prefill) / max(tokens, 1):.2f} ms/token)"
+  )
 
 
 def views(args) -> None:
   """Encode the union once vs each view, side by side."""
 
   base = model_config.get_preset("tiny")
-  vision = dataclasses.replace(base.vision, hidden_size=args.width, num_heads=4,
-                               intermediate_size=2 * args.width, depth=args.depth,
-                               fullatt_block_indexes=(args.depth - 1,), window_size=112)
+  vision = dataclasses.replace(
+    base.vision,
+    hidden_size=args.width,
+    num_heads=4,
+    intermediate_size=2 * args.width,
+    depth=args.depth,
+    fullatt_block_indexes=(args.depth - 1,),
+    window_size=112,
+  )
   model = vlm.VideoLanguageModel(dataclasses.replace(base, vision=vision), rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
 
@@ -131,16 +159,22 @@ def views(args) -> None:
   m = views_lib.default_num_pairs(args.k, args.disorder_ratio)
   u = args.k + 2 * m
   rng = np.random.default_rng(0)
-  frames = jnp.asarray(rng.integers(0, 256, (args.batch, u, args.size, args.size, 3),
-                                    dtype=np.uint8))
+  frames = jnp.asarray(
+    rng.integers(0, 256, (args.batch, u, args.size, args.size, 3), dtype=np.uint8)
+  )
   timestamps = jnp.asarray(np.tile(np.arange(u, dtype=np.float32), (args.batch, 1)))
-  disordered = np.stack([
+  disordered = np.stack(
+    [
       views_lib.disordered_patches(args.k, m, args.disorder_ratio, np.random.default_rng(i))
-      for i in range(args.batch)]).astype(np.int32)
-  batch = {"frames": frames, "timestamps": timestamps,
-           "ordered_patches": jnp.broadcast_to(jnp.arange(kp, dtype=jnp.int32),
-                                               (args.batch, kp)),
-           "disordered_patches": jnp.asarray(disordered)}
+      for i in range(args.batch)
+    ]
+  ).astype(np.int32)
+  batch = {
+    "frames": frames,
+    "timestamps": timestamps,
+    "ordered_patches": jnp.broadcast_to(jnp.arange(kp, dtype=jnp.int32), (args.batch, kp)),
+    "disordered_patches": jnp.asarray(disordered),
+  }
 
   @jax.jit
   def union_once(state, batch):
@@ -150,8 +184,10 @@ def views(args) -> None:
   @jax.jit
   def per_view(state, batch):
     model = nnx.merge(graphdef, state)
-    return tuple(kf_grpo.batch_views(model, batch, views=(name,))[name]["video_embeds"]
-                 for name in ("ordered", "disordered"))
+    return tuple(
+      kf_grpo.batch_views(model, batch, views=(name,))[name]["video_embeds"]
+      for name in ("ordered", "disordered")
+    )
 
   fns = {"union once": union_once, "each view": per_view}
   outs = {name: jax.block_until_ready(fn(state, batch)) for name, fn in fns.items()}
@@ -163,29 +199,38 @@ def views(args) -> None:
       t0 = time.perf_counter()
       jax.block_until_ready(fn(state, batch))
       best[name] = min(best[name], time.perf_counter() - t0)
-  print(f"{args.batch} videos, K={args.k} keyframes + {m} non-keyframe pairs "
-        f"({u} frames in the union, {2 * args.k} frames in the two views), "
-        f"{args.size}px, tower width {args.width} x {args.depth} blocks, {jax.devices()[0]}")
+  print(
+    f"{args.batch} videos, K={args.k} keyframes + {m} non-keyframe pairs "
+    f"({u} frames in the union, {2 * args.k} frames in the two views), "
+    f"{args.size}px, tower width {args.width} x {args.depth} blocks, {jax.devices()[0]}"
+  )
   for name, t in best.items():
     print(f"  {name:10s} {1e3 * t:8.1f} ms")
-  print(f"  union once / each view = {best['union once'] / best['each view']:.2f} "
-        f"(frame ratio {u / (2 * args.k):.2f}); saved per rollout step: "
-        f"{1e3 * (best['each view'] - best['union once']):.1f} ms")
+  print(
+    f"  union once / each view = {best['union once'] / best['each view']:.2f} "
+    f"(frame ratio {u / (2 * args.k):.2f}); saved per rollout step: "
+    f"{1e3 * (best['each view'] - best['union once']):.1f} ms"
+  )
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("part", nargs="?", choices=("all", "steps", "views"), default="all")
-  parser.add_argument("--config", default="smoke", choices=("smoke", "demo", "demo_rl"),
-                      help="steps: configs/kf_grpo.py variant")
-  parser.add_argument("--rl_steps", type=int, default=4,
-                      help="steps: KF-GRPO steps timed (after one that compiles)")
+  parser.add_argument(
+    "--config",
+    default="smoke",
+    choices=("smoke", "demo", "demo_rl"),
+    help="steps: configs/kf_grpo.py variant",
+  )
+  parser.add_argument(
+    "--rl_steps", type=int, default=4, help="steps: KF-GRPO steps timed (after one that compiles)"
+  )
   parser.add_argument("--out", default="", help="steps: working folder (default: a temp one)")
   parser.add_argument("--batch", type=int, default=4, help="views: videos per step")
   parser.add_argument("--k", type=int, default=16, help="views: keyframes per video (even)")
-  parser.add_argument("--size", type=int, default=112,
-                      help="views: frame side (multiple of 28)")
+  parser.add_argument("--size", type=int, default=112, help="views: frame side (multiple of 28)")
   parser.add_argument("--width", type=int, default=128, help="views: vision tower width")
   parser.add_argument("--depth", type=int, default=4, help="views: vision tower blocks")
   parser.add_argument("--disorder_ratio", type=float, default=0.5)

@@ -28,19 +28,31 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TYPES = ("multiple choice", "numerical", "OCR", "free-form", "regression")
-SOLUTIONS = {"multiple choice": "<answer>B</answer>", "numerical": "<answer>3</answer>",
-             "OCR": "<answer>EXIT</answer>", "free-form": "<answer>a man runs</answer>",
-             "regression": "<answer>2.5</answer>"}
+SOLUTIONS = {
+  "multiple choice": "<answer>B</answer>",
+  "numerical": "<answer>3</answer>",
+  "OCR": "<answer>EXIT</answer>",
+  "free-form": "<answer>a man runs</answer>",
+  "regression": "<answer>2.5</answer>",
+}
 
 
 def _rows(paths, data_type):
   rows = []
   for n, path in enumerate(paths):
     ptype = TYPES[n % len(TYPES)]
-    rows.append({"problem_id": f"{data_type}{n}", "problem": "What happens?",
-                 "data_type": data_type, "problem_type": ptype,
-                 "options": ["A. a", "B. b", "C. c", "D. d"] if ptype == TYPES[0] else [],
-                 "solution": SOLUTIONS[ptype], "path": path, "data_source": "stand-in"})
+    rows.append(
+      {
+        "problem_id": f"{data_type}{n}",
+        "problem": "What happens?",
+        "data_type": data_type,
+        "problem_type": ptype,
+        "options": ["A. a", "B. b", "C. c", "D. d"] if ptype == TYPES[0] else [],
+        "solution": SOLUTIONS[ptype],
+        "path": path,
+        "data_source": "stand-in",
+      }
+    )
   return rows
 
 
@@ -67,8 +79,9 @@ def make_stand_in(root: str, videos: int, seconds: float, images: int) -> dict[s
   for n in range(videos):
     cuts = sorted(rng.choice(np.arange(30, frames - 30), size=3, replace=False).tolist())
     path = f"v/{n}.mp4"
-    testing.write_cut_video(os.path.join(root, path), frames, cuts, (360, 640), fps=30.0,
-                            seed=n, noise=6.0)
+    testing.write_cut_video(
+      os.path.join(root, path), frames, cuts, (360, 640), fps=30.0, seed=n, noise=6.0
+    )
     vpaths.append(path)
   ipaths = []
   for n in range(images):
@@ -89,8 +102,9 @@ def _bytes(folder: str) -> int:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--videos", type=int, default=6)
   p.add_argument("--video_seconds", type=float, default=30.0)
   p.add_argument("--images", type=int, default=30)
@@ -106,16 +120,19 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as root:
     t0 = time.perf_counter()
     ann = make_stand_in(root, args.videos, args.video_seconds, args.images)
-    print(f"stand-in: {args.videos} videos of {args.video_seconds:.0f} s (640x360, 30 fps) "
-          f"and {args.images} PNG stills (640x480), built in {time.perf_counter() - t0:.1f} s")
+    print(
+      f"stand-in: {args.videos} videos of {args.video_seconds:.0f} s (640x360, 30 fps) "
+      f"and {args.images} PNG stills (640x480), built in {time.perf_counter() - t0:.1f} s"
+    )
     measured = {}
     for kind in ("video", "image"):
       config = data_config.get_config("default")
       config.preprocess.workers = args.workers
       out = os.path.join(root, f"out_{kind}")
       t0, c0 = time.perf_counter(), time.process_time()
-      index = preprocess.run(config, fmt="videor1", annotations=ann[kind], video_dir=root,
-                             out=out, progress=False)
+      index = preprocess.run(
+        config, fmt="videor1", annotations=ann[kind], video_dir=root, out=out, progress=False
+      )
       seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
       n = index["num_questions"]
       assert index["num_rejected"] == 0, index
@@ -125,19 +142,26 @@ def main() -> None:
       # than wall time. With workers, CPU time is in the children: use wall time.
       per_item = (cpu if args.workers == 0 else seconds) / n
       measured[kind] = (1.0 / per_item, stored / n)
-      print(f"{kind}: {n} items, {index['num_frames']} frames in {seconds:.1f} s wall, "
-            f"{cpu:.1f} s CPU = {n / seconds:.2f} items/s wall, {1 / per_item:.2f} items/s "
-            f"per core ({args.workers} workers); stored "
-            f"{stored / n / 2**20:.2f} MiB/item (raw frames {raw / n / 2**20:.2f} MiB/item, "
-            f"zstd:1 keeps {stored / raw:.0%})")
+      print(
+        f"{kind}: {n} items, {index['num_frames']} frames in {seconds:.1f} s wall, "
+        f"{cpu:.1f} s CPU = {n / seconds:.2f} items/s wall, {1 / per_item:.2f} items/s "
+        f"per core ({args.workers} workers); stored "
+        f"{stored / n / 2**20:.2f} MiB/item (raw frames {raw / n / 2**20:.2f} MiB/item, "
+        f"zstd:1 keeps {stored / raw:.0%})"
+      )
   scale = max(args.project_workers, 1) / max(args.workers, 1)
-  hours = (args.full_videos / measured["video"][0] + args.full_images / measured["image"][0]
-           ) / scale / 3600
+  hours = (
+    (args.full_videos / measured["video"][0] + args.full_images / measured["image"][0])
+    / scale
+    / 3600
+  )
   total = args.full_videos * measured["video"][1] + args.full_images * measured["image"][1]
-  print(f"projection: {args.full_videos} video + {args.full_images} image items -> "
-        f"{hours:.1f} h with {args.project_workers} worker cores like these, "
-        f"{total / 2**40:.2f} TiB stored (videos of {args.video_seconds:.0f} s; both scale "
-        f"linearly with the mean video length)")
+  print(
+    f"projection: {args.full_videos} video + {args.full_images} image items -> "
+    f"{hours:.1f} h with {args.project_workers} worker cores like these, "
+    f"{total / 2**40:.2f} TiB stored (videos of {args.video_seconds:.0f} s; both scale "
+    f"linearly with the mean video length)"
+  )
 
 
 if __name__ == "__main__":

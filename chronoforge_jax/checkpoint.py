@@ -64,8 +64,7 @@ _FORMAT_VERSION = 1
 
 def abstract_like(tree: PyTree) -> PyTree:
   """Returns ShapeDtypeStructs (with each leaf's sharding) for a tree of jax Arrays."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def _check_abstract(abstract: PyTree, what: str) -> None:
@@ -73,9 +72,10 @@ def _check_abstract(abstract: PyTree, what: str) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
     if getattr(leaf, "sharding", None) is None:
       raise ValueError(
-          f"{what} leaf {jax.tree_util.keystr(path)} ({type(leaf).__name__}) has no "
-          "sharding; build the abstract state as jax.ShapeDtypeStruct(shape, dtype, "
-          "sharding=...) (e.g. jax.eval_shape(init) with the shardings attached).")
+        f"{what} leaf {jax.tree_util.keystr(path)} ({type(leaf).__name__}) has no "
+        "sharding; build the abstract state as jax.ShapeDtypeStruct(shape, dtype, "
+        "sharding=...) (e.g. jax.eval_shape(init) with the shardings attached)."
+      )
 
 
 def _rng_to_json(rng: jax.Array | None) -> dict[str, Any] | None:
@@ -85,8 +85,11 @@ def _rng_to_json(rng: jax.Array | None) -> dict[str, Any] | None:
   data = jax.random.key_data(rng) if typed else rng
   if not data.is_fully_addressable:  # A replicated key: every host holds the value.
     data = data.addressable_data(0)
-  return {"impl": str(jax.random.key_impl(rng)) if typed else None,
-          "data": np.asarray(data).tolist(), "dtype": str(np.asarray(data).dtype)}
+  return {
+    "impl": str(jax.random.key_impl(rng)) if typed else None,
+    "data": np.asarray(data).tolist(),
+    "dtype": str(np.asarray(data).dtype),
+  }
 
 
 def _rng_from_json(blob: dict[str, Any] | None) -> jax.Array | None:
@@ -131,13 +134,15 @@ def _layer_sharding(sharding, *, stacked: bool):
 
 def _stack_abstract(leaves: list[jax.ShapeDtypeStruct]) -> jax.ShapeDtypeStruct:
   a = leaves[0]
-  return jax.ShapeDtypeStruct((len(leaves),) + a.shape, a.dtype,
-                              sharding=_layer_sharding(a.sharding, stacked=True))
+  return jax.ShapeDtypeStruct(
+    (len(leaves),) + a.shape, a.dtype, sharding=_layer_sharding(a.sharding, stacked=True)
+  )
 
 
 def _unstack_abstract(a: jax.ShapeDtypeStruct, n: int) -> list[jax.ShapeDtypeStruct]:
-  one = jax.ShapeDtypeStruct(a.shape[1:], a.dtype,
-                             sharding=_layer_sharding(a.sharding, stacked=False))
+  one = jax.ShapeDtypeStruct(
+    a.shape[1:], a.dtype, sharding=_layer_sharding(a.sharding, stacked=False)
+  )
   return [one] * n
 
 
@@ -152,10 +157,13 @@ def _in_saved_layout(saved_tree: PyTree | None, abstract: PyTree):
   wanted = _per_layer(abstract)
   if saved is None or wanted is None or saved == wanted:
     return abstract, lambda restored: restored
-  logging.info("checkpoint: its layers are %s, the model's %s; converting on restore",
-               *(("per layer" if x else "stacked") for x in (saved, wanted)))
-  target = stack.relayout(abstract, scan=not saved, stack_fn=_stack_abstract,
-                          unstack_fn=_unstack_abstract)
+  logging.info(
+    "checkpoint: its layers are %s, the model's %s; converting on restore",
+    *(("per layer" if x else "stacked") for x in (saved, wanted)),
+  )
+  target = stack.relayout(
+    abstract, scan=not saved, stack_fn=_stack_abstract, unstack_fn=_unstack_abstract
+  )
 
   def back(restored):
     moved = stack.relayout(restored, scan=not wanted)
@@ -164,8 +172,10 @@ def _in_saved_layout(saved_tree: PyTree | None, abstract: PyTree):
   return target, back
 
 
-_LAYOUT_HINT = ("A checkpoint of either layer layout (model.scan_layers True or False) "
-                "loads into a model of either layout; other differences do not.")
+_LAYOUT_HINT = (
+  "A checkpoint of either layer layout (model.scan_layers True or False) "
+  "loads into a model of either layout; other differences do not."
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,8 +213,7 @@ def _abs(path: str) -> str:
   return path if "://" in path else os.path.abspath(path)
 
 
-def _manager(directory: str, options: ocp.CheckpointManagerOptions
-             ) -> ocp.CheckpointManager:
+def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(_abs(directory), options=options)
 
 
@@ -212,34 +221,41 @@ def _read_only(directory: str) -> ocp.CheckpointManager:
   return _manager(directory, ocp.CheckpointManagerOptions(read_only=True))
 
 
-def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: PyTree,
-                  data_iter: Any, source: Source) -> Restored:
+def _restore_step(
+  manager: ocp.CheckpointManager, step: int, abstract_state: PyTree, data_iter: Any, source: Source
+) -> Restored:
   """Restores state, meta and (if present and wanted) the data iterator of one step."""
   _check_abstract(abstract_state, "abstract_state")
-  step_dir = ocp.path.step.standard_name_format().find_step(
-      manager.directory, step).path
+  step_dir = ocp.path.step.standard_name_format().find_step(manager.directory, step).path
   target, to_model_layout = _in_saved_layout(_saved_tree(step_dir / "state"), abstract_state)
-  args = {"state": ocp.args.StandardRestore(target),
-          "meta": ocp.args.JsonRestore()}
+  args = {"state": ocp.args.StandardRestore(target), "meta": ocp.args.JsonRestore()}
   has_data = (step_dir / "data").exists()
   if data_iter is not None and has_data:
     args["data"] = grain_checkpoint.CheckpointRestore(data_iter)
   elif data_iter is not None:
-    logging.warning("checkpoint %s has no data-iterator state; the input pipeline "
-                    "starts from its beginning", step_dir)
+    logging.warning(
+      "checkpoint %s has no data-iterator state; the input pipeline starts from its beginning",
+      step_dir,
+    )
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**args))
   except ValueError as e:
     raise ValueError(
-        f"cannot restore checkpoint {step_dir}: {e}\nThe abstract state must match "
-        "the saved tree (same model/optimizer config) and the data-iterator state is "
-        "per process (same process count); for a params-only start use "
-        f"config.ckpt.init_from instead of resume. {_LAYOUT_HINT}") from e
+      f"cannot restore checkpoint {step_dir}: {e}\nThe abstract state must match "
+      "the saved tree (same model/optimizer config) and the data-iterator state is "
+      "per process (same process count); for a params-only start use "
+      f"config.ckpt.init_from instead of resume. {_LAYOUT_HINT}"
+    ) from e
   meta = restored["meta"]
-  return Restored(source=source, step=int(meta["step"]),
-                  state=to_model_layout(restored["state"]),
-                  rng=_rng_from_json(meta.get("rng")), extra=meta.get("extra", {}),
-                  data_restored="data" in args, path=str(step_dir))
+  return Restored(
+    source=source,
+    step=int(meta["step"]),
+    state=to_model_layout(restored["state"]),
+    rng=_rng_from_json(meta.get("rng")),
+    extra=meta.get("extra", {}),
+    data_restored="data" in args,
+    path=str(step_dir),
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,8 +273,15 @@ class Checkpointer:
         ckpt.maybe_save(step, state, rng=rng, data_iter=it)
   """
 
-  def __init__(self, directory: str, *, save_every: int, keep: int,
-               async_save: bool = True, keep_every: int = 0):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    save_every: int,
+    keep: int,
+    async_save: bool = True,
+    keep_every: int = 0,
+  ):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -269,27 +292,38 @@ class Checkpointer:
       keep_every: also keep every step that is a multiple of this forever (0: off).
     """
     if save_every < 1 or keep < 1 or keep_every < 0:
-      raise ValueError(f"need save_every >= 1, keep >= 1, keep_every >= 0; got "
-                       f"{save_every=}, {keep=}, {keep_every=}")
+      raise ValueError(
+        f"need save_every >= 1, keep >= 1, keep_every >= 0; got "
+        f"{save_every=}, {keep=}, {keep_every=}"
+      )
     keep_policy = ocp.checkpoint_managers.LatestN(keep)
     if keep_every:
-      keep_policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-          keep_policy, ocp.checkpoint_managers.EveryNSteps(keep_every)])
+      keep_policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [keep_policy, ocp.checkpoint_managers.EveryNSteps(keep_every)]
+      )
     self.directory = _abs(directory)
-    self._manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+    self._manager = _manager(
+      self.directory,
+      ocp.CheckpointManagerOptions(
         save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
         preservation_policy=keep_policy,
         enable_async_checkpointing=async_save,
         # Removes the temporary directories of saves that were killed midway.
         cleanup_tmp_directories=True,
-        create=True))
+        create=True,
+      ),
+    )
 
   @classmethod
   def from_config(cls, workdir: str, config: Any) -> Checkpointer:
     """Builds one from the `ckpt` config section (see configs/ckpt.py)."""
-    return cls(os.path.join(workdir, config.subdir), save_every=config.save_every,
-               keep=config.keep, async_save=config.async_save,
-               keep_every=config.keep_every)
+    return cls(
+      os.path.join(workdir, config.subdir),
+      save_every=config.save_every,
+      keep=config.keep,
+      async_save=config.async_save,
+      keep_every=config.keep_every,
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -297,9 +331,16 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def maybe_save(self, step: int, state: PyTree, *, rng: jax.Array | None = None,
-                 data_iter: Any = None, extra: dict[str, Any] | None = None,
-                 force: bool = False) -> bool:
+  def maybe_save(
+    self,
+    step: int,
+    state: PyTree,
+    *,
+    rng: jax.Array | None = None,
+    data_iter: Any = None,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+  ) -> bool:
     """Saves `state` (and RNG, data-iterator position, extras) as step `step`.
 
     Call on every process, every step: it saves only on multiples of `save_every`,
@@ -321,10 +362,17 @@ class Checkpointer:
       return False
     if step in self._manager.all_steps():
       return False
-    args = {"state": ocp.args.StandardSave(state),
-            "meta": ocp.args.JsonSave({"version": _FORMAT_VERSION, "step": int(step),
-                                       "rng": _rng_to_json(rng),
-                                       "extra": dict(extra or {})})}
+    args = {
+      "state": ocp.args.StandardSave(state),
+      "meta": ocp.args.JsonSave(
+        {
+          "version": _FORMAT_VERSION,
+          "step": int(step),
+          "rng": _rng_to_json(rng),
+          "extra": dict(extra or {}),
+        }
+      ),
+    }
     if data_iter is not None:
       args["data"] = grain_checkpoint.CheckpointSave(data_iter)
     saved = self._manager.save(step, args=ocp.args.Composite(**args), force=True)
@@ -336,8 +384,9 @@ class Checkpointer:
     """`maybe_save(..., force=True)`: saves now regardless of `save_every`."""
     return self.maybe_save(step, state, force=True, **kwargs)
 
-  def restore(self, abstract_state: PyTree, *, step: int | None = None,
-              data_iter: Any = None) -> Restored:
+  def restore(
+    self, abstract_state: PyTree, *, step: int | None = None, data_iter: Any = None
+  ) -> Restored:
     """Restores a step of this run (the latest by default) with the given shardings.
 
     Args:
@@ -402,8 +451,9 @@ def _training_step_dir(path: str) -> tuple[str, int] | None:
       return str(p.parent), ocp.path.step.step_from_checkpoint_name(p.name)
     except ValueError:
       raise ValueError(
-          f"{path} looks like a checkpoint step but its name is not a step number; "
-          "point at the run's checkpoint directory instead") from None
+        f"{path} looks like a checkpoint step but its name is not a step number; "
+        "point at the run's checkpoint directory instead"
+      ) from None
   if p.is_dir():
     steps = ocp.utils.checkpoint_steps(p)
     if steps and (p / str(max(steps)) / "state").is_dir():
@@ -419,17 +469,18 @@ def check_sources(resume: str = "", init_from: str = "") -> None:
   """
   if resume and _training_step_dir(resume) is None:
     raise FileNotFoundError(
-        f"config.ckpt.resume={resume!r}: no training checkpoint there; expected a "
-        "run's checkpoint directory (holding step directories) or one step directory")
+      f"config.ckpt.resume={resume!r}: no training checkpoint there; expected a "
+      "run's checkpoint directory (holding step directories) or one step directory"
+    )
   if init_from and not epath.Path(init_from).is_dir():
     raise FileNotFoundError(
-        f"config.ckpt.init_from={init_from!r}: no such directory; expected a "
-        "checkpoint written by checkpoint.save_params (e.g. launch/convert_hf.py "
-        "output) or a training checkpoint")
+      f"config.ckpt.init_from={init_from!r}: no such directory; expected a "
+      "checkpoint written by checkpoint.save_params (e.g. launch/convert_hf.py "
+      "output) or a training checkpoint"
+    )
 
 
-def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params"
-                ) -> PyTree:
+def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params") -> PyTree:
   """Loads params from a `save_params` checkpoint or from a training checkpoint.
 
   Args:
@@ -445,8 +496,9 @@ def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params
   """
   _check_abstract(abstract_params, "abstract_params")
   found = _training_step_dir(path)
-  item_dir = (epath.Path(_abs(path)) if found is None
-              else epath.Path(found[0]) / str(found[1]) / "state")
+  item_dir = (
+    epath.Path(_abs(path)) if found is None else epath.Path(found[0]) / str(found[1]) / "state"
+  )
   saved = _saved_tree(item_dir)
   if found is not None and saved is not None:
     saved = saved.get(params_key) if isinstance(saved, dict) else None
@@ -458,20 +510,30 @@ def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params
     item = {params_key: target}
     with ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(
-          item_dir, args=ocp.args.PyTreeRestore(
-              item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-              partial_restore=True))
+        item_dir,
+        args=ocp.args.PyTreeRestore(
+          item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+        ),
+      )
     return to_model_layout(restored[params_key])
   except (ValueError, KeyError) as e:
     raise ValueError(
-        f"cannot load params from {path}: {e}\nThe params tree must match the model "
-        "config (same preset, same parameter names); convert HF weights with "
-        f"launch/convert_hf.py for this model config. {_LAYOUT_HINT}") from e
+      f"cannot load params from {path}: {e}\nThe params tree must match the model "
+      "config (same preset, same parameter names); convert HF weights with "
+      f"launch/convert_hf.py for this model config. {_LAYOUT_HINT}"
+    ) from e
 
 
-def restore_or_init(ckpt: Checkpointer, abstract_state: PyTree, *, resume: str = "",
-                    init_from: str = "", abstract_params: PyTree | None = None,
-                    params_key: str = "params", data_iter: Any = None) -> Restored:
+def restore_or_init(
+  ckpt: Checkpointer,
+  abstract_state: PyTree,
+  *,
+  resume: str = "",
+  init_from: str = "",
+  abstract_params: PyTree | None = None,
+  params_key: str = "params",
+  data_iter: Any = None,
+) -> Restored:
   """Restores by the resume order: own latest -> resume -> init_from -> scratch.
 
   Args:
@@ -490,8 +552,12 @@ def restore_or_init(ckpt: Checkpointer, abstract_state: PyTree, *, resume: str =
   latest = ckpt.latest_step()
   if latest is not None:
     if resume or init_from:
-      logging.info("checkpoint: continuing own step %d; ignoring resume=%r and "
-                   "init_from=%r", latest, resume, init_from)
+      logging.info(
+        "checkpoint: continuing own step %d; ignoring resume=%r and init_from=%r",
+        latest,
+        resume,
+        init_from,
+      )
     return ckpt.restore(abstract_state, step=latest, data_iter=data_iter)
   check_sources(resume, init_from)
   if resume:
@@ -509,8 +575,9 @@ def restore_or_init(ckpt: Checkpointer, abstract_state: PyTree, *, resume: str =
         abstract_params = abstract_state[params_key]
       except (KeyError, TypeError):
         raise ValueError(
-            f"abstract_state has no {params_key!r} entry; pass abstract_params to "
-            "restore_or_init for config.ckpt.init_from") from None
+          f"abstract_state has no {params_key!r} entry; pass abstract_params to "
+          "restore_or_init for config.ckpt.init_from"
+        ) from None
     params = load_params(init_from, abstract_params, params_key=params_key)
     logging.info("checkpoint: params initialised from %s", init_from)
     return Restored(source="init_from", params=params, path=init_from)
@@ -539,8 +606,9 @@ class PreemptionGuard:
           break
   """
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *,
-               sync_every: int = 1):
+  def __init__(
+    self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), *, sync_every: int = 1
+  ):
     """Installs the handlers (main thread only; elsewhere only `request_stop` works).
 
     Args:
@@ -570,8 +638,11 @@ class PreemptionGuard:
       return
     self.received = signum
     self._stop.set()
-    logging.warning("received %s: will save a checkpoint and stop after this step "
-                    "(send it again to stop at once)", signal.Signals(signum).name)
+    logging.warning(
+      "received %s: will save a checkpoint and stop after this step "
+      "(send it again to stop at once)",
+      signal.Signals(signum).name,
+    )
 
   def request_stop(self) -> None:
     """Sets the flag by hand (e.g. a time limit)."""
@@ -587,6 +658,7 @@ class PreemptionGuard:
     if self._polls % self._sync_every:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     flags = multihost_utils.process_allgather(np.int32(self._stop.is_set()))
     self._synced = bool(np.any(flags))
     return self._synced

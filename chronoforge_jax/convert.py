@@ -44,16 +44,31 @@ from chronoforge_jax.models.config import ModelConfig, from_hf_config, to_hf_con
 from chronoforge_jax.models.vlm import VideoLanguageModel
 
 _ST_DTYPES = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64),
-    "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
-    "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+  "F64": np.dtype(np.float64),
+  "F32": np.dtype(np.float32),
+  "F16": np.dtype(np.float16),
+  "BF16": np.dtype(ml_dtypes.bfloat16),
+  "I64": np.dtype(np.int64),
+  "I32": np.dtype(np.int32),
+  "I16": np.dtype(np.int16),
+  "I8": np.dtype(np.int8),
+  "U8": np.dtype(np.uint8),
+  "BOOL": np.dtype(np.bool_),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.json",
-                   "chat_template.jinja", "preprocessor_config.json",
-                   "video_preprocessor_config.json", "generation_config.json")
+TOKENIZER_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "vocab.json",
+  "merges.txt",
+  "special_tokens_map.json",
+  "added_tokens.json",
+  "chat_template.json",
+  "chat_template.jinja",
+  "preprocessor_config.json",
+  "video_preprocessor_config.json",
+  "generation_config.json",
+)
 
 # Transforms from the HF tensor to our param: 'T' transposes a Linear weight ([out, in] ->
 # [in, out]), 'patch' flattens the Conv3d patch embedding, 'id' copies.
@@ -69,9 +84,13 @@ def hf_param_map(cfg: ModelConfig) -> dict[Path, tuple[str, str]]:
     p, h = ("visual", "blocks", i), f"visual.blocks.{i}"
     out[p + ("norm1", "scale")] = (f"{h}.norm1.weight", "id")
     out[p + ("norm2", "scale")] = (f"{h}.norm2.weight", "id")
-    for ours, theirs in ((("qkv",), "attn.qkv"), (("proj",), "attn.proj"),
-                         (("mlp", "gate"), "mlp.gate_proj"), (("mlp", "up"), "mlp.up_proj"),
-                         (("mlp", "down"), "mlp.down_proj")):
+    for ours, theirs in (
+      (("qkv",), "attn.qkv"),
+      (("proj",), "attn.proj"),
+      (("mlp", "gate"), "mlp.gate_proj"),
+      (("mlp", "up"), "mlp.up_proj"),
+      (("mlp", "down"), "mlp.down_proj"),
+    ):
       out[p + ours + ("kernel",)] = (f"{h}.{theirs}.weight", "T")
       out[p + ours + ("bias",)] = (f"{h}.{theirs}.bias", "id")
   out[("visual", "merger", "norm", "scale")] = ("visual.merger.ln_q.weight", "id")
@@ -100,7 +119,7 @@ def _alternates(name: str) -> list[str]:
   if name.startswith("visual."):
     return [name, "model." + name]
   if name.startswith("model."):
-    return [name, "model.language_model." + name[len("model."):]]
+    return [name, "model.language_model." + name[len("model.") :]]
   return [name]
 
 
@@ -151,8 +170,13 @@ class SafetensorsReader:
         if info["dtype"] not in _ST_DTYPES:
           raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
-        self.entries[name] = (path, _ST_DTYPES[info["dtype"]], tuple(info["shape"]),
-                              8 + n + begin, 8 + n + end)
+        self.entries[name] = (
+          path,
+          _ST_DTYPES[info["dtype"]],
+          tuple(info["shape"]),
+          8 + n + begin,
+          8 + n + end,
+        )
 
   def names(self) -> set[str]:
     return set(self.entries)
@@ -183,9 +207,18 @@ def _layer_slots(path: Path, shape: tuple[int, ...]) -> list[tuple[Path, int | N
   return [(stack.layer_path(path, i), i) for i in range(shape[0])]
 
 
-def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.float32,
-                  remat_policy: str = "none", rules=None, attention_impl: str = "xla",
-                  scan_layers: bool = True, **config_overrides: Any) -> VideoLanguageModel:
+def load_hf_model(
+  path: str,
+  *,
+  mesh=None,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  remat_policy: str = "none",
+  rules=None,
+  attention_impl: str = "xla",
+  scan_layers: bool = True,
+  **config_overrides: Any,
+) -> VideoLanguageModel:
   """Loads a local HF Qwen2.5-VL checkpoint directory into a VideoLanguageModel.
 
   Args:
@@ -207,9 +240,17 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
   """
   with open(os.path.join(path, "config.json")) as f:
     cfg = from_hf_config(json.load(f), **config_overrides)
-  abstract = nnx.eval_shape(lambda: VideoLanguageModel(
-      cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat_policy=remat_policy,
-      attention_impl=attention_impl, scan_layers=scan_layers))
+  abstract = nnx.eval_shape(
+    lambda: VideoLanguageModel(
+      cfg,
+      rngs=nnx.Rngs(0),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      remat_policy=remat_policy,
+      attention_impl=attention_impl,
+      scan_layers=scan_layers,
+    )
+  )
   graphdef, state = nnx.split(abstract)
   reader = SafetensorsReader(path)
   mapping = hf_param_map(cfg)
@@ -242,15 +283,22 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
   unexpected = sorted(available - consumed - ignorable)
   if missing or unexpected or misshaped:
     lines = [f"checkpoint {path} does not match the model config:"]
-    for title, items in (("missing", missing), ("unexpected", unexpected),
-                         ("mis-shaped", misshaped)):
+    for title, items in (
+      ("missing", missing),
+      ("unexpected", unexpected),
+      ("mis-shaped", misshaped),
+    ):
       if items:
-        lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
+        lines.append(
+          f"  {title} ({len(items)}): "
+          + ", ".join(items[:20])
+          + (" ..." if len(items) > 20 else "")
+        )
     raise ValueError("\n".join(lines))
 
-  shardings = (dict(_flat_params(sharding.state_shardings(state, mesh, rules)))
-               if mesh is not None else {})
+  shardings = (
+    dict(_flat_params(sharding.state_shardings(state, mesh, rules))) if mesh is not None else {}
+  )
   np_dtype = np.dtype(param_dtype)
 
   def read(names, transform, stacked, idx=()):
@@ -258,28 +306,34 @@ def load_hf_model(path: str, *, mesh=None, dtype=jnp.float32, param_dtype=jnp.fl
     if not stacked:
       return np.asarray(_to_ours(reader.get(names[0]), transform)[idx], dtype=np_dtype)
     rows, rest = (idx[0], idx[1:]) if idx else (slice(None), ())
-    return np.stack([np.asarray(_to_ours(reader.get(n), transform)[rest], dtype=np_dtype)
-                     for n in names[rows]])
+    return np.stack(
+      [np.asarray(_to_ours(reader.get(n), transform)[rest], dtype=np_dtype) for n in names[rows]]
+    )
 
   for p, var, names, transform, shape, stacked in plan:
     if mesh is not None:
       target = shardings[p].get_value()
       value = jax.make_array_from_callback(
-          shape, target, lambda idx, args=(names, transform, stacked): read(*args, idx))
+        shape, target, lambda idx, args=(names, transform, stacked): read(*args, idx)
+      )
     else:
       value = jax.device_put(read(names, transform, stacked))
     var.set_value(value)
   return nnx.merge(graphdef, state)
 
 
-def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype]],
-                       produce) -> None:
+def _write_safetensors(
+  path: str, tensors: list[tuple[str, tuple[int, ...], np.dtype]], produce
+) -> None:
   """Streams tensors into one safetensors file; `produce(name)` returns each array."""
   header, offset = {}, 0
   for name, shape, dtype in tensors:
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(shape),
-                    "data_offsets": [offset, offset + size]}
+    header[name] = {
+      "dtype": _ST_NAMES[dtype],
+      "shape": list(shape),
+      "data_offsets": [offset, offset + size],
+    }
     offset += size
   header["__metadata__"] = {"format": "pt"}
   blob = json.dumps(header, separators=(",", ":")).encode()
@@ -296,8 +350,14 @@ def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.d
   os.replace(tmp, path)
 
 
-def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
-            max_shard_bytes: int = 4 << 30, tokenizer_dir: str | None = None) -> None:
+def save_hf(
+  model: VideoLanguageModel,
+  path: str,
+  *,
+  dtype=None,
+  max_shard_bytes: int = 4 << 30,
+  tokenizer_dir: str | None = None,
+) -> None:
   """Exports the model as an HF Qwen2.5-VL checkpoint directory.
 
   Multi-host: every process calls it; each param is gathered to every host in turn
@@ -346,6 +406,7 @@ def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
       host = np.asarray(jax.device_get(value))
     else:  # A collective: every process gathers the same tensors in the same order.
       from jax.experimental import multihost_utils
+
       host = np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return _to_hf(host, transform, hf_shape)
 
@@ -356,17 +417,22 @@ def save_hf(model: VideoLanguageModel, path: str, *, dtype=None,
     return
   weight_map = {}
   for i, group in enumerate(files):
-    fname = ("model.safetensors" if len(files) == 1
-             else f"model-{i + 1:05d}-of-{len(files):05d}.safetensors")
-    _write_safetensors(os.path.join(path, fname), [(e[0], e[1], e[2]) for e in group],
-                       produce)
+    fname = (
+      "model.safetensors"
+      if len(files) == 1
+      else f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+    )
+    _write_safetensors(os.path.join(path, fname), [(e[0], e[1], e[2]) for e in group], produce)
     weight_map.update({e[0]: fname for e in group})
   if len(files) > 1:
     total = sum(int(np.prod(e[1], dtype=np.int64)) * e[2].itemsize for e in entries)
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-  dtype_name = {np.dtype(np.float32): "float32", np.dtype(ml_dtypes.bfloat16): "bfloat16",
-                np.dtype(np.float16): "float16"}.get(entries[0][2], "float32")
+  dtype_name = {
+    np.dtype(np.float32): "float32",
+    np.dtype(ml_dtypes.bfloat16): "bfloat16",
+    np.dtype(np.float16): "float16",
+  }.get(entries[0][2], "float32")
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(to_hf_config(cfg, dtype=dtype_name), f, indent=2)
   if tokenizer_dir:

@@ -47,29 +47,38 @@ import os
 import time
 from typing import Any, Mapping, Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from chronoforge_jax import sampling
+from chronoforge_jax import sampling, tad
 from chronoforge_jax import scoring as scoring_lib
-from chronoforge_jax import tad
-from chronoforge_jax.rl import answer_rules
-# Results, tables and files live in eval_results; re-exported as this module's API.
-from chronoforge_jax.eval_results import (GROUPS, MULTIPLE_CHOICE,  # noqa: F401
-                                          NO_CATEGORY, EvalResult,
-                                          QuestionResult, accuracy_tables, compare_results,
-                                          comparison_rows, load_result, result_paths,
-                                          scoring_label, scoring_note,
-                                          summarize, write_comparison, write_files_atomic,
-                                          write_result)
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax.data import pipeline
-from chronoforge_jax.data import records
+from chronoforge_jax.data import pipeline, records
+
+# Results, tables and files live in eval_results; re-exported as this module's API.
+from chronoforge_jax.eval_results import (  # noqa: F401
+  GROUPS,
+  MULTIPLE_CHOICE,
+  NO_CATEGORY,
+  EvalResult,
+  QuestionResult,
+  accuracy_tables,
+  compare_results,
+  comparison_rows,
+  load_result,
+  result_paths,
+  scoring_label,
+  scoring_note,
+  summarize,
+  write_comparison,
+  write_files_atomic,
+  write_result,
+)
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import vlm
-from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import answer_rules, kf_grpo
 
 MODES = ("generate", "likelihood")
 ANSWER_TEMPLATE = "<answer>{letter}</answer>"
@@ -80,9 +89,13 @@ ANSWER_TEMPLATE = "<answer>{letter}</answer>"
 # ---------------------------------------------------------------------------------------
 
 
-def model_config(*, preset: str = "", hf_dir: str = "",
-                 tokenizer: tokenizer_lib.Tokenizer | None = None,
-                 match_tokenizer: bool = True) -> model_config_lib.ModelConfig:
+def model_config(
+  *,
+  preset: str = "",
+  hf_dir: str = "",
+  tokenizer: tokenizer_lib.Tokenizer | None = None,
+  match_tokenizer: bool = True,
+) -> model_config_lib.ModelConfig:
   """The model config as the trainer builds it (`train_lib.model_config`).
 
   Args:
@@ -96,19 +109,27 @@ def model_config(*, preset: str = "", hf_dir: str = "",
     The ModelConfig.
   """
   import ml_collections
+
   from chronoforge_jax import models
 
   if not preset and not hf_dir:
     raise ValueError("model_config: give a preset name (e.g. 'qwen2_5_vl_7b') or hf_dir")
-  cfg = models.config_from_section(ml_collections.ConfigDict(
-      {"preset": preset, "hf_dir": hf_dir}))
+  cfg = models.config_from_section(ml_collections.ConfigDict({"preset": preset, "hf_dir": hf_dir}))
   return models.match_tokenizer(cfg, tokenizer) if match_tokenizer and tokenizer else cfg
 
 
-def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
-               hf_dir: str = "", random_init: bool = False, dtype=jnp.float32,
-               param_dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None,
-               seed: int = 0, attention_impl: str = "xla") -> vlm.VideoLanguageModel:
+def load_model(
+  config: model_config_lib.ModelConfig,
+  *,
+  checkpoint: str = "",
+  hf_dir: str = "",
+  random_init: bool = False,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  mesh: jax.sharding.Mesh | None = None,
+  seed: int = 0,
+  attention_impl: str = "xla",
+) -> vlm.VideoLanguageModel:
   """Builds the model and restores its params.
 
   Sources, first match wins: `checkpoint` (a training run's checkpoint directory, one
@@ -139,32 +160,45 @@ def load_model(config: model_config_lib.ModelConfig, *, checkpoint: str = "",
   from chronoforge_jax import sharding
 
   def create():
-    return vlm.VideoLanguageModel(config, rngs=nnx.Rngs(seed), dtype=dtype,
-                                  param_dtype=param_dtype, attention_impl=attention_impl)
+    return vlm.VideoLanguageModel(
+      config,
+      rngs=nnx.Rngs(seed),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      attention_impl=attention_impl,
+    )
 
   if checkpoint:
-    _check_dir(checkpoint, "checkpoint", "a training run's checkpoint directory, a step "
-               "directory, or a checkpoint.save_params directory")
+    _check_dir(
+      checkpoint,
+      "checkpoint",
+      "a training run's checkpoint directory, a step "
+      "directory, or a checkpoint.save_params directory",
+    )
     graphdef, abstract = nnx.split(nnx.eval_shape(create), nnx.Param)
     if mesh is not None:
       shardings = sharding.state_shardings(abstract, mesh)
     else:
       one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       shardings = jax.tree.map(lambda _: one, abstract)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, shardings)
+    abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
     # Orbax needs absolute paths; users type them relative to where they stand.
     params = ckpt_lib.load_params(os.path.abspath(os.fspath(checkpoint)), abstract)
     return nnx.merge(graphdef, params)
   if hf_dir:
-    _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and "
-               "*.safetensors")
+    _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and *.safetensors")
     from chronoforge_jax import convert
-    return convert.load_hf_model(hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype,
-                                 attention_impl=attention_impl)
+
+    return convert.load_hf_model(
+      hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl
+    )
   if not random_init:
-    raise ValueError("no weights to evaluate: give a checkpoint or an hf_dir (random "
-                     "weights only with random_init=True, for smoke tests)")
+    raise ValueError(
+      "no weights to evaluate: give a checkpoint or an hf_dir (random "
+      "weights only with random_init=True, for smoke tests)"
+    )
   return create()
 
 
@@ -183,12 +217,16 @@ def check_data_dir(data_dir: str | os.PathLike) -> dict[str, Any]:
   """
   data_dir = os.fspath(data_dir)
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"data_dir {data_dir!r}: no such directory; preprocess the "
-                            "benchmark first: python -m launch.preprocess --out DIR ...")
+    raise FileNotFoundError(
+      f"data_dir {data_dir!r}: no such directory; preprocess the "
+      "benchmark first: python -m launch.preprocess --out DIR ..."
+    )
   index = records.load_index(data_dir)
   if not index.get("num_questions"):
-    raise ValueError(f"data_dir {data_dir!r} holds no questions (all rejected? see "
-                     f"{os.path.join(data_dir, records.REJECTED)})")
+    raise ValueError(
+      f"data_dir {data_dir!r} holds no questions (all rejected? see "
+      f"{os.path.join(data_dir, records.REJECTED)})"
+    )
   return index
 
 
@@ -223,17 +261,19 @@ def _option_scores(graphdef, state, batch, completions_na, completion_mask_na):
   return jnp.sum(jnp.where(comp_mask > 0, logp, 0.0), axis=1).reshape(b, n)
 
 
-def option_completions(tokenizer: tokenizer_lib.Tokenizer, num_options: int,
-                       template: str = ANSWER_TEMPLATE) -> tuple[np.ndarray, np.ndarray]:
+def option_completions(
+  tokenizer: tokenizer_lib.Tokenizer, num_options: int, template: str = ANSWER_TEMPLATE
+) -> tuple[np.ndarray, np.ndarray]:
   """Token ids [N, A] (right-padded) and mask [N, A] of each option letter's completion."""
-  ids = [tokenizer.encode(template.format(letter=tokenizer_lib.LETTERS[j]))
-         for j in range(num_options)]
+  ids = [
+    tokenizer.encode(template.format(letter=tokenizer_lib.LETTERS[j])) for j in range(num_options)
+  ]
   a = max(len(i) for i in ids)
   comp = np.full((num_options, a), tokenizer.pad_id, np.int32)
   mask = np.zeros((num_options, a), np.int32)
   for j, i in enumerate(ids):
-    comp[j, :len(i)] = i
-    mask[j, :len(i)] = 1
+    comp[j, : len(i)] = i
+    mask[j, : len(i)] = 1
   return comp, mask
 
 
@@ -243,6 +283,7 @@ def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
   if mesh is None:
     return {k: jnp.asarray(v) for k, v in dev.items()}
   from chronoforge_jax import train_lib
+
   return {k: train_lib.global_from_full(mesh, v) for k, v in dev.items()}
 
 
@@ -251,38 +292,62 @@ def _to_host(x: jax.Array) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
   others = sorted({t for t in host["problem_type"] if t != MULTIPLE_CHOICE})
   if others:
-    raise ValueError(f"mode 'likelihood' scores option letters, but the data holds "
-                     f"{others} questions without options; use mode 'generate'")
+    raise ValueError(
+      f"mode 'likelihood' scores option letters, but the data holds "
+      f"{others} questions without options; use mode 'generate'"
+    )
   num_options = [len(o) for o in host["options"]]
   comp, mask = option_completions(tokenizer, max(num_options), template)
-  scores_bn = _to_host(_option_scores(graphdef, state, {k: dev[k] for k in (
-      *_VIDEO_KEYS, "prompt_ids", "prompt_mask")}, comp, mask)).astype(np.float64)
+  scores_bn = _to_host(
+    _option_scores(
+      graphdef, state, {k: dev[k] for k in (*_VIDEO_KEYS, "prompt_ids", "prompt_mask")}, comp, mask
+    )
+  ).astype(np.float64)
   out = []
   for b, n in enumerate(num_options):
     s = scores_bn[b, :n]
     pick = int(np.argmax(s))
-    out.append((pick, template.format(letter=tokenizer_lib.LETTERS[pick]),
-                tuple(float(x) for x in s), None))
+    out.append(
+      (pick, template.format(letter=tokenizer_lib.LETTERS[pick]), tuple(float(x) for x in s), None)
+    )
   return out
 
 
-def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
-              prompts: tuple[np.ndarray, np.ndarray], scoring: str = "lenient"):
+def _generate(
+  model,
+  graphdef,
+  state,
+  dev,
+  host,
+  tokenizer,
+  max_new_tokens: int,
+  prompts: tuple[np.ndarray, np.ndarray],
+  scoring: str = "lenient",
+):
   view = _encode_view(graphdef, state, {k: dev[k] for k in _VIDEO_KEYS})
-  grid = kf_grpo.view_grid(dev["frames"].shape, dev["ordered_patches"].shape[1],
-                           model.config.vision)
+  grid = kf_grpo.view_grid(
+    dev["frames"].shape, dev["ordered_patches"].shape[1], model.config.vision
+  )
   # The sampler checks and buckets prompts on the host: the global batch's, in NumPy.
-  inputs = dict(input_ids=prompts[0], attention_mask=prompts[1], video_grid_thw=grid,
-                **view)
-  out = sampling.generate(model, inputs, max_new_tokens=max_new_tokens, num_samples=1,
-                          temperature=0.0, stop_tokens=tokenizer.eos_ids,
-                          pad_id=tokenizer.pad_id, bucket=False, logprobs=())
+  inputs = dict(input_ids=prompts[0], attention_mask=prompts[1], video_grid_thw=grid, **view)
+  out = sampling.generate(
+    model,
+    inputs,
+    max_new_tokens=max_new_tokens,
+    num_samples=1,
+    temperature=0.0,
+    stop_tokens=tokenizer.eos_ids,
+    pad_id=tokenizer.pad_id,
+    bucket=False,
+    logprobs=(),
+  )
   tokens, mask = _to_host(out.tokens), _to_host(out.completion_mask).astype(bool)
   results = []
   for b, options in enumerate(host["options"]):
@@ -291,8 +356,9 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
     if ptype == MULTIPLE_CHOICE:
       results.append((scoring_lib.score(scoring, text, list(options)), text, None, None))
     else:  # Video-R1's rule of the type, whatever `scoring` names (it reads letters).
-      results.append((None, text, None, answer_rules.ANSWER_RULES.get(ptype)(
-          text, host["solution"][b])))
+      results.append(
+        (None, text, None, answer_rules.ANSWER_RULES.get(ptype)(text, host["solution"][b]))
+      )
   return results
 
 
@@ -303,8 +369,9 @@ def _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens: int,
 FRAME_ORDERS = ("ordered", "shuffled", "zeroed")
 
 
-def reorder_frames(batch: Mapping[str, Any], frame_order: str, rng: np.random.Generator,
-                   temporal_patch: int) -> dict[str, Any]:
+def reorder_frames(
+  batch: Mapping[str, Any], frame_order: str, rng: np.random.Generator, temporal_patch: int
+) -> dict[str, Any]:
   """The batch with its keyframes' content shuffled or blanked (controls for evaluation).
 
   "shuffled" permutes each question's temporal patches of keyframes (one permutation per
@@ -323,23 +390,37 @@ def reorder_frames(batch: Mapping[str, Any], frame_order: str, rng: np.random.Ge
   b, u = frames.shape[:2]
   patches_bp = frames.reshape(b, u // temporal_patch, temporal_patch, *frames.shape[2:])
   perm_bp = np.stack([rng.permutation(patches_bp.shape[1]) for _ in range(b)])
-  shuffled = np.take_along_axis(patches_bp, perm_bp.reshape(
-      b, -1, *([1] * (patches_bp.ndim - 2))), axis=1)
+  shuffled = np.take_along_axis(
+    patches_bp, perm_bp.reshape(b, -1, *([1] * (patches_bp.ndim - 2))), axis=1
+  )
   return {**batch, "frames": shuffled.reshape(frames.shape)}
 
 
-
-def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
-             tokenizer: tokenizer_lib.Tokenizer, *, selector: str = "tad",
-             num_keyframes: int = 16, batch_size: int = 8, mode: str = "generate",
-             max_new_tokens: int = 512, select_kwargs: Mapping[str, Any] | None = None,
-             prompt_buckets: Sequence[int] = (128, 256, 512),
-             answer_template: str = ANSWER_TEMPLATE, max_questions: int | None = None,
-             name: str | None = None, out_dir: str | os.PathLike | None = None,
-             mesh: jax.sharding.Mesh | None = None, progress: bool = True,
-             meta: Mapping[str, Any] | None = None, patch_mode: str = "pair",
-             frame_order: str = "ordered", frame_order_seed: int = 0,
-             scoring: str = "lenient", prompt_template: str = "short") -> EvalResult:
+def evaluate(
+  model: vlm.VideoLanguageModel,
+  data_dir: str | os.PathLike,
+  tokenizer: tokenizer_lib.Tokenizer,
+  *,
+  selector: str = "tad",
+  num_keyframes: int = 16,
+  batch_size: int = 8,
+  mode: str = "generate",
+  max_new_tokens: int = 512,
+  select_kwargs: Mapping[str, Any] | None = None,
+  prompt_buckets: Sequence[int] = (128, 256, 512),
+  answer_template: str = ANSWER_TEMPLATE,
+  max_questions: int | None = None,
+  name: str | None = None,
+  out_dir: str | os.PathLike | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  progress: bool = True,
+  meta: Mapping[str, Any] | None = None,
+  patch_mode: str = "pair",
+  frame_order: str = "ordered",
+  frame_order_seed: int = 0,
+  scoring: str = "lenient",
+  prompt_template: str = "short",
+) -> EvalResult:
   """Evaluates `model` on every question of a preprocessed benchmark folder.
 
   Args:
@@ -375,8 +456,10 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}: choose one of {MODES}")
   if jax.process_count() > 1 and mesh is None:
-    raise ValueError(f"{jax.process_count()} processes: pass a mesh over all processes' "
-                     "devices (launch/eval builds one) and load the model onto it")
+    raise ValueError(
+      f"{jax.process_count()} processes: pass a mesh over all processes' "
+      "devices (launch/eval builds one) and load the model onto it"
+    )
   if max_questions is not None and max_questions < 1:
     raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
   if frame_order not in FRAME_ORDERS:
@@ -386,18 +469,29 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   select_kwargs = {**tad.analyze_defaults(), **(select_kwargs or {})}
   vcfg = model.config.vision
   settings = pipeline.eval_settings(
-      batch_size, num_keyframes=num_keyframes, selector=selector,
-      select_kwargs=dict(select_kwargs), patch_size=vcfg.patch_size,
-      merge_size=vcfg.spatial_merge_size, prompt_buckets=tuple(prompt_buckets),
-      patch_mode=patch_mode, prefetch_workers=0, prompt_template=prompt_template)
-  total = int(index["num_questions"]) if max_questions is None else min(
-      max_questions, int(index["num_questions"]))
+    batch_size,
+    num_keyframes=num_keyframes,
+    selector=selector,
+    select_kwargs=dict(select_kwargs),
+    patch_size=vcfg.patch_size,
+    merge_size=vcfg.spatial_merge_size,
+    prompt_buckets=tuple(prompt_buckets),
+    patch_mode=patch_mode,
+    prefetch_workers=0,
+    prompt_template=prompt_template,
+  )
+  total = (
+    int(index["num_questions"])
+    if max_questions is None
+    else min(max_questions, int(index["num_questions"]))
+  )
   name = name or f"{selector}_k{num_keyframes}_{mode}"
   graphdef, state = nnx.split(model)
   dataset = pipeline.make_dataset(data_dir, tokenizer, settings)
   bar = None
   if progress and jax.process_index() == 0:
     import tqdm
+
     bar = tqdm.tqdm(total=total, unit="q", desc=f"eval {name}", dynamic_ncols=True)
   results: list[QuestionResult] = []
   start = time.perf_counter()
@@ -407,27 +501,47 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
       for batch_index, batch in enumerate(dataset):
         if len(results) >= total:
           break
-        batch = reorder_frames(batch, frame_order,
-                               np.random.default_rng([frame_order_seed, batch_index]),
-                               vcfg.temporal_patch_size)
+        batch = reorder_frames(
+          batch,
+          frame_order,
+          np.random.default_rng([frame_order_seed, batch_index]),
+          vcfg.temporal_patch_size,
+        )
         host = pipeline.split_host(batch)[1]
         dev = _device_batch(batch, mesh)
         if mode == "likelihood":
           answers = _likelihood(graphdef, state, dev, host, tokenizer, answer_template)
         else:
-          answers = _generate(model, graphdef, state, dev, host, tokenizer, max_new_tokens,
-                              (batch["prompt_ids"], batch["prompt_mask"]), scoring)
+          answers = _generate(
+            model,
+            graphdef,
+            state,
+            dev,
+            host,
+            tokenizer,
+            max_new_tokens,
+            (batch["prompt_ids"], batch["prompt_mask"]),
+            scoring,
+          )
         for b, (pick, text, scores, score) in enumerate(answers):
           if not batch["example_valid"][b] or len(results) >= total:
             continue
-          results.append(QuestionResult(
-              question_id=str(host["question_id"][b]), video_id=str(host["video_id"][b]),
+          results.append(
+            QuestionResult(
+              question_id=str(host["question_id"][b]),
+              video_id=str(host["video_id"][b]),
               duration_bucket=str(host["duration_bucket"][b] or ""),
               task_type=str(host["task_type"][b] or ""),
-              answer_index=int(batch["answer_index"][b]), predicted_index=pick,
-              num_options=len(host["options"][b]), text=text, option_scores=scores,
-              problem_type=str(host["problem_type"][b]), score=score,
-              keyframe_indices=tuple(int(i) for i in batch["keyframe_indices"][b])))
+              answer_index=int(batch["answer_index"][b]),
+              predicted_index=pick,
+              num_options=len(host["options"][b]),
+              text=text,
+              option_scores=scores,
+              problem_type=str(host["problem_type"][b]),
+              score=score,
+              keyframe_indices=tuple(int(i) for i in batch["keyframe_indices"][b]),
+            )
+          )
           if bar is not None:
             bar.update(1)
         if bar is not None:
@@ -435,16 +549,24 @@ def evaluate(model: vlm.VideoLanguageModel, data_dir: str | os.PathLike,
   finally:
     if bar is not None:
       bar.close()
-  run = {"data_dir": os.path.abspath(os.fspath(data_dir)), "selector": selector,
-         "num_keyframes": num_keyframes, "patch_mode": patch_mode, "mode": mode,
-         "frame_order": frame_order, "prompt_template": prompt_template,
-         "scoring": scoring if mode == "generate" else "likelihood",
-         "batch_size": batch_size,
-         "max_new_tokens": max_new_tokens if mode == "generate" else None,
-         "answer_template": answer_template if mode == "likelihood" else None,
-         "select_kwargs": dict(select_kwargs) if selector == "tad" else {},
-         "num_questions": len(results), "seconds": round(time.perf_counter() - start, 2),
-         "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **dict(meta or {})}
+  run = {
+    "data_dir": os.path.abspath(os.fspath(data_dir)),
+    "selector": selector,
+    "num_keyframes": num_keyframes,
+    "patch_mode": patch_mode,
+    "mode": mode,
+    "frame_order": frame_order,
+    "prompt_template": prompt_template,
+    "scoring": scoring if mode == "generate" else "likelihood",
+    "batch_size": batch_size,
+    "max_new_tokens": max_new_tokens if mode == "generate" else None,
+    "answer_template": answer_template if mode == "likelihood" else None,
+    "select_kwargs": dict(select_kwargs) if selector == "tad" else {},
+    "num_questions": len(results),
+    "seconds": round(time.perf_counter() - start, 2),
+    "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    **dict(meta or {}),
+  }
   result = EvalResult.from_records(name, results, run)
   if out_dir is not None and jax.process_index() == 0:
     write_result(result, out_dir)

@@ -53,6 +53,7 @@ class QuestionResult:
       correct at >= 0.5, and a table's accuracy is the mean score (for multiple choice
       the mean of 0/1 correctness, as before).
   """
+
   question_id: str
   video_id: str
   duration_bucket: str
@@ -106,10 +107,13 @@ def summarize(records_: Iterable[QuestionResult]) -> dict[str, Any]:
   n = len(rs)
   correct = sum(r.correct for r in rs)
   unparseable = sum(r.unparseable for r in rs)
-  return {"num_questions": n, "num_correct": correct,
-          "accuracy": sum(r.value for r in rs) / n if n else math.nan,
-          "num_unparseable": unparseable,
-          "unparseable_fraction": unparseable / n if n else math.nan}
+  return {
+    "num_questions": n,
+    "num_correct": correct,
+    "accuracy": sum(r.value for r in rs) / n if n else math.nan,
+    "num_unparseable": unparseable,
+    "unparseable_fraction": unparseable / n if n else math.nan,
+  }
 
 
 def _category_order(names: Iterable[str], group: str) -> list[str]:
@@ -142,16 +146,22 @@ def accuracy_tables(records_: Sequence[QuestionResult]) -> dict[str, Any]:
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
   """Per-question records, accuracy tables and the settings that produced them."""
+
   name: str
   records: tuple[QuestionResult, ...]
   tables: dict[str, Any]
   settings: dict[str, Any]
 
   @classmethod
-  def from_records(cls, name: str, records_: Sequence[QuestionResult],
-                   settings: Mapping[str, Any] | None = None) -> EvalResult:
-    return cls(name=name, records=tuple(records_), tables=accuracy_tables(records_),
-               settings=dict(settings or {}))
+  def from_records(
+    cls, name: str, records_: Sequence[QuestionResult], settings: Mapping[str, Any] | None = None
+  ) -> EvalResult:
+    return cls(
+      name=name,
+      records=tuple(records_),
+      tables=accuracy_tables(records_),
+      settings=dict(settings or {}),
+    )
 
   @property
   def accuracy(self) -> float:
@@ -161,24 +171,34 @@ class EvalResult:
     """The tables as Markdown (accuracy in percent)."""
     s = self.settings
     lines = [f"# Evaluation: {self.name}", ""]
-    keys = ("data_dir", "selector", "num_keyframes", "mode", "prompt_template", "checkpoint",
-            "num_questions")
+    keys = (
+      "data_dir",
+      "selector",
+      "num_keyframes",
+      "mode",
+      "prompt_template",
+      "checkpoint",
+      "num_questions",
+    )
     info = [f"{k}={s[k]}" for k in keys if k in s]
     if info:
       lines += ["Settings: " + ", ".join(info), ""]
     lines += [f"Scoring: {scoring_label(s)}", ""]
-    header = ["| group | questions | correct | accuracy | unparseable |",
-              "|---|---:|---:|---:|---:|"]
+    header = [
+      "| group | questions | correct | accuracy | unparseable |",
+      "|---|---:|---:|---:|---:|",
+    ]
 
     def row(label, t):
-      return (f"| {label} | {t['num_questions']} | {t['num_correct']} | "
-              f"{_pct(t['accuracy'])} | {_pct(t['unparseable_fraction'])} |")
+      return (
+        f"| {label} | {t['num_questions']} | {t['num_correct']} | "
+        f"{_pct(t['accuracy'])} | {_pct(t['unparseable_fraction'])} |"
+      )
 
     lines += ["## Overall", "", *header, row("all", self.tables["overall"]), ""]
     groups = [("duration_bucket", "By duration"), ("task_type", "By task type")]
     if _mixed_types([self]):
-      groups.append((TYPE_GROUP, "By problem type (accuracy: mean reward of the type's "
-                                 "rule)"))
+      groups.append((TYPE_GROUP, "By problem type (accuracy: mean reward of the type's rule)"))
     for group, title in groups:
       lines += [f"## {title}", "", *header]
       lines += [row(k, t) for k, t in self.tables[group].items()]
@@ -191,9 +211,11 @@ def scoring_label(settings: Mapping[str, Any]) -> str:
   name = settings.get("scoring")
   if name is None:
     return "not recorded (written before scorings were named: the lenient reader)"
-  notes = {"lmms_eval": "lmms-eval's VideoMME rule, comparable with published numbers",
-           "lenient": "the project's lenient reader, NOT comparable with published numbers",
-           "likelihood": "argmax of the options' log-probabilities (no text read)"}
+  notes = {
+    "lmms_eval": "lmms-eval's VideoMME rule, comparable with published numbers",
+    "lenient": "the project's lenient reader, NOT comparable with published numbers",
+    "likelihood": "argmax of the options' log-probabilities (no text read)",
+  }
   return f"{name} ({notes[name]})" if name in notes else str(name)
 
 
@@ -253,11 +275,13 @@ def _json(obj: Any) -> str:
     if isinstance(x, (list, tuple)):
       return [clean(v) for v in x]
     return x
+
   return json.dumps(clean(obj), indent=1, default=str)
 
 
-def write_result(result: EvalResult, out_dir: str | os.PathLike,
-                 name: str | None = None) -> dict[str, str]:
+def write_result(
+  result: EvalResult, out_dir: str | os.PathLike, name: str | None = None
+) -> dict[str, str]:
   """Writes `<name>.jsonl` (one line per question), `<name>.json` and `<name>.md`.
 
   Args:
@@ -271,8 +295,9 @@ def write_result(result: EvalResult, out_dir: str | os.PathLike,
   paths = result_paths(out_dir, name or result.name)
   lines = "".join(json.dumps(r.to_dict()) + "\n" for r in result.records)
   summary = {"name": result.name, "settings": result.settings, "tables": result.tables}
-  write_files_atomic({paths["jsonl"]: lines, paths["json"]: _json(summary) + "\n",
-                      paths["md"]: result.to_markdown()})
+  write_files_atomic(
+    {paths["jsonl"]: lines, paths["json"]: _json(summary) + "\n", paths["md"]: result.to_markdown()}
+  )
   return paths
 
 
@@ -281,7 +306,7 @@ def load_result(path: str | os.PathLike) -> EvalResult:
   stem = os.fspath(path)
   for ext in (".jsonl", ".json", ".md"):
     if stem.endswith(ext):
-      stem = stem[:-len(ext)]
+      stem = stem[: -len(ext)]
       break
   with open(stem + ".json") as f:
     summary = json.load(f)
@@ -303,13 +328,23 @@ def comparison_rows(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
       "summaries": {result name: summary or None}}], overall first.
   """
   names = _unique_names(results)
-  rows = [{"group": "overall", "category": "all",
-           "summaries": {n: r.tables["overall"] for n, r in zip(names, results)}}]
+  rows = [
+    {
+      "group": "overall",
+      "category": "all",
+      "summaries": {n: r.tables["overall"] for n, r in zip(names, results)},
+    }
+  ]
   for group in (*GROUPS, TYPE_GROUP) if _mixed_types(results) else GROUPS:
     cats = _category_order({c for r in results for c in r.tables.get(group, {})}, group)
     for c in cats:
-      rows.append({"group": group, "category": c, "summaries": {
-          n: r.tables.get(group, {}).get(c) for n, r in zip(names, results)}})
+      rows.append(
+        {
+          "group": group,
+          "category": c,
+          "summaries": {n: r.tables.get(group, {}).get(c) for n, r in zip(names, results)},
+        }
+      )
   return rows
 
 
@@ -337,20 +372,32 @@ def compare_results(results: Sequence[EvalResult]) -> str:
   delta = len(results) > 1
   head = ["group", "questions", *names] + ([f"{names[-1]} - {names[0]}"] if delta else [])
   lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-  labels = {"overall": "", "duration_bucket": "duration: ", "task_type": "task: ",
-            TYPE_GROUP: "type: "}
+  labels = {
+    "overall": "",
+    "duration_bucket": "duration: ",
+    "task_type": "task: ",
+    TYPE_GROUP: "type: ",
+  }
   for row in comparison_rows(results):
     sums = [row["summaries"][n] for n in names]
     counts = {s["num_questions"] for s in sums if s}
-    count = str(counts.pop()) if len(counts) == 1 else "/".join(
-        str(s["num_questions"]) if s else "-" for s in sums)
-    cells = [labels[row["group"]] + row["category"], count,
-             *(_pct(s["accuracy"]) if s else "-" for s in sums)]
+    count = (
+      str(counts.pop())
+      if len(counts) == 1
+      else "/".join(str(s["num_questions"]) if s else "-" for s in sums)
+    )
+    cells = [
+      labels[row["group"]] + row["category"],
+      count,
+      *(_pct(s["accuracy"]) if s else "-" for s in sums),
+    ]
     if delta:
       first, last = sums[0], sums[-1]
-      cells.append(f"{100 * (last['accuracy'] - first['accuracy']):+.1f}"
-                   if first and last and first["num_questions"] and last["num_questions"]
-                   else "-")
+      cells.append(
+        f"{100 * (last['accuracy'] - first['accuracy']):+.1f}"
+        if first and last and first["num_questions"] and last["num_questions"]
+        else "-"
+      )
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -361,15 +408,22 @@ def scoring_note(results: Sequence[EvalResult]) -> str:
   if len(labels) == 1:
     return f"Scoring: {labels.pop()}"
   return "Scoring differs, so these columns are not comparable: " + "; ".join(
-      f"{n}: {scoring_label(r.settings)}" for n, r in zip(_unique_names(results), results))
+    f"{n}: {scoring_label(r.settings)}" for n, r in zip(_unique_names(results), results)
+  )
 
 
-def write_comparison(out_dir: str | os.PathLike, results: Sequence[EvalResult],
-                     name: str = "comparison") -> dict[str, str]:
+def write_comparison(
+  out_dir: str | os.PathLike, results: Sequence[EvalResult], name: str = "comparison"
+) -> dict[str, str]:
   """Writes `<name>.md` (the `compare_results` table) and `<name>.json` (its rows)."""
   base = os.path.join(os.fspath(out_dir), name)
-  md = (f"# Comparison: {', '.join(_unique_names(results))}\n\n" + compare_results(results)
-        + "\n" + scoring_note(results) + "\n")
+  md = (
+    f"# Comparison: {', '.join(_unique_names(results))}\n\n"
+    + compare_results(results)
+    + "\n"
+    + scoring_note(results)
+    + "\n"
+  )
   rows = _json({"results": _unique_names(results), "rows": comparison_rows(results)})
   write_files_atomic({base + ".md": md, base + ".json": rows + "\n"})
   return {"md": base + ".md", "json": base + ".json"}

@@ -25,8 +25,13 @@ def feature_dim(grid: int = 8, color: Literal["rgb", "luma"] = "rgb") -> int:
   return grid * grid * (3 if color == "rgb" else 1)
 
 
-def frame_features(frames_bthwc: jax.Array, *, grid: int = 8,
-                   color: Literal["rgb", "luma"] = "rgb", center: bool = True) -> jax.Array:
+def frame_features(
+  frames_bthwc: jax.Array,
+  *,
+  grid: int = 8,
+  color: Literal["rgb", "luma"] = "rgb",
+  center: bool = True,
+) -> jax.Array:
   """Block-mean colour grid of each frame.
 
   The frame is centre-cropped to a multiple of `grid` on each side (dropping fewer than
@@ -53,16 +58,19 @@ def frame_features(frames_bthwc: jax.Array, *, grid: int = 8,
     raise ValueError(f"frames must be [B, T, H, W, 3] or [T, H, W, 3], got {x.shape}")
   b, t, h, w, c = x.shape
   if h < grid or w < grid:
-    raise ValueError(f"frames of {h}x{w} pixels are smaller than grid={grid}; "
-                     "decode at a larger size or lower the grid")
+    raise ValueError(
+      f"frames of {h}x{w} pixels are smaller than grid={grid}; "
+      "decode at a larger size or lower the grid"
+    )
   hc, wc = (h // grid) * grid, (w // grid) * grid
   top, left = (h - hc) // 2, (w - wc) // 2
   bh, bw = hc // grid, wc // grid
-  x = x[:, :, top:top + hc, left:left + wc, :].reshape(b * t, hc, wc, c)
+  x = x[:, :, top : top + hc, left : left + wc, :].reshape(b * t, hc, wc, c)
   # A windowed sum runs ~2.5x faster on CPU than a mean over a 7-d reshape; f32 so
   # uint8 sums cannot overflow.
-  sums = jax.lax.reduce_window(x.astype(jnp.float32), 0.0, jax.lax.add,
-                               (1, bh, bw, 1), (1, bh, bw, 1), "VALID")
+  sums = jax.lax.reduce_window(
+    x.astype(jnp.float32), 0.0, jax.lax.add, (1, bh, bw, 1), (1, bh, bw, 1), "VALID"
+  )
   mean_btggc = sums.reshape(b, t, grid, grid, c) / (bh * bw * 255.0)
   if color == "luma":
     mean_btggc = mean_btggc @ jnp.asarray(_LUMA, jnp.float32)[:, None]
@@ -77,9 +85,14 @@ def _features_jit(frames_thwc, *, grid, color, center):
   return frame_features(frames_thwc, grid=grid, color=color, center=center)
 
 
-def video_features(frames: np.ndarray | Iterable[np.ndarray], *, chunk: int = 256,
-                   grid: int = 8, color: Literal["rgb", "luma"] = "rgb",
-                   center: bool = True) -> np.ndarray:
+def video_features(
+  frames: np.ndarray | Iterable[np.ndarray],
+  *,
+  chunk: int = 256,
+  grid: int = 8,
+  color: Literal["rgb", "luma"] = "rgb",
+  center: bool = True,
+) -> np.ndarray:
   """Features of a long video, `chunk` frames per device call.
 
   Bounds device memory for videos of any length. A last, partial chunk is padded to the
@@ -103,9 +116,9 @@ def video_features(frames: np.ndarray | Iterable[np.ndarray], *, chunk: int = 25
     padded = min(chunk, 1 << (n - 1).bit_length())
     if n < padded:
       block_thwc = np.concatenate(
-          [block_thwc, np.zeros((padded - n,) + block_thwc.shape[1:], block_thwc.dtype)])
-    out.append(np.asarray(_features_jit(block_thwc, grid=grid, color=color,
-                                        center=center))[:n])
+        [block_thwc, np.zeros((padded - n,) + block_thwc.shape[1:], block_thwc.dtype)]
+      )
+    out.append(np.asarray(_features_jit(block_thwc, grid=grid, color=color, center=center))[:n])
     buf.clear()
 
   for frame_hwc in frames:

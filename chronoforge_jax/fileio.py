@@ -27,7 +27,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
       os.remove(tmp)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = True,
-                      default: Callable[[Any], Any] | None = None) -> None:
+def write_json_atomic(
+  path: str | os.PathLike,
+  obj: Any,
+  *,
+  sort_keys: bool = True,
+  default: Callable[[Any], Any] | None = None,
+) -> None:
   """Writes `obj` as indented JSON, atomically (see write_text_atomic)."""
   write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=sort_keys, default=default))

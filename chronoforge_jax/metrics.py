@@ -62,8 +62,9 @@ def to_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     arr = _as_array(value)
     if arr is None or arr.size != 1:
       raise ValueError(
-          f"metric {name!r} is not a scalar number (got {type(value).__name__} "
-          f"{getattr(arr, 'shape', '')}); reduce it (e.g. .mean()) before logging")
+        f"metric {name!r} is not a scalar number (got {type(value).__name__} "
+        f"{getattr(arr, 'shape', '')}); reduce it (e.g. .mean()) before logging"
+      )
     out[name] = float(arr.reshape(()))
   return out
 
@@ -100,9 +101,13 @@ class BadStepGuard:
   the last good checkpoint (do not save after a rejected step).
   """
 
-  def __init__(self, max_consecutive: int = 5, *,
-               watch: Sequence[str] | None = None,
-               log_fn: Callable[[str], None] = logging.warning):
+  def __init__(
+    self,
+    max_consecutive: int = 5,
+    *,
+    watch: Sequence[str] | None = None,
+    log_fn: Callable[[str], None] = logging.warning,
+  ):
     """Creates a guard.
 
     Args:
@@ -121,7 +126,8 @@ class BadStepGuard:
 
   def _watched(self, name: str) -> bool:
     return self.watch is None or any(
-        name == w or (w.endswith("/") and name.startswith(w)) for w in self.watch)
+      name == w or (w.endswith("/") and name.startswith(w)) for w in self.watch
+    )
 
   def check(self, step: int, metrics: Mapping[str, Any]) -> bool:
     """Returns True to accept the step, False to reject it (with a log message).
@@ -136,12 +142,15 @@ class BadStepGuard:
       return True
     self.consecutive += 1
     self.rejected += 1
-    message = (f"step {step}: non-finite {', '.join(bad)}; step rejected "
-               f"({self.consecutive}/{self.max_consecutive} in a row)")
+    message = (
+      f"step {step}: non-finite {', '.join(bad)}; step rejected "
+      f"({self.consecutive}/{self.max_consecutive} in a row)"
+    )
     if self.consecutive >= self.max_consecutive:
       raise NonFiniteError(
-          f"{message}. Halting: last good step {self.last_good_step}; its checkpoint "
-          "is intact. Lower the learning rate or check the data, then restart.")
+        f"{message}. Halting: last good step {self.last_good_step}; its checkpoint "
+        "is intact. Lower the learning rate or check the data, then restart."
+      )
     self._log(message)
     return False
 
@@ -167,8 +176,14 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 class MetricsWriter:
   """Writes step metrics to TensorBoard event files and `<workdir>/metrics.jsonl`."""
 
-  def __init__(self, workdir: str, *, resume_step: int | None = None,
-               tensorboard: bool = True, active: bool | None = None):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    resume_step: int | None = None,
+    tensorboard: bool = True,
+    active: bool | None = None,
+  ):
     """Opens the writers.
 
     Args:
@@ -195,9 +210,12 @@ class MetricsWriter:
     self._jsonl = open(self.jsonl_path, "a")
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
+
       self._tb = tensorboardX.SummaryWriter(
-          os.path.join(workdir, "tensorboard"), flush_secs=30,
-          purge_step=None if resume_step is None else resume_step + 1)
+        os.path.join(workdir, "tensorboard"),
+        flush_secs=30,
+        purge_step=None if resume_step is None else resume_step + 1,
+      )
 
   def write_scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Logs one step's scalars (nested dicts become "a/b" names) to both sinks."""
@@ -218,8 +236,9 @@ class MetricsWriter:
     for name, image in images.items():
       image = np.asarray(image)
       if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image {name!r} has shape {image.shape}; expected HWC "
-                         "with 1, 3 or 4 channels")
+        raise ValueError(
+          f"image {name!r} has shape {image.shape}; expected HWC with 1, 3 or 4 channels"
+        )
       self._tb.add_image(name, image, global_step=int(step), dataformats="HWC")
 
   def write_figure(self, step: int, name: str, figure: Any) -> None:
@@ -273,11 +292,16 @@ class ProgressLogger:
   `update` (so step 1's compile time does not inflate the ETA).
   """
 
-  def __init__(self, total_steps: int, *, every: int = 10,
-               keys: Sequence[str] | None = None,
-               print_fn: Callable[[str], None] = print,
-               clock: Callable[[], float] = time.perf_counter,
-               active: bool | None = None):
+  def __init__(
+    self,
+    total_steps: int,
+    *,
+    every: int = 10,
+    keys: Sequence[str] | None = None,
+    print_fn: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.perf_counter,
+    active: bool | None = None,
+  ):
     """Creates the logger.
 
     Args:
@@ -298,8 +322,7 @@ class ProgressLogger:
     self._mark_step = 0
     self._tokens = 0
 
-  def update(self, step: int, metrics: Mapping[str, Any], *, tokens: int = 0
-             ) -> str | None:
+  def update(self, step: int, metrics: Mapping[str, Any], *, tokens: int = 0) -> str | None:
     """Records one finished step; returns (and prints) the line when one is due.
 
     Args:
@@ -318,8 +341,7 @@ class ProgressLogger:
       return None
     flat = _flatten(metrics)
     names = self.keys if self.keys is not None else list(flat)
-    parts = [f"step {step}/{self.total_steps} "
-             f"({100.0 * step / max(self.total_steps, 1):.1f}%)"]
+    parts = [f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.1f}%)"]
     for name in names:
       if name in flat:
         arr = _as_array(flat[name])
@@ -329,8 +351,11 @@ class ProgressLogger:
     elapsed = now - self._mark_time
     if steps_done > 0 and elapsed > 0:
       per_step = elapsed / steps_done
-      parts += [f"{self._tokens / elapsed:,.0f} tok/s", f"{per_step:.3g} s/step",
-                f"ETA {format_duration(per_step * (self.total_steps - step))}"]
+      parts += [
+        f"{self._tokens / elapsed:,.0f} tok/s",
+        f"{per_step:.3g} s/step",
+        f"ETA {format_duration(per_step * (self.total_steps - step))}",
+      ]
     self._mark_time, self._mark_step, self._tokens = now, step, 0
     line = " | ".join(parts)
     if self.active:

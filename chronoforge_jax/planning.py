@@ -52,6 +52,7 @@ class Row:
     global_bytes: bytes over all devices, counting each element once.
     device_bytes: bytes on the most loaded device.
   """
+
   name: str
   elements: int
   global_bytes: int
@@ -65,8 +66,7 @@ def _device_bytes(shape, dtype, shard: jax.sharding.Sharding) -> int:
 def tree_row(name: str, abstract_tree: Any, shardings: Any) -> Row:
   """Sizes of a tree of ShapeDtypeStructs placed with a matching tree of shardings."""
   leaves = jax.tree.leaves(abstract_tree)
-  shards = jax.tree.leaves(shardings,
-                           is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  shards = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
   if len(leaves) != len(shards):
     raise ValueError(f"{name}: {len(leaves)} arrays but {len(shards)} shardings")
   elements = sum(math.prod(x.shape) for x in leaves)
@@ -78,15 +78,19 @@ def tree_row(name: str, abstract_tree: Any, shardings: Any) -> Row:
 def rollout_prompt_length(config: ml_collections.ConfigDict, frame_size: int) -> int:
   """Tokens of the longest rollout prompt: the largest text bucket plus one view's video."""
   i = config.input
-  video = pipeline.num_video_tokens(views.view_patches(config.tad.k, i.patch_mode),
-                                    frame_size, frame_size, i.patch_size,
-                                    i.spatial_merge_size)
+  video = pipeline.num_video_tokens(
+    views.view_patches(config.tad.k, i.patch_mode),
+    frame_size,
+    frame_size,
+    i.patch_size,
+    i.spatial_merge_size,
+  )
   return max(i.prompt_buckets) + video
 
 
-def rollout_cache_shapes(config: ml_collections.ConfigDict,
-                         model_cfg: model_config_lib.ModelConfig,
-                         frame_size: int) -> dict[str, tuple[int, ...]]:
+def rollout_cache_shapes(
+  config: ml_collections.ConfigDict, model_cfg: model_config_lib.ModelConfig, frame_size: int
+) -> dict[str, tuple[int, ...]]:
   """K (and V) shapes of one view's rollout cache, as the sampler lays it out
   (`sampling.share_prefix`): each prompt once, each of its G answers on its own.
 
@@ -102,13 +106,19 @@ def rollout_cache_shapes(config: ml_collections.ConfigDict,
   g = max(config.rl.num_generations, config.rl.num_disordered)
   head_dim = t.hidden_size // t.num_attention_heads
   layers, kv = t.num_hidden_layers, t.num_key_value_heads
-  return {"prefix": (layers, b, rollout_prompt_length(config, frame_size), kv, head_dim),
-          "suffix": (layers, b * g, sampling.answer_slots(config.rl.max_new_tokens), kv,
-                     head_dim)}
+  return {
+    "prefix": (layers, b, rollout_prompt_length(config, frame_size), kv, head_dim),
+    "suffix": (layers, b * g, sampling.answer_slots(config.rl.max_new_tokens), kv, head_dim),
+  }
 
 
-def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-         model_cfg: model_config_lib.ModelConfig, *, frame_size: int = 448) -> list[Row]:
+def plan(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  model_cfg: model_config_lib.ModelConfig,
+  *,
+  frame_size: int = 448,
+) -> list[Row]:
   """The memory rows of a run with `config` on `mesh` (nothing is allocated).
 
   Args:
@@ -126,19 +136,30 @@ def plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
   # The trainer's own state structure and shardings, so the plan is what training holds.
   _, _, shardings, abstract, _, _ = train_lib.build_state(config, mesh, model_cfg)
-  rows = [tree_row(f"{part} params", abstract["params"][part], shardings["params"][part])
-          for part in ("visual", "text")]
+  rows = [
+    tree_row(f"{part} params", abstract["params"][part], shardings["params"][part])
+    for part in ("visual", "text")
+  ]
   rows.append(tree_row("optimizer state", abstract["opt_state"], shardings["opt_state"]))
   if "ref" in abstract:
     rows.append(tree_row("reference params (beta > 0)", abstract["ref"], shardings["ref"]))
   dtype = jnp.dtype(config.model.dtype)
   shapes = list(rollout_cache_shapes(config, model_cfg, frame_size).values())
   specs = [sharding.logical_to_spec(text_lib.CACHE_AXES, shape=s, mesh=mesh) for s in shapes]
-  kv = tree_row("rollout KV cache (K+V)", [jax.ShapeDtypeStruct(s, dtype) for s in shapes] * 2,
-                [jax.sharding.NamedSharding(mesh, spec) for spec in specs] * 2)
+  kv = tree_row(
+    "rollout KV cache (K+V)",
+    [jax.ShapeDtypeStruct(s, dtype) for s in shapes] * 2,
+    [jax.sharding.NamedSharding(mesh, spec) for spec in specs] * 2,
+  )
   rows.append(kv)
-  rows.append(Row("total", sum(r.elements for r in rows), sum(r.global_bytes for r in rows),
-                  sum(r.device_bytes for r in rows)))
+  rows.append(
+    Row(
+      "total",
+      sum(r.elements for r in rows),
+      sum(r.global_bytes for r in rows),
+      sum(r.device_bytes for r in rows),
+    )
+  )
   return rows
 
 
@@ -148,11 +169,12 @@ def _gib(n: int) -> str:
 
 def format_plan(rows: list[Row], mesh: jax.sharding.Mesh) -> str:
   """A fixed-width table of the rows."""
-  lines = [f"mesh {dict(mesh.shape)} ({mesh.size} devices)",
-           f"{'':34s} {'elements':>16s} {'all devices':>13s} {'per device':>13s}"]
+  lines = [
+    f"mesh {dict(mesh.shape)} ({mesh.size} devices)",
+    f"{'':34s} {'elements':>16s} {'all devices':>13s} {'per device':>13s}",
+  ]
   for r in rows:
-    lines.append(f"{r.name:34s} {r.elements:16,d} {_gib(r.global_bytes)} "
-                 f"{_gib(r.device_bytes)}")
+    lines.append(f"{r.name:34s} {r.elements:16,d} {_gib(r.global_bytes)} {_gib(r.device_bytes)}")
   return "\n".join(lines)
 
 
@@ -185,6 +207,7 @@ class Chip:
     hbm_bytes: HBM per chip.
     peak_flops: dense bf16 FLOP/s per chip (for the utilisation bound).
   """
+
   topology_prefix: str
   dims: int
   cores_per_chip: int
@@ -194,10 +217,10 @@ class Chip:
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", 3, 2, "megacore", 32 * GIB, 275e12),
-    "v5p": Chip("v5", 3, 2, "megacore", 95 * GIB, 459e12),
-    "v5e": Chip("v5e", 2, 1, "default", 16 * GIB, 197e12),
-    "v6e": Chip("v6e", 2, 1, "default", 32 * GIB, 918e12),
+  "v4": Chip("v4", 3, 2, "megacore", 32 * GIB, 275e12),
+  "v5p": Chip("v5", 3, 2, "megacore", 95 * GIB, 459e12),
+  "v5e": Chip("v5e", 2, 1, "default", 16 * GIB, 197e12),
+  "v6e": Chip("v6e", 2, 1, "default", 32 * GIB, 918e12),
 }
 
 
@@ -212,6 +235,7 @@ class Topology:
     shape: chips along each torus dimension.
     hbm_bytes: HBM per chip this plan checks against.
   """
+
   name: str
   generation: str
   chips: int
@@ -251,41 +275,58 @@ def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
   """
   m = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name.strip().lower())
   if not m:
-    raise ValueError(f"--topology={name!r}: use a Cloud TPU slice name GENERATION-N with "
-                     f"GENERATION one of {sorted(CHIPS)}, e.g. v5p-16, v5e-32, v6e-64")
+    raise ValueError(
+      f"--topology={name!r}: use a Cloud TPU slice name GENERATION-N with "
+      f"GENERATION one of {sorted(CHIPS)}, e.g. v5p-16, v5e-32, v6e-64"
+    )
   generation, n = m.group(1), int(m.group(2))
   chip = CHIPS[generation]
   chips = n // chip.cores_per_chip
   if n % chip.cores_per_chip or chips < 1 or chips & (chips - 1):
     unit = "TensorCores (2 per chip)" if chip.cores_per_chip == 2 else "chips"
-    raise ValueError(f"--topology={name!r}: {generation}-N counts {unit}; N/"
-                     f"{chip.cores_per_chip} must be a power of two, e.g. "
-                     f"{generation}-{8 * chip.cores_per_chip}")
+    raise ValueError(
+      f"--topology={name!r}: {generation}-N counts {unit}; N/"
+      f"{chip.cores_per_chip} must be a power of two, e.g. "
+      f"{generation}-{8 * chip.cores_per_chip}"
+    )
   hbm = chip.hbm_bytes if hbm_gib is None else int(hbm_gib * GIB)
-  return Topology(name=f"{generation}-{n}", generation=generation, chips=chips,
-                  shape=_torus_shape(chips, chip.dims), hbm_bytes=hbm)
+  return Topology(
+    name=f"{generation}-{n}",
+    generation=generation,
+    chips=chips,
+    shape=_torus_shape(chips, chip.dims),
+    hbm_bytes=hbm,
+  )
 
 
 def topology_devices(topo: Topology) -> list[jax.Device]:
   """Compile-only devices of the slice (needs `libtpu`; no TPU is used)."""
   import os  # pylint: disable=g-import-not-at-top
+
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
   # Compile-only devices touch no TPU: let other libtpu processes (another plan, a test,
   # a run) hold libtpu's lockfile at the same time.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   host = (2, 2, 1) if topo.chips >= 4 else (1, 1, 1)
   try:
     desc = topologies.get_topology_desc(
-        topology_name=topo.topology_name, platform="tpu", chip_config_name=topo.chip.chip_config,
-        chips_per_host_bounds=host)
+      topology_name=topo.topology_name,
+      platform="tpu",
+      chip_config_name=topo.chip.chip_config,
+      chips_per_host_bounds=host,
+    )
   except RuntimeError as e:
     if "TPU support not installed" in str(e):
-      raise RuntimeError("compiling for a TPU slice needs libtpu: pip install -e '.[tpu]' "
-                         "(or '.[test]')") from e
+      raise RuntimeError(
+        "compiling for a TPU slice needs libtpu: pip install -e '.[tpu]' (or '.[test]')"
+      ) from e
     raise
   if len(desc.devices) != topo.chips:
-    raise ValueError(f"{topo.name}: libtpu's {topo.topology_name} has {len(desc.devices)} "
-                     f"devices, expected {topo.chips}")
+    raise ValueError(
+      f"{topo.name}: libtpu's {topo.topology_name} has {len(desc.devices)} "
+      f"devices, expected {topo.chips}"
+    )
   return list(desc.devices)
 
 
@@ -300,27 +341,36 @@ def topology_mesh(topo: Topology, mesh_config: Mapping[str, int]) -> jax.shardin
 # ----------------------------------------------------------------------------------------
 
 
-def abstract_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
-                   frame_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, frame_size: int
+) -> dict[str, jax.ShapeDtypeStruct]:
   """The largest training batch the pipeline makes (data/pipeline.py), sharded as
   `train_lib.to_global` places it: the longest prompt and target buckets."""
   from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
+
   st = pipeline.settings_from_config(config)
   b, u, p, k = st.batch_size, st.num_frames, st.num_patches, st.num_keyframes
   video = pipeline.num_video_tokens(p, frame_size, frame_size, st.patch_size, st.merge_size)
   prompt, target = max(st.prompt_buckets) + video, max(st.target_buckets)
   shapes = dict(
-      frames=((b, u, frame_size, frame_size, 3), jnp.uint8),
-      timestamps=((b, u), jnp.float32), frame_valid=((b, u), jnp.bool_),
-      ordered_patches=((b, p), jnp.int32), disordered_patches=((b, p), jnp.int32),
-      keyframe_indices=((b, k), jnp.int32),
-      prompt_ids=((b, prompt), jnp.int32), prompt_mask=((b, prompt), jnp.bool_),
-      answer_index=((b,), jnp.int32),
-      target_ids=((b, target), jnp.int32), target_mask=((b, target), jnp.bool_),
-      target_answer_mask=((b, target), jnp.bool_), example_valid=((b,), jnp.bool_))
-  return {name: jax.ShapeDtypeStruct(shape, dtype,
-                                     sharding=train_lib.batch_sharding(mesh, shape))
-          for name, (shape, dtype) in shapes.items()}
+    frames=((b, u, frame_size, frame_size, 3), jnp.uint8),
+    timestamps=((b, u), jnp.float32),
+    frame_valid=((b, u), jnp.bool_),
+    ordered_patches=((b, p), jnp.int32),
+    disordered_patches=((b, p), jnp.int32),
+    keyframe_indices=((b, k), jnp.int32),
+    prompt_ids=((b, prompt), jnp.int32),
+    prompt_mask=((b, prompt), jnp.bool_),
+    answer_index=((b,), jnp.int32),
+    target_ids=((b, target), jnp.int32),
+    target_mask=((b, target), jnp.bool_),
+    target_answer_mask=((b, target), jnp.bool_),
+    example_valid=((b,), jnp.bool_),
+  )
+  return {
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=train_lib.batch_sharding(mesh, shape))
+    for name, (shape, dtype) in shapes.items()
+  }
 
 
 def _out_structs(lowered, compiled=None) -> Any:
@@ -328,8 +378,11 @@ def _out_structs(lowered, compiled=None) -> Any:
   it was compiled (else none: the next program lowers them replicated)."""
   if compiled is None:
     return jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype), lowered.out_info)
-  return jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),
-                      lowered.out_info, compiled.output_shardings)
+  return jax.tree.map(
+    lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s),
+    lowered.out_info,
+    compiled.output_shardings,
+  )
 
 
 # ----------------------------------------------------------------------------------------
@@ -357,6 +410,7 @@ class ProgramReport:
     error: the compiler's out-of-memory message, when it did not fit.
     required_bytes: HBM the compiler said it needed when it did not fit.
   """
+
   name: str
   runs_per_step: int
   argument_bytes: int = 0
@@ -403,9 +457,13 @@ def _compile(name: str, lowered: Any, runs_per_step: int) -> tuple[ProgramReport
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
-    return ProgramReport(name, runs_per_step, compile_seconds=time.perf_counter() - t0,
-                         error=message.strip().splitlines()[0][:300],
-                         required_bytes=_required_bytes(message)), None
+    return ProgramReport(
+      name,
+      runs_per_step,
+      compile_seconds=time.perf_counter() - t0,
+      error=message.strip().splitlines()[0][:300],
+      required_bytes=_required_bytes(message),
+    ), None
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -415,24 +473,38 @@ def _compile(name: str, lowered: Any, runs_per_step: int) -> tuple[ProgramReport
   get = lambda f: int(getattr(mem, f, 0) or 0)
   peak = get("peak_memory_in_bytes")
   if not peak:  # Backends without a heap simulation: everything live at once.
-    peak = (get("argument_size_in_bytes") + get("output_size_in_bytes")
-            - get("alias_size_in_bytes") + get("temp_size_in_bytes"))
+    peak = (
+      get("argument_size_in_bytes")
+      + get("output_size_in_bytes")
+      - get("alias_size_in_bytes")
+      + get("temp_size_in_bytes")
+    )
   return ProgramReport(
-      name, runs_per_step, argument_bytes=get("argument_size_in_bytes"),
-      output_bytes=get("output_size_in_bytes"), alias_bytes=get("alias_size_in_bytes"),
-      temp_bytes=get("temp_size_in_bytes"), code_bytes=get("generated_code_size_in_bytes"),
-      peak_bytes=peak + get("generated_code_size_in_bytes"),
-      flops=float(cost.get("flops", 0.0)),
-      seconds=max(0.0, float(cost.get("optimal_seconds", 0.0))),
-      compile_seconds=seconds), compiled
+    name,
+    runs_per_step,
+    argument_bytes=get("argument_size_in_bytes"),
+    output_bytes=get("output_size_in_bytes"),
+    alias_bytes=get("alias_size_in_bytes"),
+    temp_bytes=get("temp_size_in_bytes"),
+    code_bytes=get("generated_code_size_in_bytes"),
+    peak_bytes=peak + get("generated_code_size_in_bytes"),
+    flops=float(cost.get("flops", 0.0)),
+    seconds=max(0.0, float(cost.get("optimal_seconds", 0.0))),
+    compile_seconds=seconds,
+  ), compiled
 
 
-def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     model_cfg: model_config_lib.ModelConfig, *, frame_size: int,
-                     stop_tokens: Sequence[int] | None = None,
-                     progress: Callable[[str], None] | None = None,
-                     only: Sequence[str] | None = None,
-                     compiled_out: dict[str, Any] | None = None) -> list[ProgramReport]:
+def compile_programs(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  model_cfg: model_config_lib.ModelConfig,
+  *,
+  frame_size: int,
+  stop_tokens: Sequence[int] | None = None,
+  progress: Callable[[str], None] | None = None,
+  only: Sequence[str] | None = None,
+  compiled_out: dict[str, Any] | None = None,
+) -> list[ProgramReport]:
   """Compiles every program of a KF-GRPO step for `mesh` and reports each one.
 
   The programs are the trainer's own (`train_lib.step_functions`, the sampler through
@@ -462,14 +534,18 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   Returns:
     One ProgramReport per program, in the order above.
   """
-  from chronoforge_jax import sampling  # pylint: disable=g-import-not-at-top
-  from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from chronoforge_jax import (
+    sampling,  # pylint: disable=g-import-not-at-top
+    train_lib,  # pylint: disable=g-import-not-at-top
+  )
 
   say = progress or (lambda _: None)
   rl = config.rl
   graphdef, tx, state_shardings, abstract_state, _, _ = train_lib.build_state(
-      config, mesh, model_cfg)
+    config, mesh, model_cfg
+  )
   steps = train_lib.step_functions(config, mesh, graphdef, tx, state_shardings)
   batch = abstract_batch(config, mesh, frame_size=frame_size)
   stop_tokens = tuple(stop_tokens if stop_tokens is not None else model_cfg.eos_token_ids)
@@ -495,8 +571,11 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     return None if compiled is None else _out_structs(lowered, compiled)
 
   if config.sft_steps > 0 or (only is not None and "sft_step" in only):
-    run("sft_step", lambda: steps["sft_step"].lower(abstract_state, batch),
-        args=(abstract_state, batch))
+    run(
+      "sft_step",
+      lambda: steps["sft_step"].lower(abstract_state, batch),
+      args=(abstract_state, batch),
+    )
   if config.total_steps <= config.sft_steps:
     return reports
 
@@ -505,8 +584,11 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     trained.append(("disordered", "disordered_", rl.num_disordered))
   logp_runs = int("ref" in abstract_state) + int(rl.num_iterations > 1)
   need_rollout = wanted("grpo_step") or (logp_runs and wanted("logprobs"))
-  views = run("views", lambda: steps["views"].lower(abstract_state["params"], batch),
-              need=need_rollout or wanted("sample"))
+  views = run(
+    "views",
+    lambda: steps["views"].lower(abstract_state["params"], batch),
+    need=need_rollout or wanted("sample"),
+  )
   if views is None and (need_rollout or wanted("sample")):
     return reports  # Nothing downstream can be lowered without the views' outputs.
   model = nnx.merge(graphdef, abstract_state["params"])
@@ -515,32 +597,46 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
   samples = {}
   for name, _, inputs, kwargs in train_lib.sampler_calls(
-      model_cfg.vision, views or {}, batch, prompt("prompt_ids"), prompt("prompt_mask"), rl,
-      stop_tokens):
+    model_cfg.vision,
+    views or {},
+    batch,
+    prompt("prompt_ids"),
+    prompt("prompt_mask"),
+    rl,
+    stop_tokens,
+  ):
     samples[name] = run(
-        f"sample[{name}]",
-        lambda inputs=inputs, kwargs=kwargs: sampling.lower_generate(model, inputs, rng=rng,
-                                                                     **kwargs),
-        need=need_rollout)
+      f"sample[{name}]",
+      lambda inputs=inputs, kwargs=kwargs: sampling.lower_generate(
+        model, inputs, rng=rng, **kwargs
+      ),
+      need=need_rollout,
+    )
   rollout = {}
   b = batch["answer_index"].shape[0]
-  reward = lambda g: jax.ShapeDtypeStruct((b, g), jnp.float32,
-                                          sharding=train_lib.batch_sharding(mesh, (b, g)))
+  reward = lambda g: jax.ShapeDtypeStruct(
+    (b, g), jnp.float32, sharding=train_lib.batch_sharding(mesh, (b, g))
+  )
   rollout["accuracy"] = rollout["format"] = reward(rl.num_generations)
-  rollout["disordered_accuracy"] = reward(rl.num_disordered if "disordered" in samples
-                                          else rl.num_generations)
+  rollout["disordered_accuracy"] = reward(
+    rl.num_disordered if "disordered" in samples else rl.num_generations
+  )
   if rl.train_on_disordered:
     rollout["disordered_format"] = reward(rl.num_disordered)
   for view, prefix, g in trained:
     out = samples.get(view)
     if out is None:
       return reports
-    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = (out.tokens,
-                                                                 out.completion_mask)
+    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = (out.tokens, out.completion_mask)
     if logp_runs:
-      logp = run(f"logprobs[{view}]", lambda view=view, g=g, out=out: steps["logprobs"].lower(
-          abstract_state["params"], batch, out.tokens, out.completion_mask, view=view,
-          num_samples=g), runs_per_step=logp_runs, need=wanted("grpo_step"))
+      logp = run(
+        f"logprobs[{view}]",
+        lambda view=view, g=g, out=out: steps["logprobs"].lower(
+          abstract_state["params"], batch, out.tokens, out.completion_mask, view=view, num_samples=g
+        ),
+        runs_per_step=logp_runs,
+        need=wanted("grpo_step"),
+      )
       if wanted("grpo_step"):
         if logp is None:
           return reports
@@ -548,8 +644,12 @@ def compile_programs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
           rollout[f"{prefix}old_logp"] = logp
         if "ref" in abstract_state:
           rollout[f"{prefix}ref_logp"] = logp
-  run("grpo_step", lambda: steps["grpo_step"].lower(abstract_state, batch, rollout),
-      runs_per_step=rl.num_iterations, args=(abstract_state, batch, rollout))
+  run(
+    "grpo_step",
+    lambda: steps["grpo_step"].lower(abstract_state, batch, rollout),
+    runs_per_step=rl.num_iterations,
+    args=(abstract_state, batch, rollout),
+  )
   return reports
 
 
@@ -566,8 +666,10 @@ def _report_brief(r: ProgramReport) -> str:
   if not r.fits:
     return f"does not fit ({r.error}) [{r.compile_seconds:.1f} s]"
   est = f"est. {r.seconds * 1e3:.1f} ms" if r.seconds > 0 else "no time estimate"
-  return (f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, {est} "
-          f"[compiled in {r.compile_seconds:.1f} s]")
+  return (
+    f"peak {r.peak_bytes / GIB:.2f} GiB, {r.flops / 1e12:.2f} TFLOP, {est} "
+    f"[compiled in {r.compile_seconds:.1f} s]"
+  )
 
 
 def _est(seconds: float, flops: float, peak_flops: float) -> str:
@@ -580,38 +682,48 @@ def _est(seconds: float, flops: float, peak_flops: float) -> str:
 def format_reports(reports: Sequence[ProgramReport], topo: Topology) -> str:
   """A per-program table (GiB per chip) and the step's totals against the chip."""
   peak_flops = topo.chip.peak_flops
-  lines = [f"{topo.name}: {topo.chips} chips ({topo.topology_name}), "
-           f"{topo.hbm_bytes / GIB:g} GiB HBM and {peak_flops / 1e12:g} bf16 TFLOP/s per chip",
-           f"{'program':22s} {'runs':>4s} {'args':>7s} {'outputs':>7s} {'alias':>7s} "
-           f"{'temps':>7s} {'code':>7s} {'peak':>7s} {'TFLOP':>9s} {'est. ms':>9s} "
-           f"{'util<=':>6s} {'compile':>8s}"]
+  lines = [
+    f"{topo.name}: {topo.chips} chips ({topo.topology_name}), "
+    f"{topo.hbm_bytes / GIB:g} GiB HBM and {peak_flops / 1e12:g} bf16 TFLOP/s per chip",
+    f"{'program':22s} {'runs':>4s} {'args':>7s} {'outputs':>7s} {'alias':>7s} "
+    f"{'temps':>7s} {'code':>7s} {'peak':>7s} {'TFLOP':>9s} {'est. ms':>9s} "
+    f"{'util<=':>6s} {'compile':>8s}",
+  ]
   for r in reports:
     if r.fits:
       lines.append(
-          f"{r.name:22s} {r.runs_per_step:4d} {_g(r.argument_bytes)} {_g(r.output_bytes)} "
-          f"{_g(r.alias_bytes)} {_g(r.temp_bytes)} {_g(r.code_bytes)} {_g(r.peak_bytes)} "
-          f"{r.flops / 1e12:9.2f} {_est(r.seconds, r.flops, peak_flops)} "
-          f"{r.compile_seconds:7.1f}s")
+        f"{r.name:22s} {r.runs_per_step:4d} {_g(r.argument_bytes)} {_g(r.output_bytes)} "
+        f"{_g(r.alias_bytes)} {_g(r.temp_bytes)} {_g(r.code_bytes)} {_g(r.peak_bytes)} "
+        f"{r.flops / 1e12:9.2f} {_est(r.seconds, r.flops, peak_flops)} "
+        f"{r.compile_seconds:7.1f}s"
+      )
     else:
-      lines.append(f"{r.name:22s} {r.runs_per_step:4d} does not fit: needs "
-                   f"{_g(r.required_bytes).strip()} GiB ({r.error}) "
-                   f"{r.compile_seconds:7.1f}s")
+      lines.append(
+        f"{r.name:22s} {r.runs_per_step:4d} does not fit: needs "
+        f"{_g(r.required_bytes).strip()} GiB ({r.error}) "
+        f"{r.compile_seconds:7.1f}s"
+      )
   done = [r for r in reports if r.fits]
   if done:
     flops = sum(r.flops * r.runs_per_step for r in done)
     # Without every program's estimate the step has none.
-    secs = (sum(r.seconds * r.runs_per_step for r in done)
-            if all(r.seconds > 0 for r in done) else 0.0)
-    lines.append(f"{'step (runs x program)':22s} {'':4s} {'':47s} "
-                 f"{flops / 1e12:9.2f} {_est(secs, flops, peak_flops)}")
-  lines.append("peak = XLA's peak HBM of the program + its code; est. = XLA's time "
-               "estimate; util<= = FLOPs / (est. x chip peak), an upper bound on FLOP "
-               "utilisation. XLA's cost model counts a while loop's body once: the "
-               "sampler's decode loop once, not once per generated token, and scanned "
-               "layers (model.scan_layers, the default) as one layer per stack, so TFLOP "
-               "and est. ms are those of one layer plus the rest (util<= stays a ratio "
-               "of like counts); --config.model.scan_layers=False counts every layer "
-               "but compiles far slower.")
+    secs = (
+      sum(r.seconds * r.runs_per_step for r in done) if all(r.seconds > 0 for r in done) else 0.0
+    )
+    lines.append(
+      f"{'step (runs x program)':22s} {'':4s} {'':47s} "
+      f"{flops / 1e12:9.2f} {_est(secs, flops, peak_flops)}"
+    )
+  lines.append(
+    "peak = XLA's peak HBM of the program + its code; est. = XLA's time "
+    "estimate; util<= = FLOPs / (est. x chip peak), an upper bound on FLOP "
+    "utilisation. XLA's cost model counts a while loop's body once: the "
+    "sampler's decode loop once, not once per generated token, and scanned "
+    "layers (model.scan_layers, the default) as one layer per stack, so TFLOP "
+    "and est. ms are those of one layer plus the rest (util<= stays a ratio "
+    "of like counts); --config.model.scan_layers=False counts every layer "
+    "but compiles far slower."
+  )
   return "\n".join(lines)
 
 
@@ -625,7 +737,7 @@ def fit_line(reports: Sequence[ProgramReport], topo: Topology) -> tuple[str, boo
   """
   if not reports:
     raise ValueError("no programs were compiled")
-  need = lambda r: (r.peak_bytes if r.fits else (r.required_bytes or topo.hbm_bytes + 1))
+  need = lambda r: r.peak_bytes if r.fits else (r.required_bytes or topo.hbm_bytes + 1)
   worst = max(reports, key=need)
   failing = [r for r in reports if not r.fits or r.peak_bytes > topo.hbm_bytes]
   y = round(topo.hbm_bytes / GIB, 4)
@@ -633,8 +745,10 @@ def fit_line(reports: Sequence[ProgramReport], topo: Topology) -> tuple[str, boo
     return f"fits: peak {need(worst) / GIB:.2f} GiB of {y:g} GiB per chip on {topo.name}", True
   bad = max(failing, key=need)
   x = f"{need(bad) / GIB:.2f}" if (bad.fits or bad.required_bytes) else "?"
-  return (f"does not fit: peak {x} GiB of {y:g} GiB per chip on {topo.name} "
-          f"(program {bad.name})", False)
+  return (
+    f"does not fit: peak {x} GiB of {y:g} GiB per chip on {topo.name} (program {bad.name})",
+    False,
+  )
 
 
 def layout_bytes(struct: jax.ShapeDtypeStruct, fmt: Any) -> int:
@@ -677,8 +791,9 @@ def decoder_matmul_params(cfg: model_config_lib.TextConfig) -> int:
   return cfg.num_hidden_layers * (attn + mlp) + d * cfg.vocab_size
 
 
-def decoder_train_flops_per_token(cfg: model_config_lib.TextConfig, seq_len: int, *,
-                                  causal: bool = False) -> float:
+def decoder_train_flops_per_token(
+  cfg: model_config_lib.TextConfig, seq_len: int, *, causal: bool = False
+) -> float:
   """Model FLOPs of one training token (forward + backward) of the text decoder.
 
   The standard count (PaLM, appendix B): 6 N + 12 L H hd S, N from

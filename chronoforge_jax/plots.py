@@ -23,11 +23,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
   return path
 
 
-def tad_curve(path: str | os.PathLike, scores_t: np.ndarray,
-              inflections_t: np.ndarray | None = None,
-              selected_k: Sequence[int] | None = None,
-              timestamps_t: np.ndarray | None = None, *, title: str | None = None,
-              cuts: Sequence[int] | None = None) -> str:
+def tad_curve(
+  path: str | os.PathLike,
+  scores_t: np.ndarray,
+  inflections_t: np.ndarray | None = None,
+  selected_k: Sequence[int] | None = None,
+  timestamps_t: np.ndarray | None = None,
+  *,
+  title: str | None = None,
+  cuts: Sequence[int] | None = None,
+) -> str:
   """Plots the variation curve with inflections and selected keyframes marked.
 
   Args:
@@ -50,16 +55,13 @@ def tad_curve(path: str | os.PathLike, scores_t: np.ndarray,
   ax.plot(x_t, scores_t, color="tab:blue", lw=1.2, label="variation $v_t$")
   if cuts is not None and len(cuts):
     for i, c in enumerate(cuts):
-      ax.axvline(x_t[int(c)], color="0.5", ls=":", lw=1,
-                 label="scene cut" if i == 0 else None)
+      ax.axvline(x_t[int(c)], color="0.5", ls=":", lw=1, label="scene cut" if i == 0 else None)
   if selected_k is not None and len(selected_k):
     for i, s in enumerate(np.asarray(selected_k, int)):
-      ax.axvline(x_t[s], color="tab:green", alpha=0.35, lw=2,
-                 label="selected" if i == 0 else None)
+      ax.axvline(x_t[s], color="tab:green", alpha=0.35, lw=2, label="selected" if i == 0 else None)
   if inflections_t is not None:
     where_t = np.flatnonzero(np.asarray(inflections_t, bool))
-    ax.plot(x_t[where_t], scores_t[where_t], "v", color="tab:red", ms=7,
-            label="inflection")
+    ax.plot(x_t[where_t], scores_t[where_t], "v", color="tab:red", ms=7, label="inflection")
   ax.set_xlabel("frame" if timestamps_t is None else "time (s)")
   ax.set_ylabel("variation")
   ax.set_xlim(x_t[0] if t else 0, x_t[-1] if t else 1)
@@ -70,9 +72,15 @@ def tad_curve(path: str | os.PathLike, scores_t: np.ndarray,
   return _save(fig, path)
 
 
-def contact_sheet(path: str | os.PathLike, frames_khwc: np.ndarray,
-                  labels: Sequence[str] | None = None, *, cols: int | None = None,
-                  title: str | None = None, tile_inches: float = 1.8) -> str:
+def contact_sheet(
+  path: str | os.PathLike,
+  frames_khwc: np.ndarray,
+  labels: Sequence[str] | None = None,
+  *,
+  cols: int | None = None,
+  title: str | None = None,
+  tile_inches: float = 1.8,
+) -> str:
   """Tiles frames into one PNG, a caption under each (e.g. frame index and time).
 
   Args:
@@ -95,8 +103,11 @@ def contact_sheet(path: str | os.PathLike, frames_khwc: np.ndarray,
   cols = cols or max(1, min(k, math.ceil(math.sqrt(max(k, 1)) * 1.5)))
   rows = max(1, math.ceil(k / cols))
   aspect = frames_khwc.shape[1] / frames_khwc.shape[2] if k else 1.0
-  fig = Figure(figsize=(cols * tile_inches, rows * tile_inches * aspect + 0.4 * rows),
-               dpi=100, layout="constrained")
+  fig = Figure(
+    figsize=(cols * tile_inches, rows * tile_inches * aspect + 0.4 * rows),
+    dpi=100,
+    layout="constrained",
+  )
   axes = fig.subplots(rows, cols, squeeze=False)
   for i, ax in enumerate(axes.flat):
     ax.set_axis_off()

@@ -34,13 +34,17 @@ from chronoforge_jax import tokenizer as tokenizer_lib
 
 # (panel title, pattern on the metric name); a metric may appear in several panels.
 CURVE_PANELS = (
-    ("rewards", r"(^|/)reward/[^/]+$"),
-    ("ordered vs disordered accuracy", r"(^|/)(ordered|disordered)_acc$"),
-    ("KL to reference", r"(^|/)kl$"),
-    ("loss", r"(^|/)(loss|pg_loss|sft/nll)$"),
+  ("rewards", r"(^|/)reward/[^/]+$"),
+  ("ordered vs disordered accuracy", r"(^|/)(ordered|disordered)_acc$"),
+  ("KL to reference", r"(^|/)kl$"),
+  ("loss", r"(^|/)(loss|pg_loss|sft/nll)$"),
 )
-GROUP_TITLES = {"overall": "overall", "duration_bucket": "duration bucket",
-                "task_type": "task type", "problem_type": "problem type"}
+GROUP_TITLES = {
+  "overall": "overall",
+  "duration_bucket": "duration bucket",
+  "task_type": "task type",
+  "problem_type": "problem type",
+}
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
@@ -62,9 +66,9 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def curve_series(records: Sequence[Mapping[str, Any]],
-                 panels: Sequence[tuple[str, str]] = CURVE_PANELS
-                 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def curve_series(
+  records: Sequence[Mapping[str, Any]], panels: Sequence[tuple[str, str]] = CURVE_PANELS
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
   """Groups metrics records into panels of (steps, values) series.
 
   Args:
@@ -81,8 +85,11 @@ def curve_series(records: Sequence[Mapping[str, Any]],
     regex = re.compile(pattern)
     series = {}
     for name in (n for n in names if regex.search(n)):
-      pts = sorted((int(r["step"]), float(r[name])) for r in records
-                   if name in r and "step" in r and _finite(r[name]))
+      pts = sorted(
+        (int(r["step"]), float(r[name]))
+        for r in records
+        if name in r and "step" in r and _finite(r[name])
+      )
       if pts:
         steps, values = zip(*pts)
         series[name] = (np.asarray(steps, np.int64), np.asarray(values, np.float64))
@@ -95,10 +102,13 @@ def _finite(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def training_curves(path: str | os.PathLike,
-                    metrics: str | os.PathLike | Sequence[Mapping[str, Any]], *,
-                    panels: Sequence[tuple[str, str]] = CURVE_PANELS,
-                    title: str | None = None) -> str | None:
+def training_curves(
+  path: str | os.PathLike,
+  metrics: str | os.PathLike | Sequence[Mapping[str, Any]],
+  *,
+  panels: Sequence[tuple[str, str]] = CURVE_PANELS,
+  title: str | None = None,
+) -> str | None:
   """Plots the training curves of a run as one PNG with a panel per metric group.
 
   Args:
@@ -110,8 +120,11 @@ def training_curves(path: str | os.PathLike,
   Returns:
     The PNG path, or None when no logged metric matches any panel (nothing written).
   """
-  records = (metrics_lib.read_jsonl(os.fspath(metrics))
-             if isinstance(metrics, (str, os.PathLike)) else list(metrics))
+  records = (
+    metrics_lib.read_jsonl(os.fspath(metrics))
+    if isinstance(metrics, (str, os.PathLike))
+    else list(metrics)
+  )
   series = curve_series(records, panels)
   if not series:
     return None
@@ -137,8 +150,9 @@ def training_curves(path: str | os.PathLike,
 # ---------------------------------------------------------------------------------------
 
 
-def accuracy_series(results: Sequence[eval_lib.EvalResult], group: str
-                    ) -> tuple[list[str], dict[str, list[float]], list[int]]:
+def accuracy_series(
+  results: Sequence[eval_lib.EvalResult], group: str
+) -> tuple[list[str], dict[str, list[float]], list[int]]:
   """The numbers an accuracy bar chart shows.
 
   Args:
@@ -154,14 +168,21 @@ def accuracy_series(results: Sequence[eval_lib.EvalResult], group: str
   rows = [r for r in eval_lib.comparison_rows(results) if r["group"] == group]
   names = list(rows[0]["summaries"]) if rows else [r.name for r in results]
   cats = [r["category"] for r in rows]
-  acc = {n: [r["summaries"][n]["accuracy"] if r["summaries"][n] else math.nan for r in rows]
-         for n in names}
+  acc = {
+    n: [r["summaries"][n]["accuracy"] if r["summaries"][n] else math.nan for r in rows]
+    for n in names
+  }
   counts = [next((s["num_questions"] for s in r["summaries"].values() if s), 0) for r in rows]
   return cats, acc, counts
 
 
-def accuracy_bars(path: str | os.PathLike, results: Sequence[eval_lib.EvalResult],
-                  group: str = "duration_bucket", *, title: str | None = None) -> str:
+def accuracy_bars(
+  path: str | os.PathLike,
+  results: Sequence[eval_lib.EvalResult],
+  group: str = "duration_bucket",
+  *,
+  title: str | None = None,
+) -> str:
   """Grouped bars: accuracy of each result per category of `group`.
 
   Args:
@@ -177,19 +198,24 @@ def accuracy_bars(path: str | os.PathLike, results: Sequence[eval_lib.EvalResult
   names = list(acc)
   width = 0.8 / max(len(names), 1)
   x = np.arange(len(cats))
-  fig = Figure(figsize=(max(5.0, 1.1 * len(cats) * max(len(names), 1) + 2), 4), dpi=100,
-               layout="constrained")
+  fig = Figure(
+    figsize=(max(5.0, 1.1 * len(cats) * max(len(names), 1) + 2), 4), dpi=100, layout="constrained"
+  )
   ax = fig.add_subplot(1, 1, 1)
   for i, name in enumerate(names):
     heights = 100 * np.asarray(acc[name], np.float64)
-    bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, np.nan_to_num(heights), width,
-                  label=name)
+    bars = ax.bar(x + (i - (len(names) - 1) / 2) * width, np.nan_to_num(heights), width, label=name)
     for bar, h in zip(bars, heights):
       if np.isfinite(h):
-        ax.annotate(f"{h:.0f}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
-                    va="bottom", fontsize=7)
-  ax.set_xticks(x, [f"{c}\n(n={n})" for c, n in zip(cats, counts)],
-                rotation=30 if len(cats) > 6 else 0, fontsize=8)
+        ax.annotate(
+          f"{h:.0f}", (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom", fontsize=7
+        )
+  ax.set_xticks(
+    x,
+    [f"{c}\n(n={n})" for c, n in zip(cats, counts)],
+    rotation=30 if len(cats) > 6 else 0,
+    fontsize=8,
+  )
   ax.set_ylabel("accuracy (%)")
   ax.set_ylim(0, 105)
   ax.set_title(title or f"accuracy by {GROUP_TITLES[group]}")
@@ -207,8 +233,9 @@ def accuracy_bars(path: str | os.PathLike, results: Sequence[eval_lib.EvalResult
 def most_frequent_answer(result: eval_lib.EvalResult) -> tuple[int | None, float]:
   """(the option index answered most often, its share of all questions); (None, 0.0) when
   no answer could be read. Ties go to the option answered first."""
-  picks = collections.Counter(q.predicted_index for q in result.records
-                              if q.predicted_index is not None)
+  picks = collections.Counter(
+    q.predicted_index for q in result.records if q.predicted_index is not None
+  )
   if not picks:
     return None, 0.0
   index, count = picks.most_common(1)[0]
@@ -224,8 +251,10 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
   answering the most frequent correct letter (the majority baseline), so a reader can
   tell such a collapse from an accuracy that depends on what the model saw.
   """
-  lines = ["| result | accuracy | most frequent answer (share) | majority baseline | "
-           "unparseable |", "|---|---:|---|---:|---:|"]
+  lines = [
+    "| result | accuracy | most frequent answer (share) | majority baseline | unparseable |",
+    "|---|---:|---|---:|---:|",
+  ]
   for r in results:
     # Letters exist for multiple choice only (the other Video-R1 types have no options).
     mc = [q for q in r.records if q.problem_type == eval_lib.MULTIPLE_CHOICE]
@@ -242,11 +271,14 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
   return "\n".join(lines)
 
 
-def write_report(out_dir: str | os.PathLike, *,
-                 results: Sequence[eval_lib.EvalResult | str] = (),
-                 metrics: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
-                 title: str = "ChronoForge-RL evaluation report",
-                 notes: Sequence[str] = ()) -> str:
+def write_report(
+  out_dir: str | os.PathLike,
+  *,
+  results: Sequence[eval_lib.EvalResult | str] = (),
+  metrics: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
+  title: str = "ChronoForge-RL evaluation report",
+  notes: Sequence[str] = (),
+) -> str:
   """Writes report.md with training curves, accuracy tables and bar charts.
 
   Args:
@@ -261,31 +293,52 @@ def write_report(out_dir: str | os.PathLike, *,
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  loaded = [eval_lib.load_result(r) if isinstance(r, (str, os.PathLike)) else r
-            for r in results]
+  loaded = [eval_lib.load_result(r) if isinstance(r, (str, os.PathLike)) else r for r in results]
   lines = [f"# {title}", ""]
   for note in notes:
     lines += [note, ""]
   if metrics is not None:
     png = training_curves(os.path.join(out_dir, "training_curves.png"), metrics)
     lines += ["## Training curves", ""]
-    lines += ([f"![training curves]({os.path.basename(png)})", ""] if png else
-              ["No reward, accuracy, KL or loss metrics were logged.", ""])
+    lines += (
+      [f"![training curves]({os.path.basename(png)})", ""]
+      if png
+      else ["No reward, accuracy, KL or loss metrics were logged.", ""]
+    )
   if loaded:
-    lines += ["## Accuracy", "", eval_lib.compare_results(loaded),
-              eval_lib.scoring_note(loaded), ""]
+    lines += [
+      "## Accuracy",
+      "",
+      eval_lib.compare_results(loaded),
+      eval_lib.scoring_note(loaded),
+      "",
+    ]
     for r in loaded:
-      settings = ", ".join(f"{k}={r.settings[k]}" for k in (
-          "selector", "num_keyframes", "frame_order", "mode", "scoring", "prompt_template",
-          "checkpoint", "data_dir")
-          if k in r.settings)
+      settings = ", ".join(
+        f"{k}={r.settings[k]}"
+        for k in (
+          "selector",
+          "num_keyframes",
+          "frame_order",
+          "mode",
+          "scoring",
+          "prompt_template",
+          "checkpoint",
+          "data_dir",
+        )
+        if k in r.settings
+      )
       paths = eval_lib.write_result(r, out_dir)
-      lines.append(f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
-                   f"[per question]({os.path.basename(paths['jsonl'])}))")
+      lines.append(
+        f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
+        f"[per question]({os.path.basename(paths['jsonl'])}))"
+      )
     lines += ["", "### Answers by option letter", "", prediction_summary(loaded), ""]
-    groups = [("overall", "accuracy_overall.png"),
-              ("duration_bucket", "accuracy_by_duration.png"),
-              ("task_type", "accuracy_by_task.png")]
+    groups = [
+      ("overall", "accuracy_overall.png"),
+      ("duration_bucket", "accuracy_by_duration.png"),
+      ("task_type", "accuracy_by_task.png"),
+    ]
     if any(r["group"] == "problem_type" for r in eval_lib.comparison_rows(loaded)):
       groups.append(("problem_type", "accuracy_by_problem_type.png"))
     for group, file in groups:

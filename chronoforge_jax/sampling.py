@@ -76,10 +76,21 @@ import numpy as np
 
 from chronoforge_jax.models.text import KVCache, SharedPrefixCache
 
-INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw",
-              "second_per_grid_ts", "patch_timestamps", "video_embeds")
-_VIDEO_ARRAY_KEYS = ("pixel_values_videos", "second_per_grid_ts", "patch_timestamps",
-                     "video_embeds")
+INPUT_KEYS = (
+  "input_ids",
+  "attention_mask",
+  "pixel_values_videos",
+  "video_grid_thw",
+  "second_per_grid_ts",
+  "patch_timestamps",
+  "video_embeds",
+)
+_VIDEO_ARRAY_KEYS = (
+  "pixel_values_videos",
+  "second_per_grid_ts",
+  "patch_timestamps",
+  "video_embeds",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -103,10 +114,14 @@ class SamplingParams:
   suppress: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0
-            and math.isfinite(self.temperature)):
-      raise ValueError(f"temperature={self.temperature!r}: use 0 for greedy or a positive "
-                       "finite number")
+    if not (
+      isinstance(self.temperature, (int, float))
+      and self.temperature >= 0
+      and math.isfinite(self.temperature)
+    ):
+      raise ValueError(
+        f"temperature={self.temperature!r}: use 0 for greedy or a positive finite number"
+      )
     if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
       raise ValueError(f"top_k={self.top_k!r}: use a non-negative int (0 turns it off)")
     if not 0.0 < self.top_p <= 1.0:
@@ -121,10 +136,19 @@ class SamplingParams:
     return self.temperature == 0.0
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=("tokens", "completion_mask", "logprobs", "policy_logprobs",
-                                "model_logprobs", "lengths", "stopped"),
-                   meta_fields=("num_samples",))
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=(
+    "tokens",
+    "completion_mask",
+    "logprobs",
+    "policy_logprobs",
+    "model_logprobs",
+    "lengths",
+    "stopped",
+  ),
+  meta_fields=("num_samples",),
+)
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
   """Generated answers; rows are prompt-major (row r = sample r % G of prompt r // G).
@@ -157,6 +181,7 @@ class SampleOutput:
 # ------------------------------------------------------------------------------------
 # Pure sampling math.
 # ------------------------------------------------------------------------------------
+
 
 def process_logits(logits_bv: jax.Array, params: SamplingParams) -> jax.Array:
   """Temperature, then top-k, then top-p (HF warper order); -inf outside the support.
@@ -206,9 +231,9 @@ def _gather_logprob(logits_bv: jax.Array, tokens_b: jax.Array) -> jax.Array:
 LOGPROBS = ("logprobs", "policy_logprobs", "model_logprobs")
 
 
-def sample_step(keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams,
-                want: Sequence[str] = LOGPROBS
-                ) -> tuple[jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]:
+def sample_step(
+  keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams, want: Sequence[str] = LOGPROBS
+) -> tuple[jax.Array, jax.Array | None, jax.Array | None, jax.Array | None]:
   """Draws one token per row and the log-probs in `want` (see the module docstring).
 
   Args:
@@ -225,21 +250,35 @@ def sample_step(keys_b: jax.Array, logits_bv: jax.Array, params: SamplingParams,
   logits = logits_bv.astype(jnp.float32)
   if params.greedy:
     tokens = jnp.argmax(_suppress(logits, params.suppress), axis=-1).astype(jnp.int32)
-    model_lp = (_gather_logprob(logits, tokens)
-                if {"policy_logprobs", "model_logprobs"} & set(want) else None)
-    return (tokens, jnp.zeros(tokens.shape, jnp.float32) if "logprobs" in want else None,
-            model_lp if "policy_logprobs" in want else None,
-            model_lp if "model_logprobs" in want else None)
+    model_lp = (
+      _gather_logprob(logits, tokens) if {"policy_logprobs", "model_logprobs"} & set(want) else None
+    )
+    return (
+      tokens,
+      jnp.zeros(tokens.shape, jnp.float32) if "logprobs" in want else None,
+      model_lp if "policy_logprobs" in want else None,
+      model_lp if "model_logprobs" in want else None,
+    )
   processed = process_logits(logits, params)
   tokens = jax.vmap(jax.random.categorical)(keys_b, processed).astype(jnp.int32)
-  model_lp = (_gather_logprob(logits, tokens) if "model_logprobs" in want
-              or ("policy_logprobs" in want and params.temperature == 1.0) else None)
+  model_lp = (
+    _gather_logprob(logits, tokens)
+    if "model_logprobs" in want or ("policy_logprobs" in want and params.temperature == 1.0)
+    else None
+  )
   policy_lp = None
   if "policy_logprobs" in want:
-    policy_lp = (model_lp if params.temperature == 1.0
-                 else _gather_logprob(logits / params.temperature, tokens))
-  return (tokens, _gather_logprob(processed, tokens) if "logprobs" in want else None,
-          policy_lp, model_lp if "model_logprobs" in want else None)
+    policy_lp = (
+      model_lp
+      if params.temperature == 1.0
+      else _gather_logprob(logits / params.temperature, tokens)
+    )
+  return (
+    tokens,
+    _gather_logprob(processed, tokens) if "logprobs" in want else None,
+    policy_lp,
+    model_lp if "model_logprobs" in want else None,
+  )
 
 
 def row_keys(rng: jax.Array, batch: int, num_samples: int) -> jax.Array:
@@ -267,8 +306,9 @@ def bucket_length(n: int, *, min_bucket: int = 16, steps_per_octave: int = 4) ->
   if n < 1:
     raise ValueError(f"prompt length {n} must be >= 1")
   if min_bucket < 1 or steps_per_octave < 1:
-    raise ValueError(f"min_bucket={min_bucket} and steps_per_octave={steps_per_octave} "
-                     "must be >= 1")
+    raise ValueError(
+      f"min_bucket={min_bucket} and steps_per_octave={steps_per_octave} must be >= 1"
+    )
   step = max(min_bucket, (1 << (n.bit_length() - 1)) // steps_per_octave)
   return -(-n // step) * step
 
@@ -296,15 +336,25 @@ def share_prefix(cache: KVCache, num_samples: int, answer_len: int) -> SharedPre
     raise ValueError(f"answer_len {answer_len} must be >= 1")
   n_layers, b, _, kv, hd = cache.k.shape
   shape = (n_layers, b * num_samples, answer_len, kv, hd)
-  suffix = KVCache(k=jnp.zeros(shape, cache.k.dtype), v=jnp.zeros(shape, cache.v.dtype),
-                   mask=jnp.zeros((b * num_samples, answer_len), bool),
-                   end=jnp.zeros((), jnp.int32),
-                   next_pos=jnp.repeat(cache.next_pos, num_samples, axis=0))
+  suffix = KVCache(
+    k=jnp.zeros(shape, cache.k.dtype),
+    v=jnp.zeros(shape, cache.v.dtype),
+    mask=jnp.zeros((b * num_samples, answer_len), bool),
+    end=jnp.zeros((), jnp.int32),
+    next_pos=jnp.repeat(cache.next_pos, num_samples, axis=0),
+  )
   return SharedPrefixCache(prefix=cache, suffix=suffix).constrain()
 
 
-def kv_cache_bytes(text_config, *, prompt_len: int, max_new_tokens: int, num_samples: int,
-                   dtype, shared_prefix: bool = True) -> int:
+def kv_cache_bytes(
+  text_config,
+  *,
+  prompt_len: int,
+  max_new_tokens: int,
+  num_samples: int,
+  dtype,
+  shared_prefix: bool = True,
+) -> int:
   """Bytes of keys and values the sampler's cache holds per prompt.
 
   Shared prefix: (S + G * answer_slots(T)) slots; the former layout (`repeat_cache`):
@@ -320,10 +370,16 @@ def kv_cache_bytes(text_config, *, prompt_len: int, max_new_tokens: int, num_sam
     shared_prefix: the layout.
   """
   s, g = int(prompt_len), int(num_samples)
-  slots = (s + g * answer_slots(max_new_tokens) if shared_prefix
-           else g * (s + int(max_new_tokens) - 1))
-  per_slot = (2 * text_config.num_hidden_layers * text_config.num_key_value_heads *
-              text_config.head_dim * jnp.dtype(dtype).itemsize)
+  slots = (
+    s + g * answer_slots(max_new_tokens) if shared_prefix else g * (s + int(max_new_tokens) - 1)
+  )
+  per_slot = (
+    2
+    * text_config.num_hidden_layers
+    * text_config.num_key_value_heads
+    * text_config.head_dim
+    * jnp.dtype(dtype).itemsize
+  )
   return slots * per_slot
 
 
@@ -347,20 +403,24 @@ def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
     raise ValueError(f"max_len {max_len} is shorter than the prefilled prompt ({s} slots)")
   pad_kv = ((0, 0), (0, 0), (0, max_len - s), (0, 0), (0, 0))
   rep = functools.partial(jnp.repeat, repeats=num_samples, axis=1)
-  return KVCache(k=jnp.pad(rep(cache.k), pad_kv), v=jnp.pad(rep(cache.v), pad_kv),
-                 mask=jnp.pad(jnp.repeat(cache.mask, num_samples, axis=0),
-                              ((0, 0), (0, max_len - s))),
-                 end=cache.end,
-                 next_pos=jnp.repeat(cache.next_pos, num_samples, axis=0)).constrain()
+  return KVCache(
+    k=jnp.pad(rep(cache.k), pad_kv),
+    v=jnp.pad(rep(cache.v), pad_kv),
+    mask=jnp.pad(jnp.repeat(cache.mask, num_samples, axis=0), ((0, 0), (0, max_len - s))),
+    end=cache.end,
+    next_pos=jnp.repeat(cache.next_pos, num_samples, axis=0),
+  ).constrain()
 
 
 # ------------------------------------------------------------------------------------
 # The compiled program.
 # ------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class _Static:
   """Everything that fixes the compiled program besides array shapes."""
+
   max_new_tokens: int
   num_samples: int
   params: SamplingParams
@@ -371,8 +431,9 @@ class _Static:
   logprobs: tuple[str, ...] = LOGPROBS
 
 
-def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r,
-                 static: _Static) -> SampleOutput:
+def _decode_loop(
+  model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r, static: _Static
+) -> SampleOutput:
   """Samples up to max_new_tokens tokens per row inside one lax.while_loop."""
   r = last_logits_rv.shape[0]
   t_max = static.max_new_tokens
@@ -392,12 +453,14 @@ def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_
     return values, hit_stop, done
 
   def write(bufs, step, values):
-    return tuple(jax.lax.dynamic_update_slice_in_dim(buf, val[:, None].astype(buf.dtype),
-                                                     step, axis=1)
-                 for buf, val in zip(bufs, values))
+    return tuple(
+      jax.lax.dynamic_update_slice_in_dim(buf, val[:, None].astype(buf.dtype), step, axis=1)
+      for buf, val in zip(bufs, values)
+    )
 
-  bufs = ((jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32))
-          + tuple(jnp.zeros((r, t_max), jnp.float32) for _ in want))
+  bufs = (jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32)) + tuple(
+    jnp.zeros((r, t_max), jnp.float32) for _ in want
+  )
   # The first token comes from the prefill logits; every later one costs a decode step.
   done0 = budget_r <= 0
   values, stopped, done = sample(0, last_logits_rv, done0)
@@ -419,14 +482,20 @@ def _decode_loop(model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_
   _, _, _, _, _, stopped, bufs = jax.lax.while_loop(cond, body, carry)
   tokens, mask, *lps = bufs
   logps = dict.fromkeys(LOGPROBS) | dict(zip(want, lps))
-  return SampleOutput(tokens=tokens, completion_mask=mask, **logps,
-                      lengths=jnp.sum(mask, axis=1, dtype=jnp.int32),
-                      stopped=stopped, num_samples=static.num_samples)
+  return SampleOutput(
+    tokens=tokens,
+    completion_mask=mask,
+    **logps,
+    lengths=jnp.sum(mask, axis=1, dtype=jnp.int32),
+    stopped=stopped,
+    num_samples=static.num_samples,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"))
-def _generate_jit(graphdef, state, arrays: dict[str, jax.Array], rng: jax.Array,
-                  static: _Static) -> SampleOutput:
+def _generate_jit(
+  graphdef, state, arrays: dict[str, jax.Array], rng: jax.Array, static: _Static
+) -> SampleOutput:
   model = nnx.merge(graphdef, state)
   ids_bs, mask_bs = arrays["input_ids"], arrays["attention_mask"]
   b, s = ids_bs.shape
@@ -436,8 +505,7 @@ def _generate_jit(graphdef, state, arrays: dict[str, jax.Array], rng: jax.Array,
   # Prefill into a prompt-sized cache: answers get their own slots (share_prefix) or,
   # in the former layout, rows of prompt + answer (repeat_cache).
   cache = model.init_cache(b, s, static.cache_dtype)
-  last_logits_bv, cache, _ = model.prefill(ids_bs, mask_bs, cache, video_grid_thw=grid,
-                                           **video)
+  last_logits_bv, cache, _ = model.prefill(ids_bs, mask_bs, cache, video_grid_thw=grid, **video)
   if static.shared_prefix:
     cache = share_prefix(cache, g, answer_slots(static.max_new_tokens))
   else:
@@ -453,8 +521,8 @@ def _generate_jit(graphdef, state, arrays: dict[str, jax.Array], rng: jax.Array,
 # Host-side entry point: validation, bucketing, then one call of the compiled program.
 # ------------------------------------------------------------------------------------
 
-def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int
-                  ) -> tuple[Any, Any]:
+
+def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int) -> tuple[Any, Any]:
   """Checks names, shapes and (where this process can see them) the token values."""
   unknown = sorted(set(inputs) - set(INPUT_KEYS))
   if unknown:
@@ -463,20 +531,23 @@ def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int
     raise ValueError("generate(): inputs need 'input_ids' [B, S]")
   ids = inputs["input_ids"]
   if getattr(ids, "ndim", None) != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
-    raise ValueError(f"input_ids must be an integer [B, S] array, got "
-                     f"{getattr(ids, 'dtype', type(ids))} {getattr(ids, 'shape', None)}")
+    raise ValueError(
+      f"input_ids must be an integer [B, S] array, got "
+      f"{getattr(ids, 'dtype', type(ids))} {getattr(ids, 'shape', None)}"
+    )
   mask = inputs.get("attention_mask")
   if mask is None:
     mask = np.ones(ids.shape, np.int32)
   if tuple(mask.shape) != tuple(ids.shape):
-    raise ValueError(f"attention_mask {tuple(mask.shape)} must match input_ids "
-                     f"{tuple(ids.shape)}")
+    raise ValueError(f"attention_mask {tuple(mask.shape)} must match input_ids {tuple(ids.shape)}")
   has_video = any(inputs.get(k) is not None for k in ("pixel_values_videos", "video_embeds"))
   if has_video and inputs.get("video_grid_thw") is None:
     raise ValueError("video inputs need video_grid_thw (host NumPy [V, 3])")
   # Value checks need the tokens on this host; a multi-host global batch skips them.
-  if all(getattr(x, "is_fully_addressable", True) and not isinstance(x, jax.ShapeDtypeStruct)
-         for x in (ids, mask)):
+  if all(
+    getattr(x, "is_fully_addressable", True) and not isinstance(x, jax.ShapeDtypeStruct)
+    for x in (ids, mask)
+  ):
     ids_np, mask_np = np.asarray(ids), np.asarray(mask)
     if not mask_np.any(axis=1).all():
       rows = np.flatnonzero(~mask_np.any(axis=1)).tolist()
@@ -484,8 +555,10 @@ def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int
     if ids_np.min() < 0 or ids_np.max() >= vocab:
       raise ValueError(f"input_ids hold ids outside [0, vocab_size={vocab})")
     if not has_video and ((ids_np == video_token_id) & (mask_np > 0)).any():
-      raise ValueError(f"input_ids hold video placeholders (id {video_token_id}) but no "
-                       "pixel_values_videos or video_embeds were given")
+      raise ValueError(
+        f"input_ids hold video placeholders (id {video_token_id}) but no "
+        "pixel_values_videos or video_embeds were given"
+      )
   return ids, mask
 
 
@@ -496,8 +569,10 @@ def _stop_array(stop_tokens, batch: int, default: Sequence[int], vocab: int) -> 
   if stop.ndim <= 1:
     stop = np.broadcast_to(stop.reshape(1, -1), (batch, stop.size))
   if stop.ndim != 2 or stop.shape[0] != batch:
-    raise ValueError(f"stop_tokens has shape {stop.shape}; give a list of ids for all "
-                     f"prompts or a [B={batch}, K] array (pad with -1) per prompt")
+    raise ValueError(
+      f"stop_tokens has shape {stop.shape}; give a list of ids for all "
+      f"prompts or a [B={batch}, K] array (pad with -1) per prompt"
+    )
   if (stop >= vocab).any() or (stop < -1).any():
     raise ValueError(f"stop_tokens {stop.tolist()} must be ids in [0, {vocab}) or -1 (none)")
   if stop.shape[1] == 0:
@@ -511,18 +586,31 @@ def _check_logprobs(logprobs: Sequence[str]) -> tuple[str, ...]:
     logprobs = (logprobs,)
   unknown = set(logprobs) - set(LOGPROBS)
   if unknown:
-    raise ValueError(f"logprobs={tuple(logprobs)!r}: unknown {sorted(unknown)}; choose from "
-                     f"{LOGPROBS}")
+    raise ValueError(
+      f"logprobs={tuple(logprobs)!r}: unknown {sorted(unknown)}; choose from {LOGPROBS}"
+    )
   return tuple(name for name in LOGPROBS if name in logprobs)
 
 
-def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
-                  num_samples: int = 1, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, stop_tokens=None, rng: jax.Array | None = None,
-                  max_lengths=None, suppress_tokens: Sequence[int] | None = None,
-                  pad_id: int | None = None, bucket: bool | int = True, cache_dtype=None,
-                  shared_prefix: bool = True, logprobs: Sequence[str] = LOGPROBS
-                  ) -> tuple[Any, ...]:
+def _prepare_call(
+  model,
+  inputs: Mapping[str, Any],
+  *,
+  max_new_tokens: int,
+  num_samples: int = 1,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  stop_tokens=None,
+  rng: jax.Array | None = None,
+  max_lengths=None,
+  suppress_tokens: Sequence[int] | None = None,
+  pad_id: int | None = None,
+  bucket: bool | int = True,
+  cache_dtype=None,
+  shared_prefix: bool = True,
+  logprobs: Sequence[str] = LOGPROBS,
+) -> tuple[Any, ...]:
   """Validates and pads on the host; returns the compiled program's arguments."""
   cfg = model.config
   vocab = cfg.text.vocab_size
@@ -530,8 +618,9 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
     suppress_tokens = (cfg.image_token_id, cfg.video_token_id)
   if any(not 0 <= int(i) < vocab for i in suppress_tokens):
     raise ValueError(f"suppress_tokens {list(suppress_tokens)} must be ids in [0, {vocab})")
-  params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                          suppress=tuple(suppress_tokens))
+  params = SamplingParams(
+    temperature=temperature, top_k=top_k, top_p=top_p, suppress=tuple(suppress_tokens)
+  )
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
   if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
@@ -543,8 +632,10 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
   pad_id = cfg.pad_token_id if pad_id is None else pad_id
   pad_id = 0 if pad_id is None else int(pad_id)
   if pad_id == cfg.video_token_id or not 0 <= pad_id < vocab:
-    raise ValueError(f"pad_id={pad_id} must be a vocabulary id other than the video "
-                     f"placeholder {cfg.video_token_id}")
+    raise ValueError(
+      f"pad_id={pad_id} must be a vocabulary id other than the video "
+      f"placeholder {cfg.video_token_id}"
+    )
   ids, mask = _check_inputs(inputs, vocab, cfg.video_token_id)
   b, s = ids.shape
 
@@ -561,10 +652,10 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
   widths = ((0, 0), (s_pad - s, 0))
   if isinstance(ids, jax.ShapeDtypeStruct):  # Abstract prompts: lower_generate, planning.
     arrays["input_ids"], arrays["attention_mask"] = (
-        jax.ShapeDtypeStruct((b, s_pad), jnp.int32, sharding=x.sharding) for x in (ids, mask))
+      jax.ShapeDtypeStruct((b, s_pad), jnp.int32, sharding=x.sharding) for x in (ids, mask)
+    )
   else:
-    arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths,
-                                 constant_values=pad_id)
+    arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths, constant_values=pad_id)
     arrays["attention_mask"] = xp.pad(xp.asarray(mask).astype(np.int32), widths)
   arrays["stop_tokens"] = _stop_array(stop_tokens, b, cfg.eos_token_ids, vocab)
   if max_lengths is None:
@@ -572,28 +663,50 @@ def _prepare_call(model, inputs: Mapping[str, Any], *, max_new_tokens: int,
   else:
     budget = np.asarray(max_lengths, np.int32).reshape(-1)
     if budget.shape != (b,) or (budget < 0).any() or (budget > max_new_tokens).any():
-      raise ValueError(f"max_lengths {budget.tolist()} must be [B={b}] ints in "
-                       f"[0, max_new_tokens={max_new_tokens}]")
+      raise ValueError(
+        f"max_lengths {budget.tolist()} must be [B={b}] ints in "
+        f"[0, max_new_tokens={max_new_tokens}]"
+      )
   arrays["max_lengths"] = budget
   grid = inputs.get("video_grid_thw")
-  grid = None if grid is None else tuple(tuple(int(x) for x in row)
-                                         for row in np.asarray(grid).reshape(-1, 3))
-  static = _Static(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples),
-                   params=params, pad_id=pad_id, video_grid_thw=grid,
-                   cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype),
-                   shared_prefix=bool(shared_prefix), logprobs=_check_logprobs(logprobs))
+  grid = (
+    None
+    if grid is None
+    else tuple(tuple(int(x) for x in row) for row in np.asarray(grid).reshape(-1, 3))
+  )
+  static = _Static(
+    max_new_tokens=int(max_new_tokens),
+    num_samples=int(num_samples),
+    params=params,
+    pad_id=pad_id,
+    video_grid_thw=grid,
+    cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype),
+    shared_prefix=bool(shared_prefix),
+    logprobs=_check_logprobs(logprobs),
+  )
   graphdef, state = nnx.split(model)
   return graphdef, state, arrays, rng, static
 
 
-def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_samples: int = 1,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             stop_tokens: Sequence[int] | np.ndarray | None = None,
-             rng: jax.Array | None = None, max_lengths: np.ndarray | None = None,
-             suppress_tokens: Sequence[int] | None = None, pad_id: int | None = None,
-             bucket: bool | int = True, cache_dtype=None,
-             shared_prefix: bool = True,
-             logprobs: Sequence[str] = LOGPROBS) -> SampleOutput:
+def generate(
+  model,
+  inputs: Mapping[str, Any],
+  *,
+  max_new_tokens: int,
+  num_samples: int = 1,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  stop_tokens: Sequence[int] | np.ndarray | None = None,
+  rng: jax.Array | None = None,
+  max_lengths: np.ndarray | None = None,
+  suppress_tokens: Sequence[int] | None = None,
+  pad_id: int | None = None,
+  bucket: bool | int = True,
+  cache_dtype=None,
+  shared_prefix: bool = True,
+  logprobs: Sequence[str] = LOGPROBS,
+) -> SampleOutput:
   """Samples `num_samples` answers per prompt with a shared prefill and a KV cache.
 
   Args:
@@ -626,12 +739,26 @@ def generate(model, inputs: Mapping[str, Any], *, max_new_tokens: int, num_sampl
   Returns:
     A SampleOutput with [B * num_samples] rows.
   """
-  return _generate_jit(*_prepare_call(
-      model, inputs, max_new_tokens=max_new_tokens, num_samples=num_samples,
-      temperature=temperature, top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, rng=rng,
-      max_lengths=max_lengths, suppress_tokens=suppress_tokens, pad_id=pad_id,
-      bucket=bucket, cache_dtype=cache_dtype, shared_prefix=shared_prefix,
-      logprobs=logprobs))
+  return _generate_jit(
+    *_prepare_call(
+      model,
+      inputs,
+      max_new_tokens=max_new_tokens,
+      num_samples=num_samples,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      stop_tokens=stop_tokens,
+      rng=rng,
+      max_lengths=max_lengths,
+      suppress_tokens=suppress_tokens,
+      pad_id=pad_id,
+      bucket=bucket,
+      cache_dtype=cache_dtype,
+      shared_prefix=shared_prefix,
+      logprobs=logprobs,
+    )
+  )
 
 
 def lower_generate(model, inputs: Mapping[str, Any], **kwargs: Any) -> jax.stages.Lowered:

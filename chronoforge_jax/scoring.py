@@ -38,12 +38,12 @@ SCORINGS: Registry[ScoringFn] = Registry("scoring")
 # lmms-eval videomme/utils.py @ d0c1eae7, verbatim: two pairs of prefixes lack a comma
 # there, so Python joins them ("The best option isThe correct option is"); kept as is.
 LMMS_EVAL_ANSWER_PREFIXES = (
-    "The best answer is",
-    "The correct answer is",
-    "The answer is",
-    "The answer",
-    "The best option is" "The correct option is",
-    "Best answer:" "Best option:",
+  "The best answer is",
+  "The correct answer is",
+  "The answer is",
+  "The answer",
+  "The best option isThe correct option is",
+  "Best answer:Best option:",
 )
 
 
@@ -86,8 +86,7 @@ def score(name: str, text: str, options: Sequence[str]) -> int | None:
 EVAL_DEFAULTS = "eval_defaults.json"
 
 
-def write_eval_defaults(workdir: str | os.PathLike, *, prompt_template: str,
-                        scoring: str) -> str:
+def write_eval_defaults(workdir: str | os.PathLike, *, prompt_template: str, scoring: str) -> str:
   """Records a run's prompt template and scoring in `<workdir>/eval_defaults.json`.
 
   `launch.eval` reads it (`read_eval_defaults`), so a checkpoint is evaluated with the

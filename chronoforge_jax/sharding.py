@@ -43,38 +43,38 @@ LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 # Logical axis -> mesh axes. Params are FSDP-sharded on their model dim and tensor-parallel
 # on heads / MLP / vocab; activations are sharded on batch only (plus heads/MLP on tensor).
 DEFAULT_RULES: LogicalRules = (
-    # activations
-    ("batch", ("data", "fsdp")),
-    ("vision_batch", ("data", "fsdp")),
-    ("act_seq", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    # the stacked layer axis of scanned layer stacks ([L, ...] params): every device
-    # holds all layers of its shard
-    ("layers", None),
-    # decoder params
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("norm", None),
-    # vision params
-    ("vision_patch", None),
-    ("vision_embed", "fsdp"),
-    ("vision_qkv", "tensor"),
-    ("vision_heads", "tensor"),
-    ("vision_mlp", "tensor"),
-    ("vision_merged", "fsdp"),
-    # KV cache [layers, batch, seq, kv_heads, head_dim]
-    ("cache_layers", None),
-    ("cache_batch", ("data", "fsdp")),
-    ("cache_seq", None),
-    ("cache_kv_heads", "tensor"),
-    ("cache_head_dim", None),
+  # activations
+  ("batch", ("data", "fsdp")),
+  ("vision_batch", ("data", "fsdp")),
+  ("act_seq", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  # the stacked layer axis of scanned layer stacks ([L, ...] params): every device
+  # holds all layers of its shard
+  ("layers", None),
+  # decoder params
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("norm", None),
+  # vision params
+  ("vision_patch", None),
+  ("vision_embed", "fsdp"),
+  ("vision_qkv", "tensor"),
+  ("vision_heads", "tensor"),
+  ("vision_mlp", "tensor"),
+  ("vision_merged", "fsdp"),
+  # KV cache [layers, batch, seq, kv_heads, head_dim]
+  ("cache_layers", None),
+  ("cache_batch", ("data", "fsdp")),
+  ("cache_seq", None),
+  ("cache_kv_heads", "tensor"),
+  ("cache_head_dim", None),
 )
 
 
@@ -102,8 +102,9 @@ def current_rules() -> LogicalRules:
   return _RULES.stack[-1] if _RULES.stack else DEFAULT_RULES
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), *,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  shape: Sequence[int] = (-1, 1, 1), *, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """Builds a ('data', 'fsdp', 'tensor') mesh with Auto axis types.
 
   Args:
@@ -122,14 +123,14 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), *,
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if len(devices) % known:
-      raise ValueError(f"mesh shape {shape}: {len(devices)} devices are not divisible by "
-                       f"{known}")
+      raise ValueError(f"mesh shape {shape}: {len(devices)} devices are not divisible by {known}")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have "
-                     f"{len(devices)}; use -1 for one axis to take the rest")
-  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
-                       devices=devices)
+    raise ValueError(
+      f"mesh shape {shape} needs {int(np.prod(shape))} devices, have "
+      f"{len(devices)}; use -1 for one axis to take the rest"
+    )
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def mesh_from_config(cfg: Mapping[str, Any] | Any) -> Mesh:
@@ -142,8 +143,13 @@ def _mesh_sizes(mesh) -> dict[str, int]:
   return dict(zip(mesh.axis_names, mesh.axis_sizes))
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], *, shape: Sequence[int] | None = None,
-                    mesh=None, rules: LogicalRules | None = None) -> PartitionSpec:
+def logical_to_spec(
+  logical_axes: Sequence[str | None],
+  *,
+  shape: Sequence[int] | None = None,
+  mesh=None,
+  rules: LogicalRules | None = None,
+) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec.
 
   Args:
@@ -195,8 +201,9 @@ def shard(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
   if mesh.empty:
     return x
   if len(logical_axes) != x.ndim:
-    raise ValueError(f"shard(): {len(logical_axes)} axis names {tuple(logical_axes)} for an "
-                     f"array of rank {x.ndim}")
+    raise ValueError(
+      f"shard(): {len(logical_axes)} axis names {tuple(logical_axes)} for an array of rank {x.ndim}"
+    )
   spec = logical_to_spec(logical_axes, shape=x.shape, mesh=mesh)
   return jax.lax.with_sharding_constraint(x, spec)
 
@@ -226,14 +233,24 @@ def state_shardings(state: Any, mesh: Mesh, rules: LogicalRules | None = None) -
   if isinstance(state, nnx.Module):
     state = nnx.state(state)
   return jax.tree.map(
-      lambda v: v.replace(_variable_sharding(v, mesh, rules)) if isinstance(v, nnx.Variable)
-      else NamedSharding(mesh, PartitionSpec()),
-      state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    lambda v: (
+      v.replace(_variable_sharding(v, mesh, rules))
+      if isinstance(v, nnx.Variable)
+      else NamedSharding(mesh, PartitionSpec())
+    ),
+    state,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
 
 
 def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalRules | None = None) -> Any:
   """Like `state_shardings`, but returns plain NamedSharding leaves (Variables unwrapped)."""
   return jax.tree.map(
-      lambda v: (_variable_sharding(v, mesh, rules) if isinstance(v, nnx.Variable)
-                 else NamedSharding(mesh, PartitionSpec())),
-      tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    lambda v: (
+      _variable_sharding(v, mesh, rules)
+      if isinstance(v, nnx.Variable)
+      else NamedSharding(mesh, PartitionSpec())
+    ),
+    tree,
+    is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )

@@ -35,9 +35,10 @@ SOFT_METHODS = ("sinkhorn", "gumbel", "perturbed")
 
 class TADOutput(NamedTuple):
   """Per-frame TAD diagnostics, each [B, T] (or [T] for unbatched input)."""
-  scores: jax.Array        # f32 variation v_t.
-  inflections: jax.Array   # bool: t is a prominent local maximum of v.
-  priority: jax.Array      # f32 ranking key; -inf on padding.
+
+  scores: jax.Array  # f32 variation v_t.
+  inflections: jax.Array  # bool: t is a prominent local maximum of v.
+  priority: jax.Array  # f32 ranking key; -inf on padding.
 
 
 def _batched(x: jax.Array, mask: jax.Array | None, event_dims: int, name: str):
@@ -50,15 +51,19 @@ def _batched(x: jax.Array, mask: jax.Array | None, event_dims: int, name: str):
   elif x.ndim == event_dims + 1:
     squeeze = False
   else:
-    raise ValueError(f"{name} must have shape {'[B, T, D]' if event_dims == 2 else '[B, T]'}"
-                     f" (or unbatched), got {x.shape}")
+    raise ValueError(
+      f"{name} must have shape {'[B, T, D]' if event_dims == 2 else '[B, T]'}"
+      f" (or unbatched), got {x.shape}"
+    )
   b, t = x.shape[:2]
   if mask is None:
     mask = jnp.ones((b, t), bool)
   mask = jnp.asarray(mask)
   if mask.shape != (b, t):
-    raise ValueError(f"mask shape {mask.shape} does not match {name} shape {x.shape}: "
-                     "expected one entry per frame, [B, T]")
+    raise ValueError(
+      f"mask shape {mask.shape} does not match {name} shape {x.shape}: "
+      "expected one entry per frame, [B, T]"
+    )
   return x, mask.astype(bool), squeeze
 
 
@@ -72,9 +77,13 @@ def _shift_right(x_bt: jax.Array, fill) -> jax.Array:
   return jnp.concatenate([jnp.full_like(x_bt[:, :1], fill), x_bt[:, :-1]], axis=1)
 
 
-def variation_scores(features_btd: jax.Array, mask_bt: jax.Array | None = None, *,
-                     distance: Literal["cosine", "l2"] = "cosine",
-                     smooth: int = 0) -> jax.Array:
+def variation_scores(
+  features_btd: jax.Array,
+  mask_bt: jax.Array | None = None,
+  *,
+  distance: Literal["cosine", "l2"] = "cosine",
+  smooth: int = 0,
+) -> jax.Array:
   """Change of each frame from the previous one.
 
   Args:
@@ -106,8 +115,9 @@ def variation_scores(features_btd: jax.Array, mask_bt: jax.Array | None = None, 
   if distance == "cosine":
     v_bt = 1.0 - jnp.sum(x_btd * prev_btd, axis=-1) * inv_bt * prev_inv_bt
   else:
-    d2_bt = jnp.sum(jnp.square(x_btd * inv_bt[..., None] - prev_btd * prev_inv_bt[..., None]),
-                    axis=-1)
+    d2_bt = jnp.sum(
+      jnp.square(x_btd * inv_bt[..., None] - prev_btd * prev_inv_bt[..., None]), axis=-1
+    )
     v_bt = jnp.where(d2_bt > _TINY, jnp.sqrt(jnp.where(d2_bt > _TINY, d2_bt, 1.0)), 0.0)
   both_zero_bt = zero_bt & _shift_right(zero_bt, True)
   pair_bt = mask_bt & _shift_right(mask_bt, False)
@@ -156,9 +166,14 @@ def _side_base(v_bt, mask_bt, window: int, direction: int) -> jax.Array:
   return jax.lax.fori_loop(1, window + 1, body, init)[1]
 
 
-def inflection_points(scores_bt: jax.Array, mask_bt: jax.Array | None = None, *,
-                      prominence: float = 0.1, min_prominence: float = 1e-6,
-                      window: int = 16) -> jax.Array:
+def inflection_points(
+  scores_bt: jax.Array,
+  mask_bt: jax.Array | None = None,
+  *,
+  prominence: float = 0.1,
+  min_prominence: float = 1e-6,
+  window: int = 16,
+) -> jax.Array:
   """Frames where the variation curve peaks: prominent local maxima.
 
   A frame t is an inflection when (i) the curve rises into it (v_t > v_{t-1}) and the
@@ -193,19 +208,31 @@ def inflection_points(scores_bt: jax.Array, mask_bt: jax.Array | None = None, *,
   next_bt = jnp.concatenate([next_bt[:, 1:], jnp.full((b, 1), t)], axis=1)
   has_next_bt = next_bt < t
   nxt = jnp.minimum(next_bt, t - 1)
-  falls_bt = (has_next_bt & jnp.take_along_axis(pair_bt, nxt, axis=1)
-              & (jnp.take_along_axis(d_bt, nxt, axis=1) < 0))
+  falls_bt = (
+    has_next_bt
+    & jnp.take_along_axis(pair_bt, nxt, axis=1)
+    & (jnp.take_along_axis(d_bt, nxt, axis=1) < 0)
+  )
   peak_bt = pair_bt & (d_bt > 0) & falls_bt
-  base_bt = jnp.maximum(_side_base(v_bt, mask_bt, window, -1),
-                        _side_base(v_bt, mask_bt, window, +1))
+  base_bt = jnp.maximum(
+    _side_base(v_bt, mask_bt, window, -1), _side_base(v_bt, mask_bt, window, +1)
+  )
   threshold_b1 = jnp.maximum(prominence * _score_range(v_bt, mask_bt), min_prominence)
   return _unbatch(squeeze, peak_bt & (v_bt - base_bt >= threshold_b1))
 
 
-def analyze(features_btd: jax.Array, mask_bt: jax.Array | None = None, *,
-            distance: Literal["cosine", "l2"] = "cosine", smooth: int = 0,
-            prominence: float = 0.1, min_prominence: float = 1e-6, window: int = 16,
-            boost: float = 1.0, boost_mode: Literal["add", "mul"] = "add") -> TADOutput:
+def analyze(
+  features_btd: jax.Array,
+  mask_bt: jax.Array | None = None,
+  *,
+  distance: Literal["cosine", "l2"] = "cosine",
+  smooth: int = 0,
+  prominence: float = 0.1,
+  min_prominence: float = 1e-6,
+  window: int = 16,
+  boost: float = 1.0,
+  boost_mode: Literal["add", "mul"] = "add",
+) -> TADOutput:
   """Runs TAD's scoring stages and returns scores, inflections and priorities.
 
   Args:
@@ -227,8 +254,9 @@ def analyze(features_btd: jax.Array, mask_bt: jax.Array | None = None, *,
     raise ValueError(f"boost={boost!r}: expected a non-negative bonus")
   x_btd, mask_bt, squeeze = _batched(features_btd, mask_bt, 2, "features")
   v_bt = variation_scores(x_btd, mask_bt, distance=distance, smooth=smooth)
-  infl_bt = inflection_points(v_bt, mask_bt, prominence=prominence,
-                              min_prominence=min_prominence, window=window)
+  infl_bt = inflection_points(
+    v_bt, mask_bt, prominence=prominence, min_prominence=min_prominence, window=window
+  )
   if boost_mode == "add":
     # The range only sets the bonus' units; gradients should flow through v_t alone.
     bonus_bt = boost * jax.lax.stop_gradient(_score_range(v_bt, mask_bt))
@@ -239,8 +267,9 @@ def analyze(features_btd: jax.Array, mask_bt: jax.Array | None = None, *,
   return TADOutput(*_unbatch(squeeze, v_bt, infl_bt, p_bt))
 
 
-def top_k_chronological(priority_bt: jax.Array, k: int,
-                        mask_bt: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def top_k_chronological(
+  priority_bt: jax.Array, k: int, mask_bt: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
   """The k highest-priority real frames in time order (ties: earlier frame wins).
 
   Args:
@@ -275,13 +304,17 @@ SELECTORS: Registry = Registry("keyframe selector")
 
 def analyze_defaults() -> dict[str, object]:
   """`analyze`'s settings and their defaults (what `select_keyframes(**kwargs)` takes)."""
-  return {name: p.default for name, p in inspect.signature(analyze).parameters.items()
-          if p.kind is inspect.Parameter.KEYWORD_ONLY}
+  return {
+    name: p.default
+    for name, p in inspect.signature(analyze).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+  }
 
 
 @SELECTORS.register("tad")
-def select_keyframes(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None,
-                     **tad_kwargs) -> tuple[jax.Array, jax.Array]:
+def select_keyframes(
+  features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None, **tad_kwargs
+) -> tuple[jax.Array, jax.Array]:
   """TAD keyframes: top-k of variation + inflection boost, in chronological order.
 
   Args:
@@ -301,8 +334,9 @@ def select_keyframes(features_btd: jax.Array, k: int, mask_bt: jax.Array | None 
 
 
 @SELECTORS.register("uniform")
-def uniform_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None,
-                   **ignored) -> tuple[jax.Array, jax.Array]:
+def uniform_select(
+  features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None, **ignored
+) -> tuple[jax.Array, jax.Array]:
   """Evenly spaced frames: slot j takes real frame floor((2j + 1) n / 2k) of n.
 
   Same interface as `select_keyframes` (features are used only for their shape;
@@ -318,8 +352,9 @@ def uniform_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = 
   j_1k = jnp.arange(k, dtype=jnp.int32)[None, :]
   valid_bk = j_1k < jnp.minimum(n_b1, k)
   # With k > n, the n real frames fill the first n slots, one each.
-  rank_bk = jnp.where(k <= n_b1, ((2 * j_1k + 1) * n_b1) // (2 * k),
-                      jnp.minimum(j_1k, jnp.maximum(n_b1 - 1, 0)))
+  rank_bk = jnp.where(
+    k <= n_b1, ((2 * j_1k + 1) * n_b1) // (2 * k), jnp.minimum(j_1k, jnp.maximum(n_b1 - 1, 0))
+  )
   # Positions of the real frames, in time order, first (works for any mask, not just
   # a valid prefix).
   real_bt = jnp.argsort(jnp.where(mask_bt, 0, 1), axis=1, stable=True)
@@ -327,8 +362,9 @@ def uniform_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = 
   return _unbatch(squeeze, idx_bk.astype(jnp.int32), valid_bk)
 
 
-def select(name: str, features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None,
-           **kwargs) -> tuple[jax.Array, jax.Array]:
+def select(
+  name: str, features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None, **kwargs
+) -> tuple[jax.Array, jax.Array]:
   """Runs the selector registered as `name` ("tad" or "uniform"); see SELECTORS."""
   return SELECTORS.get(name)(features_btd, k, mask_bt, **kwargs)
 
@@ -356,14 +392,13 @@ def _sinkhorn_membership(z_bt, mask_bt, k, temperature, n_iters):
 
   def body(_, fg):
     f_bt, g_b2 = fg
-    f_bt = eps * log_mu_bt - eps * jax.nn.logsumexp((g_b2[:, None, :] - cost_bt2) / eps,
-                                                    axis=2)
-    g_b2 = eps * log_nu_b2 - eps * jax.nn.logsumexp((f_bt[..., None] - cost_bt2) / eps,
-                                                    axis=1)
+    f_bt = eps * log_mu_bt - eps * jax.nn.logsumexp((g_b2[:, None, :] - cost_bt2) / eps, axis=2)
+    g_b2 = eps * log_nu_b2 - eps * jax.nn.logsumexp((f_bt[..., None] - cost_bt2) / eps, axis=1)
     return f_bt, g_b2
 
-  f_bt, g_b2 = jax.lax.fori_loop(0, n_iters, body,
-                                 (jnp.zeros_like(z_bt), jnp.zeros_like(z_bt[:, :1]) + anchors))
+  f_bt, g_b2 = jax.lax.fori_loop(
+    0, n_iters, body, (jnp.zeros_like(z_bt), jnp.zeros_like(z_bt[:, :1]) + anchors)
+  )
   plan_bt = jnp.exp((f_bt + g_b2[:, None, 1] - cost_bt2[..., 1]) / eps)
   return jnp.where(mask_bt, plan_bt * n_b1, 0.0)
 
@@ -433,11 +468,18 @@ def _perturbed_topk_bwd(k, res, g_bt):
 _perturbed_topk.defvjp(_perturbed_topk_fwd, _perturbed_topk_bwd)
 
 
-def soft_select(features_btd: jax.Array, k: int, mask_bt: jax.Array | None = None, *,
-                temperature: float = 0.05,
-                method: Literal["sinkhorn", "gumbel", "perturbed"] = "sinkhorn",
-                rng: jax.Array | None = None, n_iters: int = 50,
-                num_samples: int = 256, **tad_kwargs) -> jax.Array:
+def soft_select(
+  features_btd: jax.Array,
+  k: int,
+  mask_bt: jax.Array | None = None,
+  *,
+  temperature: float = 0.05,
+  method: Literal["sinkhorn", "gumbel", "perturbed"] = "sinkhorn",
+  rng: jax.Array | None = None,
+  n_iters: int = 50,
+  num_samples: int = 256,
+  **tad_kwargs,
+) -> jax.Array:
   """Differentiable TAD selection matrix with a hard straight-through forward.
 
   The forward value is exactly one_hot(select_keyframes(...).indices) [B, k, T]. The

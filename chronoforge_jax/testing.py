@@ -30,8 +30,14 @@ def _bounce(position: int, span: int) -> int:
   return int(q if q <= span else 2 * span - q)
 
 
-def cut_video_frames(num_frames: int, cuts: Sequence[int], size: int | Sequence[int],
-                     *, seed: int = 0, noise: float = 0.0) -> np.ndarray:
+def cut_video_frames(
+  num_frames: int,
+  cuts: Sequence[int],
+  size: int | Sequence[int],
+  *,
+  seed: int = 0,
+  noise: float = 0.0,
+) -> np.ndarray:
   """Renders the raw frames that `write_cut_video` encodes.
 
   Each scene (the frames between consecutive cuts) has its own random stripe pattern and
@@ -51,8 +57,7 @@ def cut_video_frames(num_frames: int, cuts: Sequence[int], size: int | Sequence[
   height, width = _hw(size)
   cuts = [int(c) for c in cuts]
   if any(not 0 < c < num_frames for c in cuts) or cuts != sorted(set(cuts)):
-    raise ValueError(
-        f"cuts={cuts} must be strictly increasing frame indices in (0, {num_frames})")
+    raise ValueError(f"cuts={cuts} must be strictly increasing frame indices in (0, {num_frames})")
   bounds = [0, *cuts, num_frames]
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   frames_thwc = np.empty((num_frames, height, width, 3), np.uint8)
@@ -73,15 +78,21 @@ def cut_video_frames(num_frames: int, cuts: Sequence[int], size: int | Sequence[
       frame_hwc = background_hwc.copy()
       y = _bounce(y0 + vy * (t - start), height - box)
       x = _bounce(x0 + vx * (t - start), width - box)
-      frame_hwc[y:y + box, x:x + box] = box_colour
+      frame_hwc[y : y + box, x : x + box] = box_colour
       if noise:
         frame_hwc = frame_hwc + noise_rng.normal(0, noise, frame_hwc.shape)
       frames_thwc[t] = np.clip(frame_hwc, 0, 255).astype(np.uint8)
   return frames_thwc
 
 
-def write_frames(path: str | os.PathLike, frames_thwc: np.ndarray, fps: float,
-                 *, codec: str = "h264", crf: int = 20) -> None:
+def write_frames(
+  path: str | os.PathLike,
+  frames_thwc: np.ndarray,
+  fps: float,
+  *,
+  codec: str = "h264",
+  crf: int = 20,
+) -> None:
   """Encodes uint8 frames [T, H, W, 3] to a video file with PyAV.
 
   Args:
@@ -98,7 +109,8 @@ def write_frames(path: str | os.PathLike, frames_thwc: np.ndarray, fps: float,
   frames_thwc = np.asarray(frames_thwc)
   if frames_thwc.dtype != np.uint8 or frames_thwc.ndim != 4 or frames_thwc.shape[-1] != 3:
     raise ValueError(
-        f"frames must be uint8 [T, H, W, 3], got {frames_thwc.dtype} {frames_thwc.shape}")
+      f"frames must be uint8 [T, H, W, 3], got {frames_thwc.dtype} {frames_thwc.shape}"
+    )
   _, height, width, _ = frames_thwc.shape
   if height % 2 or width % 2:
     raise ValueError(f"frame size {height}x{width} must be even for yuv420p encoding")
@@ -114,9 +126,17 @@ def write_frames(path: str | os.PathLike, frames_thwc: np.ndarray, fps: float,
     container.mux(stream.encode(None))
 
 
-def write_cut_video(path: str | os.PathLike, num_frames: int, cuts: Sequence[int],
-                    size: int | Sequence[int] = 64, fps: float = 10.0,
-                    codec: str = "h264", *, seed: int = 0, noise: float = 0.0) -> None:
+def write_cut_video(
+  path: str | os.PathLike,
+  num_frames: int,
+  cuts: Sequence[int],
+  size: int | Sequence[int] = 64,
+  fps: float = 10.0,
+  codec: str = "h264",
+  *,
+  seed: int = 0,
+  noise: float = 0.0,
+) -> None:
   """Writes an H.264 mp4 whose content changes abruptly exactly at frames `cuts`.
 
   Args:
@@ -129,12 +149,12 @@ def write_cut_video(path: str | os.PathLike, num_frames: int, cuts: Sequence[int
     seed: seeds the scene patterns (same seed, same video).
     noise: std of Gaussian pixel noise per frame, in levels.
   """
-  write_frames(path, cut_video_frames(num_frames, cuts, size, seed=seed, noise=noise), fps,
-               codec=codec)
+  write_frames(
+    path, cut_video_frames(num_frames, cuts, size, seed=seed, noise=noise), fps, codec=codec
+  )
 
 
-def random_cuts(num_frames: int, num_cuts: int, *, min_gap: int = 4,
-                seed: int = 0) -> list[int]:
+def random_cuts(num_frames: int, num_cuts: int, *, min_gap: int = 4, seed: int = 0) -> list[int]:
   """Draws `num_cuts` cut frames in (0, num_frames) at least `min_gap` frames apart.
 
   Args:
@@ -148,8 +168,7 @@ def random_cuts(num_frames: int, num_cuts: int, *, min_gap: int = 4,
   """
   slack = num_frames - min_gap * (num_cuts + 1)
   if slack < 0:
-    raise ValueError(
-        f"cannot place {num_cuts} cuts {min_gap} frames apart in {num_frames} frames")
+    raise ValueError(f"cannot place {num_cuts} cuts {min_gap} frames apart in {num_frames} frames")
   rng = np.random.default_rng(seed)
   # Stars and bars: split the slack into num_cuts + 1 gaps, each padded by min_gap.
   extra = np.sort(rng.integers(0, slack + 1, size=num_cuts))
@@ -162,8 +181,9 @@ def random_cuts(num_frames: int, num_cuts: int, *, min_gap: int = 4,
 # ------------------------------------------------------------------------------------
 
 
-def reference_variation(x_td: np.ndarray, mask_t: np.ndarray, distance: str = "cosine",
-                        smooth: int = 0) -> np.ndarray:
+def reference_variation(
+  x_td: np.ndarray, mask_t: np.ndarray, distance: str = "cosine", smooth: int = 0
+) -> np.ndarray:
   """TAD stage 1 for one video, float64, frame by frame (see tad.variation_scores)."""
   x_td = np.asarray(x_td, np.float64)
   t = len(x_td)
@@ -197,8 +217,13 @@ def reference_variation(x_td: np.ndarray, mask_t: np.ndarray, distance: str = "c
   return v
 
 
-def reference_inflections(v_t: np.ndarray, mask_t: np.ndarray, prominence: float = 0.1,
-                          min_prominence: float = 1e-6, window: int = 16) -> np.ndarray:
+def reference_inflections(
+  v_t: np.ndarray,
+  mask_t: np.ndarray,
+  prominence: float = 0.1,
+  min_prominence: float = 1e-6,
+  window: int = 16,
+) -> np.ndarray:
   """TAD stage 2 for one video, float64, frame by frame (see tad.inflection_points)."""
   v_t = np.asarray(v_t, np.float64)
   t = len(v_t)
@@ -225,8 +250,9 @@ def reference_inflections(v_t: np.ndarray, mask_t: np.ndarray, prominence: float
   return out
 
 
-def reference_select(x_td: np.ndarray, k: int, mask_t: np.ndarray, boost: float = 1.0,
-                     boost_mode: str = "add", **kw) -> tuple[np.ndarray, ...]:
+def reference_select(
+  x_td: np.ndarray, k: int, mask_t: np.ndarray, boost: float = 1.0, boost_mode: str = "add", **kw
+) -> tuple[np.ndarray, ...]:
   """TAD stage 3 for one video, float64, frame by frame (see tad.select_keyframes).
 
   Returns:
@@ -244,8 +270,7 @@ def reference_select(x_td: np.ndarray, k: int, mask_t: np.ndarray, boost: float 
   ranked = sorted(real, key=lambda i: (-prio[i], i))[:k]
   chosen = sorted(ranked)
   fill = chosen[-1] if chosen else 0
-  return (np.asarray(chosen + [fill] * (k - len(chosen))),
-          np.arange(k) < len(chosen), v, infl)
+  return (np.asarray(chosen + [fill] * (k - len(chosen))), np.arange(k) < len(chosen), v, infl)
 
 
 def free_port() -> int:

@@ -32,8 +32,10 @@ IMAGE_PAD = "<|image_pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, VISION_START, VISION_END, VIDEO_PAD, IMAGE_PAD)
 
 SYSTEM_PROMPT = "You are a helpful assistant."
-INSTRUCTION = ("Think about the question inside <think> </think> tags, then give only the "
-               "option letter inside <answer> </answer> tags.")
+INSTRUCTION = (
+  "Think about the question inside <think> </think> tags, then give only the "
+  "option letter inside <answer> </answer> tags."
+)
 LETTERS = string.ascii_uppercase
 
 
@@ -55,8 +57,9 @@ class Tokenizer:
     missing = [t for t, i in ids.items() if i is None]
     if missing:
       raise ValueError(
-          f"tokenizer {name} lacks the Qwen2.5-VL special tokens {missing}; use a "
-          "Qwen2.5-VL tokenizer.json or build one with build_tiny_tokenizer()")
+        f"tokenizer {name} lacks the Qwen2.5-VL special tokens {missing}; use a "
+        "Qwen2.5-VL tokenizer.json or build one with build_tiny_tokenizer()"
+      )
     self.pad_id = ids[ENDOFTEXT]
     self.eos_id = ids[IM_END]
     self.eos_ids = (ids[IM_END], ids[ENDOFTEXT])
@@ -83,8 +86,9 @@ class Tokenizer:
     path = os.path.join(os.fspath(directory), "tokenizer.json")
     if not os.path.isfile(path):
       raise FileNotFoundError(
-          f"no tokenizer.json in {os.fspath(directory)!r}; point input.tokenizer_dir at a "
-          "local Qwen2.5-VL checkpoint folder, or build one with build_tiny_tokenizer()")
+        f"no tokenizer.json in {os.fspath(directory)!r}; point input.tokenizer_dir at a "
+        "local Qwen2.5-VL checkpoint folder, or build one with build_tiny_tokenizer()"
+      )
     return cls(tokenizers.Tokenizer.from_file(path), name=path)
 
   def __getstate__(self):
@@ -105,16 +109,24 @@ class Tokenizer:
   def token_to_id(self, token: str) -> int | None:
     return self._tok.token_to_id(token)
 
-  def question_text(self, question: str, options: Sequence[str], *,
-                    instruction: str = INSTRUCTION) -> str:
+  def question_text(
+    self, question: str, options: Sequence[str], *, instruction: str = INSTRUCTION
+  ) -> str:
     """The user text after the video: question, lettered options, answer instruction."""
     if not 2 <= len(options) <= len(LETTERS):
       raise ValueError(f"question {question[:60]!r} has {len(options)} options; need 2-26")
     lines = [question.strip(), *(f"{LETTERS[i]}. {o.strip()}" for i, o in enumerate(options))]
     return "\n".join(lines + [instruction])
 
-  def chat_prompt(self, question: str, options: Sequence[str], num_video_tokens: int, *,
-                  system: str = SYSTEM_PROMPT, instruction: str = INSTRUCTION) -> str:
+  def chat_prompt(
+    self,
+    question: str,
+    options: Sequence[str],
+    num_video_tokens: int,
+    *,
+    system: str = SYSTEM_PROMPT,
+    instruction: str = INSTRUCTION,
+  ) -> str:
     """The full prompt string in the Qwen2.5-VL chat template, ending at the assistant turn.
 
     Args:
@@ -129,20 +141,29 @@ class Tokenizer:
     """
     video = VISION_START + VIDEO_PAD * num_video_tokens + VISION_END
     user = video + self.question_text(question, options, instruction=instruction)
-    return (f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n"
-            f"{IM_START}assistant\n")
+    return (
+      f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
+    )
 
-  def encode_chat_prompt(self, question: str, options: Sequence[str], num_video_tokens: int,
-                         *, system: str = SYSTEM_PROMPT,
-                         instruction: str = INSTRUCTION) -> list[int]:
+  def encode_chat_prompt(
+    self,
+    question: str,
+    options: Sequence[str],
+    num_video_tokens: int,
+    *,
+    system: str = SYSTEM_PROMPT,
+    instruction: str = INSTRUCTION,
+  ) -> list[int]:
     """Token ids of `chat_prompt(...)`, splicing the video placeholder ids directly.
 
     Equal to `encode(chat_prompt(...))` (tested) but does not tokenize thousands of
     placeholder strings.
     """
     head = self.encode(f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n")
-    tail = self.encode(self.question_text(question, options, instruction=instruction)
-                       + f"{IM_END}\n{IM_START}assistant\n")
+    tail = self.encode(
+      self.question_text(question, options, instruction=instruction)
+      + f"{IM_END}\n{IM_START}assistant\n"
+    )
     video = [self.vision_start_id, *[self.video_pad_id] * num_video_tokens, self.vision_end_id]
     return head + video + tail
 
@@ -154,25 +175,26 @@ class Tokenizer:
 # Text the tiny tokenizer's merges are learned from: the template, the instruction and
 # the words of multiple-choice temporal questions, so prompts stay short in tokens.
 _TINY_CORPUS = [
-    f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n",
-    f"{IM_END}\n{IM_START}assistant\n",
-    INSTRUCTION,
-    "<think> </think> <answer>A</answer> <answer>B</answer> <answer>C</answer> <answer>D</answer>",
-    "\nA. \nB. \nC. \nD. \nE. ",
-    "Which event happened first? Which event happened last? What happened right after "
-    "the event? What happened right before the event? Which of the following happens in "
-    "the video? What is the order of the events? When does it happen?",
-    "the video shows a scene; first, then, next, after, before, finally, at the start, at "
-    "the end, in the middle, seconds, because, so the answer is",
-    "a red circle appears. a green square moves from left to right. a blue triangle "
-    "changes colour from yellow to white. the screen flashes. a purple star appears. an "
-    "orange diamond moves from top to bottom. a cyan cross appears.",
-    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 s.",
+  f"{IM_START}system\n{SYSTEM_PROMPT}{IM_END}\n{IM_START}user\n",
+  f"{IM_END}\n{IM_START}assistant\n",
+  INSTRUCTION,
+  "<think> </think> <answer>A</answer> <answer>B</answer> <answer>C</answer> <answer>D</answer>",
+  "\nA. \nB. \nC. \nD. \nE. ",
+  "Which event happened first? Which event happened last? What happened right after "
+  "the event? What happened right before the event? Which of the following happens in "
+  "the video? What is the order of the events? When does it happen?",
+  "the video shows a scene; first, then, next, after, before, finally, at the start, at "
+  "the end, in the middle, seconds, because, so the answer is",
+  "a red circle appears. a green square moves from left to right. a blue triangle "
+  "changes colour from yellow to white. the screen flashes. a purple star appears. an "
+  "orange diamond moves from top to bottom. a cyan cross appears.",
+  "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 s.",
 ]
 
 
-def build_tiny_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 512,
-                         extra_texts: Sequence[str] = ()) -> Tokenizer:
+def build_tiny_tokenizer(
+  out_dir: str | os.PathLike, *, vocab_size: int = 512, extra_texts: Sequence[str] = ()
+) -> Tokenizer:
   """Trains a small byte-level BPE tokenizer locally and saves `out_dir/tokenizer.json`.
 
   Byte-level, so any text encodes; the seven Qwen2.5-VL special tokens get ids 0-6.
@@ -194,9 +216,12 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 512,
   tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = tokenizers.decoders.ByteLevel()
   trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size, min_frequency=2, show_progress=False,
-      special_tokens=list(SPECIAL_TOKENS),
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    vocab_size=vocab_size,
+    min_frequency=2,
+    show_progress=False,
+    special_tokens=list(SPECIAL_TOKENS),
+    initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+  )
   texts = [*_TINY_CORPUS, *extra_texts]
   # Repeating the corpus makes every pair frequent enough to merge; order is fixed.
   tok.train_from_iterator(texts * 4, trainer=trainer)
@@ -207,7 +232,13 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, *, vocab_size: int = 512,
   tok.save(tmp)
   os.replace(tmp, path)
   fileio.write_json_atomic(
-      os.path.join(out_dir, "tokenizer_config.json"),
-      {"pad_token": ENDOFTEXT, "eos_token": IM_END, "model_max_length": 32768,
-       "note": "tiny byte-level BPE built by chronoforge_jax.tokenizer"}, sort_keys=False)
+    os.path.join(out_dir, "tokenizer_config.json"),
+    {
+      "pad_token": ENDOFTEXT,
+      "eos_token": IM_END,
+      "model_max_length": 32768,
+      "note": "tiny byte-level BPE built by chronoforge_jax.tokenizer",
+    },
+    sort_keys=False,
+  )
   return Tokenizer(tok, name=path)

@@ -76,17 +76,25 @@ def arm_table(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """
   g = config.rl.get_ref("num_generations")
   return {
-      # Plain GRPO: ordered rollouts only, no disordered view, per-group std.
-      "grpo": {"rl.saliency.enabled": False, "rl.advantage_estimator": "group_std"},
-      # Video-R1's T-GRPO: the disordered view is the keyframes shuffled (no
-      # non-keyframes), G/2 shuffled rollouts, the ratio rule, per-group std (under
-      # which the bonus cancels out of the advantages: PAPER.md, "Make the bonus count").
-      "tgrpo": {"input.disorder_ratio": 0.0, "rl.advantage_estimator": "group_std",
-                "rl.saliency.enabled": True, "rl.saliency.rule": "ratio",
-                "rl.num_disordered": g // 2},
-      # KF-GRPO: hybrid disordered view (half non-keyframes), batch-level std.
-      "kfgrpo": {"input.disorder_ratio": 0.5, "rl.advantage_estimator": "batch_std",
-                 "rl.saliency.enabled": True, "rl.saliency.rule": "ratio"},
+    # Plain GRPO: ordered rollouts only, no disordered view, per-group std.
+    "grpo": {"rl.saliency.enabled": False, "rl.advantage_estimator": "group_std"},
+    # Video-R1's T-GRPO: the disordered view is the keyframes shuffled (no
+    # non-keyframes), G/2 shuffled rollouts, the ratio rule, per-group std (under
+    # which the bonus cancels out of the advantages: PAPER.md, "Make the bonus count").
+    "tgrpo": {
+      "input.disorder_ratio": 0.0,
+      "rl.advantage_estimator": "group_std",
+      "rl.saliency.enabled": True,
+      "rl.saliency.rule": "ratio",
+      "rl.num_disordered": g // 2,
+    },
+    # KF-GRPO: hybrid disordered view (half non-keyframes), batch-level std.
+    "kfgrpo": {
+      "input.disorder_ratio": 0.5,
+      "rl.advantage_estimator": "batch_std",
+      "rl.saliency.enabled": True,
+      "rl.saliency.rule": "ratio",
+    },
   }
 
 
@@ -126,12 +134,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # collapses a small policy: 1e-3 lost the answer format within 40 steps; 3e-4 held it
   # and left held-out accuracy where it was after 120 steps), G = 8 on each view (tgrpo:
   # G/2 shuffled).
-  c.rl = ml_collections.ConfigDict(dict(
-      base="demo_rl", steps=120, learning_rate=1e-4, warmup_steps=5, beta=0.04,
-      num_generations=8, num_disordered=8))
-  c.eval = ml_collections.ConfigDict(dict(
-      mode="likelihood", answer_template="<think></think><answer>{letter}</answer>",
-      frame_orders=("ordered", "shuffled"), shuffle_seed=0, max_questions=0))
+  c.rl = ml_collections.ConfigDict(
+    dict(
+      base="demo_rl",
+      steps=120,
+      learning_rate=1e-4,
+      warmup_steps=5,
+      beta=0.04,
+      num_generations=8,
+      num_disordered=8,
+    )
+  )
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      mode="likelihood",
+      answer_template="<think></think><answer>{letter}</answer>",
+      frame_orders=("ordered", "shuffled"),
+      shuffle_seed=0,
+      max_questions=0,
+    )
+  )
   c.log_every = 10
   c.ckpt_every = 20
 
@@ -152,15 +174,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ckpt_every = 1
 
   c.arm_overrides = ml_collections.ConfigDict(
-      {name: _nested(fields) for name, fields in arm_table(c).items()})
+    {name: _nested(fields) for name, fields in arm_table(c).items()}
+  )
   return c
 
 
-def base_configs(config: ml_collections.ConfigDict
-                 ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+def base_configs(
+  config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
   """The training configs the SFT stage and the arm runs start from (configs/kf_grpo.py)."""
-  return (kf_grpo_config.get_config(config.sft.base),
-          kf_grpo_config.get_config(config.rl.base))
+  return (kf_grpo_config.get_config(config.sft.base), kf_grpo_config.get_config(config.rl.base))
 
 
 def data_arg(config: ml_collections.ConfigDict) -> str:
@@ -186,51 +209,104 @@ def validate(config: ml_collections.ConfigDict) -> None:
   common.check_choice(config.sft.base, "sft.base", set(kf_grpo_config.VARIANTS))
   common.check_choice(config.rl.base, "rl.base", set(kf_grpo_config.VARIANTS))
   common.check_choice(config.data, "data", set(data_config.VARIANTS))
-  check(isinstance(config.seeds, (tuple, list)) and len(config.seeds) >= 1
-        and all(_int(s) and s >= 0 for s in config.seeds)
-        and len(set(config.seeds)) == len(config.seeds), "seeds",
-        f"got {config.seeds!r}; need distinct ints >= 0, e.g. (0, 1, 2)")
-  check(isinstance(config.selectors, (tuple, list)) and len(config.selectors) >= 1
-        and len(set(config.selectors)) == len(config.selectors), "selectors",
-        f"got {config.selectors!r}; need distinct names from {SELECTORS}")
+  check(
+    isinstance(config.seeds, (tuple, list))
+    and len(config.seeds) >= 1
+    and all(_int(s) and s >= 0 for s in config.seeds)
+    and len(set(config.seeds)) == len(config.seeds),
+    "seeds",
+    f"got {config.seeds!r}; need distinct ints >= 0, e.g. (0, 1, 2)",
+  )
+  check(
+    isinstance(config.selectors, (tuple, list))
+    and len(config.selectors) >= 1
+    and len(set(config.selectors)) == len(config.selectors),
+    "selectors",
+    f"got {config.selectors!r}; need distinct names from {SELECTORS}",
+  )
   for s in config.selectors:
     common.check_choice(s, "selectors", set(SELECTORS))
-  check(isinstance(config.arms, (tuple, list)) and len(config.arms) >= 1
-        and len(set(config.arms)) == len(config.arms), "arms",
-        f"got {config.arms!r}; need distinct arm names")
+  check(
+    isinstance(config.arms, (tuple, list))
+    and len(config.arms) >= 1
+    and len(set(config.arms)) == len(config.arms),
+    "arms",
+    f"got {config.arms!r}; need distinct arm names",
+  )
   for arm in config.arms:
     common.check_choice(arm, "arms", set(config.arm_overrides.keys()))
-    check(arm.replace("_", "").isalnum(), "arms",
-          f"got {arm!r}; arm names become folder names: letters, digits, '_'")
-  check(_int(config.sft.steps) and config.sft.steps >= 1, "sft.steps",
-        f"got {config.sft.steps!r}; need an int >= 1")
-  check(_number(config.sft.learning_rate) and config.sft.learning_rate >= 0,
-        "sft.learning_rate", f"got {config.sft.learning_rate!r}; need >= 0 (0: sft.base's)")
-  check(_int(config.sft.seed) and config.sft.seed >= 0, "sft.seed",
-        f"got {config.sft.seed!r}; need an int >= 0")
-  check(_int(config.rl.steps) and config.rl.steps >= 1, "rl.steps",
-        f"got {config.rl.steps!r}; need an int >= 1")
-  check(_number(config.rl.learning_rate) and config.rl.learning_rate > 0,
-        "rl.learning_rate", f"got {config.rl.learning_rate!r}; need > 0")
-  check(_int(config.rl.warmup_steps) and config.rl.warmup_steps >= 0, "rl.warmup_steps",
-        f"got {config.rl.warmup_steps!r}; need an int >= 0")
-  check(_number(config.rl.beta) and config.rl.beta >= 0, "rl.beta",
-        f"got {config.rl.beta!r}; need >= 0")
-  check(_int(config.rl.num_generations) and config.rl.num_generations >= 2,
-        "rl.num_generations", f"got {config.rl.num_generations!r}; need an int >= 2")
-  check(_int(config.rl.num_disordered) and config.rl.num_disordered >= 1,
-        "rl.num_disordered", f"got {config.rl.num_disordered!r}; need an int >= 1")
+    check(
+      arm.replace("_", "").isalnum(),
+      "arms",
+      f"got {arm!r}; arm names become folder names: letters, digits, '_'",
+    )
+  check(
+    _int(config.sft.steps) and config.sft.steps >= 1,
+    "sft.steps",
+    f"got {config.sft.steps!r}; need an int >= 1",
+  )
+  check(
+    _number(config.sft.learning_rate) and config.sft.learning_rate >= 0,
+    "sft.learning_rate",
+    f"got {config.sft.learning_rate!r}; need >= 0 (0: sft.base's)",
+  )
+  check(
+    _int(config.sft.seed) and config.sft.seed >= 0,
+    "sft.seed",
+    f"got {config.sft.seed!r}; need an int >= 0",
+  )
+  check(
+    _int(config.rl.steps) and config.rl.steps >= 1,
+    "rl.steps",
+    f"got {config.rl.steps!r}; need an int >= 1",
+  )
+  check(
+    _number(config.rl.learning_rate) and config.rl.learning_rate > 0,
+    "rl.learning_rate",
+    f"got {config.rl.learning_rate!r}; need > 0",
+  )
+  check(
+    _int(config.rl.warmup_steps) and config.rl.warmup_steps >= 0,
+    "rl.warmup_steps",
+    f"got {config.rl.warmup_steps!r}; need an int >= 0",
+  )
+  check(
+    _number(config.rl.beta) and config.rl.beta >= 0, "rl.beta", f"got {config.rl.beta!r}; need >= 0"
+  )
+  check(
+    _int(config.rl.num_generations) and config.rl.num_generations >= 2,
+    "rl.num_generations",
+    f"got {config.rl.num_generations!r}; need an int >= 2",
+  )
+  check(
+    _int(config.rl.num_disordered) and config.rl.num_disordered >= 1,
+    "rl.num_disordered",
+    f"got {config.rl.num_disordered!r}; need an int >= 1",
+  )
   common.check_choice(config.eval.mode, "eval.mode", {"likelihood", "generate"})
-  check("{letter}" in config.eval.answer_template, "eval.answer_template",
-        f"got {config.eval.answer_template!r}; it must contain {{letter}}")
+  check(
+    "{letter}" in config.eval.answer_template,
+    "eval.answer_template",
+    f"got {config.eval.answer_template!r}; it must contain {{letter}}",
+  )
   orders = tuple(config.eval.frame_orders)
-  check(len(orders) >= 1 and orders[0] == "ordered" and len(set(orders)) == len(orders)
-        and all(o in FRAME_ORDERS for o in orders), "eval.frame_orders",
-        f"got {orders!r}; need 'ordered' first, then any of {FRAME_ORDERS[1:]}")
-  check(_int(config.eval.shuffle_seed), "eval.shuffle_seed",
-        f"got {config.eval.shuffle_seed!r}; need an int")
-  check(_int(config.eval.max_questions) and config.eval.max_questions >= 0,
-        "eval.max_questions", f"got {config.eval.max_questions!r}; need an int >= 0 "
-        "(0: all)")
+  check(
+    len(orders) >= 1
+    and orders[0] == "ordered"
+    and len(set(orders)) == len(orders)
+    and all(o in FRAME_ORDERS for o in orders),
+    "eval.frame_orders",
+    f"got {orders!r}; need 'ordered' first, then any of {FRAME_ORDERS[1:]}",
+  )
+  check(
+    _int(config.eval.shuffle_seed),
+    "eval.shuffle_seed",
+    f"got {config.eval.shuffle_seed!r}; need an int",
+  )
+  check(
+    _int(config.eval.max_questions) and config.eval.max_questions >= 0,
+    "eval.max_questions",
+    f"got {config.eval.max_questions!r}; need an int >= 0 (0: all)",
+  )
   for f in ("log_every", "ckpt_every"):
     check(_int(config[f]) and config[f] >= 1, f, f"got {config[f]!r}; need an int >= 1")

@@ -28,8 +28,7 @@ def _coerce(key: str, value: str, default: Any) -> Any:
       try:
         return typ(value)
       except ValueError:
-        raise ConfigError(
-            f"config arg {key}={value!r}: expected {typ.__name__}") from None
+        raise ConfigError(f"config arg {key}={value!r}: expected {typ.__name__}") from None
   return value
 
 
@@ -54,8 +53,7 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       key, value = item.split("=", 1)
     key = key.strip()
     if key not in spec:
-      raise ConfigError(
-          f"unknown config arg {key!r} in {arg!r}; known args: {sorted(spec)}")
+      raise ConfigError(f"unknown config arg {key!r} in {arg!r}; known args: {sorted(spec)}")
     result[key] = _coerce(key, value.strip(), spec[key])
   config = ml_collections.ConfigDict(result)
   config.lock()

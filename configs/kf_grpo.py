@@ -59,9 +59,9 @@ from configs import tad as tad_config
 
 # Slice variants: (model preset, global batch, fsdp, tensor, remat, attention).
 SLICES = {
-    "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "chunked"),
-    "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "splash"),
-    "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
+  "qwen2_5_vl_7b_v5p16": ("qwen2_5_vl_7b", 8, 8, 1, "full", "chunked"),
+  "qwen2_5_vl_7b_v6e32": ("qwen2_5_vl_7b", 8, 8, 4, "full", "splash"),
+  "qwen2_5_vl_72b_v5p64": ("qwen2_5_vl_72b", 32, 32, 1, "full", "chunked"),
 }
 VARIANTS = ("smoke", "demo", "demo_rl", "qwen2_5_vl_7b") + tuple(SLICES)
 
@@ -76,10 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 1000      # Optimizer steps, SFT warm-up included.
-  c.sft_steps = 0           # Steps < sft_steps are cross-entropy on reference answers.
-  c.log_every = 10          # Console progress line interval (steps).
-  c.max_bad_steps = 5       # Consecutive non-finite steps before the run halts.
+  c.total_steps = 1000  # Optimizer steps, SFT warm-up included.
+  c.sft_steps = 0  # Steps < sft_steps are cross-entropy on reference answers.
+  c.log_every = 10  # Console progress line interval (steps).
+  c.max_bad_steps = 5  # Consecutive non-finite steps before the run halts.
 
   data = data_config.get_config(data_variant)
   c.input = data.input
@@ -87,21 +87,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.features = data.features
 
   c.model = model_config.get_config(
-      {"smoke": "smoke", "demo": "small", "demo_rl": "small"}.get(v, "default"))
+    {"smoke": "smoke", "demo": "small", "demo_rl": "small"}.get(v, "default")
+  )
 
   c.rl = rl_config.rl_config(rl_variant)
 
   c.optax = ml_collections.ConfigDict()
-  c.optax.learning_rate = 1e-6    # KF-GRPO steps (Video-R1: 1e-6).
+  c.optax.learning_rate = 1e-6  # KF-GRPO steps (Video-R1: 1e-6).
   c.optax.sft_learning_rate = 1e-6  # SFT warm-up steps.
-  c.optax.warmup_steps = 10       # Per phase: the schedule restarts when KF-GRPO begins.
-  c.optax.end_lr_fraction = 0.1   # Cosine decays to this fraction of each phase's peak.
+  c.optax.warmup_steps = 10  # Per phase: the schedule restarts when KF-GRPO begins.
+  c.optax.end_lr_fraction = 0.1  # Cosine decays to this fraction of each phase's peak.
   c.optax.b1 = 0.9
   c.optax.b2 = 0.999
   c.optax.weight_decay = 0.01
-  c.optax.grad_clip = 1.0         # Global norm; 0 disables clipping.
-  c.optax.freeze_vision = False   # True: the vision tower gets no updates.
-  c.optax.grad_accum = 1          # Micro-batches per optimizer update.
+  c.optax.grad_clip = 1.0  # Global norm; 0 disables clipping.
+  c.optax.freeze_vision = False  # True: the vision tower gets no updates.
+  c.optax.grad_accum = 1  # Micro-batches per optimizer update.
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.ckpt = ckpt_config.get_config(v if v in ("smoke",) else "default")
@@ -110,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optax.sft_learning_rate = 1e-2
     c.optax.learning_rate = 2e-3
     c.optax.warmup_steps = 2
-    c.rl.num_generations = 8      # Larger groups: a steadier signal for the tiny model.
+    c.rl.num_generations = 8  # Larger groups: a steadier signal for the tiny model.
     c.optax.weight_decay = 0.0
     c.rl.beta = 0.0
     c.total_steps = 4
@@ -125,12 +126,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sft_steps = 450
     c.log_every = 25
     c.optax.sft_learning_rate = 1e-3
-    c.optax.learning_rate = 1e-4    # 1e-3 collapsed the format within 40 steps.
+    c.optax.learning_rate = 1e-4  # 1e-3 collapsed the format within 40 steps.
     c.optax.warmup_steps = 20
     c.optax.weight_decay = 0.0
     c.rl.num_generations = 8
     c.rl.num_disordered = 8
-    c.rl.max_new_tokens = 16      # The answer turn is 14 tokens with the tiny tokenizer.
+    c.rl.max_new_tokens = 16  # The answer turn is 14 tokens with the tiny tokenizer.
     c.ckpt.save_every = 100
     if v == "demo_rl":
       # A KF-GRPO step costs G + G' rollouts and a G-row training pass per prompt, so
@@ -144,9 +145,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif v == "qwen2_5_vl_7b" or v in SLICES:
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.total_steps = 2000
-    c.rl.mc_rule = "videor1"      # Video-R1's exact-letter reward (README: Video-R1 types).
+    c.rl.mc_rule = "videor1"  # Video-R1's exact-letter reward (README: Video-R1 types).
     c.input.prompt_template = "videor1"  # Video-R1's QUESTION_TEMPLATE + TYPE_TEMPLATE.
-    c.input.eval_scoring = "lmms_eval"   # Published VideoMME numbers read answers so.
+    c.input.eval_scoring = "lmms_eval"  # Published VideoMME numbers read answers so.
     if v in SLICES:
       preset, batch, fsdp, tensor, remat, attention = SLICES[v]
       c.model.preset = preset
@@ -163,25 +164,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check = common.check
   for f in ("total_steps", "log_every", "max_bad_steps"):
     check(isinstance(config[f], int) and config[f] >= 1, f, f"got {config[f]!r}; need >= 1")
-  check(isinstance(config.sft_steps, int) and 0 <= config.sft_steps <= config.total_steps,
-        "sft_steps", f"got {config.sft_steps!r}; need 0 <= sft_steps <= total_steps")
+  check(
+    isinstance(config.sft_steps, int) and 0 <= config.sft_steps <= config.total_steps,
+    "sft_steps",
+    f"got {config.sft_steps!r}; need 0 <= sft_steps <= total_steps",
+  )
   data_config.validate_data(config)
   # configs/tad.py's own `input` section means decoding; here `input` is the pipeline.
-  tad_config.validate_tad(ml_collections.ConfigDict(
-      {"tad": config.tad, "features": config.features}))
+  tad_config.validate_tad(
+    ml_collections.ConfigDict({"tad": config.tad, "features": config.features})
+  )
   rl_config.validate_rl(config)
   ckpt_config.validate_ckpt(config.ckpt)
-  check(bool(config.input.data_dir), "input.data_dir",
-        "empty; point it at a folder written by `python -m launch.preprocess`")
+  check(
+    bool(config.input.data_dir),
+    "input.data_dir",
+    "empty; point it at a folder written by `python -m launch.preprocess`",
+  )
   model_config.validate(config.model)
   o = config.optax
   for f in ("learning_rate", "sft_learning_rate"):
     check(o[f] > 0, f"optax.{f}", f"got {o[f]}; need > 0")
-  check(isinstance(o.grad_accum, int) and o.grad_accum >= 1, "optax.grad_accum",
-        f"got {o.grad_accum!r}; need an int >= 1")
-  check(config.rl.temperature == 1.0, "rl.temperature",
-        "the trainer's log-probs are of the untempered policy; use temperature 1.0")
+  check(
+    isinstance(o.grad_accum, int) and o.grad_accum >= 1,
+    "optax.grad_accum",
+    f"got {o.grad_accum!r}; need an int >= 1",
+  )
+  check(
+    config.rl.temperature == 1.0,
+    "rl.temperature",
+    "the trainer's log-probs are of the untempered policy; use temperature 1.0",
+  )
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
-    check(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}",
-          f"got {size!r}; need a positive int or -1 (all remaining devices)")
+    check(
+      isinstance(size, int) and (size >= 1 or size == -1),
+      f"mesh.{axis}",
+      f"got {size!r}; need a positive int or -1 (all remaining devices)",
+    )

@@ -85,15 +85,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the section's fields; raises ConfigError naming the field."""
-  common.check(bool(config.hf_dir) or config.preset in PRESETS, "model.preset",
-               f"got {config.preset!r}; choose one of {PRESETS} or set model.hf_dir")
+  common.check(
+    bool(config.hf_dir) or config.preset in PRESETS,
+    "model.preset",
+    f"got {config.preset!r}; choose one of {PRESETS} or set model.hf_dir",
+  )
   common.check_choice(config.dtype, "model.dtype", DTYPES)
   common.check_choice(config.param_dtype, "model.param_dtype", DTYPES)
   common.check_choice(config.remat_policy, "model.remat_policy", REMAT)
-  common.check_choice(config.attention_impl, "model.attention_impl",
-                      ("xla", "chunked", "cudnn", "splash", "splash_interpret"))
-  common.check(isinstance(config.attention_chunk, int) and config.attention_chunk >= 1,
-               "model.attention_chunk", f"got {config.attention_chunk!r}; need an int >= 1")
-  common.check_choice(config.text_position_after_video, "model.text_position_after_video",
-                      ("", "max", "spatial"))
+  common.check_choice(
+    config.attention_impl,
+    "model.attention_impl",
+    ("xla", "chunked", "cudnn", "splash", "splash_interpret"),
+  )
+  common.check(
+    isinstance(config.attention_chunk, int) and config.attention_chunk >= 1,
+    "model.attention_chunk",
+    f"got {config.attention_chunk!r}; need an int >= 1",
+  )
+  common.check_choice(
+    config.text_position_after_video, "model.text_position_after_video", ("", "max", "spatial")
+  )
   common.check(config.vocab_chunk > 0, "model.vocab_chunk", "must be > 0")

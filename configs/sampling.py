@@ -55,28 +55,49 @@ def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
 
 def validate(c: Any) -> None:
   """Raises ConfigError naming the first bad field of a `sampling` section."""
-  common.check(isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1,
-               "sampling.max_new_tokens", f"got {c.max_new_tokens!r}; need an int >= 1")
-  common.check(isinstance(c.num_samples, int) and c.num_samples >= 1,
-               "sampling.num_samples", f"got {c.num_samples!r}; need an int >= 1")
-  common.check(c.temperature >= 0, "sampling.temperature",
-               f"got {c.temperature!r}; use 0 for greedy or a positive number")
-  common.check(isinstance(c.top_k, int) and c.top_k >= 0, "sampling.top_k",
-               f"got {c.top_k!r}; need an int >= 0 (0 turns it off)")
-  common.check(0 < c.top_p <= 1, "sampling.top_p",
-               f"got {c.top_p!r}; need a value in (0, 1] (1 turns it off)")
-  common.check(isinstance(c.bucket, int) and c.bucket >= -1, "sampling.bucket",
-               f"got {c.bucket!r}; use -1 (automatic), 0 (off) or a positive multiple")
+  common.check(
+    isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1,
+    "sampling.max_new_tokens",
+    f"got {c.max_new_tokens!r}; need an int >= 1",
+  )
+  common.check(
+    isinstance(c.num_samples, int) and c.num_samples >= 1,
+    "sampling.num_samples",
+    f"got {c.num_samples!r}; need an int >= 1",
+  )
+  common.check(
+    c.temperature >= 0,
+    "sampling.temperature",
+    f"got {c.temperature!r}; use 0 for greedy or a positive number",
+  )
+  common.check(
+    isinstance(c.top_k, int) and c.top_k >= 0,
+    "sampling.top_k",
+    f"got {c.top_k!r}; need an int >= 0 (0 turns it off)",
+  )
+  common.check(
+    0 < c.top_p <= 1, "sampling.top_p", f"got {c.top_p!r}; need a value in (0, 1] (1 turns it off)"
+  )
+  common.check(
+    isinstance(c.bucket, int) and c.bucket >= -1,
+    "sampling.bucket",
+    f"got {c.bucket!r}; use -1 (automatic), 0 (off) or a positive multiple",
+  )
   common.check_choice(c.cache_dtype, "sampling.cache_dtype", set(_CACHE_DTYPES))
 
 
 def sampling_kwargs(c: Any) -> dict[str, Any]:
   """Validates a `sampling` section and returns the matching `generate` kwargs."""
   validate(c)
-  return dict(max_new_tokens=c.max_new_tokens, num_samples=c.num_samples,
-              temperature=float(c.temperature), top_k=c.top_k, top_p=float(c.top_p),
-              bucket=True if c.bucket == -1 else (False if c.bucket == 0 else c.bucket),
-              cache_dtype=c.cache_dtype or None)
+  return dict(
+    max_new_tokens=c.max_new_tokens,
+    num_samples=c.num_samples,
+    temperature=float(c.temperature),
+    top_k=c.top_k,
+    top_p=float(c.top_p),
+    bucket=True if c.bucket == -1 else (False if c.bucket == 0 else c.bucket),
+    cache_dtype=c.cache_dtype or None,
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -40,12 +40,18 @@ from configs import tad as tad_config
 from launch import tools
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(tools.ROOT, "configs", "ablation.py"),
-    "Ablation config: configs/ablation.py[:full|quick|smoke].", lock_config=True)
+  "config",
+  os.path.join(tools.ROOT, "configs", "ablation.py"),
+  "Ablation config: configs/ablation.py[:full|quick|smoke].",
+  lock_config=True,
+)
 _OUT = flags.DEFINE_string("out", "ablation_out", "Output folder (reused to resume).")
 _CACHE = flags.DEFINE_bool(
-    "compilation_cache", True, "Keep XLA's compiled programs in <out>/jax_cache, so runs "
-    "that differ only in seed or selector compile once.")
+  "compilation_cache",
+  True,
+  "Keep XLA's compiled programs in <out>/jax_cache, so runs "
+  "that differ only in seed or selector compile once.",
+)
 
 
 def main(argv) -> int:
@@ -60,9 +66,14 @@ def main(argv) -> int:
     # Every config is checked before anything slow starts.
     ablation_config.validate(config)
     sft_base, rl_base = ablation_config.base_configs(config)
-    ablation.build_configs(config, sft_base, rl_base, out=out,
-                           train_dir=os.path.join(out, "data", "train"),
-                           check_config=kf_grpo_config.validate)
+    ablation.build_configs(
+      config,
+      sft_base,
+      rl_base,
+      out=out,
+      train_dir=os.path.join(out, "data", "train"),
+      check_config=kf_grpo_config.validate,
+    )
   except (common.ConfigError, ablation.ConfigMismatch) as e:
     print(f"ablation: {e}", file=sys.stderr, flush=True)
     return 2
@@ -72,15 +83,21 @@ def main(argv) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
   start = time.perf_counter()
-  print(f"== 1/4 data: synthetic temporal-QA set ({ablation_config.data_arg(config)})",
-        flush=True)
-  train_dir, eval_dir = tools.preprocess_synthetic(out, ablation_config.data_arg(config),
-                                                  who="ablation")
+  print(f"== 1/4 data: synthetic temporal-QA set ({ablation_config.data_arg(config)})", flush=True)
+  train_dir, eval_dir = tools.preprocess_synthetic(
+    out, ablation_config.data_arg(config), who="ablation"
+  )
   try:
-    ablation.run_ablation(config, sft_base=sft_base, rl_base=rl_base, out=out,
-                          train_dir=train_dir, eval_dir=eval_dir,
-                          check_config=kf_grpo_config.validate,
-                          select_kwargs=lambda c: tad_config.tad_kwargs(c.tad))
+    ablation.run_ablation(
+      config,
+      sft_base=sft_base,
+      rl_base=rl_base,
+      out=out,
+      train_dir=train_dir,
+      eval_dir=eval_dir,
+      check_config=kf_grpo_config.validate,
+      select_kwargs=lambda c: tad_config.tad_kwargs(c.tad),
+    )
   except (common.ConfigError, ablation.ConfigMismatch) as e:
     print(f"ablation: {e}", file=sys.stderr, flush=True)
     return 2

@@ -35,15 +35,20 @@ from launch import tools
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder (reused to resume).")
 _SFT_STEPS = flags.DEFINE_integer(
-    "sft_steps", None, "SFT steps (default: configs/kf_grpo.py:demo's sft_steps).")
+  "sft_steps", None, "SFT steps (default: configs/kf_grpo.py:demo's sft_steps)."
+)
 _RL_STEPS = flags.DEFINE_integer(
-    "rl_steps", None, "KF-GRPO steps (default: configs/kf_grpo.py:demo_rl's total_steps).")
+  "rl_steps", None, "KF-GRPO steps (default: configs/kf_grpo.py:demo_rl's total_steps)."
+)
 _TRAIN_QUESTIONS = flags.DEFINE_integer(
-    "train_questions", None, "Training questions (default: configs/data.py:demo, 2000).")
+  "train_questions", None, "Training questions (default: configs/data.py:demo, 2000)."
+)
 _EVAL_QUESTIONS = flags.DEFINE_integer(
-    "eval_questions", None, "Held-out questions (default: configs/data.py:demo, 400).")
-_MODE = flags.DEFINE_enum("eval_mode", "likelihood", ["likelihood", "generate"],
-                          "How evaluation picks an answer.")
+  "eval_questions", None, "Held-out questions (default: configs/data.py:demo, 400)."
+)
+_MODE = flags.DEFINE_enum(
+  "eval_mode", "likelihood", ["likelihood", "generate"], "How evaluation picks an answer."
+)
 
 
 _PICTURE_K = 8  # Keyframes in the TAD pictures and the event-recall count.
@@ -55,11 +60,14 @@ def _stage(name: str, message: str) -> None:
 
 def make_data(out: str) -> tuple[str, str]:
   """Writes and preprocesses the synthetic set; returns (train_dir, eval_dir)."""
-  sizes = tuple(f"--config.preprocess.synthetic.num_{name}_questions={flag.value}"
-                for name, flag in (("train", _TRAIN_QUESTIONS), ("eval", _EVAL_QUESTIONS))
-                if flag.value is not None)
-  return tools.preprocess_synthetic(out, "configs/data.py:demo", who="demo",
-                                    extra_args=(*sizes, "--quiet"))
+  sizes = tuple(
+    f"--config.preprocess.synthetic.num_{name}_questions={flag.value}"
+    for name, flag in (("train", _TRAIN_QUESTIONS), ("eval", _EVAL_QUESTIONS))
+    if flag.value is not None
+  )
+  return tools.preprocess_synthetic(
+    out, "configs/data.py:demo", who="demo", extra_args=(*sizes, "--quiet")
+  )
 
 
 def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, float]:
@@ -76,9 +84,19 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
   events = {os.path.join(out, "synthetic", it["path"]): it.get("events", []) for it in items}
   first = sorted(events)[0]
   for selector in ("tad", "uniform"):
-    tools.run_tool([sys.executable, "-m", "launch.select_keyframes", f"--video={first}",
-                    f"--k={k}", f"--fps={fps}", f"--selector={selector}",
-                    f"--out={os.path.join(out, 'tad', selector)}"], who="demo")
+    tools.run_tool(
+      [
+        sys.executable,
+        "-m",
+        "launch.select_keyframes",
+        f"--video={first}",
+        f"--k={k}",
+        f"--fps={fps}",
+        f"--selector={selector}",
+        f"--out={os.path.join(out, 'tad', selector)}",
+      ],
+      who="demo",
+    )
   # Event recall over the eval videos: an event is found if a keyframe falls inside it.
   tad_kwargs = tad_config.tad_kwargs(tad_config.tad_section())
   hits, total = {"tad": 0, "uniform": 0}, 0
@@ -91,15 +109,21 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
     padded[:, :n] = feats
     mask = np.arange(padded.shape[1])[None] < n
     for selector in hits:
-      idx, valid = tad.select(selector, jnp.asarray(padded), k, jnp.asarray(mask),
-                              **(tad_kwargs if selector == "tad" else {}))
+      idx, valid = tad.select(
+        selector,
+        jnp.asarray(padded),
+        k,
+        jnp.asarray(mask),
+        **(tad_kwargs if selector == "tad" else {}),
+      )
       times = video.timestamps[[int(i) for i, v in zip(idx[0], valid[0]) if v]]
-      hits[selector] += sum(any(e["start"] <= t <= e["end"] for t in times)
-                            for e in video_events)
+      hits[selector] += sum(any(e["start"] <= t <= e["end"] for t in times) for e in video_events)
     total += len(video_events)
   recall = {k_: v / max(total, 1) for k_, v in hits.items()}
-  print(f"  event recall with {k} keyframes over {len(events)} eval videos ({total} events): "
-        + ", ".join(f"{name} {v:.0%}" for name, v in recall.items()))
+  print(
+    f"  event recall with {k} keyframes over {len(events)} eval videos ({total} events): "
+    + ", ".join(f"{name} {v:.0%}" for name, v in recall.items())
+  )
   with open(os.path.join(out, "tad", "event_recall.json"), "w") as f:
     json.dump({"k": k, "fps": fps, "events": total, "recall": recall}, f, indent=1)
   return recall
@@ -143,9 +167,10 @@ def curves(sft_dir: str, rl_dir: str) -> list[dict]:
 
 
 # (label, selector, frame order) of each evaluation after a training phase.
-_EVALS = {"sft": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"),
-                  ("tad", "zeroed")),
-          "kf_grpo": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"))}
+_EVALS = {
+  "sft": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled"), ("tad", "zeroed")),
+  "kf_grpo": (("tad", "ordered"), ("uniform", "ordered"), ("tad", "shuffled")),
+}
 
 
 def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) -> list:
@@ -165,16 +190,29 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) 
   results = []
   for selector, order in _EVALS.get(label, (("tad", "ordered"),)):
     result = eval_lib.evaluate(
-        model, eval_dir, tok, selector=selector, num_keyframes=config.tad.k,
-        batch_size=config.input.eval_batch_size, mode=_MODE.value, max_new_tokens=32,
-        select_kwargs=tad_config.tad_kwargs(config.tad), patch_mode=config.input.patch_mode,
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        # The demo's SFT targets leave <think> empty; score exactly that answer format.
-        answer_template="<think></think><answer>{letter}</answer>",
-        name=f"{label}_{selector}" + ("" if order == "ordered" else f"_{order}"),
-        out_dir=os.path.join(out, "eval"), progress=False, frame_order=order)
-    print(f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%} on "
-          f"{result.tables['overall']['num_questions']} questions", flush=True)
+      model,
+      eval_dir,
+      tok,
+      selector=selector,
+      num_keyframes=config.tad.k,
+      batch_size=config.input.eval_batch_size,
+      mode=_MODE.value,
+      max_new_tokens=32,
+      select_kwargs=tad_config.tad_kwargs(config.tad),
+      patch_mode=config.input.patch_mode,
+      prompt_buckets=tuple(config.input.prompt_buckets),
+      # The demo's SFT targets leave <think> empty; score exactly that answer format.
+      answer_template="<think></think><answer>{letter}</answer>",
+      name=f"{label}_{selector}" + ("" if order == "ordered" else f"_{order}"),
+      out_dir=os.path.join(out, "eval"),
+      progress=False,
+      frame_order=order,
+    )
+    print(
+      f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%} on "
+      f"{result.tables['overall']['num_questions']} questions",
+      flush=True,
+    )
     results.append(result)
   return results
 
@@ -187,38 +225,49 @@ def reading(recall: dict[str, float], results: list, k: int) -> list[str]:
   n = max((r.tables["overall"]["num_questions"] for r in results), default=0)
   # 95% half-width of an accuracy near p on n questions (normal approximation).
   half = lambda p: 1.96 * (max(p * (1 - p), 1e-9) / max(n, 1)) ** 0.5
-  notes = [f"TAD keyframes (K={k}) fall inside {recall.get('tad', 0):.0%} of the eval "
-           f"videos' events, uniform sampling inside {recall.get('uniform', 0):.0%}: the "
-           "selection KF-GRPO builds its ordered view from."]
+  notes = [
+    f"TAD keyframes (K={k}) fall inside {recall.get('tad', 0):.0%} of the eval "
+    f"videos' events, uniform sampling inside {recall.get('uniform', 0):.0%}: the "
+    "selection KF-GRPO builds its ordered view from."
+  ]
   chance = 0.25
   for label, title in (("sft", "After SFT"), ("kf_grpo", "After KF-GRPO")):
     tad_acc = acc.get(f"{label}_tad")
     if tad_acc is None:
       continue
-    words = [f"{title} the model answers {tad_acc:.1%} of the {n} held-out questions "
-             f"(+-{half(tad_acc):.1%}) with TAD keyframes (chance {chance:.0%}, random "
-             f"init {acc.get('init_tad', float('nan')):.1%})"]
+    words = [
+      f"{title} the model answers {tad_acc:.1%} of the {n} held-out questions "
+      f"(+-{half(tad_acc):.1%}) with TAD keyframes (chance {chance:.0%}, random "
+      f"init {acc.get('init_tad', float('nan')):.1%})"
+    ]
     if f"{label}_uniform" in acc:
       u = acc[f"{label}_uniform"]
       words.append(f"{u:.1%} with uniform keyframes ({tad_acc - u:+.1%} for TAD)")
     if f"{label}_tad_shuffled" in acc:
       sh = acc[f"{label}_tad_shuffled"]
-      words.append(f"{sh:.1%} with the same keyframes shuffled (order is worth "
-                   f"{tad_acc - sh:+.1%})")
+      words.append(
+        f"{sh:.1%} with the same keyframes shuffled (order is worth {tad_acc - sh:+.1%})"
+      )
     if f"{label}_tad_zeroed" in acc:
       words.append(f"{acc[f'{label}_tad_zeroed']:.1%} with black frames")
     notes.append(", ".join(words) + ".")
   if "sft_tad" in acc and "kf_grpo_tad" in acc:
     d = acc["kf_grpo_tad"] - acc["sft_tad"]
-    notes.append(f"KF-GRPO changed held-out accuracy by {d:+.1%} "
-                 + ("(within the +-" f"{half(acc['sft_tad']) * 2 ** 0.5:.1%} noise of two "
-                    "400-question estimates)." if abs(d) < half(acc["sft_tad"]) * 2 ** 0.5
-                    else "(beyond the noise of two estimates)."))
+    notes.append(
+      f"KF-GRPO changed held-out accuracy by {d:+.1%} "
+      + (
+        f"(within the +-{half(acc['sft_tad']) * 2**0.5:.1%} noise of two 400-question estimates)."
+        if abs(d) < half(acc["sft_tad"]) * 2**0.5
+        else "(beyond the noise of two estimates)."
+      )
+    )
   for r in results:
     _, share = report.most_frequent_answer(r)
     if share >= 0.9 and not r.name.endswith("zeroed") and not r.name.startswith("init"):
-      notes.append(f"`{r.name}` gives the same answer to {share:.0%} of the questions: "
-                   "its accuracy is that letter's share (see \"Answers by option letter\").")
+      notes.append(
+        f"`{r.name}` gives the same answer to {share:.0%} of the questions: "
+        'its accuracy is that letter\'s share (see "Answers by option letter").'
+      )
   return notes
 
 
@@ -243,10 +292,14 @@ def main(argv) -> int:
   results += evaluate(out, train_dir, eval_dir, rl_dir, "kf_grpo")
   _stage("5/5 report", "curves, tables and plots")
   from chronoforge_jax import report
-  path = report.write_report(os.path.join(out, "report"), results=results,
-                             metrics=curves(sft_dir, rl_dir),
-                             title="ChronoForge-RL demo (small model, synthetic colour-order set)",
-                             notes=reading(recall, results, k=_PICTURE_K))
+
+  path = report.write_report(
+    os.path.join(out, "report"),
+    results=results,
+    metrics=curves(sft_dir, rl_dir),
+    title="ChronoForge-RL demo (small model, synthetic colour-order set)",
+    notes=reading(recall, results, k=_PICTURE_K),
+  )
   print(f"  {path}\n\ndemo done in {time.perf_counter() - start:.0f} s", flush=True)
   return 0
 

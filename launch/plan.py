@@ -35,27 +35,44 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. configs/kf_grpo.py:qwen2_5_vl_7b.",
-    lock_config=True)
+  "config", None, "Training config file, e.g. configs/kf_grpo.py:qwen2_5_vl_7b.", lock_config=True
+)
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", 8, "Quick plan: fake this many CPU devices (the target's device count; "
-    "--topology sets it to the slice's chip count).")
+  "cpu_devices",
+  8,
+  "Quick plan: fake this many CPU devices (the target's device count; "
+  "--topology sets it to the slice's chip count).",
+)
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", "", "TPU slice as Cloud TPU names it: v5p-8, v5p-16, v5p-64, v5e-32, "
-    "v5e-256, v6e-16, v6e-64, v4-32, ...")
+  "topology",
+  "",
+  "TPU slice as Cloud TPU names it: v5p-8, v5p-16, v5p-64, v5e-32, "
+  "v5e-256, v6e-16, v6e-64, v4-32, ...",
+)
 _COMPILE = flags.DEFINE_bool(
-    "compile", False, "Compile every program of a step for --topology (needs libtpu) and "
-    "report XLA's memory and cost analyses; exit status 1 if any program does not fit.")
+  "compile",
+  False,
+  "Compile every program of a step for --topology (needs libtpu) and "
+  "report XLA's memory and cost analyses; exit status 1 if any program does not fit.",
+)
 _HBM_GIB = flags.DEFINE_float(
-    "hbm_gib", None, "HBM per chip to check against, GiB (default: the chip's own).")
+  "hbm_gib", None, "HBM per chip to check against, GiB (default: the chip's own)."
+)
 _PROGRAMS = flags.DEFINE_list(
-    "programs", [], "With --compile: only these programs (sft_step, views, sample, "
-    "logprobs, grpo_step); default all.")
+  "programs",
+  [],
+  "With --compile: only these programs (sft_step, views, sample, "
+  "logprobs, grpo_step); default all.",
+)
 _FRAME_SIZE = flags.DEFINE_integer(
-    "frame_size", 448, "Frame side after preprocessing, pixels (sets video tokens).")
+  "frame_size", 448, "Frame side after preprocessing, pixels (sets video tokens)."
+)
 _TOKENIZER_DIR = flags.DEFINE_string(
-    "tokenizer_dir", "", "Tokenizer folder, for configs with model.match_tokenizer "
-    "(default: config.input.tokenizer_dir, else <data_dir>/tokenizer).")
+  "tokenizer_dir",
+  "",
+  "Tokenizer folder, for configs with model.match_tokenizer "
+  "(default: config.input.tokenizer_dir, else <data_dir>/tokenizer).",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -64,14 +81,19 @@ def _tokenizer(config):
   import os  # pylint: disable=g-import-not-at-top
 
   from chronoforge_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  tok_dir = (_TOKENIZER_DIR.value or config.input.tokenizer_dir or
-             (os.path.join(config.input.data_dir, "tokenizer") if config.input.data_dir
-              else ""))
+
+  tok_dir = (
+    _TOKENIZER_DIR.value
+    or config.input.tokenizer_dir
+    or (os.path.join(config.input.data_dir, "tokenizer") if config.input.data_dir else "")
+  )
   if tok_dir and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
     return tokenizer_lib.Tokenizer.from_dir(tok_dir)
   if config.model.match_tokenizer:
-    raise app.UsageError(f"model.match_tokenizer needs a tokenizer: no tokenizer.json in "
-                         f"{tok_dir!r}; pass --tokenizer_dir")
+    raise app.UsageError(
+      f"model.match_tokenizer needs a tokenizer: no tokenizer.json in "
+      f"{tok_dir!r}; pass --tokenizer_dir"
+    )
   return None
 
 
@@ -80,11 +102,13 @@ def main(argv):
   if _COMPILE.value and not _TOPOLOGY.value:
     raise app.UsageError("--compile needs --topology (e.g. --topology=v5p-16)")
   import os  # pylint: disable=g-import-not-at-top
+
   # CPU only, set before jax is imported: the quick plan fakes CPU devices, and --compile's
   # TPU devices come from libtpu's topology description, which needs no TPU backend (so
   # no TPU probing at start-up).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from chronoforge_jax import planning  # pylint: disable=g-import-not-at-top
+
   topo = None
   if _TOPOLOGY.value:
     try:
@@ -92,8 +116,9 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(str(e)) from e
   devices = topo.chips if topo else _CPU_DEVICES.value
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={devices}")
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+  )
   from chronoforge_jax import (
     models,  # pylint: disable=g-import-not-at-top
     sharding,  # pylint: disable=g-import-not-at-top
@@ -116,18 +141,27 @@ def main(argv):
   print(planning.format_plan(rows, mesh), flush=True)
   b = config.input.batch_size
   per = mesh.shape["data"] * mesh.shape["fsdp"]
-  print(f"batch {b} prompts ({b / per:g} per data x fsdp shard), K={config.tad.k} "
-        f"keyframes at {_FRAME_SIZE.value} px, G={config.rl.num_generations}, "
-        f"G'={config.rl.num_disordered}, up to {config.rl.max_new_tokens} new tokens; "
-        f"remat {config.model.remat_policy}, attention {config.model.attention_impl}",
-        flush=True)
+  print(
+    f"batch {b} prompts ({b / per:g} per data x fsdp shard), K={config.tad.k} "
+    f"keyframes at {_FRAME_SIZE.value} px, G={config.rl.num_generations}, "
+    f"G'={config.rl.num_disordered}, up to {config.rl.max_new_tokens} new tokens; "
+    f"remat {config.model.remat_policy}, attention {config.model.attention_impl}",
+    flush=True,
+  )
   stop = None
   if tok is not None:
-    stop = tuple(t for t in (model_cfg.eos_token_id, tok.token_to_id("<|endoftext|>"))
-                 if t is not None)
+    stop = tuple(
+      t for t in (model_cfg.eos_token_id, tok.token_to_id("<|endoftext|>")) if t is not None
+    )
   reports = planning.compile_programs(
-      config, mesh, model_cfg, frame_size=_FRAME_SIZE.value, stop_tokens=stop,
-      progress=lambda line: print(line, flush=True), only=_PROGRAMS.value or None)
+    config,
+    mesh,
+    model_cfg,
+    frame_size=_FRAME_SIZE.value,
+    stop_tokens=stop,
+    progress=lambda line: print(line, flush=True),
+    only=_PROGRAMS.value or None,
+  )
   print(planning.format_reports(reports, topo))
   line, fits = planning.fit_line(reports, topo)
   print(line, flush=True)

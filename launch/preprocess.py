@@ -26,11 +26,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "data.py"),
-    "Data config (configs/data.py[:variant]); its `preprocess` section gives defaults.",
-    lock_config=True)
-_FORMAT = flags.DEFINE_enum("format", None, ["videomme", "lvbench", "videor1", "synthetic"],
-                            "Annotation format (default: config.preprocess.format).")
+  "config",
+  os.path.join(os.path.dirname(__file__), "..", "configs", "data.py"),
+  "Data config (configs/data.py[:variant]); its `preprocess` section gives defaults.",
+  lock_config=True,
+)
+_FORMAT = flags.DEFINE_enum(
+  "format",
+  None,
+  ["videomme", "lvbench", "videor1", "synthetic"],
+  "Annotation format (default: config.preprocess.format).",
+)
 _ANNOTATIONS = flags.DEFINE_string("annotations", None, "Annotation file as published.")
 _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder the video paths are relative to.")
 _OUT = flags.DEFINE_string("out", None, "Output folder for shards and index.json.")
@@ -40,13 +46,22 @@ _SIZE = flags.DEFINE_integer("size", None, "Square frame side (a multiple of 28)
 _RESIZE = flags.DEFINE_enum("resize", None, ["pad", "crop"], "Keep aspect by pad or crop.")
 _WORKERS = flags.DEFINE_integer("workers", None, "Worker processes (0: in this process).")
 _PER_SHARD = flags.DEFINE_integer("videos_per_shard", None, "Videos per shard.")
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"],
-                           "Synthetic split to preprocess (format=synthetic only).")
+_SPLIT = flags.DEFINE_enum(
+  "split", "train", ["train", "eval"], "Synthetic split to preprocess (format=synthetic only)."
+)
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
-def run(config, *, fmt: str, annotations: str | None, video_dir: str, out: str,
-        split: str = "train", progress: bool = True) -> dict:
+def run(
+  config,
+  *,
+  fmt: str,
+  annotations: str | None,
+  video_dir: str,
+  out: str,
+  split: str = "train",
+  progress: bool = True,
+) -> dict:
   """Loads annotations (writing the synthetic set if needed) and preprocesses them.
 
   Returns:
@@ -58,21 +73,37 @@ def run(config, *, fmt: str, annotations: str | None, video_dir: str, out: str,
   video_dir = os.path.abspath(video_dir)
   if fmt == "synthetic" and not annotations:
     paths = synthetic.write_dataset(
-        video_dir, synthetic.SyntheticSettings(**p.synthetic.to_dict()), progress=progress)
+      video_dir, synthetic.SyntheticSettings(**p.synthetic.to_dict()), progress=progress
+    )
     annotations = paths[split]
     os.makedirs(os.path.join(out, "tokenizer"), exist_ok=True)
-    shutil.copy(os.path.join(paths["tokenizer_dir"], "tokenizer.json"),
-                os.path.join(out, "tokenizer", "tokenizer.json"))
+    shutil.copy(
+      os.path.join(paths["tokenizer_dir"], "tokenizer.json"),
+      os.path.join(out, "tokenizer", "tokenizer.json"),
+    )
   if not annotations:
     raise benchmarks.AnnotationError(f"--annotations is required for --format={fmt}")
   items, rejects = benchmarks.load_annotations(fmt, annotations, video_dir)
   settings = records.PreprocessSettings(
-      fps=p.fps, max_frames=p.max_frames, size=p.size, resize=p.resize,
-      videos_per_shard=p.videos_per_shard, feature_grid=config.features.grid,
-      feature_color=config.features.color, compression=p.compression)
+    fps=p.fps,
+    max_frames=p.max_frames,
+    size=p.size,
+    resize=p.resize,
+    videos_per_shard=p.videos_per_shard,
+    feature_grid=config.features.grid,
+    feature_color=config.features.color,
+    compression=p.compression,
+  )
   meta = {"format": fmt, "annotations": os.path.abspath(annotations), "video_dir": video_dir}
-  return records.preprocess(items, out, settings, workers=p.workers,
-                            annotation_rejects=rejects, meta=meta, progress=progress)
+  return records.preprocess(
+    items,
+    out,
+    settings,
+    workers=p.workers,
+    annotation_rejects=rejects,
+    meta=meta,
+    progress=progress,
+  )
 
 
 def main(argv) -> int:
@@ -83,9 +114,15 @@ def main(argv) -> int:
   from configs import data as data_config
 
   config = _CONFIG.value
-  overrides = {"format": _FORMAT.value, "fps": _FPS.value, "max_frames": _MAX_FRAMES.value,
-               "size": _SIZE.value, "resize": _RESIZE.value, "workers": _WORKERS.value,
-               "videos_per_shard": _PER_SHARD.value}
+  overrides = {
+    "format": _FORMAT.value,
+    "fps": _FPS.value,
+    "max_frames": _MAX_FRAMES.value,
+    "size": _SIZE.value,
+    "resize": _RESIZE.value,
+    "workers": _WORKERS.value,
+    "videos_per_shard": _PER_SHARD.value,
+  }
   start = time.perf_counter()
   try:
     with config.unlocked():
@@ -95,17 +132,25 @@ def main(argv) -> int:
     data_config.validate_data(config)
     if not _OUT.value or not _VIDEO_DIR.value:
       raise common.ConfigError("--out and --video_dir are required")
-    index = run(config, fmt=config.preprocess.format, annotations=_ANNOTATIONS.value,
-                video_dir=_VIDEO_DIR.value, out=_OUT.value, split=_SPLIT.value,
-                progress=not _QUIET.value)
+    index = run(
+      config,
+      fmt=config.preprocess.format,
+      annotations=_ANNOTATIONS.value,
+      video_dir=_VIDEO_DIR.value,
+      out=_OUT.value,
+      split=_SPLIT.value,
+      progress=not _QUIET.value,
+    )
   except (common.ConfigError, benchmarks.AnnotationError, ValueError) as e:
     print(f"preprocess: error: {e}", file=sys.stderr)
     return 2
-  print(f"preprocess: {index['num_questions']} questions on {index['num_videos']} videos "
-        f"({index['num_frames']} frames) in {len(index['shards'])} shards; "
-        f"{index['num_rejected']} rejected (see {os.path.join(_OUT.value, 'rejected.jsonl')}); "
-        f"{index['written_shards']} shards written, {index['skipped_shards']} already done; "
-        f"{time.perf_counter() - start:.1f} s")
+  print(
+    f"preprocess: {index['num_questions']} questions on {index['num_videos']} videos "
+    f"({index['num_frames']} frames) in {len(index['shards'])} shards; "
+    f"{index['num_rejected']} rejected (see {os.path.join(_OUT.value, 'rejected.jsonl')}); "
+    f"{index['written_shards']} shards written, {index['skipped_shards']} already done; "
+    f"{time.perf_counter() - start:.1f} s"
+  )
   return 0 if index["num_questions"] > 0 else 1
 
 

@@ -23,15 +23,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "configs", "tad.py"))
+  os.path.join(os.path.dirname(__file__), "..", "configs", "tad.py")
+)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "TAD config file (configs/tad.py[:variant]).", lock_config=True)
+  "config", _DEFAULT_CONFIG, "TAD config file (configs/tad.py[:variant]).", lock_config=True
+)
 _VIDEO = flags.DEFINE_string("video", None, "Video file to select keyframes from.")
 _K = flags.DEFINE_integer("k", None, "Number of keyframes (default: config.tad.k).")
 _FPS = flags.DEFINE_float("fps", None, "Decode at this rate (default: native rate).")
 _OUT = flags.DEFINE_string("out", None, "Directory for the PNGs (none written if unset).")
-_SELECTOR = flags.DEFINE_enum("selector", None, ["tad", "uniform"],
-                              "Keyframe selector (default: config.tad.selector).")
+_SELECTOR = flags.DEFINE_enum(
+  "selector", None, ["tad", "uniform"], "Keyframe selector (default: config.tad.selector)."
+)
 _PROGRESS_EVERY = 2000  # Frames between progress lines on stderr.
 
 
@@ -53,8 +56,9 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
   times = []
 
   def stream():
-    for n, (_, t, frame_hwc) in enumerate(decode.iter_frames(
-        video, fps=inp.fps, size=inp.size, resize=inp.resize, indices=indices)):
+    for n, (_, t, frame_hwc) in enumerate(
+      decode.iter_frames(video, fps=inp.fps, size=inp.size, resize=inp.resize, indices=indices)
+    ):
       times.append(t)
       if n and n % _PROGRESS_EVERY == 0:
         logging.info("decoded %d frames (%.0f s of video)", n, t)
@@ -62,12 +66,14 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
 
   # Two passes keep memory flat for long videos: features while decoding, then only
   # the selected frames again for the contact sheet.
-  feats_td = features.video_features(stream(), chunk=feat_cfg.chunk,
-                                     **tad_config.features_kwargs(feat_cfg))
+  feats_td = features.video_features(
+    stream(), chunk=feat_cfg.chunk, **tad_config.features_kwargs(feat_cfg)
+  )
   if not len(times):
     raise decode.VideoDecodeError(video, "no decodable frames")
-  logging.info("decoded and featurised %d frames in %.1f s", len(times),
-               time.perf_counter() - start)
+  logging.info(
+    "decoded and featurised %d frames in %.1f s", len(times), time.perf_counter() - start
+  )
 
   k, kwargs = tad_cfg.k, tad_config.tad_kwargs(tad_cfg)
   analysis = jax.jit(lambda x: tad.analyze(x, **kwargs))(feats_td)
@@ -78,31 +84,42 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
   times = np.asarray(times, np.float64)
 
   report = {
-      "video": os.fspath(video),
-      "selector": tad_cfg.selector,
-      "k": k,
-      "fps": inp.fps if inp.fps is not None else info.native_fps,
-      "native_fps": info.native_fps,
-      "duration": info.duration,
-      "num_frames": int(times.shape[0]),
-      "frames": picked.tolist(),
-      "timestamps": [round(float(times[i]), 6) for i in picked],
-      "inflections": inflections.tolist(),
-      "scores": [round(float(s), 6) for s in scores],
+    "video": os.fspath(video),
+    "selector": tad_cfg.selector,
+    "k": k,
+    "fps": inp.fps if inp.fps is not None else info.native_fps,
+    "native_fps": info.native_fps,
+    "duration": info.duration,
+    "num_frames": int(times.shape[0]),
+    "frames": picked.tolist(),
+    "timestamps": [round(float(times[i]), 6) for i in picked],
+    "inflections": inflections.tolist(),
+    "scores": [round(float(s), 6) for s in scores],
   }
   if out_dir:
     # Positions in the capped sequence map back to decoder positions for pass two.
     positions = picked if indices is None else indices[picked]
-    thumbs = {i: f for i, _, f in decode.iter_frames(
-        video, fps=inp.fps, size=inp.size, resize=inp.resize, indices=positions)}
+    thumbs = {
+      i: f
+      for i, _, f in decode.iter_frames(
+        video, fps=inp.fps, size=inp.size, resize=inp.resize, indices=positions
+      )
+    }
     name = os.path.basename(video)
-    curve = plots.tad_curve(os.path.join(out_dir, "tad_curve.png"), scores,
-                            analysis.inflections, picked, times,
-                            title=f"{name}: {tad_cfg.selector}, k={k}")
+    curve = plots.tad_curve(
+      os.path.join(out_dir, "tad_curve.png"),
+      scores,
+      analysis.inflections,
+      picked,
+      times,
+      title=f"{name}: {tad_cfg.selector}, k={k}",
+    )
     sheet = plots.contact_sheet(
-        os.path.join(out_dir, "contact_sheet.png"),
-        np.stack([thumbs[int(p)] for p in positions]),
-        [f"#{i}  {times[i]:.2f}s" for i in picked], title=name)
+      os.path.join(out_dir, "contact_sheet.png"),
+      np.stack([thumbs[int(p)] for p in positions]),
+      [f"#{i}  {times[i]:.2f}s" for i in picked],
+      title=name,
+    )
     report["outputs"] = [curve, sheet]
   return report
 

@@ -18,8 +18,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The config fields that hold paths, where a config has them.
-CONFIG_PATHS = ("input.data_dir", "input.tokenizer_dir", "model.hf_dir", "ckpt.init_from",
-                "ckpt.resume")
+CONFIG_PATHS = (
+  "input.data_dir",
+  "input.tokenizer_dir",
+  "model.hf_dir",
+  "ckpt.init_from",
+  "ckpt.resume",
+)
 
 
 def absolute(path: str | None) -> str | None:
@@ -59,8 +64,9 @@ def run_tool(cmd: list[str], *, who: str) -> str:
   return result.stdout
 
 
-def preprocess_synthetic(out: str, data_arg: str, *, who: str,
-                         extra_args: tuple[str, ...] = ()) -> tuple[str, str]:
+def preprocess_synthetic(
+  out: str, data_arg: str, *, who: str, extra_args: tuple[str, ...] = ()
+) -> tuple[str, str]:
   """Writes and preprocesses the synthetic set into <out>/data/{train,eval} (resumable).
 
   Args:
@@ -75,8 +81,21 @@ def preprocess_synthetic(out: str, data_arg: str, *, who: str,
   dirs = {}
   for split in ("train", "eval"):
     dirs[split] = os.path.join(out, "data", split)
-    print(run_tool([sys.executable, "-m", "launch.preprocess", f"--config={data_arg}",
-                    *extra_args, "--format=synthetic",
-                    f"--video_dir={os.path.join(out, 'synthetic')}", f"--out={dirs[split]}",
-                    f"--split={split}"], who=who).strip(), flush=True)
+    print(
+      run_tool(
+        [
+          sys.executable,
+          "-m",
+          "launch.preprocess",
+          f"--config={data_arg}",
+          *extra_args,
+          "--format=synthetic",
+          f"--video_dir={os.path.join(out, 'synthetic')}",
+          f"--out={dirs[split]}",
+          f"--split={split}",
+        ],
+        who=who,
+      ).strip(),
+      flush=True,
+    )
   return dirs["train"], dirs["eval"]

@@ -18,10 +18,11 @@ from configs import kf_grpo as kf_grpo_config
 from launch import multihost, tools
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file, e.g. configs/kf_grpo.py:smoke.",
-    lock_config=True)
+  "config", None, "Training config file, e.g. configs/kf_grpo.py:smoke.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and plots; reused to resume.")
+  "workdir", None, "Directory for checkpoints, metrics and plots; reused to resume."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 flags.adopt_module_key_flags(multihost)  # --help lists the multi-process flags too.
 
@@ -38,8 +39,13 @@ def main(argv):
   jax = multihost.initialize()
   from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
 
-  logging.info("process %d/%d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "process %d/%d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   train_lib.train_and_evaluate(config, tools.absolute(_WORKDIR.value))
 
 

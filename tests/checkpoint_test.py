@@ -33,18 +33,19 @@ def _state(mesh, seed=0):
   put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
   w = rng.standard_normal((4, 6)).astype(np.float32)
   return {
-      "params": {"w": put(w, P("fsdp", "tensor")),
-                 "b": put(rng.standard_normal(5).astype(np.float32), P()),
-                 "emb": put(rng.standard_normal((8, 3)).astype(jnp.bfloat16),
-                            P("data"))},
-      "opt_state": {"mu": put(w * 0.5, P("fsdp", "tensor")),
-                    "count": put(np.int32(seed + 7), P())},
+    "params": {
+      "w": put(w, P("fsdp", "tensor")),
+      "b": put(rng.standard_normal(5).astype(np.float32), P()),
+      "emb": put(rng.standard_normal((8, 3)).astype(jnp.bfloat16), P("data")),
+    },
+    "opt_state": {"mu": put(w * 0.5, P("fsdp", "tensor")), "count": put(np.int32(seed + 7), P())},
   }
 
 
 def _abstract(state, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
 
 
 def _assert_same_values(a, b):
@@ -60,21 +61,22 @@ def test_sharded_roundtrip_gives_values_and_requested_shardings(mesh, tmp_path):
     ckpt.wait()
     # Restore onto DIFFERENT shardings than saved: the requested ones must win.
     requested = {
-        "params": {"w": NamedSharding(mesh, P(("data", "fsdp"), None)),
-                   "b": NamedSharding(mesh, P()),
-                   "emb": NamedSharding(mesh, P(("fsdp", "tensor")))},
-        "opt_state": {"mu": NamedSharding(mesh, P("data")),
-                      "count": NamedSharding(mesh, P())},
+      "params": {
+        "w": NamedSharding(mesh, P(("data", "fsdp"), None)),
+        "b": NamedSharding(mesh, P()),
+        "emb": NamedSharding(mesh, P(("fsdp", "tensor"))),
+      },
+      "opt_state": {"mu": NamedSharding(mesh, P("data")), "count": NamedSharding(mesh, P())},
     }
     restored = ckpt.restore(_abstract(state, requested))
   assert (restored.source, restored.step) == ("own", 12)
   assert restored.extra == {"tokens": 1234}
   _assert_same_values(restored.state, state)
-  for x, want, orig in zip(jax.tree.leaves(restored.state), jax.tree.leaves(requested),
-                           jax.tree.leaves(state)):
+  for x, want, orig in zip(
+    jax.tree.leaves(restored.state), jax.tree.leaves(requested), jax.tree.leaves(state)
+  ):
     assert x.sharding == want and x.dtype == orig.dtype
-  np.testing.assert_array_equal(jax.random.key_data(restored.rng),
-                                jax.random.key_data(key))
+  np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(key))
   assert jax.random.key_impl(restored.rng) == jax.random.key_impl(key)
 
 
@@ -163,8 +165,9 @@ def test_resume_order_picks_each_source_in_turn(mesh, tmp_path):
   got = order(resume=other_dir, init_from=hf_dir)  # A run dir: its latest step.
   assert (got.source, got.step) == ("resume", 6)
   _assert_same_values(got.state, state_b)
-  np.testing.assert_array_equal(jax.random.key_data(got.rng),
-                                jax.random.key_data(jax.random.key(6)))
+  np.testing.assert_array_equal(
+    jax.random.key_data(got.rng), jax.random.key_data(jax.random.key(6))
+  )
   got = order(resume=os.path.join(other_dir, "3"))  # One step directory.
   assert (got.source, got.step) == ("resume", 3)
   _assert_same_values(got.state, state_a)
@@ -187,8 +190,7 @@ def test_init_from_wrong_tree_names_path_and_fix(mesh, tmp_path):
   checkpoint.save_params(str(tmp_path / "p"), state["params"])
   params = state["params"]
   wrong = checkpoint.abstract_like({"w": params["w"], "z": params["b"]})
-  with pytest.raises(ValueError,
-                     match=r"(?s)cannot load params from .*/p: .*convert_hf"):
+  with pytest.raises(ValueError, match=r"(?s)cannot load params from .*/p: .*convert_hf"):
     checkpoint.load_params(str(tmp_path / "p"), wrong)
 
 
@@ -201,12 +203,18 @@ def _model_state(mesh, *, scan_layers):
   from chronoforge_jax.models import get_preset, vlm
   from configs import kf_grpo
 
-  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
-      get_preset("tiny"), rngs=nnx.Rngs(0), scan_layers=scan_layers)), nnx.Param)
+  abstract = nnx.state(
+    nnx.eval_shape(
+      lambda: vlm.VideoLanguageModel(get_preset("tiny"), rngs=nnx.Rngs(0), scan_layers=scan_layers)
+    ),
+    nnx.Param,
+  )
   rng = np.random.default_rng(0)
   params = jax.tree.map(
-      lambda a, s: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), s),
-      abstract, sharding.state_shardings(abstract, mesh))
+    lambda a, s: jax.device_put(rng.standard_normal(a.shape).astype(a.dtype), s),
+    abstract,
+    sharding.state_shardings(abstract, mesh),
+  )
   config = kf_grpo.get_config("smoke")
   config.optax.freeze_vision, config.optax.grad_accum = True, 2
   tx = train_lib.make_optimizer(config, params)
@@ -245,8 +253,9 @@ def test_checkpoints_load_across_layer_layouts(mesh, tmp_path, saved_scanned):
   # Independently of relayout: layer 1 of the saved per-layer q kernel is row 1.
   q_per_layer = per_layer["params"]["text"]["layers"][1]["attn"]["q"]["kernel"]
   q_stacked = (restored.state if not saved_scanned else scanned)["params"]["text"]
-  np.testing.assert_array_equal(np.asarray(q_stacked["layers"]["attn"]["q"]["kernel"][1]),
-                                np.asarray(q_per_layer))
+  np.testing.assert_array_equal(
+    np.asarray(q_stacked["layers"]["attn"]["q"]["kernel"][1]), np.asarray(q_per_layer)
+  )
 
 
 _KILLED_SAVE = textwrap.dedent("""
@@ -272,16 +281,21 @@ _KILLED_SAVE = textwrap.dedent("""
 def test_killed_save_leaves_previous_step_restorable(tmp_path):
   directory = str(tmp_path / "ckpt")
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, directory], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", _KILLED_SAVE, directory],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
   leftovers = [d for d in os.listdir(directory) if d.startswith("2.")]
   assert leftovers, "the killed save should have left a temporary directory"
   ckpt = checkpoint.Checkpointer(directory, save_every=1, keep=3)
   assert ckpt.latest_step() == 1
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = ckpt.restore({"w": jax.ShapeDtypeStruct((6,), jnp.float32,
-                                                     sharding=sharding)})
+  restored = ckpt.restore({"w": jax.ShapeDtypeStruct((6,), jnp.float32, sharding=sharding)})
   np.testing.assert_array_equal(restored.state["w"], np.arange(6.0))
   # Orbax removes the leftover in a background thread that the next save awaits, so
   # the directory is only guaranteed clean once step 2 has been written again.
@@ -415,10 +429,12 @@ def test_ckpt_config_variants_and_validation(tmp_path):
   assert (smoke.save_every, smoke.keep) == (5, 2)
   with pytest.raises(common.ConfigError, match="variant"):
     ckpt_config.get_config("smok")
-  for field, value, match in (("save_every", 0, "ckpt.save_every"),
-                              ("keep", -1, "ckpt.keep"),
-                              ("keep_every", -2, "ckpt.keep_every"),
-                              ("subdir", "/abs", "ckpt.subdir")):
+  for field, value, match in (
+    ("save_every", 0, "ckpt.save_every"),
+    ("keep", -1, "ckpt.keep"),
+    ("keep_every", -2, "ckpt.keep_every"),
+    ("subdir", "/abs", "ckpt.subdir"),
+  ):
     config = ckpt_config.get_config()
     config[field] = value
     with pytest.raises(common.ConfigError, match=match):

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -17,8 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # (which inherit this environment from the controller) and in the launchers they spawn.
 # A cache hit still traces and lowers; only XLA's compile is skipped. The run that made
 # the folder removes it at exit; CHRONOFORGE_TEST_JAX_CACHE=0 turns the cache off.
-if (os.environ.get("CHRONOFORGE_TEST_JAX_CACHE", "1") != "0"
-    and "JAX_COMPILATION_CACHE_DIR" not in os.environ):
+if (
+  os.environ.get("CHRONOFORGE_TEST_JAX_CACHE", "1") != "0"
+  and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="chronoforge-jax-cache-")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)

@@ -27,19 +27,45 @@ SIZE = 56  # Two merged 28-px units per side: 4 video tokens per temporal patch.
 
 # (question, options, answer, duration bucket, task type) per video.
 QUESTIONS = [
-    [("Which event happens first?", ["a red circle appears", "a blue square moves",
-                                     "the screen flashes", "a cyan cross appears"], 2,
-      "short", "first"),
-     ("Which event happens last?", ["the screen flashes", "a green square",
-                                    "an orange diamond"], 0, "short", "last")],
-    [("What happened right after the flash?", ["a purple circle", "a red cross",
-                                               "a white square", "a yellow diamond"], 1,
-      "long", "after"),
-     ("Which event happens first?", ["a cyan triangle", "a blue circle", "a red square",
-                                     "the screen flashes white"], 3, "medium", "first"),
-     ("What happened right before the cross?", ["a green diamond", "an orange circle",
-                                                "a red triangle", "a blue cross"], 0, "",
-      "before")],
+  [
+    (
+      "Which event happens first?",
+      ["a red circle appears", "a blue square moves", "the screen flashes", "a cyan cross appears"],
+      2,
+      "short",
+      "first",
+    ),
+    (
+      "Which event happens last?",
+      ["the screen flashes", "a green square", "an orange diamond"],
+      0,
+      "short",
+      "last",
+    ),
+  ],
+  [
+    (
+      "What happened right after the flash?",
+      ["a purple circle", "a red cross", "a white square", "a yellow diamond"],
+      1,
+      "long",
+      "after",
+    ),
+    (
+      "Which event happens first?",
+      ["a cyan triangle", "a blue circle", "a red square", "the screen flashes white"],
+      3,
+      "medium",
+      "first",
+    ),
+    (
+      "What happened right before the cross?",
+      ["a green diamond", "an orange circle", "a red triangle", "a blue cross"],
+      0,
+      "",
+      "before",
+    ),
+  ],
 ]
 
 
@@ -51,12 +77,27 @@ def make_dataset(out_dir: str, *, seed: int = 0) -> tokenizer_lib.Tokenizer:
     for v, qs in enumerate(QUESTIONS):
       t = 14 - 4 * v
       frames = rng.integers(0, 256, (t, SIZE, SIZE, 3), dtype=np.uint8)
-      pos = writer.add_video(f"vid{v}", frames, np.arange(t) * 0.5,
-                             rng.normal(size=(t, 12)).astype(np.float32), {"duration": t / 2})
+      pos = writer.add_video(
+        f"vid{v}",
+        frames,
+        np.arange(t) * 0.5,
+        rng.normal(size=(t, 12)).astype(np.float32),
+        {"duration": t / 2},
+      )
       for n, (q, opts, ans, bucket, task) in enumerate(qs):
-        writer.add_question({"question_id": f"v{v}q{n}", "video_id": f"vid{v}", "question": q,
-                             "options": opts, "answer_index": ans, "duration_bucket": bucket,
-                             "task_type": task, "reasoning": ""}, pos)
+        writer.add_question(
+          {
+            "question_id": f"v{v}q{n}",
+            "video_id": f"vid{v}",
+            "question": q,
+            "options": opts,
+            "answer_index": ans,
+            "duration_bucket": bucket,
+            "task_type": task,
+            "reasoning": "",
+          },
+          pos,
+        )
     writer.commit({"max_video_frames": 14, "feature_dim": 12})
   records.write_index(out_dir, {})
   return tok
@@ -74,8 +115,9 @@ def random_model(cfg, seed: int = 3, std: float = 0.25) -> vlm.VideoLanguageMode
   Skips the eager initialisers (each compiles on first use, ~10 s in all), and weights
   larger than the default init make outputs depend visibly on the video and positions.
   """
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
-      cfg, rngs=nnx.Rngs(0))))
+  graphdef, abstract = nnx.split(
+    nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0)))
+  )
   rng = np.random.default_rng(seed)
   state = jax.tree.map(lambda a: jnp.asarray(rng.normal(0, std, a.shape), a.dtype), abstract)
   return nnx.merge(graphdef, state)
@@ -103,17 +145,35 @@ def fake_scores(calls: list, fail_at: int | None = None):
 
 
 def _record(i, bucket, task, answer, pred, n=4):
-  return QR(question_id=f"q{i}", video_id="v", duration_bucket=bucket, task_type=task,
-            answer_index=answer, predicted_index=pred, num_options=n, text="")
+  return QR(
+    question_id=f"q{i}",
+    video_id="v",
+    duration_bucket=bucket,
+    task_type=task,
+    answer_index=answer,
+    predicted_index=pred,
+    num_options=n,
+    text="",
+  )
 
 
 def test_grouping_of_hand_made_records():
-  recs = [_record(0, "short", "count", 1, 1), _record(1, "short", "order", 2, None),
-          _record(2, "long", "count", 0, 3), _record(3, "long", "count", 0, 0),
-          _record(4, "", "order", 3, 3), _record(5, "medium", "", 1, None)]
+  recs = [
+    _record(0, "short", "count", 1, 1),
+    _record(1, "short", "order", 2, None),
+    _record(2, "long", "count", 0, 3),
+    _record(3, "long", "count", 0, 0),
+    _record(4, "", "order", 3, 3),
+    _record(5, "medium", "", 1, None),
+  ]
   t = eval_lib.accuracy_tables(recs)
-  assert t["overall"] == {"num_questions": 6, "num_correct": 3, "accuracy": 0.5,
-                          "num_unparseable": 2, "unparseable_fraction": 2 / 6}
+  assert t["overall"] == {
+    "num_questions": 6,
+    "num_correct": 3,
+    "accuracy": 0.5,
+    "num_unparseable": 2,
+    "unparseable_fraction": 2 / 6,
+  }
   assert list(t["duration_bucket"]) == ["short", "medium", "long", "(none)"]
   assert t["duration_bucket"]["short"]["accuracy"] == 0.5
   assert t["duration_bucket"]["short"]["unparseable_fraction"] == 0.5
@@ -126,15 +186,22 @@ def test_grouping_of_hand_made_records():
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(st.lists(st.tuples(st.sampled_from(["short", "medium", "long", "", "x"]),
-                                     st.sampled_from(["a", "b", ""]), st.integers(0, 3),
-                                     st.one_of(st.none(), st.integers(0, 3))), max_size=30))
+@hypothesis.given(
+  st.lists(
+    st.tuples(
+      st.sampled_from(["short", "medium", "long", "", "x"]),
+      st.sampled_from(["a", "b", ""]),
+      st.integers(0, 3),
+      st.one_of(st.none(), st.integers(0, 3)),
+    ),
+    max_size=30,
+  )
+)
 def test_tables_equal_a_plain_recount(rows):
   recs = [_record(i, *r) for i, r in enumerate(rows)]
   t = eval_lib.accuracy_tables(recs)
   for group, col in (("duration_bucket", 0), ("task_type", 1)):
-    count, correct, none = (collections.Counter(), collections.Counter(),
-                            collections.Counter())
+    count, correct, none = (collections.Counter(), collections.Counter(), collections.Counter())
     for r in rows:
       key = r[col] or "(none)"
       count[key] += 1
@@ -150,17 +217,27 @@ def test_tables_equal_a_plain_recount(rows):
 
 
 def test_compare_and_round_trip(tmp_path):
-  a = eval_lib.EvalResult.from_records("uniform", [
-      _record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 0)], {"selector": "uniform"})
-  b = eval_lib.EvalResult.from_records("tad", [
-      _record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 1)], {"selector": "tad"})
+  a = eval_lib.EvalResult.from_records(
+    "uniform",
+    [_record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 0)],
+    {"selector": "uniform"},
+  )
+  b = eval_lib.EvalResult.from_records(
+    "tad", [_record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 1)], {"selector": "tad"}
+  )
   table = eval_lib.compare_results([a, b])
   lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
   assert [c.strip() for c in lines["all"].split("|")[2:6]] == ["2", "50.0%", "100.0%", "+50.0"]
   assert [c.strip() for c in lines["duration: short"].split("|")[3:6]] == [
-      "100.0%", "100.0%", "+0.0"]
+    "100.0%",
+    "100.0%",
+    "+0.0",
+  ]
   assert [c.strip() for c in lines["duration: long"].split("|")[3:6]] == [
-      "0.0%", "100.0%", "+100.0"]
+    "0.0%",
+    "100.0%",
+    "+100.0",
+  ]
   paths = eval_lib.write_result(b, tmp_path)
   back = eval_lib.load_result(paths["json"])
   assert back.records == b.records and back.tables == b.tables and back.name == "tad"
@@ -181,18 +258,19 @@ def _reference_scores(model, tok, batch, b, num_options):
   pixels, grid = vlm.frames_to_pixel_values(batch["frames"][b, :K], model.config.vision)
   patch_t = batch["timestamps"][b, :K:2][None]
   prompt = batch["prompt_ids"][b][batch["prompt_mask"][b]].tolist()
-  comps = [tok.encode(eval_lib.ANSWER_TEMPLATE.format(letter="ABCD"[j]))
-           for j in range(num_options)]
+  comps = [
+    tok.encode(eval_lib.ANSWER_TEMPLATE.format(letter="ABCD"[j])) for j in range(num_options)
+  ]
   # Right padding to one length keeps a single compile; causal attention means the
   # padding cannot change the logits of the real tokens before it.
   ids = np.full((num_options, _REF_LEN), tok.pad_id, np.int32)
   mask = np.zeros_like(ids)
   for j, c in enumerate(comps):
-    ids[j, :len(prompt) + len(c)] = prompt + c
-    mask[j, :len(prompt) + len(c)] = 1
+    ids[j, : len(prompt) + len(c)] = prompt + c
+    mask[j, : len(prompt) + len(c)] = 1
   out = []
   for j, c in enumerate(comps):
-    logits = _ref_forward(model, ids[j:j + 1], mask[j:j + 1], pixels, grid, patch_t)
+    logits = _ref_forward(model, ids[j : j + 1], mask[j : j + 1], pixels, grid, patch_t)
     logp = np.asarray(jax.nn.log_softmax(logits[0]), np.float64)
     out.append(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(c)))
   return np.array(out)
@@ -205,8 +283,9 @@ def _ref_forward(model, ids, mask, pixels, grid, patch_t):
   graphdef, state = nnx.split(model)
   key = (id(model), tuple(map(tuple, grid)))
   if key not in _REF_CACHE:
-    _REF_CACHE[key] = jax.jit(lambda s, i, m, p, t: nnx.merge(graphdef, s)(
-        i, m, p, grid, patch_timestamps=t))
+    _REF_CACHE[key] = jax.jit(
+      lambda s, i, m, p, t: nnx.merge(graphdef, s)(i, m, p, grid, patch_timestamps=t)
+    )
   return _REF_CACHE[key](state, ids, mask, pixels, patch_t)
 
 
@@ -216,11 +295,23 @@ _REF_CACHE = {}
 @pytest.mark.slow
 def test_likelihood_mode_matches_full_forward_and_mesh(model, data, tmp_path):
   data_dir, tok = data
-  result = eval_lib.evaluate(model, data_dir, tok, selector="tad", num_keyframes=K,
-                             batch_size=2, mode="likelihood", progress=False)
-  settings = pipeline.eval_settings(2, num_keyframes=K, selector="tad",
-                                    select_kwargs=result.settings["select_kwargs"],
-                                    prefetch_workers=0)
+  result = eval_lib.evaluate(
+    model,
+    data_dir,
+    tok,
+    selector="tad",
+    num_keyframes=K,
+    batch_size=2,
+    mode="likelihood",
+    progress=False,
+  )
+  settings = pipeline.eval_settings(
+    2,
+    num_keyframes=K,
+    selector="tad",
+    select_kwargs=result.settings["select_kwargs"],
+    prefetch_workers=0,
+  )
   by_id = {r.question_id: r for r in result.records}
   assert len(by_id) == 5
   checked = 0
@@ -258,8 +349,17 @@ def test_likelihood_mode_matches_full_forward_and_mesh(model, data, tmp_path):
   sharded = eval_lib.load_model(model.config, checkpoint=str(tmp_path / "p"), mesh=mesh)
   specs = {v.get_value().sharding.spec for _, v in nnx.to_flat_state(_params(sharded))}
   assert any(any(axis is not None for axis in spec) for spec in specs)
-  on_mesh = eval_lib.evaluate(sharded, data_dir, tok, selector="tad", num_keyframes=K,
-                              batch_size=4, mode="likelihood", mesh=mesh, progress=False)
+  on_mesh = eval_lib.evaluate(
+    sharded,
+    data_dir,
+    tok,
+    selector="tad",
+    num_keyframes=K,
+    batch_size=4,
+    mode="likelihood",
+    mesh=mesh,
+    progress=False,
+  )
   for got, want in zip(on_mesh.records, result.records):
     assert got.question_id == want.question_id
     np.testing.assert_allclose(got.option_scores, want.option_scores, atol=1e-4, rtol=0)
@@ -269,8 +369,17 @@ def test_likelihood_mode_matches_full_forward_and_mesh(model, data, tmp_path):
 def test_max_questions(model, data, monkeypatch):
   calls = []
   monkeypatch.setattr(eval_lib, "_option_scores", fake_scores(calls))
-  r = eval_lib.evaluate(model, data[0], data[1], selector="uniform", num_keyframes=K,
-                        batch_size=2, mode="likelihood", max_questions=3, progress=False)
+  r = eval_lib.evaluate(
+    model,
+    data[0],
+    data[1],
+    selector="uniform",
+    num_keyframes=K,
+    batch_size=2,
+    mode="likelihood",
+    max_questions=3,
+    progress=False,
+  )
   assert [q.question_id for q in r.records] == ["v0q0", "v0q1", "v1q0"]
   assert r.settings["num_questions"] == 3
   assert calls == [2, 2]  # The third batch is never built.
@@ -285,26 +394,48 @@ def test_max_questions(model, data, monkeypatch):
 def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
   """Greedy texts go through extract_choice; a text naming no option is unparseable."""
   tok = data[1]
-  texts = ["<think>x</think><answer>C</answer>", "no idea", "<answer>B</answer>",
-           "<answer>a blue circle</answer>", "so the answer is D"]
+  texts = [
+    "<think>x</think><answer>C</answer>",
+    "no idea",
+    "<answer>B</answer>",
+    "<answer>a blue circle</answer>",
+    "so the answer is D",
+  ]
   calls = []
 
   def fake_generate(model_, inputs, **kw):
     calls.append((inputs, kw))
     b = inputs["input_ids"].shape[0]
     start = 2 * (len(calls) - 1)
-    rows = [tok.encode(texts[start + i]) + [tok.eos_id] if start + i < len(texts) else
-            [tok.eos_id] for i in range(b)]
+    rows = [
+      tok.encode(texts[start + i]) + [tok.eos_id] if start + i < len(texts) else [tok.eos_id]
+      for i in range(b)
+    ]
     width = max(map(len, rows))
     tokens = np.array([r + [tok.pad_id] * (width - len(r)) for r in rows], np.int32)
     mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], np.int32)
-    return sampling.SampleOutput(tokens=tokens, completion_mask=mask, logprobs=None,
-                                 policy_logprobs=None, model_logprobs=None,
-                                 lengths=mask.sum(1), stopped=None)
+    return sampling.SampleOutput(
+      tokens=tokens,
+      completion_mask=mask,
+      logprobs=None,
+      policy_logprobs=None,
+      model_logprobs=None,
+      lengths=mask.sum(1),
+      stopped=None,
+    )
 
   monkeypatch.setattr(sampling, "generate", fake_generate)
-  r = eval_lib.evaluate(model, data[0], tok, selector="uniform", num_keyframes=K,
-                        batch_size=2, mode="generate", max_new_tokens=7, progress=False)
+  r = eval_lib.evaluate(
+    model,
+    data[0],
+    tok,
+    selector="uniform",
+    num_keyframes=K,
+    batch_size=2,
+    mode="generate",
+    max_new_tokens=7,
+    progress=False,
+  )
   assert [q.text for q in r.records] == texts
   assert [q.predicted_index for q in r.records] == [2, None, 1, 1, 3]
   options = [q[1] for qs in QUESTIONS for q in qs]
@@ -317,11 +448,21 @@ def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
   assert kw["temperature"] == 0.0 and kw["max_new_tokens"] == 7
   # The same texts read by lmms-eval's VideoMME rule: the first capital A-D.
   calls.clear()
-  lm = eval_lib.evaluate(model, data[0], tok, selector="uniform", num_keyframes=K,
-                         batch_size=2, mode="generate", max_new_tokens=7, progress=False,
-                         scoring="lmms_eval")
+  lm = eval_lib.evaluate(
+    model,
+    data[0],
+    tok,
+    selector="uniform",
+    num_keyframes=K,
+    batch_size=2,
+    mode="generate",
+    max_new_tokens=7,
+    progress=False,
+    scoring="lmms_eval",
+  )
   assert [q.predicted_index for q in lm.records] == [
-      scoring.score("lmms_eval", t, o) for t, o in zip(texts, options)]
+    scoring.score("lmms_eval", t, o) for t, o in zip(texts, options)
+  ]
   assert [q.predicted_index for q in lm.records] == [2, None, 1, None, 3]
   assert lm.settings["scoring"] == "lmms_eval"
   assert "lmms-eval's VideoMME rule" in eval_lib.scoring_note([lm])
@@ -343,8 +484,17 @@ def test_generate_mode_is_greedy_on_the_keyframe_view(model, data, monkeypatch):
     return outputs[-1]
 
   monkeypatch.setattr(sampling, "generate", spy)
-  r = eval_lib.evaluate(model, data[0], tok, selector="uniform", num_keyframes=K,
-                        batch_size=2, mode="generate", max_new_tokens=3, progress=False)
+  r = eval_lib.evaluate(
+    model,
+    data[0],
+    tok,
+    selector="uniform",
+    num_keyframes=K,
+    batch_size=2,
+    mode="generate",
+    max_new_tokens=3,
+    progress=False,
+  )
   settings = pipeline.eval_settings(2, num_keyframes=K, selector="uniform", prefetch_workers=0)
   checked = 0
   for batch, out in zip(pipeline.make_dataset(data[0], tok, settings), outputs):
@@ -357,7 +507,7 @@ def test_generate_mode_is_greedy_on_the_keyframe_view(model, data, monkeypatch):
       want, want_lp = [], []
       for _ in range(3):
         ids = np.full((1, _REF_LEN), tok.pad_id, np.int32)
-        ids[0, :len(seq)] = seq
+        ids[0, : len(seq)] = seq
         mask = (np.arange(_REF_LEN) < len(seq))[None].astype(np.int32)
         logits = _ref_forward(model, ids, mask, pixels, grid, patch_t)
         want.append(int(np.argmax(logits[0, len(seq) - 1])))
@@ -391,15 +541,35 @@ def test_failure_mid_evaluation_keeps_earlier_result(model, data, tmp_path, monk
   calls = []
   monkeypatch.setattr(eval_lib, "_option_scores", fake_scores(calls, fail_at=2))
   with pytest.raises(RuntimeError, match="device lost"):
-    eval_lib.evaluate(model, data[0], data[1], selector="tad", num_keyframes=K, batch_size=2,
-                      mode="likelihood", name="run", out_dir=tmp_path, progress=False)
+    eval_lib.evaluate(
+      model,
+      data[0],
+      data[1],
+      selector="tad",
+      num_keyframes=K,
+      batch_size=2,
+      mode="likelihood",
+      name="run",
+      out_dir=tmp_path,
+      progress=False,
+    )
   assert len(calls) == 2  # It failed after a batch was done: mid-evaluation.
   assert {k: open(p).read() for k, p in paths.items()} == before
   assert sorted(os.listdir(tmp_path)) == ["run.json", "run.jsonl", "run.md"]
   # Without the failure the same call replaces the files with the complete result.
   monkeypatch.setattr(eval_lib, "_option_scores", fake_scores([]))
-  eval_lib.evaluate(model, data[0], data[1], selector="tad", num_keyframes=K, batch_size=2,
-                    mode="likelihood", name="run", out_dir=tmp_path, progress=False)
+  eval_lib.evaluate(
+    model,
+    data[0],
+    data[1],
+    selector="tad",
+    num_keyframes=K,
+    batch_size=2,
+    mode="likelihood",
+    name="run",
+    out_dir=tmp_path,
+    progress=False,
+  )
   assert len(eval_lib.load_result(paths["json"]).records) == 5
 
 
@@ -427,10 +597,8 @@ def test_load_model_from_params_and_training_checkpoints(model, data, tmp_path):
   params_dir = str(tmp_path / "params")
   ckpt_lib.save_params(params_dir, _params(model))
   loaded = eval_lib.load_model(cfg, checkpoint=params_dir)
-  with ckpt_lib.Checkpointer(str(tmp_path / "run"), save_every=1, keep=1,
-                             async_save=False) as ckpt:
-    ckpt.save(7, {"params": _params(model), "opt_state": {"mu": jnp.ones(3)},
-                  "step": jnp.int32(7)})
+  with ckpt_lib.Checkpointer(str(tmp_path / "run"), save_every=1, keep=1, async_save=False) as ckpt:
+    ckpt.save(7, {"params": _params(model), "opt_state": {"mu": jnp.ones(3)}, "step": jnp.int32(7)})
   from_run = eval_lib.load_model(cfg, checkpoint=str(tmp_path / "run"))
   want = jax.tree.leaves(_params(model))
   for m in (loaded, from_run):

@@ -19,7 +19,7 @@ def ref_features(frames_thwc, grid, color="rgb", center=True):
     vec = []
     for i in range(grid):
       for j in range(grid):
-        block = f[top + i * bh: top + (i + 1) * bh, left + j * bw: left + (j + 1) * bw]
+        block = f[top + i * bh : top + (i + 1) * bh, left + j * bw : left + (j + 1) * bw]
         mean = block.reshape(-1, 3).mean(axis=0)
         if color == "luma":
           mean = np.array([0.299 * mean[0] + 0.587 * mean[1] + 0.114 * mean[2]])
@@ -50,17 +50,17 @@ def test_batched_and_jitted_equal_unbatched():
 def test_video_features_chunks_equal_one_call():
   frames = np.random.default_rng(2).integers(0, 256, size=(11, 16, 16, 3), dtype=np.uint8)
   whole = ref_features(frames, 4)
-  np.testing.assert_allclose(features.video_features(frames, chunk=4, grid=4), whole,
-                             atol=2e-6)
+  np.testing.assert_allclose(features.video_features(frames, chunk=4, grid=4), whole, atol=2e-6)
   # A generator works too (the decoder streams frames one at a time).
-  np.testing.assert_allclose(features.video_features(iter(frames), chunk=64, grid=4),
-                             whole, atol=2e-6)
+  np.testing.assert_allclose(
+    features.video_features(iter(frames), chunk=64, grid=4), whole, atol=2e-6
+  )
   assert features.video_features(iter([]), grid=4).shape == (0, 48)
   # One frame (a still image) and a partial last chunk: padded to a power of two only.
-  np.testing.assert_allclose(features.video_features(frames[:1], chunk=256, grid=4),
-                             whole[:1], atol=2e-6)
-  np.testing.assert_allclose(features.video_features(frames, chunk=8, grid=4), whole,
-                             atol=2e-6)
+  np.testing.assert_allclose(
+    features.video_features(frames[:1], chunk=256, grid=4), whole[:1], atol=2e-6
+  )
+  np.testing.assert_allclose(features.video_features(frames, chunk=8, grid=4), whole, atol=2e-6)
 
 
 def test_uniform_brightness_change_is_visible_to_cosine():

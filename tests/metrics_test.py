@@ -28,12 +28,13 @@ def _read_events(logdir):
     data = open(path, "rb").read()
     pos = 0
     while pos < len(data):
-      header = data[pos:pos + 8]
+      header = data[pos : pos + 8]
       (length,) = struct.unpack("<Q", header)
-      assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
-      payload = data[pos + 12:pos + 12 + length]
-      assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == (
-          masked_crc32c(payload))
+      assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
+      payload = data[pos + 12 : pos + 12 + length]
+      assert struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])[0] == (
+        masked_crc32c(payload)
+      )
       events.append(event_pb2.Event.FromString(payload))
       pos += 16 + length
   return events
@@ -41,19 +42,24 @@ def _read_events(logdir):
 
 def test_find_nonfinite_names_every_bad_metric():
   values = {
-      "loss": jnp.float32(1.5),
-      "grad_norm": float("nan"),
-      "kl": np.array([0.1, np.inf, 0.2]),
-      "reward": {"accuracy": jnp.array([0.5, jnp.nan]), "format": 1.0},
-      "count": 3,  # Integers cannot be non-finite.
-      "ok": True,
-      "note": "text",
-      "neg": -np.inf,
+    "loss": jnp.float32(1.5),
+    "grad_norm": float("nan"),
+    "kl": np.array([0.1, np.inf, 0.2]),
+    "reward": {"accuracy": jnp.array([0.5, jnp.nan]), "format": 1.0},
+    "count": 3,  # Integers cannot be non-finite.
+    "ok": True,
+    "note": "text",
+    "neg": -np.inf,
   }
   reference = []
-  for name, value in (("loss", [1.5]), ("grad_norm", [math.nan]),
-                      ("kl", [0.1, math.inf, 0.2]), ("reward/accuracy", [0.5, math.nan]),
-                      ("reward/format", [1.0]), ("neg", [-math.inf])):
+  for name, value in (
+    ("loss", [1.5]),
+    ("grad_norm", [math.nan]),
+    ("kl", [0.1, math.inf, 0.2]),
+    ("reward/accuracy", [0.5, math.nan]),
+    ("reward/format", [1.0]),
+    ("neg", [-math.inf]),
+  ):
     if not all(math.isfinite(v) for v in value):
       reference.append(name)
   assert metrics.find_nonfinite(values) == reference
@@ -75,8 +81,11 @@ def test_bad_step_guard_rejects_names_and_halts():
   assert guard.consecutive == 0
   assert not guard.check(6, {"loss": nan})
   assert not guard.check(7, {"loss": nan})
-  with pytest.raises(metrics.NonFiniteError, match=r"step 8: non-finite loss.*last "
-                     r"good step 5"):
+  with pytest.raises(
+    metrics.NonFiniteError,
+    match=r"step 8: non-finite loss.*last "
+    r"good step 5",
+  ):
     guard.check(8, {"loss": nan})
   assert len(messages) == 4
   with pytest.raises(ValueError):
@@ -88,8 +97,9 @@ def test_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
   image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
   with metrics.MetricsWriter(workdir, active=True) as writer:
     for step in range(1, 6):
-      writer.write_scalars(step, {"loss": jnp.float32(1.0 / step),
-                                  "reward": {"accuracy": np.float64(step / 10)}})
+      writer.write_scalars(
+        step, {"loss": jnp.float32(1.0 / step), "reward": {"accuracy": np.float64(step / 10)}}
+      )
     writer.write_images(5, {"frames": image})
     fig = plt.figure(figsize=(1, 1))
     plt.plot([0, 1], [1, 0])
@@ -106,14 +116,19 @@ def test_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
     assert r["reward/accuracy"] == pytest.approx(r["step"] / 10)
 
   events = _read_events(os.path.join(workdir, "tensorboard"))
-  scalars = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value
-             if v.WhichOneof("value") == "simple_value"}
+  scalars = {
+    (v.tag, e.step): v.simple_value
+    for e in events
+    for v in e.summary.value
+    if v.WhichOneof("value") == "simple_value"
+  }
   assert len(scalars) == 10
   for step in range(1, 6):
     assert scalars["loss", step] == pytest.approx(1.0 / step, rel=1e-6)
     assert scalars["reward/accuracy", step] == pytest.approx(step / 10, rel=1e-6)
-  images = {v.tag: v.image for e in events for v in e.summary.value
-            if v.WhichOneof("value") == "image"}
+  images = {
+    v.tag: v.image for e in events for v in e.summary.value if v.WhichOneof("value") == "image"
+  }
   decoded = np.asarray(Image.open(io.BytesIO(images["frames"].encoded_image_string)))
   np.testing.assert_array_equal(decoded, image)
   assert "curve" in images and images["curve"].height > 0
@@ -127,8 +142,9 @@ def test_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
   records = metrics.read_jsonl(os.path.join(workdir, metrics.JSONL_NAME))
   assert [(r["step"], r["loss"]) for r in records[3:]] == [(4, 8.0), (5, 10.0)]
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
-  purges = [e.step for e in _read_events(os.path.join(workdir, "tensorboard"))
-            if e.HasField("session_log")]
+  purges = [
+    e.step for e in _read_events(os.path.join(workdir, "tensorboard")) if e.HasField("session_log")
+  ]
   assert purges == [4]  # TensorBoard hides the killed run's events from step 4 on.
 
 
@@ -147,7 +163,6 @@ def test_nonfinite_values_roundtrip_through_jsonl(tmp_path):
 
 
 class _FakeClock:
-
   def __init__(self):
     self.now = 100.0
 
@@ -157,16 +172,17 @@ class _FakeClock:
 
 def test_progress_line_rates_and_eta():
   clock, lines = _FakeClock(), []
-  progress = metrics.ProgressLogger(125, every=5, keys=("loss", "reward/accuracy"),
-                                    print_fn=lines.append, clock=clock, active=True)
+  progress = metrics.ProgressLogger(
+    125, every=5, keys=("loss", "reward/accuracy"), print_fn=lines.append, clock=clock, active=True
+  )
   for step in range(1, 11):
     clock.now += 30.0 if step == 1 else 2.0  # Step 1 includes the compile.
-    progress.update(step, {"loss": 0.25, "reward": {"accuracy": 0.5}, "kl": 1.0},
-                    tokens=100)
+    progress.update(step, {"loss": 0.25, "reward": {"accuracy": 0.5}, "kl": 1.0}, tokens=100)
   assert len(lines) == 2
   # Step 5: 4 timed steps (2..5), 400 tokens over 8 s; ETA (125 - 5) * 2 s = 4m00s.
-  assert lines[0] == ("step 5/125 (4.0%) | loss 0.25 | reward/accuracy 0.5 | "
-                      "50 tok/s | 2 s/step | ETA 4m00s")
+  assert lines[0] == (
+    "step 5/125 (4.0%) | loss 0.25 | reward/accuracy 0.5 | 50 tok/s | 2 s/step | ETA 4m00s"
+  )
   # Step 10: 5 steps, 500 tokens over 10 s; ETA 115 * 2 s = 3m50s.
   assert lines[1].endswith("| 50 tok/s | 2 s/step | ETA 3m50s")
   assert "kl" not in lines[1]
@@ -176,4 +192,9 @@ def test_progress_line_rates_and_eta():
 
 def test_format_duration():
   assert [metrics.format_duration(s) for s in (0, 42.4, 185, 3720, float("inf"))] == [
-      "0s", "42s", "3m05s", "1h02m", "?"]
+    "0s",
+    "42s",
+    "3m05s",
+    "1h02m",
+    "?",
+  ]

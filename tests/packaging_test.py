@@ -40,28 +40,67 @@ _SCRIPT = textwrap.dedent("""
 def test_installed_wheel_trains_two_steps_from_another_folder(tmp_path):
   # Built from a copy of the source files, so the build leaves nothing in the checkout.
   src = tmp_path / "src"
-  shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-      ".*", "build", "dist", "*.egg-info", "__pycache__", "*_out", "*_out_*"))
+  shutil.copytree(
+    ROOT,
+    src,
+    ignore=shutil.ignore_patterns(
+      ".*", "build", "dist", "*.egg-info", "__pycache__", "*_out", "*_out_*"
+    ),
+  )
   site = tmp_path / "site"
-  subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                  "--no-build-isolation", "--target", str(site), str(src)], check=True,
-                  capture_output=True, text=True, timeout=600)
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "--quiet",
+      "--no-deps",
+      "--no-build-isolation",
+      "--target",
+      str(site),
+      str(src),
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert (site / "chronoforge_jax" / "train_lib.py").is_file()
   assert not (site / "configs").exists() and not (site / "tests").exists()
   work = tmp_path / "work"
   work.mkdir()
   # As the trainer tests' launchers run (same devices): their compiled programs are reused.
   env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
-  subprocess.run([sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:smoke",
-                  "--format=synthetic", f"--video_dir={work}/videos", f"--out={work}/data",
-                  "--split=train", "--quiet"], check=True, cwd=ROOT, capture_output=True,
-                 env={**env, "PYTHONPATH": ROOT})
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.preprocess",
+      "--config=configs/data.py:smoke",
+      "--format=synthetic",
+      f"--video_dir={work}/videos",
+      f"--out={work}/data",
+      "--split=train",
+      "--quiet",
+    ],
+    check=True,
+    cwd=ROOT,
+    capture_output=True,
+    env={**env, "PYTHONPATH": ROOT},
+  )
   (work / "script.py").write_text(_SCRIPT)
-  result = subprocess.run([sys.executable, "script.py", str(site), ROOT], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=900)
+  result = subprocess.run(
+    [sys.executable, "script.py", str(site), ROOT],
+    cwd=work,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
-  out = json.loads(line[len("RESULT "):])
+  out = json.loads(line[len("RESULT ") :])
   assert out["file"].startswith(str(site))
   records = [json.loads(x) for x in open(work / "run" / "metrics.jsonl")]
   assert [r["step"] for r in records] == [1, 2]

@@ -19,11 +19,21 @@ def _metrics(workdir):
   """A metrics.jsonl as the trainer writes it: SFT steps first, then KF-GRPO steps."""
   rows = [{"step": 1, "loss": 2.0, "sft/nll": 2.0}, {"step": 2, "loss": 1.5, "sft/nll": 1.5}]
   for s in range(3, 9):
-    rows.append({"step": s, "loss": 0.1 * s, "pg_loss": -0.01 * s, "kl": 0.001 * s,
-                 "reward/accuracy": 0.1 * s, "reward/format": 0.9,
-                 "reward/total": 0.1 * s + 0.9, "saliency/ordered_acc": 0.05 * s,
-                 "saliency/disordered_acc": 0.03 * s, "grad_norm": 1.0,
-                 "clip_frac": float("nan") if s == 5 else 0.0})
+    rows.append(
+      {
+        "step": s,
+        "loss": 0.1 * s,
+        "pg_loss": -0.01 * s,
+        "kl": 0.001 * s,
+        "reward/accuracy": 0.1 * s,
+        "reward/format": 0.9,
+        "reward/total": 0.1 * s + 0.9,
+        "saliency/ordered_acc": 0.05 * s,
+        "saliency/disordered_acc": 0.03 * s,
+        "grad_norm": 1.0,
+        "clip_frac": float("nan") if s == 5 else 0.0,
+      }
+    )
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     for r in rows:
@@ -44,24 +54,50 @@ def _check_png(path, min_size=(200, 150)):
 
 
 def _result(name, rows):
-  recs = [eval_lib.QuestionResult(question_id=f"q{i}", video_id="v", duration_bucket=b,
-                                  task_type=t, answer_index=a, predicted_index=p,
-                                  num_options=4, text="") for i, (b, t, a, p) in enumerate(rows)]
+  recs = [
+    eval_lib.QuestionResult(
+      question_id=f"q{i}",
+      video_id="v",
+      duration_bucket=b,
+      task_type=t,
+      answer_index=a,
+      predicted_index=p,
+      num_options=4,
+      text="",
+    )
+    for i, (b, t, a, p) in enumerate(rows)
+  ]
   return eval_lib.EvalResult.from_records(name, recs, {"selector": name, "num_keyframes": 8})
 
 
-UNIFORM = _result("uniform", [("short", "order", 0, 0), ("short", "count", 1, 2),
-                              ("long", "order", 2, 2), ("long", "count", 3, None)])
-TAD = _result("tad", [("short", "order", 0, 0), ("short", "count", 1, 1),
-                      ("long", "order", 2, 2), ("medium", "order", 3, 3)])
+UNIFORM = _result(
+  "uniform",
+  [
+    ("short", "order", 0, 0),
+    ("short", "count", 1, 2),
+    ("long", "order", 2, 2),
+    ("long", "count", 3, None),
+  ],
+)
+TAD = _result(
+  "tad",
+  [
+    ("short", "order", 0, 0),
+    ("short", "count", 1, 1),
+    ("long", "order", 2, 2),
+    ("medium", "order", 3, 3),
+  ],
+)
 
 
 def test_curve_series_groups_metrics_by_panel(tmp_path):
   rows = _metrics(str(tmp_path))
   series = report.curve_series(rows)
   assert set(series["rewards"]) == {"reward/accuracy", "reward/format", "reward/total"}
-  assert set(series["ordered vs disordered accuracy"]) == {"saliency/ordered_acc",
-                                                            "saliency/disordered_acc"}
+  assert set(series["ordered vs disordered accuracy"]) == {
+    "saliency/ordered_acc",
+    "saliency/disordered_acc",
+  }
   assert set(series["KL to reference"]) == {"kl"}
   assert set(series["loss"]) == {"loss", "pg_loss", "sft/nll"}
   steps, values = series["loss"]["loss"]
@@ -110,13 +146,21 @@ def test_accuracy_bars_png(tmp_path, group):
 def test_write_report_links_everything(tmp_path):
   _metrics(str(tmp_path / "run"))
   paths = eval_lib.write_result(UNIFORM, tmp_path / "eval")
-  md_path = report.write_report(tmp_path / "report", results=[paths["json"], TAD],
-                                metrics=str(tmp_path / "run"))
+  md_path = report.write_report(
+    tmp_path / "report", results=[paths["json"], TAD], metrics=str(tmp_path / "run")
+  )
   md = open(md_path).read()
   links = [part.split(")")[0] for part in md.split("](")[1:]]
-  assert {"training_curves.png", "accuracy_overall.png", "accuracy_by_duration.png",
-          "accuracy_by_task.png", "uniform.md", "tad.md", "uniform.jsonl",
-          "tad.jsonl"} <= set(links)
+  assert {
+    "training_curves.png",
+    "accuracy_overall.png",
+    "accuracy_by_duration.png",
+    "accuracy_by_task.png",
+    "uniform.md",
+    "tad.md",
+    "uniform.jsonl",
+    "tad.jsonl",
+  } <= set(links)
   for link in links:
     assert os.path.exists(tmp_path / "report" / link), link
     if link.endswith(".png"):
@@ -126,16 +170,25 @@ def test_write_report_links_everything(tmp_path):
 
 
 def test_prediction_summary_shows_a_collapse_to_one_letter(tmp_path):
-  collapsed = _result("collapsed", [("short", "order", 0, 1), ("short", "order", 1, 1),
-                                    ("long", "order", 1, 1), ("long", "order", 2, None),
-                                    ("long", "count", 1, 1)])
+  collapsed = _result(
+    "collapsed",
+    [
+      ("short", "order", 0, 1),
+      ("short", "order", 1, 1),
+      ("long", "order", 1, 1),
+      ("long", "order", 2, None),
+      ("long", "count", 1, 1),
+    ],
+  )
   table = report.prediction_summary([collapsed, TAD])
-  rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:]
-          for line in table.splitlines()[2:]}
+  rows = {
+    line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in table.splitlines()[2:]
+  }
   # 4 of 5 answers are "B"; B is also the most common correct letter (3 of 5).
   assert rows["collapsed"] == ["60.0%", "B (80%)", "60.0%", "20.0% |"]
   assert rows["tad"] == ["100.0%", "A (25%)", "25.0%", "0.0% |"]
-  md = open(report.write_report(tmp_path, results=[collapsed],
-                                notes=["A note on what the run shows."])).read()
+  md = open(
+    report.write_report(tmp_path, results=[collapsed], notes=["A note on what the run shows."])
+  ).read()
   assert md.index("A note on what the run shows.") < md.index("## Accuracy")
   assert table.splitlines()[0] in md

@@ -24,13 +24,14 @@ from chronoforge_jax.models.vlm import VideoLanguageModel
 CFG = get_preset("tiny")
 SUPPRESS = (CFG.image_token_id, CFG.video_token_id)
 T_NEW = 6
-GRIDS = ((2, 4, 6), (1, 6, 4))       # one video per prompt row, odd-ish sizes
-TEXT_LENS = ((3, 4), (6, 1))         # rows of different lengths -> left padding
+GRIDS = ((2, 4, 6), (1, 6, 4))  # one video per prompt row, odd-ish sizes
+TEXT_LENS = ((3, 4), (6, 1))  # rows of different lengths -> left padding
 
 
 # ------------------------------------------------------------------------------------
 # NumPy float64 references.
 # ------------------------------------------------------------------------------------
+
 
 def np_log_softmax(x):
   x = np.asarray(x, np.float64)
@@ -48,10 +49,10 @@ def np_warp(logits, temperature, top_k=0, top_p=1.0, suppress=()):
     x = np.where(x < kth, -np.inf, x)
   if top_p < 1.0:
     for row in x.reshape(-1, x.shape[-1]):
-      order = np.argsort(row)                        # ascending, as HF
+      order = np.argsort(row)  # ascending, as HF
       cum = np.cumsum(np.exp(np_log_softmax(row[order])))
       remove = cum <= 1 - top_p
-      remove[-1] = False                             # min_tokens_to_keep = 1
+      remove[-1] = False  # min_tokens_to_keep = 1
       row[order[remove]] = -np.inf
   return x
 
@@ -64,8 +65,9 @@ def chi_square_pvalue(tokens, probs):
   """Goodness of fit of integer draws to `probs`; draws outside the support fail."""
   counts = np.bincount(np.asarray(tokens), minlength=len(probs))
   support = probs > 0
-  assert counts[~support].sum() == 0, f"drew tokens {np.flatnonzero(counts * ~support)} " \
-                                      "outside the support"
+  assert counts[~support].sum() == 0, (
+    f"drew tokens {np.flatnonzero(counts * ~support)} outside the support"
+  )
   expected = probs[support] * counts.sum()
   return stats.chisquare(counts[support], expected).pvalue
 
@@ -75,10 +77,10 @@ def chi_square_pvalue(tokens, probs):
 # ------------------------------------------------------------------------------------
 
 SETTINGS = [
-    dict(temperature=1.0, top_k=5),
-    dict(temperature=0.7, top_p=0.8),
-    dict(temperature=1.3, top_k=9, top_p=0.6),
-    dict(temperature=1.0, top_p=0.95, suppress=(0, 3)),
+  dict(temperature=1.0, top_k=5),
+  dict(temperature=0.7, top_p=0.8),
+  dict(temperature=1.3, top_k=9, top_p=0.6),
+  dict(temperature=1.0, top_p=0.95, suppress=(0, 3)),
 ]
 
 
@@ -99,16 +101,20 @@ def test_sample_step_draws_from_the_warped_distribution(kw):
   params = sampling.SamplingParams(**kw)
   keys = jax.random.split(jax.random.key(1234), n)
   tokens, lp, plp, mlp = jax.jit(sampling.sample_step, static_argnums=2)(
-      keys, jnp.broadcast_to(jnp.asarray(logits_v), (n, 17)), params)
+    keys, jnp.broadcast_to(jnp.asarray(logits_v), (n, 17)), params
+  )
   probs = np_probs(logits_v, **kw)
   assert chi_square_pvalue(tokens, probs) > 1e-3
   # The test has power: the same draws are rejected against the unfiltered softmax.
-  assert stats.chisquare(np.bincount(np.asarray(tokens), minlength=17),
-                         np.exp(np_log_softmax(logits_v)) * n).pvalue < 1e-6
+  assert (
+    stats.chisquare(
+      np.bincount(np.asarray(tokens), minlength=17), np.exp(np_log_softmax(logits_v)) * n
+    ).pvalue
+    < 1e-6
+  )
   tokens = np.asarray(tokens)
   np.testing.assert_allclose(lp, np.log(probs[tokens]), atol=1e-5)
-  np.testing.assert_allclose(
-      plp, np_log_softmax(logits_v / kw["temperature"])[tokens], atol=1e-5)
+  np.testing.assert_allclose(plp, np_log_softmax(logits_v / kw["temperature"])[tokens], atol=1e-5)
   np.testing.assert_allclose(mlp, np_log_softmax(logits_v)[tokens], atol=1e-5)
 
 
@@ -126,8 +132,16 @@ def test_greedy_sample_step_takes_the_unsuppressed_argmax():
 
 
 def test_bucket_length():
-  assert [sampling.bucket_length(n) for n in (1, 16, 17, 63, 64, 65, 100, 1000)] == \
-      [16, 16, 32, 64, 64, 80, 112, 1024]
+  assert [sampling.bucket_length(n) for n in (1, 16, 17, 63, 64, 65, 100, 1000)] == [
+    16,
+    16,
+    32,
+    64,
+    64,
+    80,
+    112,
+    1024,
+  ]
   buckets = [sampling.bucket_length(n) for n in range(1, 4097)]
   assert all(b >= n for n, b in zip(range(1, 4097), buckets))
   assert all(b <= 1.25 * n for n, b in zip(range(64, 4097), buckets[63:]))
@@ -149,11 +163,13 @@ def test_row_keys_distinct_deterministic_and_batch_independent():
 def test_config_section_gives_generate_kwargs():
   from configs import common
   from configs import sampling as sampling_config
+
   for variant in sampling_config.VARIANTS:
     section = sampling_config.get_config(variant).sampling
     kw = sampling_config.sampling_kwargs(section)
-    params = sampling.SamplingParams(temperature=kw["temperature"], top_k=kw["top_k"],
-                                     top_p=kw["top_p"])
+    params = sampling.SamplingParams(
+      temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"]
+    )
     assert params.greedy == (variant == "eval")
     assert kw["num_samples"] == section.num_samples and kw["bucket"] is True
   section = sampling_config.get_config("smoke").sampling
@@ -177,6 +193,7 @@ def test_sampling_params_validation():
 # The tiny VLM.
 # ------------------------------------------------------------------------------------
 
+
 def tiny_model(seed: int = 0) -> VideoLanguageModel:
   """The tiny VLM with weights of realistic scale (the 0.02 init makes every logit ~0).
 
@@ -196,8 +213,7 @@ def tiny_model(seed: int = 0) -> VideoLanguageModel:
 
 def unrolled(model: VideoLanguageModel) -> VideoLanguageModel:
   """The same weights in a model whose layers are unrolled (`scan_layers=False`)."""
-  abstract = nnx.eval_shape(lambda: VideoLanguageModel(CFG, rngs=nnx.Rngs(0),
-                                                       scan_layers=False))
+  abstract = nnx.eval_shape(lambda: VideoLanguageModel(CFG, rngs=nnx.Rngs(0), scan_layers=False))
   return nnx.merge(nnx.graphdef(abstract), stack.relayout(nnx.state(model), scan=False))
 
 
@@ -227,6 +243,7 @@ def _jitted(graphdef, method, grid, names):
   def run(state, args, kwargs):
     fn = getattr(nnx.merge(graphdef, state), method)
     return fn(*args, video_grid_thw=None if grid is None else np.asarray(grid), **kwargs)
+
   return run
 
 
@@ -238,9 +255,16 @@ def call(model, method, *args, video_grid_thw=None, **kwargs):
 
 
 def full_forward(model, batch, ids, mask):
-  return np.asarray(call(model, "__call__", ids, mask,
-                         pixel_values_videos=batch["pixel_values_videos"],
-                         video_grid_thw=batch["video_grid_thw"]))
+  return np.asarray(
+    call(
+      model,
+      "__call__",
+      ids,
+      mask,
+      pixel_values_videos=batch["pixel_values_videos"],
+      video_grid_thw=batch["video_grid_thw"],
+    )
+  )
 
 
 def reference_greedy(model, batch, steps):
@@ -251,7 +275,7 @@ def reference_greedy(model, batch, steps):
   ids = np.full((b, length), CFG.pad_token_id, np.int32)
   mask = np.zeros((b, length), np.int32)
   for i, r in enumerate(rows):
-    ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    ids[i, : len(r)], mask[i, : len(r)] = r, 1
   tokens = np.zeros((b, steps), np.int32)
   logps = np.zeros((b, steps))
   for t in range(steps):
@@ -281,23 +305,24 @@ def completion_logits(model, batch, completions_rt, num_samples):
   starts = []
   for i in range(r):
     p = rows[i // num_samples]
-    ids[i, :len(p)], ids[i, len(p):len(p) + t] = p, completions_rt[i]
-    mask[i, :len(p) + t] = 1
+    ids[i, : len(p)], ids[i, len(p) : len(p) + t] = p, completions_rt[i]
+    mask[i, : len(p) + t] = 1
     starts.append(len(p) - 1)
   rep = dict(batch)
   # Each row now holds its own copy of its prompt's video.
   rep["pixel_values_videos"] = completion_pixels(batch, num_samples)
   rep["video_grid_thw"] = np.repeat(np.asarray(GRIDS), num_samples, axis=0)
   logits = full_forward(model, rep, ids, mask)
-  return np.stack([logits[i, s:s + t] for i, s in enumerate(starts)])
+  return np.stack([logits[i, s : s + t] for i, s in enumerate(starts)])
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 def test_greedy_equals_full_forward_argmax(model, batch, scan_layers):
   """G = 2 greedy answers per prompt (shared-prefix cache): both equal the reference."""
   sampler_model = model if scan_layers else unrolled(model)
-  out = sampling.generate(sampler_model, batch, max_new_tokens=T_NEW, num_samples=2,
-                          temperature=0.0, stop_tokens=[])
+  out = sampling.generate(
+    sampler_model, batch, max_new_tokens=T_NEW, num_samples=2, temperature=0.0, stop_tokens=[]
+  )
   want_tokens, want_logps = reference_greedy(model, batch, T_NEW)
   want_tokens, want_logps = (np.repeat(x, 2, axis=0) for x in (want_tokens, want_logps))
   np.testing.assert_array_equal(out.tokens, want_tokens)
@@ -311,47 +336,79 @@ def test_greedy_equals_full_forward_argmax(model, batch, scan_layers):
 def test_sampled_logprobs_match_training_forward(model, batch):
   kw = dict(temperature=0.7, top_k=20, top_p=0.9)
   g = 3
-  out = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
-                          stop_tokens=[], rng=jax.random.key(0), **kw)
+  out = sampling.generate(
+    model, batch, max_new_tokens=T_NEW, num_samples=g, stop_tokens=[], rng=jax.random.key(0), **kw
+  )
   tokens = np.asarray(out.tokens)
   assert tokens.shape == (2 * g, T_NEW)
   assert len({tuple(t) for t in tokens}) == 2 * g, "group members drew identical answers"
-  again = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
-                            stop_tokens=[], rng=jax.random.key(0), **kw)
+  again = sampling.generate(
+    model, batch, max_new_tokens=T_NEW, num_samples=g, stop_tokens=[], rng=jax.random.key(0), **kw
+  )
   np.testing.assert_array_equal(again.tokens, tokens)
-  other = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
-                            stop_tokens=[], rng=jax.random.key(1), **kw)
+  other = sampling.generate(
+    model, batch, max_new_tokens=T_NEW, num_samples=g, stop_tokens=[], rng=jax.random.key(1), **kw
+  )
   assert (np.asarray(other.tokens) != tokens).any()
 
   logits = completion_logits(model, batch, tokens, g)
   idx = (np.arange(2 * g)[:, None], np.arange(T_NEW)[None], tokens)
   # The training forward's log-probs of the sampled answers (prompts repeated per sample).
   rep = lambda x: np.repeat(x, g, axis=0)
-  train_lp = call(model, "token_logprobs", rep(batch["input_ids"]),
-                  rep(batch["attention_mask"]), tokens,
-                  pixel_values_videos=completion_pixels(batch, g),
-                  video_grid_thw=rep(np.asarray(GRIDS)))
+  train_lp = call(
+    model,
+    "token_logprobs",
+    rep(batch["input_ids"]),
+    rep(batch["attention_mask"]),
+    tokens,
+    pixel_values_videos=completion_pixels(batch, g),
+    video_grid_thw=rep(np.asarray(GRIDS)),
+  )
   np.testing.assert_allclose(out.model_logprobs, train_lp, atol=1e-5, rtol=0)
   np.testing.assert_allclose(out.model_logprobs, np_log_softmax(logits)[idx], atol=1e-5)
-  np.testing.assert_allclose(out.policy_logprobs,
-                             np_log_softmax(logits / kw["temperature"])[idx], atol=1e-5)
+  np.testing.assert_allclose(
+    out.policy_logprobs, np_log_softmax(logits / kw["temperature"])[idx], atol=1e-5
+  )
   warped = np_log_softmax(np_warp(logits, suppress=SUPPRESS, **kw))
   np.testing.assert_allclose(out.logprobs, warped[idx], atol=1e-5)
 
   # Only what is asked for is computed; the tokens are the same either way.
-  only = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
-                           stop_tokens=[], rng=jax.random.key(0),
-                           logprobs=("model_logprobs",), **kw)
-  none = sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g,
-                           stop_tokens=[], rng=jax.random.key(0), logprobs=(), **kw)
+  only = sampling.generate(
+    model,
+    batch,
+    max_new_tokens=T_NEW,
+    num_samples=g,
+    stop_tokens=[],
+    rng=jax.random.key(0),
+    logprobs=("model_logprobs",),
+    **kw,
+  )
+  none = sampling.generate(
+    model,
+    batch,
+    max_new_tokens=T_NEW,
+    num_samples=g,
+    stop_tokens=[],
+    rng=jax.random.key(0),
+    logprobs=(),
+    **kw,
+  )
   for o in (only, none):
     np.testing.assert_array_equal(o.tokens, tokens)
     assert o.logprobs is None and o.policy_logprobs is None
   np.testing.assert_array_equal(only.model_logprobs, out.model_logprobs)
   assert none.model_logprobs is None
   with pytest.raises(ValueError, match="unknown.*'policy'"):
-    sampling.generate(model, batch, max_new_tokens=T_NEW, num_samples=g, stop_tokens=[],
-                      rng=jax.random.key(0), logprobs=("policy",), **kw)
+    sampling.generate(
+      model,
+      batch,
+      max_new_tokens=T_NEW,
+      num_samples=g,
+      stop_tokens=[],
+      rng=jax.random.key(0),
+      logprobs=("policy",),
+      **kw,
+    )
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
@@ -359,15 +416,23 @@ def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers
   """Same rng, same tokens: the shared prompt cache vs G full copies (`repeat_cache`),
   with stop tokens and per-prompt budgets so finished rows are exercised too."""
   sampler_model = model if scan_layers else unrolled(model)
-  kw = dict(max_new_tokens=T_NEW, num_samples=3, temperature=0.9, top_k=30,
-            rng=jax.random.key(11), stop_tokens=[15, 37, 47], max_lengths=[T_NEW, 4])
+  kw = dict(
+    max_new_tokens=T_NEW,
+    num_samples=3,
+    temperature=0.9,
+    top_k=30,
+    rng=jax.random.key(11),
+    stop_tokens=[15, 37, 47],
+    max_lengths=[T_NEW, 4],
+  )
   shared = sampling.generate(sampler_model, batch, **kw)
   former = sampling.generate(sampler_model, batch, shared_prefix=False, **kw)
   for name in ("tokens", "completion_mask", "lengths", "stopped"):
     np.testing.assert_array_equal(getattr(shared, name), getattr(former, name), err_msg=name)
   for name in ("logprobs", "policy_logprobs", "model_logprobs"):
-    np.testing.assert_allclose(getattr(shared, name), getattr(former, name), atol=2e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(
+      getattr(shared, name), getattr(former, name), atol=2e-6, err_msg=name
+    )
   assert len({tuple(t) for t in np.asarray(shared.tokens)}) > 1
   # Some rows stop on a stop token, others run into their budget (sizes of this model).
   assert 0 < np.asarray(shared.stopped).sum() < 6
@@ -377,18 +442,21 @@ def test_shared_prefix_samples_equal_independent_prompts(model, batch, monkeypat
   """Sample g of prompt b equals the answer to an independent copy of prompt b (its own
   prefill, num_samples=1) drawn with the same key: the repeated-prompt computation."""
   g, t = 3, T_NEW + 1  # No other test compiles T_NEW + 1, so the patched keys trace anew.
-  kw = dict(max_new_tokens=t, temperature=1.0, top_p=0.95, stop_tokens=[],
-            rng=jax.random.key(12))
+  kw = dict(max_new_tokens=t, temperature=1.0, top_p=0.95, stop_tokens=[], rng=jax.random.key(12))
   shared = sampling.generate(model, batch, num_samples=g, **kw)
   rep = lambda x: np.repeat(x, g, axis=0)
-  copies = dict(input_ids=rep(batch["input_ids"]), attention_mask=rep(batch["attention_mask"]),
-                pixel_values_videos=completion_pixels(batch, g),
-                video_grid_thw=rep(np.asarray(GRIDS)))
+  copies = dict(
+    input_ids=rep(batch["input_ids"]),
+    attention_mask=rep(batch["attention_mask"]),
+    pixel_values_videos=completion_pixels(batch, g),
+    video_grid_thw=rep(np.asarray(GRIDS)),
+  )
   row_keys = sampling.row_keys
   b = batch["input_ids"].shape[0]
   # Row r = b * G + g of the copies gets fold_in(fold_in(rng, b), g), as in the group.
-  monkeypatch.setattr(sampling, "row_keys",
-                      lambda rng, batch, num: row_keys(rng, batch // g, g * num))
+  monkeypatch.setattr(
+    sampling, "row_keys", lambda rng, batch, num: row_keys(rng, batch // g, g * num)
+  )
   indep = sampling.generate(model, copies, num_samples=1, **kw)
   monkeypatch.undo()
   assert np.asarray(indep.tokens).shape == (b * g, t)
@@ -402,35 +470,39 @@ def test_kv_cache_bytes_formula_matches_the_caches(model):
   b, s, t, g = 2, 40, 9, 3
   prefilled = jax.eval_shape(lambda: model.init_cache(b, s))
   nbytes = lambda c: sum(x.size * x.dtype.itemsize for x in (c.k, c.v))
-  shared = jax.eval_shape(lambda c: sampling.share_prefix(c, g, sampling.answer_slots(t)),
-                          prefilled)
+  shared = jax.eval_shape(
+    lambda c: sampling.share_prefix(c, g, sampling.answer_slots(t)), prefilled
+  )
   former = jax.eval_shape(lambda c: sampling.repeat_cache(c, g, s + t - 1), prefilled)
-  assert shared.suffix.k.shape == (text_cfg.num_hidden_layers, b * g, t - 1,
-                                   text_cfg.num_key_value_heads, text_cfg.head_dim)
+  assert shared.suffix.k.shape == (
+    text_cfg.num_hidden_layers,
+    b * g,
+    t - 1,
+    text_cfg.num_key_value_heads,
+    text_cfg.head_dim,
+  )
   kw = dict(prompt_len=s, max_new_tokens=t, num_samples=g, dtype=jnp.float32)
   assert nbytes(shared.prefix) + nbytes(shared.suffix) == b * sampling.kv_cache_bytes(
-      text_cfg, **kw)
+    text_cfg, **kw
+  )
   assert nbytes(former) == b * sampling.kv_cache_bytes(text_cfg, shared_prefix=False, **kw)
   # The issue's case: G = 8 answers of 128 tokens to a 1,000-token prompt.
   kw = dict(prompt_len=1000, max_new_tokens=128, num_samples=8, dtype=jnp.bfloat16)
   after = sampling.kv_cache_bytes(text_cfg, **kw)
   before = sampling.kv_cache_bytes(text_cfg, shared_prefix=False, **kw)
-  per_slot = 2 * text_cfg.num_hidden_layers * text_cfg.num_key_value_heads * \
-      text_cfg.head_dim * 2
+  per_slot = 2 * text_cfg.num_hidden_layers * text_cfg.num_key_value_heads * text_cfg.head_dim * 2
   assert (after, before) == ((1000 + 8 * 127) * per_slot, 8 * (1000 + 127) * per_slot)
   assert sampling.answer_slots(1) == 1
 
 
 def test_stop_tokens_lengths_and_budgets(model, batch):
-  free = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0,
-                           stop_tokens=[])
+  free = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0, stop_tokens=[])
   tokens = np.asarray(free.tokens)
   # Row 0 stops at its 2nd token, row 1 at the first occurrence of its 4th token.
   first = lambda row, tok: int(np.flatnonzero(row == tok)[0])
   stop_at = [first(tokens[0], tokens[0, 1]), first(tokens[1], tokens[1, 3])]
   stops = np.array([[tokens[0, 1]], [tokens[1, 3]]])
-  out = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0,
-                          stop_tokens=stops)
+  out = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0, stop_tokens=stops)
   np.testing.assert_array_equal(out.lengths, np.array(stop_at) + 1)
   np.testing.assert_array_equal(out.stopped, [True, True])
   for i, n in enumerate(np.array(stop_at) + 1):
@@ -438,17 +510,16 @@ def test_stop_tokens_lengths_and_budgets(model, batch):
     np.testing.assert_array_equal(out.tokens[i, n:], CFG.pad_token_id)
     np.testing.assert_array_equal(out.completion_mask[i], np.arange(T_NEW) < n)
     np.testing.assert_array_equal(out.model_logprobs[i, n:], 0.0)
-    np.testing.assert_allclose(out.model_logprobs[i, :n], free.model_logprobs[i, :n],
-                               atol=1e-6)
-  budget = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0,
-                             stop_tokens=[], max_lengths=[2, 5])
+    np.testing.assert_allclose(out.model_logprobs[i, :n], free.model_logprobs[i, :n], atol=1e-6)
+  budget = sampling.generate(
+    model, batch, max_new_tokens=T_NEW, temperature=0.0, stop_tokens=[], max_lengths=[2, 5]
+  )
   np.testing.assert_array_equal(budget.lengths, [2, 5])
   np.testing.assert_array_equal(budget.stopped, [False, False])
   np.testing.assert_array_equal(budget.tokens[1, :5], tokens[1, :5])
 
 
-def test_group_samples_share_one_prefill_and_match_the_full_forward(model, batch,
-                                                                     monkeypatch):
+def test_group_samples_share_one_prefill_and_match_the_full_forward(model, batch, monkeypatch):
   """3000 samples of one prompt: one vision tower run, first tokens pass a chi-square."""
   calls = []
   tower = VisionTower.__call__
@@ -459,17 +530,21 @@ def test_group_samples_share_one_prefill_and_match_the_full_forward(model, batch
 
   monkeypatch.setattr(VisionTower, "__call__", counting)
   one = {k: v[:1] for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-  one.update(pixel_values_videos=batch["pixel_values_videos"][:int(np.prod(GRIDS[0]))],
-             video_grid_thw=np.asarray(GRIDS[:1]))
+  one.update(
+    pixel_values_videos=batch["pixel_values_videos"][: int(np.prod(GRIDS[0]))],
+    video_grid_thw=np.asarray(GRIDS[:1]),
+  )
   kw = dict(temperature=0.8, top_k=12, top_p=0.9)
   # num_samples=3000 is used nowhere else, so this call traces afresh.
-  out = sampling.generate(model, one, max_new_tokens=1, num_samples=3000,
-                          rng=jax.random.key(5), **kw)
+  out = sampling.generate(
+    model, one, max_new_tokens=1, num_samples=3000, rng=jax.random.key(5), **kw
+  )
   assert calls == [one["pixel_values_videos"].shape], "the tower ran per sample"
   monkeypatch.undo()
   row = unpadded_rows(one)[0]
-  logits = full_forward(model, one, row[None].astype(np.int32),
-                        np.ones((1, len(row)), np.int32))[0, -1]
+  logits = full_forward(model, one, row[None].astype(np.int32), np.ones((1, len(row)), np.int32))[
+    0, -1
+  ]
   probs = np_probs(logits, suppress=SUPPRESS, **kw)
   assert 3 <= (probs > 0).sum() <= 12
   assert chi_square_pvalue(np.asarray(out.tokens)[:, 0], probs) > 1e-3
@@ -485,12 +560,18 @@ def test_precomputed_video_embeds_of_a_reordered_view(model):
   view = jnp.asarray(embeds).reshape(3, tok_per_patch, -1)[perm].reshape(12, -1)
   pixels = inp["pixel_values_videos"].reshape(3, pix_per_patch, -1)[perm].reshape(48, -1)
   times = np.array([[2.0, 0.5, 1.0]])
-  common = dict(input_ids=inp["input_ids"], attention_mask=inp["attention_mask"],
-                video_grid_thw=grid, patch_timestamps=times)
-  a = sampling.generate(model, dict(common, video_embeds=view), max_new_tokens=T_NEW,
-                        temperature=0.0)
-  b = sampling.generate(model, dict(common, pixel_values_videos=pixels),
-                        max_new_tokens=T_NEW, temperature=0.0)
+  common = dict(
+    input_ids=inp["input_ids"],
+    attention_mask=inp["attention_mask"],
+    video_grid_thw=grid,
+    patch_timestamps=times,
+  )
+  a = sampling.generate(
+    model, dict(common, video_embeds=view), max_new_tokens=T_NEW, temperature=0.0
+  )
+  b = sampling.generate(
+    model, dict(common, pixel_values_videos=pixels), max_new_tokens=T_NEW, temperature=0.0
+  )
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
 
@@ -499,8 +580,7 @@ def test_prompt_bucketing_bounds_recompiles(model):
   rng = np.random.default_rng(6)
   text = lambda n: {"input_ids": rng.integers(0, 140, (2, n)).astype(np.int32)}
   before = sampling._generate_jit._cache_size()
-  outs = [sampling.generate(model, text(n), max_new_tokens=4, temperature=0.0)
-          for n in (9, 11, 14)]
+  outs = [sampling.generate(model, text(n), max_new_tokens=4, temperature=0.0) for n in (9, 11, 14)]
   assert sampling._generate_jit._cache_size() == before + 1
   # Bucket padding changes nothing: the same prompt unpadded gives the same answer.
   prompt = text(11)
@@ -513,8 +593,14 @@ def test_prompt_bucketing_bounds_recompiles(model):
 
 @pytest.mark.slow
 def test_runs_under_the_training_mesh(model, batch):
-  kw = dict(max_new_tokens=T_NEW, num_samples=2, temperature=1.0, top_p=0.9,
-            stop_tokens=[], rng=jax.random.key(3))
+  kw = dict(
+    max_new_tokens=T_NEW,
+    num_samples=2,
+    temperature=1.0,
+    top_p=0.9,
+    stop_tokens=[],
+    rng=jax.random.key(3),
+  )
   single = sampling.generate(model, batch, **kw)
   mesh = sharding.make_mesh((2, 2, 2))
   graphdef, state = nnx.split(model)
@@ -537,15 +623,18 @@ def test_bad_inputs_name_the_problem(model, batch):
   with pytest.raises(ValueError, match="needs rng"):
     sampling.generate(model, batch, max_new_tokens=2)
   with pytest.raises(ValueError, match="no pixel_values_videos or video_embeds"):
-    sampling.generate(model, {"input_ids": batch["input_ids"]}, max_new_tokens=2,
-                      temperature=0.0)
+    sampling.generate(model, {"input_ids": batch["input_ids"]}, max_new_tokens=2, temperature=0.0)
   with pytest.raises(ValueError, match="rows \\[1\\] have no real tokens"):
-    sampling.generate(model, {"input_ids": np.ones((2, 3), np.int32),
-                              "attention_mask": np.array([[1, 1, 1], [0, 0, 0]])},
-                      max_new_tokens=2, temperature=0.0)
+    sampling.generate(
+      model,
+      {"input_ids": np.ones((2, 3), np.int32), "attention_mask": np.array([[1, 1, 1], [0, 0, 0]])},
+      max_new_tokens=2,
+      temperature=0.0,
+    )
   with pytest.raises(ValueError, match="stop_tokens has shape"):
-    sampling.generate(model, batch, max_new_tokens=2, temperature=0.0,
-                      stop_tokens=np.ones((3, 2), np.int32))
+    sampling.generate(
+      model, batch, max_new_tokens=2, temperature=0.0, stop_tokens=np.ones((3, 2), np.int32)
+    )
   with pytest.raises(ValueError, match="max_new_tokens"):
     sampling.generate(model, batch, max_new_tokens=0, temperature=0.0)
 
@@ -553,6 +642,7 @@ def test_bad_inputs_name_the_problem(model, batch):
 # ------------------------------------------------------------------------------------
 # HF transformers' greedy generate.
 # ------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_greedy_equals_hf_generate_with_video(tmp_path):
@@ -564,26 +654,30 @@ def test_greedy_equals_hf_generate_with_video(tmp_path):
   hf = hf_reference.build_hf_model(cfg_dict, seed=1)
   hf.save_pretrained(tmp_path)
   ours = convert.load_hf_model(str(tmp_path), text_position_after_video="spatial")
-  inp = hf_reference.video_prompt_batch(ours.config, GRIDS, TEXT_LENS,
-                                        np.random.default_rng(8))
+  inp = hf_reference.video_prompt_batch(ours.config, GRIDS, TEXT_LENS, np.random.default_rng(8))
   steps = 12
   hf_inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inp.items()}
 
   def hf_greedy(stop):
     with torch.no_grad():
-      out = hf.generate(**hf_inputs, max_new_tokens=steps, do_sample=False,
-                        suppress_tokens=list(SUPPRESS), eos_token_id=stop,
-                        pad_token_id=ours.config.pad_token_id, output_logits=True,
-                        return_dict_in_generate=True)
-    return out.sequences[:, inp["input_ids"].shape[1]:].numpy(), out.logits
+      out = hf.generate(
+        **hf_inputs,
+        max_new_tokens=steps,
+        do_sample=False,
+        suppress_tokens=list(SUPPRESS),
+        eos_token_id=stop,
+        pad_token_id=ours.config.pad_token_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+      )
+    return out.sequences[:, inp["input_ids"].shape[1] :].numpy(), out.logits
 
   # A stop token that row 1 reaches mid-answer, so stopping and padding are compared too.
   free, _ = hf_greedy(ours.config.eos_token_id)
   stop = int(free[1, 3])
   hf_tokens, hf_logits = hf_greedy(stop)
   inp.pop("mm_token_type_ids")
-  out = sampling.generate(ours, inp, max_new_tokens=steps, temperature=0.0,
-                          stop_tokens=[stop])
+  out = sampling.generate(ours, inp, max_new_tokens=steps, temperature=0.0, stop_tokens=[stop])
   n = hf_tokens.shape[1]
   assert np.asarray(out.stopped)[1] and np.asarray(out.lengths)[1] <= 4
   np.testing.assert_array_equal(np.asarray(out.tokens)[:, :n], hf_tokens)
@@ -591,5 +685,4 @@ def test_greedy_equals_hf_generate_with_video(tmp_path):
   hf_lp = np.stack([np_log_softmax(x.numpy()) for x in hf_logits], axis=1)
   hf_lp = np.take_along_axis(hf_lp, hf_tokens[..., None], axis=-1)[..., 0]
   mask = np.asarray(out.completion_mask)[:, :n] > 0
-  np.testing.assert_allclose(np.asarray(out.model_logprobs)[:, :n][mask], hf_lp[mask],
-                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out.model_logprobs)[:, :n][mask], hf_lp[mask], atol=1e-4)

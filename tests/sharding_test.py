@@ -56,8 +56,9 @@ def test_shard_is_a_noop_without_mesh_and_constrains_with_one():
 
 def _random_model(cfg, seed=0, scan_layers=True):
   """A model with random weights of realistic scale, built without slow eager init."""
-  abstract = nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0),
-                                                           scan_layers=scan_layers))
+  abstract = nnx.eval_shape(
+    lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0), scan_layers=scan_layers)
+  )
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
   for path, v in nnx.to_flat_state(state):
@@ -93,16 +94,21 @@ def test_state_shardings_follow_logical_axes(scan_layers):
 def test_tiny_model_on_8_device_mesh_matches_one_device():
   cfg = get_preset("tiny")
   model = _random_model(cfg, seed=1)
-  inp = hf_reference.video_prompt_batch(cfg, [(2, 6, 4), (1, 4, 4), (3, 4, 6), (1, 6, 6)],
-                                        [(2, 3), (4, 1), (1, 2), (3, 3)],
-                                        np.random.default_rng(2), pad="left")
+  inp = hf_reference.video_prompt_batch(
+    cfg,
+    [(2, 6, 4), (1, 4, 4), (3, 4, 6), (1, 6, 6)],
+    [(2, 3), (4, 1), (1, 2), (3, 3)],
+    np.random.default_rng(2),
+    pad="left",
+  )
   grid = inp["video_grid_thw"]
 
   def forward(m, ids, mask, pix):
     return m(ids, mask, pix, grid)
 
-  single = np.asarray(nnx.jit(forward)(model, inp["input_ids"], inp["attention_mask"],
-                                       inp["pixel_values_videos"]))
+  single = np.asarray(
+    nnx.jit(forward)(model, inp["input_ids"], inp["attention_mask"], inp["pixel_values_videos"])
+  )
   mesh = sharding.make_mesh((2, 2, 2))
   graphdef, state = nnx.split(model)
   state = jax.device_put(state, sharding.state_shardings(state, mesh))
@@ -113,5 +119,4 @@ def test_tiny_model_on_8_device_mesh_matches_one_device():
     mask = jax.device_put(inp["attention_mask"], batch)
     out = nnx.jit(forward)(sharded_model, ids, mask, inp["pixel_values_videos"])
   assert out.sharding.mesh.size == 8
-  np.testing.assert_allclose(np.asarray(out), single, rtol=0,
-                             atol=1e-5 * np.abs(single).max())
+  np.testing.assert_allclose(np.asarray(out), single, rtol=0, atol=1e-5 * np.abs(single).max())

@@ -57,32 +57,35 @@ def test_inflection_points_match_numpy(seed, prominence, window):
   # Multiples of 1/8 are exact in float32 and give plenty of plateaus and ties.
   v_bt = (rng.integers(0, 9, size=(4, 41)) / 8.0).astype(np.float32)
   mask_bt = np.arange(41)[None] < np.array([[41], [30], [2], [17]])
-  got = np.asarray(tad.inflection_points(v_bt, mask_bt, prominence=prominence,
-                                         window=window))
+  got = np.asarray(tad.inflection_points(v_bt, mask_bt, prominence=prominence, window=window))
   for b in range(4):
     want = ref_inflections(v_bt[b], mask_bt[b], prominence, window=window)
     np.testing.assert_array_equal(got[b], want, err_msg=f"row {b}")
 
 
 def test_inflections_plateau_counts_once_and_noise_is_ignored():
-  v = np.array([0, .1, .5, .5, .5, .1, .12, .11, .13, .9, .2, .2, .6, .6, .7], np.float32)
+  v = np.array(
+    [0, 0.1, 0.5, 0.5, 0.5, 0.1, 0.12, 0.11, 0.13, 0.9, 0.2, 0.2, 0.6, 0.6, 0.7], np.float32
+  )
   got = np.asarray(tad.inflection_points(v, prominence=0.1))
   # Plateau 2..4 -> frame 2 only; 0.12/0.13 wiggles are below 10% of the 0.9 range;
   # the rising last frame has no right neighbour.
   np.testing.assert_array_equal(np.flatnonzero(got), [2, 9])
   np.testing.assert_array_equal(got, ref_inflections(v, np.ones(15, bool), 0.1))
   # With no threshold the wiggle at 6 is a peak; 8 is not (it rises into 9).
-  np.testing.assert_array_equal(
-      np.flatnonzero(tad.inflection_points(v, prominence=0.0)), [2, 6, 9])
+  np.testing.assert_array_equal(np.flatnonzero(tad.inflection_points(v, prominence=0.0)), [2, 6, 9])
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("k", [1, 5, 37, 50])
-@pytest.mark.parametrize("kw", [
+@pytest.mark.parametrize(
+  "kw",
+  [
     {},
     dict(distance="l2", smooth=1, prominence=0.05, window=5, boost=0.3),
     dict(boost=0.5, boost_mode="mul", prominence=0.2),
-])
+  ],
+)
 def test_select_keyframes_matches_numpy(seed, k, kw):
   x_btd, mask_bt = random_case(seed + 10, holes=seed == 2)
   idx, valid = tad.select_keyframes(x_btd, k, mask_bt, **kw)
@@ -118,20 +121,25 @@ def _select_jit(x_td, mask_t, *, name, k, smooth, distance):
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
-@hypothesis.given(k=st.sampled_from([1, 4, 23, 24, 31]), n=st.integers(0, _T),
-                  seed=st.integers(0, 2**16), smooth=st.sampled_from([0, 2]),
-                  distance=st.sampled_from(["cosine", "l2"]))
+@hypothesis.given(
+  k=st.sampled_from([1, 4, 23, 24, 31]),
+  n=st.integers(0, _T),
+  seed=st.integers(0, 2**16),
+  smooth=st.sampled_from([0, 2]),
+  distance=st.sampled_from(["cosine", "l2"]),
+)
 def test_indices_sorted_unique_within_valid_length(k, n, seed, smooth, distance):
   x_td = np.random.default_rng(seed).normal(size=(_T, 3)).astype(np.float32)
   mask_t = np.arange(_T) < n
   for name in ("tad", "uniform"):
-    idx, valid = map(np.asarray, _select_jit(x_td, mask_t, name=name, k=k, smooth=smooth,
-                                             distance=distance))
+    idx, valid = map(
+      np.asarray, _select_jit(x_td, mask_t, name=name, k=k, smooth=smooth, distance=distance)
+    )
     real = idx[valid]
-    assert valid.sum() == min(k, n) and valid[:min(k, n)].all(), name
-    assert np.all(np.diff(real) > 0), (name, idx)   # Sorted and unique.
+    assert valid.sum() == min(k, n) and valid[: min(k, n)].all(), name
+    assert np.all(np.diff(real) > 0), (name, idx)  # Sorted and unique.
     assert np.all((idx >= 0) & (idx < _T)), (name, idx)  # Even invalid slots.
-    assert np.all(real < n), (name, idx)             # Never padding.
+    assert np.all(real < n), (name, idx)  # Never padding.
     if n:
       assert np.all(idx[~valid] == real[-1]), (name, idx)
 
@@ -149,12 +157,19 @@ def _analyze_select_jit(x_td, mask_t, boost, *, mode):
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
-@hypothesis.given(delta=st.floats(0.1, 0.6), calm=st.floats(0.0, 0.5),
-                  pos_a=st.integers(2, 8), gap=st.integers(3, 8), tail=st.integers(2, 6),
-                  boost=st.floats(0.05, 2.0), mode=st.sampled_from(["add", "mul"]),
-                  a_first=st.booleans())
-def test_inflection_beats_non_inflection_of_equal_variation(delta, calm, pos_a, gap, tail,
-                                                            boost, mode, a_first):
+@hypothesis.given(
+  delta=st.floats(0.1, 0.6),
+  calm=st.floats(0.0, 0.5),
+  pos_a=st.integers(2, 8),
+  gap=st.integers(3, 8),
+  tail=st.integers(2, 6),
+  boost=st.floats(0.05, 2.0),
+  mode=st.sampled_from(["add", "mul"]),
+  a_first=st.booleans(),
+)
+def test_inflection_beats_non_inflection_of_equal_variation(
+  delta, calm, pos_a, gap, tail, boost, mode, a_first
+):
   # Frame a is an isolated peak of step delta; frame b has the same step (so the same
   # variation) but sits on the rise to a bigger peak c = b + 1. Padding (random
   # content) fills the video to a fixed 30 frames.
@@ -164,8 +179,9 @@ def test_inflection_beats_non_inflection_of_equal_variation(delta, calm, pos_a, 
   steps_t[t:] = np.random.default_rng(t).uniform(0, 3, size=30 - t)
   a, b = (pos_a, pos_a + gap) if a_first else (pos_a + gap + 1, pos_a)
   steps_t[a], steps_t[b], steps_t[b + 1] = delta, delta, 2 * delta
-  infl, idx = _analyze_select_jit(circle_features(steps_t), np.arange(30) < t,
-                                  np.float32(boost), mode=mode)
+  infl, idx = _analyze_select_jit(
+    circle_features(steps_t), np.arange(30) < t, np.float32(boost), mode=mode
+  )
   assert infl[a] and not infl[b]
   assert list(np.asarray(idx)) == sorted([a, b + 1])
 
@@ -215,14 +231,22 @@ def test_bad_arguments_have_clear_errors():
 # ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,rng", [("sinkhorn", None), ("gumbel", None),
-                                        ("gumbel", jax.random.key(3)), ("perturbed", None),
-                                        ("perturbed", jax.random.key(4))])
+@pytest.mark.parametrize(
+  "method,rng",
+  [
+    ("sinkhorn", None),
+    ("gumbel", None),
+    ("gumbel", jax.random.key(3)),
+    ("perturbed", None),
+    ("perturbed", jax.random.key(4)),
+  ],
+)
 def test_soft_select_forward_is_hard_and_gradients_flow(method, rng):
   x_btd, mask_bt = random_case(5, b=3, t=23, d=7)
   k = 6
-  soft = jax.jit(functools.partial(tad.soft_select, k=k, mask_bt=mask_bt, method=method,
-                                   rng=rng, n_iters=20))
+  soft = jax.jit(
+    functools.partial(tad.soft_select, k=k, mask_bt=mask_bt, method=method, rng=rng, n_iters=20)
+  )
   sel = soft(x_btd)
   idx, _ = tad.select_keyframes(x_btd, k, mask_bt)
   np.testing.assert_array_equal(sel, np.eye(23, dtype=np.float32)[np.asarray(idx)])
@@ -253,8 +277,9 @@ def test_soft_select_gradient_points_the_right_way(method):
   def mass_on_j(e):
     angles_t = jnp.cumsum(jnp.asarray(steps_t)) + jnp.where(jnp.arange(30) >= j, e, 0.0)
     x_td = jnp.stack([jnp.cos(angles_t), jnp.sin(angles_t)], axis=1)
-    return jnp.sum(tad.soft_select(x_td, k, temperature=0.2, n_iters=20, method=method,
-                                   num_samples=4096)[:, j])
+    return jnp.sum(
+      tad.soft_select(x_td, k, temperature=0.2, n_iters=20, method=method, num_samples=4096)[:, j]
+    )
 
   assert jax.jit(mass_on_j)(0.0) == 0.0  # Hard forward: j is not selected.
   assert jax.jit(jax.grad(mass_on_j))(0.0) > 0
@@ -267,8 +292,11 @@ def test_perturbed_membership_matches_the_gaussian_closed_form():
 
   sigma, z = 0.3, jnp.asarray([[0.5, 0.3], [0.1, 0.6]])
   mask = jnp.ones((2, 2), bool)
-  member = jax.jit(lambda z: tad._perturbed_membership(  # pylint: disable=protected-access
-      z, mask, 1, sigma, jax.random.key(1), 40000))
+  member = jax.jit(
+    lambda z: tad._perturbed_membership(  # pylint: disable=protected-access
+      z, mask, 1, sigma, jax.random.key(1), 40000
+    )
+  )
   d = np.asarray(z[:, 0] - z[:, 1]) / (sigma * np.sqrt(2))
   p0 = stats.norm.cdf(d)
   np.testing.assert_allclose(np.asarray(member(z)), np.stack([p0, 1 - p0], 1), atol=0.01)
@@ -302,12 +330,14 @@ def test_identical_under_jit_vmap_pmap_shard_map():
   pmapped = jax.pmap(all_outputs)(x_btd[:, None], mask_bt[:, None])
   mesh = jax.make_mesh((8,), ("data",))
   on_mesh = jax.sharding.NamedSharding(mesh, P("data"))
-  sharded = jax.jit(jax.shard_map(all_outputs, mesh=mesh, in_specs=(P("data"), P("data")),
-                                  out_specs=P("data")))(
-                                      jax.device_put(x_btd, on_mesh),
-                                      jax.device_put(mask_bt, on_mesh))
-  for name, got in [("vmap", vmapped), ("shard_map", sharded),
-                    ("pmap", [g.reshape(e.shape) for g, e in zip(pmapped, eager)])]:
+  sharded = jax.jit(
+    jax.shard_map(all_outputs, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"))
+  )(jax.device_put(x_btd, on_mesh), jax.device_put(mask_bt, on_mesh))
+  for name, got in [
+    ("vmap", vmapped),
+    ("shard_map", sharded),
+    ("pmap", [g.reshape(e.shape) for g, e in zip(pmapped, eager)]),
+  ]:
     for e, g in zip(eager, got):
       np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-6, err_msg=name)
 

@@ -37,8 +37,12 @@ def test_bad_cut_lists_are_rejected():
 
 
 @hypothesis.settings(max_examples=50, deadline=None)
-@hypothesis.given(num_frames=st.integers(10, 300), num_cuts=st.integers(0, 10),
-                  min_gap=st.integers(1, 10), seed=st.integers(0, 1000))
+@hypothesis.given(
+  num_frames=st.integers(10, 300),
+  num_cuts=st.integers(0, 10),
+  min_gap=st.integers(1, 10),
+  seed=st.integers(0, 1000),
+)
 def test_random_cuts_are_spaced(num_frames, num_cuts, min_gap, seed):
   hypothesis.assume(num_frames >= min_gap * (num_cuts + 1))
   cuts = testing.random_cuts(num_frames, num_cuts, min_gap=min_gap, seed=seed)

@@ -32,9 +32,22 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("train")
   subprocess.run(
-      [sys.executable, "-m", "launch.preprocess", "--config=configs/data.py:smoke",
-       "--format=synthetic", f"--video_dir={root}/videos", f"--out={root}/train",
-       "--split=train", "--quiet"], check=True, cwd=ROOT, env=ENV, capture_output=True)
+    [
+      sys.executable,
+      "-m",
+      "launch.preprocess",
+      "--config=configs/data.py:smoke",
+      "--format=synthetic",
+      f"--video_dir={root}/videos",
+      f"--out={root}/train",
+      "--split=train",
+      "--quiet",
+    ],
+    check=True,
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+  )
   return str(root / "train")
 
 
@@ -54,9 +67,17 @@ def _config(data_dir, **overrides):
 
 
 def _train_cmd(data_dir, workdir, *extra, config_file="configs/kf_grpo.py"):
-  return [sys.executable, "-m", "launch.train", f"--config={config_file}:smoke",
-          f"--workdir={workdir}", f"--config.input.data_dir={data_dir}",
-          "--config.ckpt.save_every=1", f"--config.rl.beta={BETA}", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--config={config_file}:smoke",
+    f"--workdir={workdir}",
+    f"--config.input.data_dir={data_dir}",
+    "--config.ckpt.save_every=1",
+    f"--config.rl.beta={BETA}",
+    *extra,
+  ]
 
 
 def _read_metrics(workdir):
@@ -87,10 +108,17 @@ def test_smoke_run_writes_metrics_of_both_modes(uninterrupted):
   config, workdir = uninterrupted
   records = _read_metrics(workdir)
   assert [r["step"] for r in records] == list(range(1, config.total_steps + 1))
-  assert all("sft/nll" in r for r in records[:config.sft_steps])
-  for r in records[config.sft_steps:]:
-    for key in ("reward/accuracy", "reward/format", "saliency/ordered_acc",
-                "saliency/disordered_acc", "adv/bonus_shift", "clip_frac", "entropy"):
+  assert all("sft/nll" in r for r in records[: config.sft_steps])
+  for r in records[config.sft_steps :]:
+    for key in (
+      "reward/accuracy",
+      "reward/format",
+      "saliency/ordered_acc",
+      "saliency/disordered_acc",
+      "adv/bonus_shift",
+      "clip_frac",
+      "entropy",
+    ):
       assert key in r and np.isfinite(r[key]), key
   # SFT steps after warmup move the params and lower the loss on repeated data.
   assert records[0]["param_norm"] != records[-1]["param_norm"]
@@ -100,13 +128,19 @@ def test_smoke_run_writes_metrics_of_both_modes(uninterrupted):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_step_then_resume_matches_uninterrupted(uninterrupted, data_dir,
-                                                                  tmp_path):
+def test_sigkill_at_random_step_then_resume_matches_uninterrupted(
+  uninterrupted, data_dir, tmp_path
+):
   config, workdir_a = uninterrupted
   kill_after = int(np.random.default_rng(int(time.time())).integers(1, config.total_steps))
   workdir = str(tmp_path / "run_b")
-  proc = subprocess.Popen(_train_cmd(data_dir, workdir), cwd=ROOT, env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _train_cmd(data_dir, workdir),
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 300
   ckpt_dir = os.path.join(workdir, "checkpoints", str(kill_after))
   while not os.path.isdir(ckpt_dir) and proc.poll() is None and time.time() < deadline:
@@ -116,9 +150,17 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted(uninterrupted,
   assert os.path.isdir(ckpt_dir), f"no checkpoint of step {kill_after} before the kill"
   # Resumed from another folder with every path relative to it, as a user would type them.
   resumed = subprocess.run(
-      _train_cmd(os.path.relpath(data_dir, tmp_path), "run_b",
-                 config_file=os.path.join(ROOT, "configs", "kf_grpo.py")),
-      cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    _train_cmd(
+      os.path.relpath(data_dir, tmp_path),
+      "run_b",
+      config_file=os.path.join(ROOT, "configs", "kf_grpo.py"),
+    ),
+    cwd=tmp_path,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "starting at step 0" not in resumed.stdout, f"killed after step {kill_after}"
 
@@ -137,8 +179,13 @@ def test_sigkill_at_random_step_then_resume_matches_uninterrupted(uninterrupted,
 def test_sigterm_saves_the_current_step(data_dir, tmp_path):
   workdir = str(tmp_path / "run_c")
   proc = subprocess.Popen(
-      _train_cmd(data_dir, workdir, "--config.total_steps=50", "--config.ckpt.save_every=100"),
-      cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    _train_cmd(data_dir, workdir, "--config.total_steps=50", "--config.ckpt.save_every=100"),
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
@@ -149,27 +196,42 @@ def test_sigterm_saves_the_current_step(data_dir, tmp_path):
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-2000:]
   last = _read_metrics(workdir)[-1]["step"]
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-                 if d.isdigit())
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert steps == [last], (steps, last)  # save_every=100: only the preemption save.
   assert "preempted" in out
 
 
 def test_config_typo_fails_before_anything_is_compiled(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "launch.train", "--config=configs/kf_grpo.py:smoke",
-       f"--workdir={tmp_path}", "--config.rl.num_generationz=3"],
-      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--config=configs/kf_grpo.py:smoke",
+      f"--workdir={tmp_path}",
+      "--config.rl.num_generationz=3",
+    ],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert "num_generationz" in result.stderr
   assert not os.listdir(tmp_path)  # Nothing was written.
 
 
 def test_train_help_documents_flags():
-  result = subprocess.run([sys.executable, "-m", "launch.train", "--helpshort"], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=120)
-  for flag in ("--config", "--workdir", "--num_processes", "--process_id",
-               "--coordinator_address"):
+  result = subprocess.run(
+    [sys.executable, "-m", "launch.train", "--helpshort"],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  for flag in ("--config", "--workdir", "--num_processes", "--process_id", "--coordinator_address"):
     assert flag in result.stdout, flag
 
 
@@ -193,12 +255,13 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
   config = _config(data_dir, **{"input.batch_size": 4, "rl.beta": 0.0})
   results = []
   for shape in ((1, 1, 1), (2, 2, 2)):
-    devices = jax.devices()[:int(np.prod(shape))]
+    devices = jax.devices()[: int(np.prod(shape))]
     mesh = sharding.make_mesh(shape, devices=devices)
     s = train_lib.setup(config, mesh)
     settings = pipeline.settings_from_config(config)
-    local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer,
-                                                                   settings))))
+    local, _ = pipeline.split_host(
+      next(iter(pipeline.make_dataset(data_dir, s.tokenizer, settings)))
+    )
     with jax.set_mesh(mesh):
       batch = train_lib.to_global(mesh, local)
       state = s.init_state()
@@ -206,18 +269,23 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
       b, g, t = local["prompt_ids"].shape[0], config.rl.num_generations, 6
       rng = np.random.default_rng(0)
       rollout = {
-          "completions": rng.integers(0, s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
-          "mask": (rng.random((b * g, t)) < 0.8),
-          "accuracy": (rng.random((b, g)) < 0.5).astype(np.float32),
-          "format": (rng.random((b, g)) < 0.5).astype(np.float32),
-          "disordered_accuracy": (rng.random((b, config.rl.num_disordered)) < 0.3
-                                  ).astype(np.float32),
+        "completions": rng.integers(0, s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
+        "mask": (rng.random((b * g, t)) < 0.8),
+        "accuracy": (rng.random((b, g)) < 0.5).astype(np.float32),
+        "format": (rng.random((b, g)) < 0.5).astype(np.float32),
+        "disordered_accuracy": (rng.random((b, config.rl.num_disordered)) < 0.3).astype(np.float32),
       }
-      rollout = {k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape))
-                 for k, v in rollout.items()}
+      rollout = {
+        k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape)) for k, v in rollout.items()
+      }
       state, grpo_metrics = s.grpo_step(state, batch, rollout)
-      results.append((float(sft_metrics["loss"]), float(grpo_metrics["loss"]),
-                      jax.tree.leaves(jax.device_get(state["params"]))))
+      results.append(
+        (
+          float(sft_metrics["loss"]),
+          float(grpo_metrics["loss"]),
+          jax.tree.leaves(jax.device_get(state["params"])),
+        )
+      )
   (sft_1, grpo_1, params_1), (sft_8, grpo_8, params_8) = results
   np.testing.assert_allclose(sft_8, sft_1, rtol=1e-5)
   np.testing.assert_allclose(grpo_8, grpo_1, rtol=1e-5, atol=1e-7)
@@ -240,20 +308,21 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
   config = _config(data_dir, **{"rl.beta": 0.0, "rl.train_on_disordered": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
-  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(
-      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
-  b, g, h, t = local["prompt_ids"].shape[0], config.rl.num_generations, \
-      config.rl.num_disordered, 5
+  local, _ = pipeline.split_host(
+    next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
+  )
+  b, g, h, t = local["prompt_ids"].shape[0], config.rl.num_generations, config.rl.num_disordered, 5
   rng = np.random.default_rng(3)
   draw = lambda shape, p: (rng.random(shape) < p).astype(np.float32)
   rollout = {
-      "completions": rng.integers(0, s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
-      "mask": rng.random((b * g, t)) < 0.8,
-      "accuracy": draw((b, g), 0.5), "format": draw((b, g), 0.5),
-      "disordered_completions": rng.integers(0, s.tokenizer.vocab_size,
-                                             (b * h, t)).astype(np.int32),
-      "disordered_mask": rng.random((b * h, t)) < 0.8,
-      "disordered_accuracy": draw((b, h), 0.4), "disordered_format": draw((b, h), 0.5),
+    "completions": rng.integers(0, s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
+    "mask": rng.random((b * g, t)) < 0.8,
+    "accuracy": draw((b, g), 0.5),
+    "format": draw((b, g), 0.5),
+    "disordered_completions": rng.integers(0, s.tokenizer.vocab_size, (b * h, t)).astype(np.int32),
+    "disordered_mask": rng.random((b * h, t)) < 0.8,
+    "disordered_accuracy": draw((b, h), 0.4),
+    "disordered_format": draw((b, h), 0.5),
   }
   with jax.set_mesh(mesh):
     batch = train_lib.to_global(mesh, local)
@@ -262,18 +331,26 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
     model = nnx.merge(s.graphdef, jax.device_put(params))
     r = rollout["disordered_accuracy"] + rollout["disordered_format"]
     centred = r - r.mean(-1, keepdims=True)
-    adv = centred / (np.sqrt((centred ** 2).mean()) + config.rl.advantage_eps)
+    adv = centred / (np.sqrt((centred**2).mean()) + config.rl.advantage_eps)
     loss_config = grpo.LossConfig.from_config(config.rl)
     dis_loss, _ = kf_grpo.kf_grpo_loss(
-        model, batch, {"completions": rollout["disordered_completions"],
-                       "mask": rollout["disordered_mask"],
-                       "advantages": jnp.asarray(adv.reshape(-1))},
-        loss_config=loss_config, num_samples=h, view="disordered")
+      model,
+      batch,
+      {
+        "completions": rollout["disordered_completions"],
+        "mask": rollout["disordered_mask"],
+        "advantages": jnp.asarray(adv.reshape(-1)),
+      },
+      loss_config=loss_config,
+      num_samples=h,
+      view="disordered",
+    )
     state, metrics = s.grpo_step(state, batch, {k: jnp.asarray(v) for k, v in rollout.items()})
   ordered = float(metrics["ordered/loss"])
   np.testing.assert_allclose(float(metrics["disordered/loss"]), float(dis_loss), rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["loss"]),
-                             (g * ordered + h * float(dis_loss)) / (g + h), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(metrics["loss"]), (g * ordered + h * float(dis_loss)) / (g + h), rtol=1e-5
+  )
   assert float(dis_loss) != 0.0
   np.testing.assert_allclose(float(metrics["disordered/reward/total"]), r.mean(), rtol=1e-6)
 
@@ -290,16 +367,35 @@ def test_two_process_run_matches_single_process(data_dir, tmp_path):
   env = {**ENV, "XLA_FLAGS": ""}  # One CPU device per process.
   no_kl = "--config.rl.beta=0"
   single = str(tmp_path / "run_1p")
-  result = subprocess.run(_train_cmd(data_dir, single, no_kl), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+  result = subprocess.run(
+    _train_cmd(data_dir, single, no_kl),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   workdir = str(tmp_path / "run_2p")
   port = testing.free_port()
-  procs = [subprocess.Popen(
-      _train_cmd(data_dir, workdir, no_kl, "--num_processes=2", f"--process_id={i}",
-                 f"--coordinator_address=localhost:{port}"),
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _train_cmd(
+        data_dir,
+        workdir,
+        no_kl,
+        "--num_processes=2",
+        f"--process_id={i}",
+        f"--coordinator_address=localhost:{port}",
+      ),
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=900)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -328,8 +424,10 @@ def test_nonfinite_step_leaves_state_unchanged():
   bad = {"w": jnp.array([1.0, jnp.nan, 1.0]), "b": jnp.ones((2,))}
   same, metrics = train_lib._apply_if_finite(state, bad, jnp.float32(1.0), tx)  # pylint: disable=protected-access
   assert metrics["step_ok"] == 0.0
-  for a, b in zip(jax.tree.leaves(same["params"]) + jax.tree.leaves(same["opt_state"]),
-                  jax.tree.leaves(params) + jax.tree.leaves(state["opt_state"])):
+  for a, b in zip(
+    jax.tree.leaves(same["params"]) + jax.tree.leaves(same["opt_state"]),
+    jax.tree.leaves(params) + jax.tree.leaves(state["opt_state"]),
+  ):
     np.testing.assert_array_equal(a, b)
   _, metrics = train_lib._apply_if_finite(state, good, jnp.float32(jnp.inf), tx)  # pylint: disable=protected-access
   assert metrics["step_ok"] == 0.0
@@ -340,16 +438,16 @@ def test_frozen_vision_tower_gets_no_updates(data_dir):
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
   settings = pipeline.settings_from_config(config)
-  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer,
-                                                                 settings))))
+  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer, settings))))
   with jax.set_mesh(mesh):
     state = s.init_state()
     before = jax.device_get(state["params"])
     for _ in range(3):  # warmup starts at lr 0
       state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
     after = jax.device_get(state["params"])
-  for name, a, b in zip(("visual", "text"), (before["visual"], before["text"]),
-                        (after["visual"], after["text"])):
+  for name, a, b in zip(
+    ("visual", "text"), (before["visual"], before["text"]), (after["visual"], after["text"])
+  ):
     same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert same == (name == "visual"), name
 
@@ -373,20 +471,32 @@ def grpo_case(data_dir):
   update is the policy gradient of the clipped surrogate at ratio 1, sum_i A_i * grad of
   the per-token mean log-prob of completion i (over the number of completions).
   """
-  config = _config(data_dir, **{
-      "sft_steps": 0, "optax.warmup_steps": 0, "optax.weight_decay": 0.0,
-      "optax.learning_rate": 2e-3, "optax.grad_accum": 1, "optax.freeze_vision": False,
-      "rl.beta": 0.0, "rl.num_iterations": 1, "rl.train_on_disordered": False,
-      "rl.aggregation": "sequence_mean", "rl.policy_loss": "clipped",
-      "rl.advantage_estimator": "batch_std"})
+  config = _config(
+    data_dir,
+    **{
+      "sft_steps": 0,
+      "optax.warmup_steps": 0,
+      "optax.weight_decay": 0.0,
+      "optax.learning_rate": 2e-3,
+      "optax.grad_accum": 1,
+      "optax.freeze_vision": False,
+      "rl.beta": 0.0,
+      "rl.num_iterations": 1,
+      "rl.train_on_disordered": False,
+      "rl.aggregation": "sequence_mean",
+      "rl.policy_loss": "clipped",
+      "rl.advantage_estimator": "batch_std",
+    },
+  )
   config.rl.length_bonus.enabled = False
   config.rl.saliency.update(dict(enabled=True, rule="ratio", alpha=0.3, mu=0.8))
   for name in ("accuracy", "format", "saliency"):
     config.rl.reward_weights[name] = 1.0
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
-  local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(
-      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  local, _ = pipeline.split_host(
+    next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
+  )
   with jax.set_mesh(mesh):
     batch = train_lib.to_global(mesh, local)
     params = jax.device_get(s.init_state()["params"])
@@ -399,31 +509,54 @@ def grpo_case(data_dir):
     if estimator not in steps:
       rl = config.rl.copy_and_resolve_references()
       rl.advantage_estimator = estimator
-      steps[estimator] = jax.jit(functools.partial(
-          train_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl,
-          config.model.vocab_chunk))
+      steps[estimator] = jax.jit(
+        functools.partial(
+          train_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl, config.model.vocab_chunk
+        )
+      )
     return steps[estimator]
 
   def update(rollout, estimator="batch_std"):
     """One SGD KF-GRPO step from the initial params: (param deltas (float64), metrics)."""
-    state = {"params": params, "opt_state": optax.sgd(SGD_LR).init(params),
-             "step": jnp.zeros((), jnp.int32)}
+    state = {
+      "params": params,
+      "opt_state": optax.sgd(SGD_LR).init(params),
+      "step": jnp.zeros((), jnp.int32),
+    }
     with jax.set_mesh(mesh):
       new, metrics = sgd_step(estimator)(state, batch, _device_rollout(rollout))
       new, metrics = jax.device_get((new["params"], metrics))
-    deltas = [np.asarray(n, np.float64) - np.asarray(o, np.float64)
-              for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(params))]
+    deltas = [
+      np.asarray(n, np.float64) - np.asarray(o, np.float64)
+      for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(params))
+    ]
     return deltas, metrics
 
   def logp_sums(new_params, rollout):
     """Summed log-prob of each completion [B*G] (over its mask) under `new_params`."""
     with jax.set_mesh(mesh):
-      logp = s.logprobs(jax.device_put(new_params), batch, rollout["completions"],
-                        rollout["mask"], view="ordered", num_samples=g)
+      logp = s.logprobs(
+        jax.device_put(new_params),
+        batch,
+        rollout["completions"],
+        rollout["mask"],
+        view="ordered",
+        num_samples=g,
+      )
     return np.where(rollout["mask"], np.asarray(logp, np.float64), 0.0).sum(-1)
 
-  return types.SimpleNamespace(config=config, mesh=mesh, s=s, batch=batch, params=params,
-                               b=b, g=g, h=h, update=update, logp_sums=logp_sums)
+  return types.SimpleNamespace(
+    config=config,
+    mesh=mesh,
+    s=s,
+    batch=batch,
+    params=params,
+    b=b,
+    g=g,
+    h=h,
+    update=update,
+    logp_sums=logp_sums,
+  )
 
 
 def _device_rollout(rollout):
@@ -436,24 +569,23 @@ def _rollout(case, accuracy, disordered_accuracy, seed=0):
   rng = np.random.default_rng(seed)
   lengths = rng.integers(3, t + 1, b * g)
   return {
-      "completions": rng.integers(0, case.s.tokenizer.vocab_size, (b * g, t)
-                                  ).astype(np.int32),
-      "mask": np.arange(t)[None, :] < lengths[:, None],
-      "accuracy": np.asarray(accuracy, np.float32).reshape(b, g),
-      "format": np.ones((b, g), np.float32),
-      "disordered_accuracy": np.asarray(disordered_accuracy, np.float32).reshape(
-          b, case.h),
+    "completions": rng.integers(0, case.s.tokenizer.vocab_size, (b * g, t)).astype(np.int32),
+    "mask": np.arange(t)[None, :] < lengths[:, None],
+    "accuracy": np.asarray(accuracy, np.float32).reshape(b, g),
+    "format": np.ones((b, g), np.float32),
+    "disordered_accuracy": np.asarray(disordered_accuracy, np.float32).reshape(b, case.h),
   }
 
 
 def _norm(deltas):
-  return float(np.sqrt(sum((d ** 2).sum() for d in deltas)))
+  return float(np.sqrt(sum((d**2).sum() for d in deltas)))
 
 
 def _apply(params, deltas):
   leaves, treedef = jax.tree.flatten(params)
-  return jax.tree.unflatten(treedef, [(np.asarray(p, np.float64) + d).astype(p.dtype)
-                                      for p, d in zip(leaves, deltas)])
+  return jax.tree.unflatten(
+    treedef, [(np.asarray(p, np.float64) + d).astype(p.dtype) for p, d in zip(leaves, deltas)]
+  )
 
 
 @pytest.mark.slow
@@ -545,8 +677,7 @@ def test_saliency_bonus_changes_batch_std_update_when_it_fires(grpo_case):
   assert m_fired["adv/bonus_shift"] > 0.02 and m_not["adv/bonus_shift"] < 1e-6
   diff = _norm([a - c for a, c in zip(d_fired, d_not)])
   assert diff > 0.05 * _norm(d_not), (diff, _norm(d_not))
-  cosine = sum((a * c).sum() for a, c in zip(d_fired, d_not)) / (
-      _norm(d_fired) * _norm(d_not))
+  cosine = sum((a * c).sum() for a, c in zip(d_fired, d_not)) / (_norm(d_fired) * _norm(d_not))
   assert cosine < 0.999, cosine
 
 
@@ -582,7 +713,7 @@ def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
       state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
       snapshots.append(jax.tree.leaves(jax.device_get(state["params"])))
   unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))
-  assert unchanged(snapshots[0], snapshots[1])      # first micro-step: accumulate only
+  assert unchanged(snapshots[0], snapshots[1])  # first micro-step: accumulate only
   assert not unchanged(snapshots[1], snapshots[2])  # second: one optimizer update
 
 
@@ -593,12 +724,14 @@ def test_rollout_logps_give_the_loss_and_update_of_a_log_prob_pass(data_dir):
   The same rollout (same key) either way; the sampler's log-probs equal the log-prob pass
   on every generated token, and so do the mu = 2 step's loss and updated params.
   """
-  config = _config(data_dir, **{"rl.beta": 0.0, "rl.num_iterations": 2, "sft_steps": 0,
-                                "optax.warmup_steps": 0})
+  config = _config(
+    data_dir, **{"rl.beta": 0.0, "rl.num_iterations": 2, "sft_steps": 0, "optax.warmup_steps": 0}
+  )
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   s = train_lib.setup(config, mesh)
-  local, host = pipeline.split_host(next(iter(pipeline.make_dataset(
-      data_dir, s.tokenizer, pipeline.settings_from_config(config)))))
+  local, host = pipeline.split_host(
+    next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
+  )
   results = {}
   with jax.set_mesh(mesh):
     batch = train_lib.to_global(mesh, local)
@@ -606,8 +739,9 @@ def test_rollout_logps_give_the_loss_and_update_of_a_log_prob_pass(data_dir):
       config.rl.use_rollout_logps = use
       state = s.init_state()
       timer = train_lib.PhaseTimer()
-      rollout, _, _ = train_lib.make_rollout(s, config, state, batch, host,
-                                             jax.random.key(7), timer)
+      rollout, _, _ = train_lib.make_rollout(
+        s, config, state, batch, host, jax.random.key(7), timer
+      )
       phases = set(timer.metrics())
       state, metrics = s.grpo_step(state, batch, rollout)
       results[use] = jax.device_get((rollout, metrics, state["params"]))

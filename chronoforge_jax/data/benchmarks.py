@@ -65,6 +65,7 @@ class QAItem:
       problem type's rule (`answer_rules.ANSWER_RULES`) scores answers against it.
     media: "video", or "image" for a still image (a one-frame video).
   """
+
   question_id: str
   video_id: str
   video_path: str
@@ -104,8 +105,7 @@ def _need(row: dict, key: str, kind=str):
   if kind is str:
     return str(value).strip()
   if not isinstance(value, kind):
-    raise AnnotationError(f"field {key!r} is a {type(value).__name__}, expected "
-                          f"{kind.__name__}")
+    raise AnnotationError(f"field {key!r} is a {type(value).__name__}, expected {kind.__name__}")
   return value
 
 
@@ -118,9 +118,10 @@ def strip_letters(options: Iterable[str]) -> tuple[str, ...]:
     m = _LETTER_PREFIX.match(option)
     if m:
       if m.group(1) != string.ascii_uppercase[i]:
-        raise AnnotationError(f"option {i} is lettered {m.group(1)!r}, expected "
-                              f"{string.ascii_uppercase[i]!r}")
-      option = option[m.end():]
+        raise AnnotationError(
+          f"option {i} is lettered {m.group(1)!r}, expected {string.ascii_uppercase[i]!r}"
+        )
+      option = option[m.end() :]
     out.append(option.strip())
   if len(out) < 2:
     raise AnnotationError(f"a multiple-choice question needs >= 2 options, got {len(out)}")
@@ -145,8 +146,9 @@ def _read_rows(path: str) -> list[Any]:
       import pyarrow.parquet as pq  # Optional: only for the official VideoMME file.
     except ImportError:
       raise AnnotationError(
-          f"{path}: reading parquet needs pyarrow (pip install pyarrow), or export the "
-          "rows to JSON/JSONL") from None
+        f"{path}: reading parquet needs pyarrow (pip install pyarrow), or export the "
+        "rows to JSON/JSONL"
+      ) from None
     return pq.read_table(path).to_pylist()
   with open(path, encoding="utf-8") as f:
     text = f.read()
@@ -177,6 +179,7 @@ class _BadLine:
 @dataclasses.dataclass
 class _Reject:
   """A question rejected inside an otherwise good entry (one LVBench video's qa list)."""
+
   item: Any
   reason: str
 
@@ -191,13 +194,24 @@ def _videomme(row: dict, video_dir: str) -> list[QAItem]:
   if bucket not in DURATION_BUCKETS:
     raise AnnotationError(f"duration {bucket!r}: expected one of {DURATION_BUCKETS}")
   video = _need(row, "videoID")
-  return [QAItem(
-      question_id=_need(row, "question_id"), video_id=video,
-      video_path=_video_path(video_dir, f"{video}.mp4"), question=_need(row, "question"),
-      options=options, answer_index=letter_index(_need(row, "answer"), len(options)),
-      duration_bucket=bucket, task_type=_need(row, "task_type"), source="videomme",
-      extra={"domain": row.get("domain", ""), "sub_category": row.get("sub_category", ""),
-             "videomme_video_id": row.get("video_id", "")})]
+  return [
+    QAItem(
+      question_id=_need(row, "question_id"),
+      video_id=video,
+      video_path=_video_path(video_dir, f"{video}.mp4"),
+      question=_need(row, "question"),
+      options=options,
+      answer_index=letter_index(_need(row, "answer"), len(options)),
+      duration_bucket=bucket,
+      task_type=_need(row, "task_type"),
+      source="videomme",
+      extra={
+        "domain": row.get("domain", ""),
+        "sub_category": row.get("sub_category", ""),
+        "videomme_video_id": row.get("video_id", ""),
+      },
+    )
+  ]
 
 
 def _lvbench_question(text: str) -> tuple[str, tuple[str, ...]]:
@@ -233,13 +247,24 @@ def _lvbench(row: dict, video_dir: str) -> list[QAItem | _Reject]:
       question, options = _lvbench_question(_need(qa, "question"))
       types = qa.get("question_type") or []
       types = [types] if isinstance(types, str) else list(types)
-      items.append(QAItem(
-          question_id=str(_need(qa, "uid")), video_id=key,
-          video_path=_video_path(video_dir, rel), question=question, options=options,
+      items.append(
+        QAItem(
+          question_id=str(_need(qa, "uid")),
+          video_id=key,
+          video_path=_video_path(video_dir, rel),
+          question=question,
+          options=options,
           answer_index=letter_index(_need(qa, "answer"), len(options)),
-          duration_bucket=bucket, task_type=types[0] if types else "", source="lvbench",
-          extra={"question_types": types, "time_reference": qa.get("time_reference", ""),
-                 "video_type": row.get("type", "")}))
+          duration_bucket=bucket,
+          task_type=types[0] if types else "",
+          source="lvbench",
+          extra={
+            "question_types": types,
+            "time_reference": qa.get("time_reference", ""),
+            "video_type": row.get("type", ""),
+          },
+        )
+      )
     except AnnotationError as e:
       items.append(_Reject({"key": key, "qa": qa}, f"video {key!r} question {n}: {e}"))
   return items
@@ -257,8 +282,9 @@ def _videor1(row: dict, video_dir: str, source: str = "videor1") -> list[QAItem]
     raise AnnotationError(f"data_type {media!r}: expected one of {list(MEDIA)}")
   problem_type = _need(row, "problem_type")
   if problem_type not in answer_rules.PROBLEM_TYPES:
-    raise AnnotationError(f"unknown problem_type {problem_type!r}; Video-R1's are "
-                          f"{list(answer_rules.PROBLEM_TYPES)}")
+    raise AnnotationError(
+      f"unknown problem_type {problem_type!r}; Video-R1's are {list(answer_rules.PROBLEM_TYPES)}"
+    )
   solution = _need(row, "solution")
   m = _ANSWER_TAG.search(solution)
   if not m:
@@ -268,13 +294,15 @@ def _videor1(row: dict, video_dir: str, source: str = "videor1") -> list[QAItem]
   if problem_type == "multiple choice":
     options = strip_letters(_need(row, "options", list))
     if not re.fullmatch(r"[A-Z]", answer):
-      raise AnnotationError(f"malformed solution {solution[:60]!r}: a multiple-choice "
-                            "answer is one option letter")
+      raise AnnotationError(
+        f"malformed solution {solution[:60]!r}: a multiple-choice answer is one option letter"
+      )
     answer_index = letter_index(answer, len(options))
   elif problem_type in ("numerical", "regression"):
     if answer_rules.ANSWER_RULES.get(problem_type)(solution, solution) <= 0.5:
-      raise AnnotationError(f"malformed solution {solution[:60]!r}: a {problem_type} answer "
-                            "is a finite number")
+      raise AnnotationError(
+        f"malformed solution {solution[:60]!r}: a {problem_type} answer is a finite number"
+      )
   elif not answer:
     raise AnnotationError(f"malformed solution {solution[:60]!r}: empty {problem_type} answer")
   rel = _need(row, "path")
@@ -282,28 +310,37 @@ def _videor1(row: dict, video_dir: str, source: str = "videor1") -> list[QAItem]
   bucket = str(row.get("duration", ""))
   if bucket and bucket not in DURATION_BUCKETS:
     raise AnnotationError(f"duration {bucket!r}: expected one of {DURATION_BUCKETS}")
-  return [QAItem(
+  return [
+    QAItem(
       question_id=str(_need(row, "problem_id")),
       video_id=str(row.get("video_id") or os.path.normpath(rel)),
-      video_path=_video_path(video_dir, rel), question=_need(row, "problem"), options=options,
+      video_path=_video_path(video_dir, rel),
+      question=_need(row, "problem"),
+      options=options,
       answer_index=answer_index,
       duration_bucket=IMAGE_BUCKET if media == "image" else bucket,
       task_type=str(row.get("task_type") or row.get("data_source", "")),
-      reasoning=think.group(1).strip() if think else "", source=source,
+      reasoning=think.group(1).strip() if think else "",
+      source=source,
       extra={k: row[k] for k in ("data_source", "events") if k in row},
-      problem_type=problem_type, solution=f"<answer>{answer}</answer>", media=media)]
+      problem_type=problem_type,
+      solution=f"<answer>{answer}</answer>",
+      media=media,
+    )
+  ]
 
 
 _PARSERS: dict[str, Callable[[dict, str], list[Any]]] = {
-    "videomme": _videomme,
-    "lvbench": _lvbench,
-    "videor1": _videor1,
-    "synthetic": lambda row, d: _videor1(row, d, "synthetic"),
+  "videomme": _videomme,
+  "lvbench": _lvbench,
+  "videor1": _videor1,
+  "synthetic": lambda row, d: _videor1(row, d, "synthetic"),
 }
 
 
-def load_annotations(fmt: str, path: str | os.PathLike, video_dir: str | os.PathLike
-                     ) -> tuple[list[QAItem], list[dict[str, Any]]]:
+def load_annotations(
+  fmt: str, path: str | os.PathLike, video_dir: str | os.PathLike
+) -> tuple[list[QAItem], list[dict[str, Any]]]:
   """Reads an annotation file; malformed entries are rejected, not fatal.
 
   Args:
@@ -331,8 +368,12 @@ def load_annotations(fmt: str, path: str | os.PathLike, video_dir: str | os.Path
   items, rejects, seen = [], [], set()
   for n, row in enumerate(rows):
     if isinstance(row, _BadLine):
-      rejects.append({"item": {"line": row.number, "text": row.text[:200]},
-                      "reason": f"{path}:{row.number}: not valid JSON ({row.error})"})
+      rejects.append(
+        {
+          "item": {"line": row.number, "text": row.text[:200]},
+          "reason": f"{path}:{row.number}: not valid JSON ({row.error})",
+        }
+      )
       continue
     try:
       parsed = _PARSERS[fmt](row, video_dir)
@@ -344,8 +385,9 @@ def load_annotations(fmt: str, path: str | os.PathLike, video_dir: str | os.Path
         rejects.append({"item": item.item, "reason": f"{path} entry {n}: {item.reason}"})
         continue
       if item.question_id in seen:
-        rejects.append({"item": item.to_dict(),
-                        "reason": f"duplicate question id {item.question_id!r}"})
+        rejects.append(
+          {"item": item.to_dict(), "reason": f"duplicate question id {item.question_id!r}"}
+        )
         continue
       seen.add(item.question_id)
       items.append(item)

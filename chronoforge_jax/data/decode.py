@@ -42,6 +42,7 @@ class DecodedVideo:
     duration: length of the stream in seconds.
     path: the source file.
   """
+
   frames: np.ndarray
   timestamps: np.ndarray
   native_fps: float
@@ -56,6 +57,7 @@ class DecodedVideo:
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """Stream metadata from a demux-only pass (no decoding); see `probe_video`."""
+
   num_frames: int
   native_fps: float
   duration: float
@@ -134,8 +136,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
       raise VideoDecodeError(path, f"corrupt stream after {count} packets ({_why(e)})") from None
     if count == 0:
       raise VideoDecodeError(path, "the video stream holds no frames")
-    return VideoInfo(num_frames=count, native_fps=fps, duration=last + 1.0 / fps,
-                     height=stream.height, width=stream.width, path=path)
+    return VideoInfo(
+      num_frames=count,
+      native_fps=fps,
+      duration=last + 1.0 / fps,
+      height=stream.height,
+      width=stream.width,
+      path=path,
+    )
 
 
 def _target_hw(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -158,14 +166,15 @@ def _to_rgb(frame, hw: tuple[int, int] | None, resize: str) -> np.ndarray:
   scale = (min if resize == "pad" else max)(out_h / frame.height, out_w / frame.width)
   new_h = max(1, round(frame.height * scale))
   new_w = max(1, round(frame.width * scale))
-  rgb_hwc = frame.reformat(width=new_w, height=new_h, format="rgb24",
-                           interpolation="AREA").to_ndarray()
+  rgb_hwc = frame.reformat(
+    width=new_w, height=new_h, format="rgb24", interpolation="AREA"
+  ).to_ndarray()
   if resize == "crop":
     top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
-    return np.ascontiguousarray(rgb_hwc[top:top + out_h, left:left + out_w])
+    return np.ascontiguousarray(rgb_hwc[top : top + out_h, left : left + out_w])
   canvas_hwc = np.zeros((out_h, out_w, 3), np.uint8)
   top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-  canvas_hwc[top:top + new_h, left:left + new_w] = rgb_hwc
+  canvas_hwc[top : top + new_h, left : left + new_w] = rgb_hwc
   return canvas_hwc
 
 
@@ -185,8 +194,9 @@ def _decoded_frames(path: str, container, stream) -> Iterator[tuple[float, objec
     raise VideoDecodeError(path, f"corrupt data after {count} frames ({_why(e)})") from None
 
 
-def _resample(frames: Iterator[tuple[float, object]], fps: float,
-              native_fps: float) -> Iterator[tuple[float, object]]:
+def _resample(
+  frames: Iterator[tuple[float, object]], fps: float, native_fps: float
+) -> Iterator[tuple[float, object]]:
   """Sample-and-hold at `fps`: target time j/fps shows the last frame at or before it.
 
   Targets run over [0, end) with end = last frame time + one native frame period, the
@@ -216,11 +226,14 @@ def _check_args(fps, max_frames, resize):
     raise ValueError(f"resize={resize!r}: choose 'pad' or 'crop'")
 
 
-def iter_frames(path: str | os.PathLike, *, fps: float | None = None,
-                size: int | Sequence[int] | None = None,
-                resize: Literal["pad", "crop"] = "pad",
-                indices: Iterable[int] | None = None
-                ) -> Iterator[tuple[int, float, np.ndarray]]:
+def iter_frames(
+  path: str | os.PathLike,
+  *,
+  fps: float | None = None,
+  size: int | Sequence[int] | None = None,
+  resize: Literal["pad", "crop"] = "pad",
+  indices: Iterable[int] | None = None,
+) -> Iterator[tuple[int, float, np.ndarray]]:
   """Streams frames of a video one at a time: the building block of `decode_video`.
 
   Args:
@@ -254,9 +267,14 @@ def iter_frames(path: str | os.PathLike, *, fps: float | None = None,
         yield i, t, _to_rgb(frame, hw, resize)
 
 
-def decode_video(path: str | os.PathLike, *, fps: float | None = None,
-                 max_frames: int | None = None, size: int | Sequence[int] | None = None,
-                 resize: Literal["pad", "crop"] = "pad") -> DecodedVideo:
+def decode_video(
+  path: str | os.PathLike,
+  *,
+  fps: float | None = None,
+  max_frames: int | None = None,
+  size: int | Sequence[int] | None = None,
+  resize: Literal["pad", "crop"] = "pad",
+) -> DecodedVideo:
   """Decodes a video file to uint8 RGB frames, streaming.
 
   Args:
@@ -286,14 +304,18 @@ def decode_video(path: str | os.PathLike, *, fps: float | None = None,
   info = probe_video(path)
   indices = capped_indices(output_length(info, fps), max_frames)
   frames, times = [], []
-  for _, t, frame_hwc in iter_frames(path, fps=fps, size=size, resize=resize,
-                                     indices=indices):
+  for _, t, frame_hwc in iter_frames(path, fps=fps, size=size, resize=resize, indices=indices):
     frames.append(frame_hwc)
     times.append(t)
   if not frames:
     raise VideoDecodeError(path, "no decodable frames")
-  return DecodedVideo(frames=np.stack(frames), timestamps=np.asarray(times, np.float64),
-                      native_fps=info.native_fps, duration=info.duration, path=path)
+  return DecodedVideo(
+    frames=np.stack(frames),
+    timestamps=np.asarray(times, np.float64),
+    native_fps=info.native_fps,
+    duration=info.duration,
+    path=path,
+  )
 
 
 def output_length(info: VideoInfo, fps: float | None) -> int:

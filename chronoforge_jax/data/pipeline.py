@@ -42,8 +42,16 @@ from chronoforge_jax.data import prompts, records
 from chronoforge_jax.rl import answer_rules
 from chronoforge_jax.rl import views as views_lib
 
-HOST_KEYS = ("question_id", "video_id", "duration_bucket", "task_type", "options",
-             "problem_type", "solution", "media")
+HOST_KEYS = (
+  "question_id",
+  "video_id",
+  "duration_bucket",
+  "task_type",
+  "options",
+  "problem_type",
+  "solution",
+  "media",
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,6 +86,7 @@ class PipelineSettings:
     prefetch_buffer: batches buffered per worker / reader.
     read_threads: threads building batches in each process.
   """
+
   batch_size: int
   num_keyframes: int = 16
   selector: str = "tad"
@@ -102,14 +111,18 @@ class PipelineSettings:
   def __post_init__(self):
     def bad(field, msg):
       raise ValueError(f"PipelineSettings.{field}: {msg}")
+
     if self.batch_size < 1:
       bad("batch_size", f"got {self.batch_size}; need >= 1")
     if self.patch_mode not in views_lib.PATCH_MODES:
       bad("patch_mode", f"got {self.patch_mode!r}; need one of {views_lib.PATCH_MODES}")
     if self.patch_mode == "pair" and (self.num_keyframes < 2 or self.num_keyframes % 2):
-      bad("num_keyframes", f"got {self.num_keyframes}; need an even K >= 2 (pairs of "
-          "consecutive keyframes form Qwen2.5-VL temporal patches; patch_mode="
-          "'duplicate' takes any K)")
+      bad(
+        "num_keyframes",
+        f"got {self.num_keyframes}; need an even K >= 2 (pairs of "
+        "consecutive keyframes form Qwen2.5-VL temporal patches; patch_mode="
+        "'duplicate' takes any K)",
+      )
     if self.num_keyframes < 1:
       bad("num_keyframes", f"got {self.num_keyframes}; need K >= 1")
     if not 0.0 <= self.disorder_ratio <= 1.0:
@@ -121,8 +134,10 @@ class PipelineSettings:
       if not b or list(b) != sorted(set(b)) or b[0] < 1:
         bad(field, f"got {b}; need increasing positive lengths")
     if self.prompt_template not in prompts.PROMPT_TEMPLATES:
-      bad("prompt_template", f"got {self.prompt_template!r}; need one of "
-          f"{prompts.PROMPT_TEMPLATES.names()}")
+      bad(
+        "prompt_template",
+        f"got {self.prompt_template!r}; need one of {prompts.PROMPT_TEMPLATES.names()}",
+      )
     if self.num_epochs is not None and self.num_epochs < 1:
       bad("num_epochs", f"got {self.num_epochs}; need >= 1 or None")
     if self.patch_size < 1 or self.merge_size < 1:
@@ -132,8 +147,7 @@ class PipelineSettings:
   def num_pairs(self) -> int:
     if self.num_nonkey_pairs >= 0:
       return self.num_nonkey_pairs
-    return views_lib.default_num_pairs(self.num_keyframes, self.disorder_ratio,
-                                       self.patch_mode)
+    return views_lib.default_num_pairs(self.num_keyframes, self.disorder_ratio, self.patch_mode)
 
   @property
   def num_patches(self) -> int:
@@ -146,13 +160,16 @@ class PipelineSettings:
     return views_lib.union_frames(self.num_keyframes, self.num_pairs, self.patch_mode)
 
 
-def num_video_tokens(num_patches: int, height: int, width: int, patch_size: int = 14,
-                     merge_size: int = 2) -> int:
+def num_video_tokens(
+  num_patches: int, height: int, width: int, patch_size: int = 14, merge_size: int = 2
+) -> int:
   """`<|video_pad|>` count for `num_patches` temporal patches of HxW frames."""
   unit = patch_size * merge_size
   if height % unit or width % unit:
-    raise ValueError(f"frames of {height}x{width} are not multiples of patch_size * "
-                     f"merge_size = {unit}; preprocess with --size a multiple of {unit}")
+    raise ValueError(
+      f"frames of {height}x{width} are not multiples of patch_size * "
+      f"merge_size = {unit}; preprocess with --size a multiple of {unit}"
+    )
   return num_patches * (height // unit) * (width // unit)
 
 
@@ -160,8 +177,10 @@ def _bucket(length: int, buckets: Sequence[int], what: str, field: str) -> int:
   for b in buckets:
     if length <= b:
       return b
-  raise ValueError(f"{what} is {length} tokens, longer than the largest of "
-                   f"{field}={tuple(buckets)}; add a larger bucket")
+  raise ValueError(
+    f"{what} is {length} tokens, longer than the largest of "
+    f"{field}={tuple(buckets)}; add a larger bucket"
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -177,6 +196,7 @@ def _cpu_select(name: str, k: int, kwargs: tuple) -> Any:
   def run(features_btd: np.ndarray, mask_bt: np.ndarray):
     idx, valid = fn(jax.device_put(features_btd, cpu), jax.device_put(mask_bt, cpu))
     return np.asarray(idx), np.asarray(valid)
+
   return run
 
 
@@ -191,15 +211,23 @@ def _worker_init(index: int, count: int) -> None:
 class _BatchBuilder:
   """Builds this process's slice of global batch `step` (picklable for Grain workers)."""
 
-  def __init__(self, data_dir: str, tokenizer, settings: PipelineSettings, *,
-               shard_index: int, shard_count: int):
+  def __init__(
+    self,
+    data_dir: str,
+    tokenizer,
+    settings: PipelineSettings,
+    *,
+    shard_index: int,
+    shard_count: int,
+  ):
     self.data = records.PreprocessedData(data_dir)
     self.tok = tokenizer
     self.s = settings
     self.shard_index, self.local = shard_index, settings.batch_size // shard_count
     h, w = self.data.frame_shape[:2]
-    self.num_video = num_video_tokens(settings.num_patches, h, w, settings.patch_size,
-                                      settings.merge_size)
+    self.num_video = num_video_tokens(
+      settings.num_patches, h, w, settings.patch_size, settings.merge_size
+    )
     self.max_t = max(int(self.data.index["max_frames_per_video"]), 1)
     self.text_len, self.target_len = self._lengths()
     self._select = None
@@ -218,9 +246,14 @@ class _BatchBuilder:
     return f"<think>{reasoning.strip()}</think><answer>{answer}</answer>{tokenizer_lib.IM_END}"
 
   def _prompt(self, q: Mapping[str, Any], num_video: int) -> list[int]:
-    return prompts.encode_prompt(self.tok, self.s.prompt_template, q["question"],
-                                 q["options"], num_video,
-                                 q.get("problem_type") or prompts.MULTIPLE_CHOICE)
+    return prompts.encode_prompt(
+      self.tok,
+      self.s.prompt_template,
+      q["question"],
+      q["options"],
+      num_video,
+      q.get("problem_type") or prompts.MULTIPLE_CHOICE,
+    )
 
   def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
     """Prompt text and target lengths of every question (checked against the buckets)."""
@@ -230,8 +263,12 @@ class _BatchBuilder:
       q = self.data.question(i)
       p, t = self._question_texts(q)
       text[i] = len(p)
-      _bucket(len(p), self.s.prompt_buckets, f"question {q['question_id']!r}: the prompt "
-              "without video tokens", "input.prompt_buckets")
+      _bucket(
+        len(p),
+        self.s.prompt_buckets,
+        f"question {q['question_id']!r}: the prompt without video tokens",
+        "input.prompt_buckets",
+      )
       target[i] = min(len(t), self.s.target_buckets[-1])
     return text, target
 
@@ -248,21 +285,23 @@ class _BatchBuilder:
       return ids
     # Too long: shorten the reasoning, keep the answer and the end-of-turn token.
     head = self.tok.encode("<think>")
-    tail = self.tok.encode(self._answer_turn(q)[len("<think>"):])
+    tail = self.tok.encode(self._answer_turn(q)[len("<think>") :])
     body = self.tok.encode(q.get("reasoning", "").strip() if self.s.target_reasoning else "")
-    return head + body[:max(0, length - len(head) - len(tail))] + tail
+    return head + body[: max(0, length - len(head) - len(tail))] + tail
 
   def __call__(self, step: int, question_ids_g: np.ndarray) -> dict[str, np.ndarray]:
     s, n = self.s, len(self.data)
     ids_g = np.asarray(question_ids_g, np.int64)
     valid_g = ids_g < n  # Padding of the final eval batch points past the end.
     safe_g = np.where(valid_g, ids_g, 0)
-    prompt_len = self.num_video + _bucket(int(self.text_len[safe_g].max()), s.prompt_buckets,
-                                          "prompt", "input.prompt_buckets")
-    target_len = _bucket(int(self.target_len[safe_g].max()), s.target_buckets, "target",
-                         "input.target_buckets")
+    prompt_len = self.num_video + _bucket(
+      int(self.text_len[safe_g].max()), s.prompt_buckets, "prompt", "input.prompt_buckets"
+    )
+    target_len = _bucket(
+      int(self.target_len[safe_g].max()), s.target_buckets, "target", "input.target_buckets"
+    )
     lo = self.shard_index * self.local
-    local_ids, local_valid = safe_g[lo:lo + self.local], valid_g[lo:lo + self.local]
+    local_ids, local_valid = safe_g[lo : lo + self.local], valid_g[lo : lo + self.local]
     questions = [self.data.question(int(i)) for i in local_ids]
     videos = [self.data.video(q["video_key"]) for q in questions]
     key_bk, key_valid_bk = self._keyframes(videos)
@@ -270,26 +309,34 @@ class _BatchBuilder:
     for j, (q, video) in enumerate(zip(questions, videos)):
       position = step * s.batch_size + lo + j
       rng = np.random.default_rng([s.seed, position])
-      v = views_lib.build_views(video.num_frames, key_bk[j], key_valid_bk[j],
-                                num_pairs=s.num_pairs, disorder_ratio=s.disorder_ratio, rng=rng,
-                                patch_mode=s.patch_mode)
+      v = views_lib.build_views(
+        video.num_frames,
+        key_bk[j],
+        key_valid_bk[j],
+        num_pairs=s.num_pairs,
+        disorder_ratio=s.disorder_ratio,
+        rng=rng,
+        patch_mode=s.patch_mode,
+      )
       examples.append(self._example(q, video, v, prompt_len, target_len, local_valid[j]))
     return _collate(examples)
 
   def _keyframes(self, videos: Sequence[records.VideoRecord]):
     if self._select is None:
-      self._select = _cpu_select(self.s.selector, self.s.num_keyframes,
-                                 tuple(sorted(dict(self.s.select_kwargs).items())))
+      self._select = _cpu_select(
+        self.s.selector, self.s.num_keyframes, tuple(sorted(dict(self.s.select_kwargs).items()))
+      )
     d = videos[0].features.shape[1]
     feats_btd = np.zeros((len(videos), self.max_t, d), np.float32)
     mask_bt = np.zeros((len(videos), self.max_t), bool)
     for b, v in enumerate(videos):  # Padded to one length: one compile per process.
-      feats_btd[b, :v.num_frames] = v.features
-      mask_bt[b, :v.num_frames] = True
+      feats_btd[b, : v.num_frames] = v.features
+      mask_bt[b, : v.num_frames] = True
     return self._select(feats_btd, mask_bt)
 
-  def _answer_span(self, q: Mapping[str, Any], target: Sequence[int],
-                   target_len: int) -> tuple[int, int]:
+  def _answer_span(
+    self, q: Mapping[str, Any], target: Sequence[int], target_len: int
+  ) -> tuple[int, int]:
     """[start, end) of the target tokens that spell the answer letter: what differs from
     the same target with another letter (BPE may merge the letter with its tags)."""
     if _problem_type(q) == prompts.MULTIPLE_CHOICE:
@@ -306,31 +353,35 @@ class _BatchBuilder:
       tail += 1
     return start, len(target) - tail
 
-  def _example(self, q, video, v: views_lib.Views, prompt_len: int, target_len: int,
-               valid: bool) -> dict[str, Any]:
+  def _example(
+    self, q, video, v: views_lib.Views, prompt_len: int, target_len: int, valid: bool
+  ) -> dict[str, Any]:
     prompt = self._prompt(q, self.num_video)
     target = self._target(q, target_len)
     lo, hi = self._answer_span(q, target, target_len)
     pad = self.tok.pad_id
     return {
-        "frames": self.data.frames(video, v.frame_indices),
-        "timestamps": video.timestamps[v.frame_indices].astype(np.float32),
-        "frame_valid": v.frame_valid & valid,
-        "ordered_patches": v.ordered_patches,
-        "disordered_patches": v.disordered_patches,
-        "keyframe_indices": v.keyframe_indices,
-        "prompt_ids": np.array([pad] * (prompt_len - len(prompt)) + prompt, np.int32),
-        "prompt_mask": np.arange(prompt_len) >= prompt_len - len(prompt),
-        "answer_index": np.int32(q["answer_index"]),
-        "target_ids": np.array(target + [pad] * (target_len - len(target)), np.int32),
-        "target_mask": np.arange(target_len) < len(target),
-        "target_answer_mask": (np.arange(target_len) >= lo) & (np.arange(target_len) < hi),
-        "example_valid": np.bool_(valid),
-        "question_id": q["question_id"], "video_id": q["video_id"],
-        "duration_bucket": q.get("duration_bucket", ""), "task_type": q.get("task_type", ""),
-        "options": list(q["options"]), "problem_type": _problem_type(q),
-        "solution": q.get("solution") or f"<answer>{chr(65 + q['answer_index'])}</answer>",
-        "media": q.get("media", "video"),
+      "frames": self.data.frames(video, v.frame_indices),
+      "timestamps": video.timestamps[v.frame_indices].astype(np.float32),
+      "frame_valid": v.frame_valid & valid,
+      "ordered_patches": v.ordered_patches,
+      "disordered_patches": v.disordered_patches,
+      "keyframe_indices": v.keyframe_indices,
+      "prompt_ids": np.array([pad] * (prompt_len - len(prompt)) + prompt, np.int32),
+      "prompt_mask": np.arange(prompt_len) >= prompt_len - len(prompt),
+      "answer_index": np.int32(q["answer_index"]),
+      "target_ids": np.array(target + [pad] * (target_len - len(target)), np.int32),
+      "target_mask": np.arange(target_len) < len(target),
+      "target_answer_mask": (np.arange(target_len) >= lo) & (np.arange(target_len) < hi),
+      "example_valid": np.bool_(valid),
+      "question_id": q["question_id"],
+      "video_id": q["video_id"],
+      "duration_bucket": q.get("duration_bucket", ""),
+      "task_type": q.get("task_type", ""),
+      "options": list(q["options"]),
+      "problem_type": _problem_type(q),
+      "solution": q.get("solution") or f"<answer>{chr(65 + q['answer_index'])}</answer>",
+      "media": q.get("media", "video"),
     }
 
 
@@ -353,20 +404,30 @@ def _collate(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
 
 def split_host(batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """(device arrays, host-only metadata) of a batch."""
-  return ({k: v for k, v in batch.items() if k not in HOST_KEYS},
-          {k: v for k, v in batch.items() if k in HOST_KEYS})
+  return (
+    {k: v for k, v in batch.items() if k not in HOST_KEYS},
+    {k: v for k, v in batch.items() if k in HOST_KEYS},
+  )
 
 
 def _check_shard(settings: PipelineSettings, shard_index: int, shard_count: int) -> None:
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index={shard_index} must lie in [0, shard_count={shard_count})")
   if settings.batch_size % shard_count:
-    raise ValueError(f"batch_size={settings.batch_size} (global) is not divisible by "
-                     f"{shard_count} processes; set input.batch_size to a multiple")
+    raise ValueError(
+      f"batch_size={settings.batch_size} (global) is not divisible by "
+      f"{shard_count} processes; set input.batch_size to a multiple"
+    )
 
 
-def make_dataset(data_dir: str | os.PathLike, tokenizer, settings: PipelineSettings, *,
-                 shard_index: int = 0, shard_count: int = 1):
+def make_dataset(
+  data_dir: str | os.PathLike,
+  tokenizer,
+  settings: PipelineSettings,
+  *,
+  shard_index: int = 0,
+  shard_count: int = 1,
+):
   """The Grain pipeline over a preprocessed folder.
 
   Args:
@@ -382,8 +443,9 @@ def make_dataset(data_dir: str | os.PathLike, tokenizer, settings: PipelineSetti
   import grain
 
   _check_shard(settings, shard_index, shard_count)
-  builder = _BatchBuilder(os.fspath(data_dir), tokenizer, settings, shard_index=shard_index,
-                          shard_count=shard_count)
+  builder = _BatchBuilder(
+    os.fspath(data_dir), tokenizer, settings, shard_index=shard_index, shard_count=shard_count
+  )
   n = len(builder.data)
   ids = grain.MapDataset.range(n)
   if settings.pad_final_batch:
@@ -394,29 +456,46 @@ def make_dataset(data_dir: str | os.PathLike, tokenizer, settings: PipelineSetti
   if settings.num_epochs != 1:
     ids = ids.repeat(settings.num_epochs)
   if len(ids) < settings.batch_size:
-    raise ValueError(f"{data_dir}: {n} questions cannot fill one global batch of "
-                     f"{settings.batch_size}; lower input.batch_size")
+    raise ValueError(
+      f"{data_dir}: {n} questions cannot fill one global batch of "
+      f"{settings.batch_size}; lower input.batch_size"
+    )
   ds = ids.batch(settings.batch_size, drop_remainder=True).map_with_index(builder)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=settings.read_threads,
-                                            prefetch_buffer_size=settings.prefetch_buffer))
+  ds = ds.to_iter_dataset(
+    grain.ReadOptions(
+      num_threads=settings.read_threads, prefetch_buffer_size=settings.prefetch_buffer
+    )
+  )
   if settings.prefetch_workers > 0:
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
       # Grain's worker start reads its absl flags; outside an absl app (pytest, a
       # notebook) they were never parsed, so take their defaults.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=settings.prefetch_workers,
-        per_worker_buffer_size=settings.prefetch_buffer), worker_init_fn=_worker_init)
+    ds = ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=settings.prefetch_workers, per_worker_buffer_size=settings.prefetch_buffer
+      ),
+      worker_init_fn=_worker_init,
+    )
   return ds
 
 
-_TAD_FIELDS = ("distance", "smooth", "prominence", "min_prominence", "window", "boost",
-               "boost_mode")
+_TAD_FIELDS = (
+  "distance",
+  "smooth",
+  "prominence",
+  "min_prominence",
+  "window",
+  "boost",
+  "boost_mode",
+)
 
 
-def settings_from_config(config, *, train: bool = True, selector: str | None = None
-                         ) -> PipelineSettings:
+def settings_from_config(
+  config, *, train: bool = True, selector: str | None = None
+) -> PipelineSettings:
   """PipelineSettings from a config's `input` section and its `tad` section (K, selector).
 
   Args:
@@ -431,19 +510,29 @@ def settings_from_config(config, *, train: bool = True, selector: str | None = N
   inp = config.input
   tad = config.tad if "tad" in config else None
   shared = dict(
-      selector=selector or (tad.selector if tad is not None else "tad"),
-      select_kwargs={f: tad[f] for f in _TAD_FIELDS if tad is not None and f in tad},
-      disorder_ratio=inp.disorder_ratio, patch_size=inp.patch_size,
-      merge_size=inp.spatial_merge_size, prompt_buckets=tuple(inp.prompt_buckets),
-      target_buckets=tuple(inp.target_buckets), target_reasoning=inp.target_reasoning,
-      prompt_template=inp.prompt_template,
-      patch_mode=inp.patch_mode, seed=inp.seed,
-      prefetch_workers=inp.prefetch_workers, prefetch_buffer=inp.prefetch_buffer,
-      read_threads=inp.read_threads)
+    selector=selector or (tad.selector if tad is not None else "tad"),
+    select_kwargs={f: tad[f] for f in _TAD_FIELDS if tad is not None and f in tad},
+    disorder_ratio=inp.disorder_ratio,
+    patch_size=inp.patch_size,
+    merge_size=inp.spatial_merge_size,
+    prompt_buckets=tuple(inp.prompt_buckets),
+    target_buckets=tuple(inp.target_buckets),
+    target_reasoning=inp.target_reasoning,
+    prompt_template=inp.prompt_template,
+    patch_mode=inp.patch_mode,
+    seed=inp.seed,
+    prefetch_workers=inp.prefetch_workers,
+    prefetch_buffer=inp.prefetch_buffer,
+    read_threads=inp.read_threads,
+  )
   if train:
-    return train_settings(inp.batch_size, num_keyframes=tad.k if tad is not None else 16,
-                          num_nonkey_pairs=inp.num_nonkey_pairs, num_epochs=inp.num_epochs,
-                          **shared)
+    return train_settings(
+      inp.batch_size,
+      num_keyframes=tad.k if tad is not None else 16,
+      num_nonkey_pairs=inp.num_nonkey_pairs,
+      num_epochs=inp.num_epochs,
+      **shared,
+    )
   return eval_settings(inp.eval_batch_size, num_keyframes=inp.eval_num_keyframes, **shared)
 
 

@@ -38,38 +38,38 @@ MULTIPLE_CHOICE = "multiple choice"
 # Video-R1 grpo.py @ 59d65c34, verbatim, wrapped at 100 columns (there is no full stop
 # after "thought expressions" there either).
 VIDEOR1_QUESTION_TEMPLATE = (
-    "{Question}\n"
-    "Please think about this question as if you were a human pondering deeply. "
-    "Engage in an internal dialogue using expressions such as 'let me think', 'wait', "
-    "'Hmm', 'oh, I see', 'let's break it down', etc, or other natural language thought "
-    "expressions "
-    "It's encouraged to include self-reflection or verification in the reasoning process. "
-    "Provide your detailed reasoning between the <think> </think> tags, and then give your "
-    "final answer between the <answer> </answer> tags."
+  "{Question}\n"
+  "Please think about this question as if you were a human pondering deeply. "
+  "Engage in an internal dialogue using expressions such as 'let me think', 'wait', "
+  "'Hmm', 'oh, I see', 'let's break it down', etc, or other natural language thought "
+  "expressions "
+  "It's encouraged to include self-reflection or verification in the reasoning process. "
+  "Provide your detailed reasoning between the <think> </think> tags, and then give your "
+  "final answer between the <answer> </answer> tags."
 )
 VIDEOR1_TYPE_TEMPLATE = {
-    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, "
-                       "etc.) within the <answer> </answer> tags.",
-    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the "
-                 "<answer> </answer> tags.",
-    "OCR": " Please transcribe text from the image/video clearly and provide your text "
-           "answer within the <answer> </answer> tags.",
-    "free-form": " Please provide your text answer within the <answer> </answer> tags.",
-    "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the "
-                  "<answer> </answer> tags.",
+  "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, "
+  "etc.) within the <answer> </answer> tags.",
+  "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the "
+  "<answer> </answer> tags.",
+  "OCR": " Please transcribe text from the image/video clearly and provide your text "
+  "answer within the <answer> </answer> tags.",
+  "free-form": " Please provide your text answer within the <answer> </answer> tags.",
+  "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the "
+  "<answer> </answer> tags.",
 }
 # Qwen2.5-VL's chat template adds this system message when a conversation has none.
 QWEN_DEFAULT_SYSTEM = "You are a helpful assistant."
 
 _SHORT_TYPE_INSTRUCTION = {
-    "numerical": "Think about the question inside <think> </think> tags, then give only the "
-                 "number inside <answer> </answer> tags.",
-    "regression": "Think about the question inside <think> </think> tags, then give only the "
-                  "number inside <answer> </answer> tags.",
-    "OCR": "Think about the question inside <think> </think> tags, then give only the text "
-           "you read inside <answer> </answer> tags.",
-    "free-form": "Think about the question inside <think> </think> tags, then give a short "
-                 "answer inside <answer> </answer> tags.",
+  "numerical": "Think about the question inside <think> </think> tags, then give only the "
+  "number inside <answer> </answer> tags.",
+  "regression": "Think about the question inside <think> </think> tags, then give only the "
+  "number inside <answer> </answer> tags.",
+  "OCR": "Think about the question inside <think> </think> tags, then give only the text "
+  "you read inside <answer> </answer> tags.",
+  "free-form": "Think about the question inside <think> </think> tags, then give a short "
+  "answer inside <answer> </answer> tags.",
 }
 
 # (question, options, problem_type) -> (system message, user text after the video).
@@ -79,8 +79,9 @@ PROMPT_TEMPLATES: Registry[TemplateFn] = Registry("prompt template")
 
 def _check_type(problem_type: str) -> None:
   if problem_type not in VIDEOR1_TYPE_TEMPLATE:
-    raise ValueError(f"unknown problem_type {problem_type!r}; Video-R1's are "
-                     f"{list(VIDEOR1_TYPE_TEMPLATE)}")
+    raise ValueError(
+      f"unknown problem_type {problem_type!r}; Video-R1's are {list(VIDEOR1_TYPE_TEMPLATE)}"
+    )
 
 
 def _lettered(options: Sequence[str]) -> list[str]:
@@ -90,8 +91,9 @@ def _lettered(options: Sequence[str]) -> list[str]:
 
 
 @PROMPT_TEMPLATES.register("short")
-def short_template(question: str, options: Sequence[str],
-                   problem_type: str = MULTIPLE_CHOICE) -> tuple[str, str]:
+def short_template(
+  question: str, options: Sequence[str], problem_type: str = MULTIPLE_CHOICE
+) -> tuple[str, str]:
   """Question, "A. ..." option lines, one instruction line (the project's prompt)."""
   _check_type(problem_type)
   if problem_type == MULTIPLE_CHOICE:
@@ -102,31 +104,46 @@ def short_template(question: str, options: Sequence[str],
 
 
 @PROMPT_TEMPLATES.register("videor1")
-def videor1_template(question: str, options: Sequence[str],
-                     problem_type: str = MULTIPLE_CHOICE) -> tuple[str, str]:
+def videor1_template(
+  question: str, options: Sequence[str], problem_type: str = MULTIPLE_CHOICE
+) -> tuple[str, str]:
   """Video-R1's QUESTION_TEMPLATE + TYPE_TEMPLATE[problem_type], as in its grpo.py."""
   _check_type(problem_type)
   if problem_type == MULTIPLE_CHOICE:
     text = question + "Options:\n" + "".join(line + "\n" for line in _lettered(options))
   else:
     text = question
-  return (QWEN_DEFAULT_SYSTEM, VIDEOR1_QUESTION_TEMPLATE.format(Question=text)
-          + VIDEOR1_TYPE_TEMPLATE[problem_type])
+  return (
+    QWEN_DEFAULT_SYSTEM,
+    VIDEOR1_QUESTION_TEMPLATE.format(Question=text) + VIDEOR1_TYPE_TEMPLATE[problem_type],
+  )
 
 
-def prompt_text(template: str, question: str, options: Sequence[str],
-                problem_type: str = MULTIPLE_CHOICE, num_video_tokens: int = 1) -> str:
+def prompt_text(
+  template: str,
+  question: str,
+  options: Sequence[str],
+  problem_type: str = MULTIPLE_CHOICE,
+  num_video_tokens: int = 1,
+) -> str:
   """The full prompt string (chat turn included) of `template`, for reading and tests."""
   system, text = PROMPT_TEMPLATES.get(template)(question, options, problem_type)
   t = tokenizer_lib
   video = t.VISION_START + t.VIDEO_PAD * num_video_tokens + t.VISION_END
-  return (f"{t.IM_START}system\n{system}{t.IM_END}\n{t.IM_START}user\n{video}{text}"
-          f"{t.IM_END}\n{t.IM_START}assistant\n")
+  return (
+    f"{t.IM_START}system\n{system}{t.IM_END}\n{t.IM_START}user\n{video}{text}"
+    f"{t.IM_END}\n{t.IM_START}assistant\n"
+  )
 
 
-def encode_prompt(tok: tokenizer_lib.Tokenizer, template: str, question: str,
-                  options: Sequence[str], num_video_tokens: int,
-                  problem_type: str = MULTIPLE_CHOICE) -> list[int]:
+def encode_prompt(
+  tok: tokenizer_lib.Tokenizer,
+  template: str,
+  question: str,
+  options: Sequence[str],
+  num_video_tokens: int,
+  problem_type: str = MULTIPLE_CHOICE,
+) -> list[int]:
   """Token ids of `prompt_text(...)`, the video placeholder ids spliced in directly.
 
   Args:
@@ -144,5 +161,6 @@ def encode_prompt(tok: tokenizer_lib.Tokenizer, template: str, question: str,
   t = tokenizer_lib
   head = tok.encode(f"{t.IM_START}system\n{system}{t.IM_END}\n{t.IM_START}user\n")
   tail = tok.encode(text + f"{t.IM_END}\n{t.IM_START}assistant\n")
-  return head + [tok.vision_start_id, *[tok.video_pad_id] * num_video_tokens,
-                 tok.vision_end_id] + tail
+  return (
+    head + [tok.vision_start_id, *[tok.video_pad_id] * num_video_tokens, tok.vision_end_id] + tail
+  )

@@ -38,8 +38,8 @@ _KINDS = ("frames", "videos", "qa")
 
 # ---------------------------------------------------------------- record encoding
 
-def encode_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None
-                  ) -> bytes:
+
+def encode_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> bytes:
   """Serialises named arrays plus JSON metadata into one record (decoded without copies).
 
   Args:
@@ -64,10 +64,11 @@ def encode_arrays(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | No
 def decode_arrays(record: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Inverse of `encode_arrays`; arrays are read-only views of `record`."""
   if record[:4] != _MAGIC:
-    raise ValueError("not a chronoforge record (bad magic); was the file written by "
-                     "launch/preprocess?")
+    raise ValueError(
+      "not a chronoforge record (bad magic); was the file written by launch/preprocess?"
+    )
   (size,) = struct.unpack("<I", record[4:8])
-  header = json.loads(record[8:8 + size])
+  header = json.loads(record[8 : 8 + size])
   base = 8 + size
   arrays = {}
   for name, (dtype, shape, offset) in header["arrays"].items():
@@ -88,6 +89,7 @@ def shard_path(out_dir: str, shard_id: int, kind: str) -> str:
 
 # ---------------------------------------------------------------- writer
 
+
 class ShardWriter:
   """Writes one shard: frames, video records and questions, committed atomically.
 
@@ -96,16 +98,18 @@ class ShardWriter:
   ever read.
   """
 
-  def __init__(self, out_dir: str | os.PathLike, shard_id: int, *,
-               options: str = "group_size:1,uncompressed"):
+  def __init__(
+    self, out_dir: str | os.PathLike, shard_id: int, *, options: str = "group_size:1,uncompressed"
+  ):
     from array_record.python import array_record_module  # Heavy; loaded late.
 
     self.out_dir = os.fspath(out_dir)
     self.shard_id = shard_id
     os.makedirs(os.path.join(self.out_dir, SHARD_DIR), exist_ok=True)
     self._tmp = {k: f"{shard_path(self.out_dir, shard_id, k)}.tmp{os.getpid()}" for k in _KINDS}
-    self._writers = {k: array_record_module.ArrayRecordWriter(p, options)
-                     for k, p in self._tmp.items()}
+    self._writers = {
+      k: array_record_module.ArrayRecordWriter(p, options) for k, p in self._tmp.items()
+    }
     self.num_frames = 0
     self.video_ids: list[str] = []
     self.question_ids: list[str] = []
@@ -130,8 +134,14 @@ class ShardWriter:
       w.close()
     self._closed = True
 
-  def add_video(self, video_id: str, frames_thwc: np.ndarray, timestamps_t: np.ndarray,
-                features_td: np.ndarray, meta: Mapping[str, Any]) -> int:
+  def add_video(
+    self,
+    video_id: str,
+    frames_thwc: np.ndarray,
+    timestamps_t: np.ndarray,
+    features_td: np.ndarray,
+    meta: Mapping[str, Any],
+  ) -> int:
     """Appends a decoded video; returns its position within the shard.
 
     Args:
@@ -143,23 +153,36 @@ class ShardWriter:
     """
     frames_thwc = np.asarray(frames_thwc)
     if frames_thwc.dtype != np.uint8 or frames_thwc.ndim != 4 or frames_thwc.shape[0] < 1:
-      raise ValueError(f"video {video_id!r}: frames must be uint8 [T>0, H, W, 3], got "
-                       f"{frames_thwc.dtype} {frames_thwc.shape}")
+      raise ValueError(
+        f"video {video_id!r}: frames must be uint8 [T>0, H, W, 3], got "
+        f"{frames_thwc.dtype} {frames_thwc.shape}"
+      )
     t = frames_thwc.shape[0]
     if np.shape(timestamps_t) != (t,) or np.shape(features_td)[0] != t:
-      raise ValueError(f"video {video_id!r}: {t} frames but timestamps "
-                       f"{np.shape(timestamps_t)} and features {np.shape(features_td)}")
+      raise ValueError(
+        f"video {video_id!r}: {t} frames but timestamps "
+        f"{np.shape(timestamps_t)} and features {np.shape(features_td)}"
+      )
     self.shape = self.shape or list(frames_thwc.shape[1:])
     self.max_video_frames = max(self.max_video_frames, t)
     self.feature_dim = int(np.shape(features_td)[1])
     for frame_hwc in frames_thwc:
       self._writers["frames"].write(frame_hwc.tobytes())
     record = encode_arrays(
-        {"timestamps": np.asarray(timestamps_t, np.float64),
-         "features": np.asarray(features_td, np.float32)},
-        {**meta, "video_id": video_id, "num_frames": t, "frame_start": self.num_frames,
-         "shard": self.shard_id,
-         "height": int(frames_thwc.shape[1]), "width": int(frames_thwc.shape[2])})
+      {
+        "timestamps": np.asarray(timestamps_t, np.float64),
+        "features": np.asarray(features_td, np.float32),
+      },
+      {
+        **meta,
+        "video_id": video_id,
+        "num_frames": t,
+        "frame_start": self.num_frames,
+        "shard": self.shard_id,
+        "height": int(frames_thwc.shape[1]),
+        "width": int(frames_thwc.shape[2]),
+      },
+    )
     self._writers["videos"].write(record)
     self.num_frames += t
     self.video_ids.append(video_id)
@@ -184,11 +207,19 @@ class ShardWriter:
     self._close()
     for kind, tmp in self._tmp.items():
       os.replace(tmp, shard_path(self.out_dir, self.shard_id, kind))
-    marker = {"shard_id": self.shard_id, "num_videos": len(self.video_ids),
-              "num_frames": self.num_frames, "num_questions": len(self.question_ids),
-              "video_ids": self.video_ids, "question_ids": self.question_ids,
-              "frame_shape": self.shape, "max_video_frames": self.max_video_frames,
-              "feature_dim": self.feature_dim, "rejected": self.rejected, **(extra or {})}
+    marker = {
+      "shard_id": self.shard_id,
+      "num_videos": len(self.video_ids),
+      "num_frames": self.num_frames,
+      "num_questions": len(self.question_ids),
+      "video_ids": self.video_ids,
+      "question_ids": self.question_ids,
+      "frame_shape": self.shape,
+      "max_video_frames": self.max_video_frames,
+      "feature_dim": self.feature_dim,
+      "rejected": self.rejected,
+      **(extra or {}),
+    }
     fileio.write_json_atomic(shard_path(self.out_dir, self.shard_id, "marker"), marker)
     return marker
 
@@ -203,7 +234,7 @@ def finished_shards(out_dir: str | os.PathLike) -> dict[int, dict[str, Any]]:
   for name in sorted(os.listdir(shard_dir)):
     if not (name.startswith("shard-") and name.endswith(".json")):
       continue
-    shard_id = int(name[len("shard-"):-len(".json")])
+    shard_id = int(name[len("shard-") : -len(".json")])
     if not all(os.path.exists(shard_path(out_dir, shard_id, k)) for k in _KINDS):
       continue
     with open(os.path.join(shard_dir, name)) as f:
@@ -211,8 +242,11 @@ def finished_shards(out_dir: str | os.PathLike) -> dict[int, dict[str, Any]]:
   return result
 
 
-def write_index(out_dir: str | os.PathLike, settings: Mapping[str, Any],
-                extra_rejected: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def write_index(
+  out_dir: str | os.PathLike,
+  settings: Mapping[str, Any],
+  extra_rejected: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
   """Writes index.json and rejected.jsonl from every committed shard (old runs included).
 
   Args:
@@ -225,25 +259,35 @@ def write_index(out_dir: str | os.PathLike, settings: Mapping[str, Any],
   """
   out_dir = os.fspath(out_dir)
   markers = finished_shards(out_dir)
-  shards = [{"shard_id": i, "num_videos": m["num_videos"], "num_frames": m["num_frames"],
-             "num_questions": m["num_questions"]} for i, m in sorted(markers.items())]
+  shards = [
+    {
+      "shard_id": i,
+      "num_videos": m["num_videos"],
+      "num_frames": m["num_frames"],
+      "num_questions": m["num_questions"],
+    }
+    for i, m in sorted(markers.items())
+  ]
   shapes = {tuple(m["frame_shape"]) for m in markers.values() if m.get("frame_shape")}
   if len(shapes) > 1:
-    raise ValueError(f"{out_dir}: shards hold frames of different shapes {sorted(shapes)}; "
-                     "preprocess into a fresh --out folder")
+    raise ValueError(
+      f"{out_dir}: shards hold frames of different shapes {sorted(shapes)}; "
+      "preprocess into a fresh --out folder"
+    )
   rejected = [*extra_rejected, *(r for m in markers.values() for r in m["rejected"])]
   index = {
-      "version": 1,
-      "settings": dict(settings),
-      "frame_shape": list(shapes.pop()) if shapes else None,
-      "num_videos": sum(s["num_videos"] for s in shards),
-      "num_frames": sum(s["num_frames"] for s in shards),
-      "num_questions": sum(s["num_questions"] for s in shards),
-      "num_rejected": len(rejected),
-      "max_frames_per_video": max((m.get("max_video_frames", 0) for m in markers.values()),
-                                  default=0),
-      "feature_dim": max((m.get("feature_dim", 0) for m in markers.values()), default=0),
-      "shards": shards,
+    "version": 1,
+    "settings": dict(settings),
+    "frame_shape": list(shapes.pop()) if shapes else None,
+    "num_videos": sum(s["num_videos"] for s in shards),
+    "num_frames": sum(s["num_frames"] for s in shards),
+    "num_questions": sum(s["num_questions"] for s in shards),
+    "num_rejected": len(rejected),
+    "max_frames_per_video": max(
+      (m.get("max_video_frames", 0) for m in markers.values()), default=0
+    ),
+    "feature_dim": max((m.get("feature_dim", 0) for m in markers.values()), default=0),
+    "shards": shards,
   }
   tmp = os.path.join(out_dir, f"{REJECTED}.tmp{os.getpid()}")
   with open(tmp, "w") as f:
@@ -255,6 +299,7 @@ def write_index(out_dir: str | os.PathLike, settings: Mapping[str, Any],
 
 
 # ---------------------------------------------------------------- reader
+
 
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
@@ -270,6 +315,7 @@ class VideoRecord:
     height, width: frame size.
     meta: the rest of the stored metadata.
   """
+
   key: int
   video_id: str
   timestamps: np.ndarray
@@ -285,8 +331,10 @@ def load_index(data_dir: str | os.PathLike) -> dict[str, Any]:
   """Reads index.json, with an error that says how to make one."""
   path = os.path.join(os.fspath(data_dir), INDEX)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no {INDEX} in {os.fspath(data_dir)!r}: run `python -m "
-                            "launch.preprocess --out DIR ...` first and point at DIR")
+    raise FileNotFoundError(
+      f"no {INDEX} in {os.fspath(data_dir)!r}: run `python -m "
+      "launch.preprocess --out DIR ...` first and point at DIR"
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -304,13 +352,16 @@ class PreprocessedData:
     self.index = load_index(self.data_dir)
     shards = [s for s in self.index["shards"] if s["num_videos"] > 0]
     if not shards or self.index["num_questions"] == 0:
-      raise ValueError(f"{self.data_dir}: the data set holds no questions (every item was "
-                       f"rejected? see {REJECTED})")
+      raise ValueError(
+        f"{self.data_dir}: the data set holds no questions (every item was "
+        f"rejected? see {REJECTED})"
+      )
     ids = [s["shard_id"] for s in shards]
 
     def source(kind, keep):
       return sources.ArrayRecordDataSource(
-          [shard_path(self.data_dir, i, kind) for i, s in zip(ids, shards) if keep(s)])
+        [shard_path(self.data_dir, i, kind) for i, s in zip(ids, shards) if keep(s)]
+      )
 
     self._qa = source("qa", lambda s: s["num_questions"] > 0)
     self._videos = source("videos", lambda s: True)
@@ -336,17 +387,25 @@ class PreprocessedData:
     """Video record by global index (timestamps, features, where its frames are)."""
     arrays, meta = decode_arrays(self._videos[key])
     start = int(self._frame_offset[meta.pop("shard")] + meta.pop("frame_start"))
-    return VideoRecord(key=key, video_id=meta.pop("video_id"), timestamps=arrays["timestamps"],
-                       features=arrays["features"], frame_start=start,
-                       num_frames=int(meta.pop("num_frames")), height=int(meta.pop("height")),
-                       width=int(meta.pop("width")), meta=meta)
+    return VideoRecord(
+      key=key,
+      video_id=meta.pop("video_id"),
+      timestamps=arrays["timestamps"],
+      features=arrays["features"],
+      frame_start=start,
+      num_frames=int(meta.pop("num_frames")),
+      height=int(meta.pop("height")),
+      width=int(meta.pop("width")),
+      meta=meta,
+    )
 
   def frames(self, video: VideoRecord, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """uint8 frames [N, H, W, 3] of `video` at `indices` (reads only those records)."""
     indices = np.asarray(indices, np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= video.num_frames):
-      raise IndexError(f"video {video.video_id!r} has {video.num_frames} frames; asked for "
-                       f"{indices.tolist()}")
+      raise IndexError(
+        f"video {video.video_id!r} has {video.num_frames} frames; asked for {indices.tolist()}"
+      )
     records = self._frames.__getitems__([int(video.frame_start + i) for i in indices])
     out = np.empty((len(indices), video.height, video.width, 3), np.uint8)
     for n, r in enumerate(records):
@@ -355,6 +414,7 @@ class PreprocessedData:
 
 
 # ---------------------------------------------------------------- preprocess driver
+
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessSettings:
@@ -371,6 +431,7 @@ class PreprocessSettings:
       than uncompressed records in data_bench on synthetic frames, at 1/10 the disk) or
       "uncompressed".
   """
+
   fps: float | None = 1.0
   max_frames: int = 256
   size: int = 448
@@ -394,6 +455,7 @@ class PreprocessSettings:
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
   """One unit of preprocessing: a shard id and its videos with their questions."""
+
   shard_id: int
   videos: tuple[tuple[str, str, tuple[dict[str, Any], ...]], ...]  # (id, path, questions)
 
@@ -410,14 +472,16 @@ def plan_shards(items: Sequence[Any], videos_per_shard: int) -> list[ShardTask]:
     by_video.setdefault(d["video_id"], []).append(d)
     paths.setdefault(d["video_id"], d["video_path"])
   ids = list(by_video)
-  return [ShardTask(shard_id=n // videos_per_shard,
-                    videos=tuple((v, paths[v], tuple(by_video[v]))
-                                 for v in ids[n:n + videos_per_shard]))
-          for n in range(0, len(ids), videos_per_shard)]
+  return [
+    ShardTask(
+      shard_id=n // videos_per_shard,
+      videos=tuple((v, paths[v], tuple(by_video[v])) for v in ids[n : n + videos_per_shard]),
+    )
+    for n in range(0, len(ids), videos_per_shard)
+  ]
 
 
-def _process_shard(out_dir: str, settings: PreprocessSettings, task: ShardTask
-                   ) -> dict[str, Any]:
+def _process_shard(out_dir: str, settings: PreprocessSettings, task: ShardTask) -> dict[str, Any]:
   """Decodes, featurises and writes one shard; a bad video only rejects its questions."""
   from chronoforge_jax import features
   from chronoforge_jax.data import benchmarks, decode
@@ -426,20 +490,32 @@ def _process_shard(out_dir: str, settings: PreprocessSettings, task: ShardTask
   with ShardWriter(out_dir, task.shard_id, options=options) as writer:
     for video_id, path, questions in task.videos:
       try:
-        video = decode.decode_video(path, fps=settings.fps, max_frames=settings.max_frames,
-                                    size=settings.size, resize=settings.resize)
+        video = decode.decode_video(
+          path,
+          fps=settings.fps,
+          max_frames=settings.max_frames,
+          size=settings.size,
+          resize=settings.resize,
+        )
         feats_td = features.video_features(
-            video.frames, chunk=min(settings.max_frames, 256), grid=settings.feature_grid,
-            color=settings.feature_color)
+          video.frames,
+          chunk=min(settings.max_frames, 256),
+          grid=settings.feature_grid,
+          color=settings.feature_color,
+        )
       except decode.VideoDecodeError as e:
         reason = str(e)
       except Exception as e:  # pylint: disable=broad-except
         # One unreadable file must not stop the run; the reason keeps the evidence.
         reason = f"video {path!r}: {type(e).__name__}: {e}"
       else:
-        pos = writer.add_video(video_id, video.frames, video.timestamps, feats_td,
-                               {"path": path, "native_fps": video.native_fps,
-                                "duration": video.duration})
+        pos = writer.add_video(
+          video_id,
+          video.frames,
+          video.timestamps,
+          feats_td,
+          {"path": path, "native_fps": video.native_fps, "duration": video.duration},
+        )
         for q in questions:
           bucket = q.get("duration_bucket") or benchmarks.duration_bucket(video.duration)
           writer.add_question({**q, "duration_bucket": bucket}, pos)
@@ -458,21 +534,31 @@ def _advance(bar, marker: Mapping[str, Any]) -> None:
     bar.update(marker["num_videos"] + len({r["item"]["video_id"] for r in marker["rejected"]}))
 
 
-def _settings_record(settings: PreprocessSettings, tasks: Sequence[ShardTask],
-                     meta: Mapping[str, Any]) -> dict[str, Any]:
+def _settings_record(
+  settings: PreprocessSettings, tasks: Sequence[ShardTask], meta: Mapping[str, Any]
+) -> dict[str, Any]:
   import hashlib
 
-  plan = json.dumps([[t.shard_id, [(v, p, [q["question_id"] for q in qs])
-                                   for v, p, qs in t.videos]] for t in tasks])
-  return {**dataclasses.asdict(settings), **meta,
-          "plan_sha1": hashlib.sha1(plan.encode()).hexdigest()}
+  plan = json.dumps(
+    [[t.shard_id, [(v, p, [q["question_id"] for q in qs]) for v, p, qs in t.videos]] for t in tasks]
+  )
+  return {
+    **dataclasses.asdict(settings),
+    **meta,
+    "plan_sha1": hashlib.sha1(plan.encode()).hexdigest(),
+  }
 
 
-def preprocess(items: Sequence[Any], out_dir: str | os.PathLike,
-               settings: PreprocessSettings, *, workers: int = 0,
-               annotation_rejects: Sequence[Mapping[str, Any]] = (),
-               meta: Mapping[str, Any] | None = None, progress: bool = True
-               ) -> dict[str, Any]:
+def preprocess(
+  items: Sequence[Any],
+  out_dir: str | os.PathLike,
+  settings: PreprocessSettings,
+  *,
+  workers: int = 0,
+  annotation_rejects: Sequence[Mapping[str, Any]] = (),
+  meta: Mapping[str, Any] | None = None,
+  progress: bool = True,
+) -> dict[str, Any]:
   """Writes (or resumes writing) a preprocessed data set.
 
   Shards already committed by an earlier run with the same settings and plan are
@@ -503,9 +589,11 @@ def preprocess(items: Sequence[Any], out_dir: str | os.PathLike,
       old = json.load(f)
     changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
     if changed:
-      raise ValueError(f"{out_dir} already holds a preprocess run with different {changed}; "
-                       "rerun with the same settings and annotations to resume, or use a "
-                       "fresh --out folder")
+      raise ValueError(
+        f"{out_dir} already holds a preprocess run with different {changed}; "
+        "rerun with the same settings and annotations to resume, or use a "
+        "fresh --out folder"
+      )
   else:
     fileio.write_json_atomic(settings_path, record)
   shard_dir = os.path.join(out_dir, SHARD_DIR)
@@ -517,11 +605,14 @@ def preprocess(items: Sequence[Any], out_dir: str | os.PathLike,
   bar = None
   if progress and pending:
     import tqdm
-    bar = tqdm.tqdm(total=sum(len(t.videos) for t in pending), unit="video",
-                    desc="preprocess", dynamic_ncols=True)
+
+    bar = tqdm.tqdm(
+      total=sum(len(t.videos) for t in pending), unit="video", desc="preprocess", dynamic_ncols=True
+    )
   args = [(out_dir, settings, t) for t in pending]
   if workers > 0 and len(pending) > 1:
     import multiprocessing
+
     # spawn: the parent may hold JAX/XLA threads, which fork would copy in a bad state.
     with multiprocessing.get_context("spawn").Pool(min(workers, len(pending))) as pool:
       results = pool.imap_unordered(_process_shard_star, args)

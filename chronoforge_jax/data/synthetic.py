@@ -39,17 +39,28 @@ from typing import Any, Sequence
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
-           "yellow": (240, 220, 40), "white": (245, 245, 245), "purple": (160, 60, 200),
-           "orange": (250, 140, 20), "cyan": (40, 220, 230)}
+COLOURS = {
+  "red": (230, 40, 40),
+  "green": (40, 200, 60),
+  "blue": (50, 90, 240),
+  "yellow": (240, 220, 40),
+  "white": (245, 245, 245),
+  "purple": (160, 60, 200),
+  "orange": (250, 140, 20),
+  "cyan": (40, 220, 230),
+}
 KINDS = ("appear", "move", "recolour", "flash")
 TASKS = ("first", "last", "after", "before")
 VARIANTS = ("colour_order", "events")
 # colour_order: the flash colours, which are also the fixed options A-D in this order.
 FLASH_COLOURS = ("red", "green", "blue", "yellow")
 COLOUR_TASKS = ("first", "last")
-_DIRECTIONS = {"left to right": (0.0, -1.0, 0.0, 1.0), "right to left": (0.0, 1.0, 0.0, -1.0),
-               "top to bottom": (-1.0, 0.0, 1.0, 0.0), "bottom to top": (1.0, 0.0, -1.0, 0.0)}
+_DIRECTIONS = {
+  "left to right": (0.0, -1.0, 0.0, 1.0),
+  "right to left": (0.0, 1.0, 0.0, -1.0),
+  "top to bottom": (-1.0, 0.0, 1.0, 0.0),
+  "bottom to top": (1.0, 0.0, -1.0, 0.0),
+}
 _MANIFEST = "synthetic.json"
 
 
@@ -72,6 +83,7 @@ class SyntheticSettings:
     vocab_size: size of the tiny tokenizer built with the set.
     seed: everything follows from it (held-out splits: another seed).
   """
+
   variant: str = "events"
   num_train_questions: int = 64
   num_eval_questions: int = 32
@@ -90,20 +102,25 @@ class SyntheticSettings:
       raise ValueError(f"variant={self.variant!r}: choose one of {VARIANTS}")
     lo, hi = (2, len(FLASH_COLOURS)) if self.variant == "colour_order" else (5, len(SHAPES) + 1)
     if not lo <= self.num_events <= hi:
-      raise ValueError(f"num_events={self.num_events}: must be in [{lo}, {hi}] for "
-                       f"variant={self.variant!r}")
+      raise ValueError(
+        f"num_events={self.num_events}: must be in [{lo}, {hi}] for variant={self.variant!r}"
+      )
     tasks = self.tasks
     if not 1 <= self.questions_per_video <= len(tasks):
-      raise ValueError(f"questions_per_video={self.questions_per_video}: must be in "
-                       f"[1, {len(tasks)}] for variant={self.variant!r}")
+      raise ValueError(
+        f"questions_per_video={self.questions_per_video}: must be in "
+        f"[1, {len(tasks)}] for variant={self.variant!r}"
+      )
     if self.size % 2 or self.size < 16:
       raise ValueError(f"size={self.size}: must be even and >= 16 (H.264 yuv420p)")
     if not 0 < self.min_video_seconds <= self.max_video_seconds:
       raise ValueError("need 0 < min_video_seconds <= max_video_seconds")
     need = self.num_events * self.event_seconds * 2 + self.event_seconds
     if self.min_video_seconds < need:
-      raise ValueError(f"min_video_seconds={self.min_video_seconds}: {self.num_events} events "
-                       f"of {self.event_seconds} s with gaps need >= {need} s")
+      raise ValueError(
+        f"min_video_seconds={self.min_video_seconds}: {self.num_events} events "
+        f"of {self.event_seconds} s with gaps need >= {need} s"
+      )
     if self.num_train_questions < 0 or self.num_eval_questions < 0:
       raise ValueError("num_train_questions and num_eval_questions must be >= 0")
 
@@ -115,8 +132,16 @@ class SyntheticSettings:
   def video_tag(self) -> str:
     """A short hash of what a video's pixels depend on (part of its file name), so a
     folder reused with other settings or another seed never serves a stale video."""
-    keys = ("variant", "num_events", "event_seconds", "min_video_seconds",
-            "max_video_seconds", "fps", "size", "seed")
+    keys = (
+      "variant",
+      "num_events",
+      "event_seconds",
+      "min_video_seconds",
+      "max_video_seconds",
+      "fps",
+      "size",
+      "seed",
+    )
     blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -124,6 +149,7 @@ class SyntheticSettings:
 @dataclasses.dataclass(frozen=True)
 class Event:
   """One event: `kind` happens during [start, end) seconds."""
+
   kind: str
   shape: str
   colour: str
@@ -146,8 +172,9 @@ class Event:
     return f"the screen flashes {self.colour}"
 
 
-def make_events(rng: np.random.Generator, duration: float, settings: SyntheticSettings
-                ) -> list[Event]:
+def make_events(
+  rng: np.random.Generator, duration: float, settings: SyntheticSettings
+) -> list[Event]:
   """Draws `num_events` non-overlapping events over [0, duration), in time order."""
   n, length = settings.num_events, settings.event_seconds
   gap = length  # Uneventful stretches at least one event long, usually much longer.
@@ -155,9 +182,20 @@ def make_events(rng: np.random.Generator, duration: float, settings: SyntheticSe
   starts = gap + np.sort(rng.uniform(0, slack, size=n)) + np.arange(n) * (length + gap)
   if settings.variant == "colour_order":
     colours = rng.permutation(FLASH_COLOURS)[:n]
-    return [Event(kind="flash", shape="", colour=str(c), colour2="", direction="",
-                  start=float(t), end=float(t + length), x=0.5, y=0.5)
-            for c, t in zip(colours, starts)]
+    return [
+      Event(
+        kind="flash",
+        shape="",
+        colour=str(c),
+        colour2="",
+        direction="",
+        start=float(t),
+        end=float(t + length),
+        x=0.5,
+        y=0.5,
+      )
+      for c, t in zip(colours, starts)
+    ]
   kinds = list(rng.choice(KINDS[:3], size=n))
   if n > len(SHAPES) or rng.random() < 0.5:
     kinds[int(rng.integers(n))] = "flash"
@@ -166,16 +204,25 @@ def make_events(rng: np.random.Generator, duration: float, settings: SyntheticSe
   events = []
   for kind, start in zip(kinds, starts):
     c1, c2 = rng.choice(colours, size=2, replace=False)
-    events.append(Event(kind=str(kind), shape="" if kind == "flash" else str(next(shapes)),
-                        colour=str(c1), colour2=str(c2) if kind == "recolour" else "",
-                        direction=str(rng.choice(list(_DIRECTIONS))) if kind == "move" else "",
-                        start=float(start), end=float(start + length),
-                        x=float(rng.uniform(0.3, 0.7)), y=float(rng.uniform(0.3, 0.7))))
+    events.append(
+      Event(
+        kind=str(kind),
+        shape="" if kind == "flash" else str(next(shapes)),
+        colour=str(c1),
+        colour2=str(c2) if kind == "recolour" else "",
+        direction=str(rng.choice(list(_DIRECTIONS))) if kind == "move" else "",
+        start=float(start),
+        end=float(start + length),
+        x=float(rng.uniform(0.3, 0.7)),
+        y=float(rng.uniform(0.3, 0.7)),
+      )
+    )
   return events
 
 
-def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
-                r: float) -> np.ndarray:
+def _shape_mask(
+  shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float
+) -> np.ndarray:
   dy, dx = (yy - cy) / r, (xx - cx) / r
   if shape == "circle":
     return dx * dx + dy * dy <= 1.0
@@ -190,8 +237,9 @@ def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float
   raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_frames(events: Sequence[Event], duration: float, settings: SyntheticSettings,
-                  seed: int | Sequence[int]) -> np.ndarray:
+def render_frames(
+  events: Sequence[Event], duration: float, settings: SyntheticSettings, seed: int | Sequence[int]
+) -> np.ndarray:
   """Renders uint8 frames [T, S, S, 3] at `settings.fps` (frame j shows time j / fps)."""
   size = settings.size
   num = max(1, int(math.ceil(duration * settings.fps)))
@@ -242,8 +290,9 @@ def encode_mp4(path: str, frames_thwc: np.ndarray, fps: float) -> None:
   os.replace(tmp, path)
 
 
-def make_questions(events: Sequence[Event], rng: np.random.Generator, num: int
-                   ) -> list[dict[str, Any]]:
+def make_questions(
+  events: Sequence[Event], rng: np.random.Generator, num: int
+) -> list[dict[str, Any]]:
   """`num` four-option questions of distinct task types about one video's events.
 
   Returns:
@@ -258,25 +307,36 @@ def make_questions(events: Sequence[Event], rng: np.random.Generator, num: int
       problem = f"Which event happens {task} in the video?"
       reasoning = f"{desc[correct]} at {events[correct].start:.0f} s is the {task} event."
     else:
-      anchor = int(rng.integers(0, len(events) - 1)) if task == "after" else int(
-          rng.integers(1, len(events)))
+      anchor = (
+        int(rng.integers(0, len(events) - 1))
+        if task == "after"
+        else int(rng.integers(1, len(events)))
+      )
       correct = anchor + 1 if task == "after" else anchor - 1
       word = "right after" if task == "after" else "right before"
       problem = f"Which event happens {word} {desc[anchor]}?"
-      reasoning = (f"{desc[anchor]} at {events[anchor].start:.0f} s; {desc[correct]} at "
-                   f"{events[correct].start:.0f} s comes {word}.")
+      reasoning = (
+        f"{desc[anchor]} at {events[anchor].start:.0f} s; {desc[correct]} at "
+        f"{events[correct].start:.0f} s comes {word}."
+      )
     others = [i for i in range(len(events)) if i not in (correct, anchor)]
     chosen = [correct, *rng.choice(others, size=3, replace=False).tolist()]
     order = rng.permutation(4)
-    out.append({"task_type": str(task), "problem": problem,
-                "options": [desc[chosen[i]] for i in order],
-                "answer_index": int(np.flatnonzero(order == 0)[0]),
-                "reasoning": reasoning[0].upper() + reasoning[1:]})
+    out.append(
+      {
+        "task_type": str(task),
+        "problem": problem,
+        "options": [desc[chosen[i]] for i in order],
+        "answer_index": int(np.flatnonzero(order == 0)[0]),
+        "reasoning": reasoning[0].upper() + reasoning[1:],
+      }
+    )
   return out
 
 
-def make_colour_questions(events: Sequence[Event], rng: np.random.Generator, num: int
-                          ) -> list[dict[str, Any]]:
+def make_colour_questions(
+  events: Sequence[Event], rng: np.random.Generator, num: int
+) -> list[dict[str, Any]]:
   """`num` questions of distinct types ("first", "last") about a colour_order video.
 
   The options are always FLASH_COLOURS in order, so answer letter j means colour j.
@@ -284,11 +344,15 @@ def make_colour_questions(events: Sequence[Event], rng: np.random.Generator, num
   out = []
   for task in rng.choice(COLOUR_TASKS, size=num, replace=False):
     e = events[0] if task == "first" else events[-1]
-    out.append({"task_type": str(task),
-                "problem": f"Which colour flashes {task} in the video?",
-                "options": list(FLASH_COLOURS),
-                "answer_index": FLASH_COLOURS.index(e.colour),
-                "reasoning": f"The {e.colour} flash at {e.start:.0f} s comes {task}."})
+    out.append(
+      {
+        "task_type": str(task),
+        "problem": f"Which colour flashes {task} in the video?",
+        "options": list(FLASH_COLOURS),
+        "answer_index": FLASH_COLOURS.index(e.colour),
+        "reasoning": f"The {e.colour} flash at {e.start:.0f} s comes {task}.",
+      }
+    )
   return out
 
 
@@ -303,25 +367,38 @@ def vocabulary_texts() -> list[str]:
     descriptions.append(Event("flash", "", colour, "", "", 0, 1, 0, 0).description)
     for shape in SHAPES:
       descriptions.append(Event("appear", shape, colour, "", "", 0, 1, 0, 0).description)
-      descriptions += [Event("move", shape, colour, "", d, 0, 1, 0, 0).description
-                       for d in _DIRECTIONS]
-      descriptions += [Event("recolour", shape, colour, c2, "", 0, 1, 0, 0).description
-                       for c2 in COLOURS if c2 != colour]
+      descriptions += [
+        Event("move", shape, colour, "", d, 0, 1, 0, 0).description for d in _DIRECTIONS
+      ]
+      descriptions += [
+        Event("recolour", shape, colour, c2, "", 0, 1, 0, 0).description
+        for c2 in COLOURS
+        if c2 != colour
+      ]
   texts += descriptions
-  texts += [f"Which event happens {w} {d}?" for w in ("right after", "right before")
-            for d in descriptions[::7]]
+  texts += [
+    f"Which event happens {w} {d}?"
+    for w in ("right after", "right before")
+    for d in descriptions[::7]
+  ]
   texts += [f"{d[0].upper()}{d[1:]} at 12 s is the first event." for d in descriptions[::5]]
   return texts
 
 
 def _bucket(duration: float, s: SyntheticSettings) -> str:
   third = (s.max_video_seconds - s.min_video_seconds) / 3 or 1.0
-  return ("short" if duration < s.min_video_seconds + third else
-          "medium" if duration < s.min_video_seconds + 2 * third else "long")
+  return (
+    "short"
+    if duration < s.min_video_seconds + third
+    else "medium"
+    if duration < s.min_video_seconds + 2 * third
+    else "long"
+  )
 
 
-def _split(out_dir: str, split: str, split_id: int, num_questions: int,
-           s: SyntheticSettings) -> list[dict[str, Any]]:
+def _split(
+  out_dir: str, split: str, split_id: int, num_questions: int, s: SyntheticSettings
+) -> list[dict[str, Any]]:
   rows = []
   num_videos = math.ceil(num_questions / s.questions_per_video)
   for v in range(num_videos):
@@ -337,21 +414,32 @@ def _split(out_dir: str, split: str, split_id: int, num_questions: int,
     for n, q in enumerate(ask(events, rng, s.questions_per_video)):
       if len(rows) == num_questions:
         break
-      rows.append({
-          "problem_id": f"{video_id}-{n}", "problem": q["problem"], "data_type": "video",
+      rows.append(
+        {
+          "problem_id": f"{video_id}-{n}",
+          "problem": q["problem"],
+          "data_type": "video",
           "problem_type": "multiple choice",
           "options": [f"{chr(65 + i)}. {o}" for i, o in enumerate(q["options"])],
           "process": f"<think>{q['reasoning']}</think>",
-          "solution": f"<answer>{chr(65 + q['answer_index'])}</answer>", "path": rel,
-          "data_source": "synthetic", "video_id": video_id,
-          "duration": _bucket(duration, s), "task_type": q["task_type"],
-          "events": [{"description": e.description, "start": round(e.start, 3),
-                      "end": round(e.end, 3)} for e in events]})
+          "solution": f"<answer>{chr(65 + q['answer_index'])}</answer>",
+          "path": rel,
+          "data_source": "synthetic",
+          "video_id": video_id,
+          "duration": _bucket(duration, s),
+          "task_type": q["task_type"],
+          "events": [
+            {"description": e.description, "start": round(e.start, 3), "end": round(e.end, 3)}
+            for e in events
+          ],
+        }
+      )
   return rows
 
 
-def write_dataset(out_dir: str | os.PathLike, settings: SyntheticSettings | None = None, *,
-                  progress: bool = False) -> dict[str, str]:
+def write_dataset(
+  out_dir: str | os.PathLike, settings: SyntheticSettings | None = None, *, progress: bool = False
+) -> dict[str, str]:
   """Writes the synthetic set: videos/, train.json, eval.json, tokenizer/, a manifest.
 
   Idempotent: when the manifest records equal settings, nothing is redone; an existing
@@ -369,28 +457,37 @@ def write_dataset(out_dir: str | os.PathLike, settings: SyntheticSettings | None
 
   s = settings or SyntheticSettings()
   out_dir = os.fspath(out_dir)
-  paths = {"train": os.path.join(out_dir, "train.json"),
-           "eval": os.path.join(out_dir, "eval.json"),
-           "tokenizer_dir": os.path.join(out_dir, "tokenizer"), "video_dir": out_dir}
+  paths = {
+    "train": os.path.join(out_dir, "train.json"),
+    "eval": os.path.join(out_dir, "eval.json"),
+    "tokenizer_dir": os.path.join(out_dir, "tokenizer"),
+    "video_dir": out_dir,
+  }
   manifest = os.path.join(out_dir, _MANIFEST)
   if os.path.exists(manifest):
     with open(manifest) as f:
       if json.load(f) == dataclasses.asdict(s) and all(
-          os.path.exists(p) for p in (paths["train"], paths["eval"])):
+        os.path.exists(p) for p in (paths["train"], paths["eval"])
+      ):
         return paths
   os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-  for split_id, (split, num) in enumerate((("train", s.num_train_questions),
-                                           ("eval", s.num_eval_questions))):
+  for split_id, (split, num) in enumerate(
+    (("train", s.num_train_questions), ("eval", s.num_eval_questions))
+  ):
     rows = _split(out_dir, split, split_id, num, s)
     tmp = paths[split] + ".tmp"
     with open(tmp, "w") as f:
       json.dump(rows, f, indent=1)
     os.replace(tmp, paths[split])
     if progress:
-      print(f"synthetic {split}: {len(rows)} questions on "
-            f"{len({r['video_id'] for r in rows})} videos -> {paths[split]}", flush=True)
-  tokenizer_lib.build_tiny_tokenizer(paths["tokenizer_dir"], vocab_size=s.vocab_size,
-                                     extra_texts=vocabulary_texts())
+      print(
+        f"synthetic {split}: {len(rows)} questions on "
+        f"{len({r['video_id'] for r in rows})} videos -> {paths[split]}",
+        flush=True,
+      )
+  tokenizer_lib.build_tiny_tokenizer(
+    paths["tokenizer_dir"], vocab_size=s.vocab_size, extra_texts=vocabulary_texts()
+  )
   with open(manifest, "w") as f:
     json.dump(dataclasses.asdict(s), f, indent=1)
   return paths

@@ -49,6 +49,7 @@ def config_from_section(section: Any) -> ModelConfig:
   if hf_dir:
     import json
     import os
+
     with open(os.path.join(hf_dir, "config.json")) as f:
       return from_hf_config(json.load(f), **overrides)
   cfg = get_preset(section.preset)
@@ -66,13 +67,16 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
   Returns:
     The VideoLanguageModel (load weights with `chronoforge_jax.convert`).
   """
-  return VideoLanguageModel(config_from_section(section), rngs=rngs,
-                            dtype=dtype_from_name(section.dtype),
-                            param_dtype=dtype_from_name(section.param_dtype),
-                            remat_policy=section.remat_policy,
-                            attention_impl=section.get("attention_impl", "xla"),
-                            attention_chunk=section.get("attention_chunk", 512),
-                            scan_layers=section.get("scan_layers", True))
+  return VideoLanguageModel(
+    config_from_section(section),
+    rngs=rngs,
+    dtype=dtype_from_name(section.dtype),
+    param_dtype=dtype_from_name(section.param_dtype),
+    remat_policy=section.remat_policy,
+    attention_impl=section.get("attention_impl", "xla"),
+    attention_chunk=section.get("attention_chunk", 512),
+    scan_layers=section.get("scan_layers", True),
+  )
 
 
 def match_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:
@@ -88,14 +92,20 @@ def match_tokenizer(cfg: ModelConfig, tokenizer: Any) -> ModelConfig:
   Returns:
     The config with vocab_size >= the tokenizer's and its special token ids.
   """
-  ids = {name: tokenizer.token_to_id(token) for name, token in (
-      ("video_token_id", "<|video_pad|>"), ("image_token_id", "<|image_pad|>"),
+  ids = {
+    name: tokenizer.token_to_id(token)
+    for name, token in (
+      ("video_token_id", "<|video_pad|>"),
+      ("image_token_id", "<|image_pad|>"),
       ("vision_start_token_id", "<|vision_start|>"),
-      ("vision_end_token_id", "<|vision_end|>"), ("eos_token_id", "<|im_end|>"),
-      ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
+      ("vision_end_token_id", "<|vision_end|>"),
+      ("eos_token_id", "<|im_end|>"),
+      ("pad_token_id", "<|endoftext|>"),
+      ("bos_token_id", "<|endoftext|>"),
+    )
+  }
   missing = [k for k, v in ids.items() if v is None]
   if missing:
     raise ValueError(f"tokenizer {tokenizer.name} lacks the special tokens for {missing}")
-  text = dataclasses.replace(cfg.text,
-                             vocab_size=max(cfg.text.vocab_size, tokenizer.vocab_size))
+  text = dataclasses.replace(cfg.text, vocab_size=max(cfg.text.vocab_size, tokenizer.vocab_size))
   return cfg.replace(text=text, **ids)

@@ -24,26 +24,41 @@ import numpy as np
 from chronoforge_jax.models.config import ModelConfig
 
 TINY_HF = {
-    "text_config": {
-        "vocab_size": 151, "hidden_size": 36, "intermediate_size": 53,
-        "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 1,
-        "rms_norm_eps": 1e-6, "max_position_embeddings": 2048,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
-                            "mrope_section": [2, 2, 2]},
-        "bos_token_id": 148, "eos_token_id": 149, "pad_token_id": 150,
-    },
-    "vision_config": {
-        "depth": 3, "hidden_size": 40, "intermediate_size": 29, "num_heads": 2,
-        "out_hidden_size": 36, "window_size": 56, "fullatt_block_indexes": [1],
-        "tokens_per_second": 2,
-    },
-    "image_token_id": 144, "video_token_id": 145, "vision_start_token_id": 146,
-    "vision_end_token_id": 147, "tie_word_embeddings": False,
+  "text_config": {
+    "vocab_size": 151,
+    "hidden_size": 36,
+    "intermediate_size": 53,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 3,
+    "num_key_value_heads": 1,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 2048,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]},
+    "bos_token_id": 148,
+    "eos_token_id": 149,
+    "pad_token_id": 150,
+  },
+  "vision_config": {
+    "depth": 3,
+    "hidden_size": 40,
+    "intermediate_size": 29,
+    "num_heads": 2,
+    "out_hidden_size": 36,
+    "window_size": 56,
+    "fullatt_block_indexes": [1],
+    "tokens_per_second": 2,
+  },
+  "image_token_id": 144,
+  "video_token_id": 145,
+  "vision_start_token_id": 146,
+  "vision_end_token_id": 147,
+  "tie_word_embeddings": False,
 }
 
 
-def hf_config_dict(*, text: dict | None = None, vision: dict | None = None,
-                   **top: Any) -> dict[str, Any]:
+def hf_config_dict(
+  *, text: dict | None = None, vision: dict | None = None, **top: Any
+) -> dict[str, Any]:
   """The tiny config with overrides merged into text_config / vision_config / top level."""
   cfg = copy.deepcopy(TINY_HF)
   cfg["text_config"].update(text or {})
@@ -75,10 +90,16 @@ def build_hf_model(config_dict: dict[str, Any], *, seed: int = 0, dtype: str = "
   return model.to(getattr(torch, dtype))
 
 
-def video_prompt_batch(cfg: ModelConfig, grids: Sequence[Sequence[int]],
-                       text_lens: Sequence[tuple[int, int]], rng: np.random.Generator,
-                       *, pad: str = "left", videos_per_row: Sequence[int] | None = None,
-                       seconds_per_grid: Sequence[float] | None = None) -> dict[str, Any]:
+def video_prompt_batch(
+  cfg: ModelConfig,
+  grids: Sequence[Sequence[int]],
+  text_lens: Sequence[tuple[int, int]],
+  rng: np.random.Generator,
+  *,
+  pad: str = "left",
+  videos_per_row: Sequence[int] | None = None,
+  seconds_per_grid: Sequence[float] | None = None,
+) -> dict[str, Any]:
   """Builds a padded batch of text + video prompts and matching random pixels.
 
   Args:
@@ -95,10 +116,11 @@ def video_prompt_batch(cfg: ModelConfig, grids: Sequence[Sequence[int]],
     second_per_grid_ts (if given), mm_token_type_ids (for transformers).
   """
   v = cfg.vision
-  m2 = v.spatial_merge_size ** 2
+  m2 = v.spatial_merge_size**2
   videos_per_row = list(videos_per_row or [1] * len(text_lens))
-  text_vocab = min(cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id,
-                   cfg.vision_end_token_id)
+  text_vocab = min(
+    cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id
+  )
   rows, g = [], 0
   for (before, after), nv in zip(text_lens, videos_per_row):
     row = list(rng.integers(0, text_vocab, size=before))
@@ -120,10 +142,11 @@ def video_prompt_batch(cfg: ModelConfig, grids: Sequence[Sequence[int]],
     ids[i, sl], mask[i, sl] = r, 1
   n_patches = int(sum(np.prod(gr) for gr in grids))
   out = {
-      "input_ids": ids, "attention_mask": mask,
-      "pixel_values_videos": rng.standard_normal((n_patches, v.patch_dim)).astype(np.float32),
-      "video_grid_thw": np.asarray(grids, np.int64),
-      "mm_token_type_ids": np.where(ids == cfg.video_token_id, 2, 0).astype(np.int64),
+    "input_ids": ids,
+    "attention_mask": mask,
+    "pixel_values_videos": rng.standard_normal((n_patches, v.patch_dim)).astype(np.float32),
+    "video_grid_thw": np.asarray(grids, np.int64),
+    "mm_token_type_ids": np.where(ids == cfg.video_token_id, 2, 0).astype(np.int64),
   }
   if seconds_per_grid is not None:
     out["second_per_grid_ts"] = np.asarray(seconds_per_grid, np.float32)

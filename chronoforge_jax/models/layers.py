@@ -45,15 +45,21 @@ Dtype = jnp.dtype | type
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "silu": jax.nn.silu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
+  "silu": jax.nn.silu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+  "relu": jax.nn.relu,
 }
 
 
-def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str | None, ...],
-          dtype: Dtype, init: str = "normal", std: float = 0.02) -> nnx.Param:
+def param(
+  rngs: nnx.Rngs | None,
+  shape: tuple[int, ...],
+  axes: tuple[str | None, ...],
+  dtype: Dtype,
+  init: str = "normal",
+  std: float = 0.02,
+) -> nnx.Param:
   """Creates a Param with logical axis names.
 
   Args:
@@ -83,12 +89,19 @@ def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str | None,
 class Dense(nnx.Module):
   """A linear layer with logical axis names on its kernel ([in, out]) and bias ([out])."""
 
-  def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str],
-               use_bias: bool, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: tuple[str, str],
+    use_bias: bool,
+    rngs: nnx.Rngs,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+  ):
     self.kernel = param(rngs, (in_features, out_features), axes, param_dtype)
-    self.bias = (param(rngs, (out_features,), (axes[1],), param_dtype, "zeros")
-                 if use_bias else None)
+    self.bias = param(rngs, (out_features,), (axes[1],), param_dtype, "zeros") if use_bias else None
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -101,8 +114,15 @@ class Dense(nnx.Module):
 class RMSNorm(nnx.Module):
   """RMSNorm as in HF Qwen2: x * rsqrt(mean(x^2) + eps) in float32, then * scale."""
 
-  def __init__(self, dim: int, *, eps: float, axis_name: str = "norm",
-               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    eps: float,
+    axis_name: str = "norm",
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+  ):
     self.scale = param(None, (dim,), (axis_name,), param_dtype, "ones")
     self.eps = eps
     self.dtype = dtype
@@ -116,9 +136,18 @@ class RMSNorm(nnx.Module):
 class GatedMLP(nnx.Module):
   """SwiGLU MLP: down(act(gate(x)) * up(x))."""
 
-  def __init__(self, dim: int, hidden: int, *, act: str, use_bias: bool,
-               axes: tuple[str, str], rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    hidden: int,
+    *,
+    act: str,
+    use_bias: bool,
+    axes: tuple[str, str],
+    rngs: nnx.Rngs,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+  ):
     embed_axis, mlp_axis = axes
     kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.gate = Dense(dim, hidden, axes=(embed_axis, mlp_axis), **kw)
@@ -167,6 +196,7 @@ class CausalMask:
   Attributes:
     valid_bs: [B, S] bool, True for real tokens; None when all tokens are real.
   """
+
   valid_bs: jax.Array | None = None
 
   def dense(self, seq_len: int) -> jax.Array:
@@ -175,9 +205,15 @@ class CausalMask:
     return causal if self.valid_bs is None else causal & self.valid_bs[:, None, :]
 
 
-def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
-              mask_bqk: jax.Array | CausalMask | None, *, impl: str = "xla",
-              chunk_size: int = 512) -> jax.Array:
+def attention(
+  q_bqhd: jax.Array,
+  k_bkgd: jax.Array,
+  v_bkgd: jax.Array,
+  mask_bqk: jax.Array | CausalMask | None,
+  *,
+  impl: str = "xla",
+  chunk_size: int = 512,
+) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
   Query head h attends with key/value head h // (H / G), as HF's `repeat_kv` does.
@@ -205,11 +241,13 @@ def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   causal = False
   if isinstance(mask_bqk, CausalMask):
     if q_bqhd.shape[1] != k_bkgd.shape[1]:
-      raise ValueError(f"CausalMask is for self-attention: {q_bqhd.shape[1]} queries, "
-                       f"{k_bkgd.shape[1]} keys")
+      raise ValueError(
+        f"CausalMask is for self-attention: {q_bqhd.shape[1]} queries, {k_bkgd.shape[1]} keys"
+      )
     if impl in ("splash", "splash_interpret"):
-      return splash.splash_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk.valid_bs,
-                                     interpret=impl == "splash_interpret")
+      return splash.splash_attention(
+        q_bqhd, k_bkgd, v_bkgd, mask_bqk.valid_bs, interpret=impl == "splash_interpret"
+      )
     mask_bqk, causal = mask_bqk.dense(q_bqhd.shape[1]), True
   if impl == "chunked" and q_bqhd.shape[1] > chunk_size:
     return _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size)
@@ -222,17 +260,22 @@ def attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   # lowered, and XLA drops the other's (zero) residuals: the TPU/GPU program is the one
   # `_xla_attention` alone gives.
   return jax.lax.platform_dependent(
-      q_bqhd, k_bkgd, v_bkgd, mask_bqk,
-      cpu=functools.partial(_cpu_blocked_attention, causal=causal),
-      default=_xla_attention)
+    q_bqhd,
+    k_bkgd,
+    v_bkgd,
+    mask_bqk,
+    cpu=functools.partial(_cpu_blocked_attention, causal=causal),
+    default=_xla_attention,
+  )
 
 
 def _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
   b, q, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd,
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd, preferred_element_type=jnp.float32) * (
+    d**-0.5
+  )
   if mask_bqk is not None:
     logits = jnp.where(mask_bqk[:, None, None], logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(v_bkgd.dtype)
@@ -249,7 +292,7 @@ CPU_MAX_BLOCKS = 32
 
 
 def _cpu_blocked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, *, causal: bool):
-  """"xla" attention as lowered for a CPU: query blocks, no [Q, K] tensor kept.
+  """ "xla" attention as lowered for a CPU: query blocks, no [Q, K] tensor kept.
 
   The same function as `_xla_attention` (to float rounding, padding rows included), laid
   out for a CPU's caches rather than an accelerator's: the queries go in blocks of
@@ -273,21 +316,25 @@ def _cpu_blocked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, *, causal: bool):
   block = max(CPU_QUERY_BLOCK, -(-q // CPU_MAX_BLOCKS))
   if mask_bqk is not None:
     mask_bqk = jnp.broadcast_to(mask_bqk, (b, q, k_len))
-  out = _blocked_softmax_attention(q_bqhd.reshape(b, q, g, h // g, d), k_bkgd, v_bkgd,
-                                   mask_bqk, causal and q == k_len, block)
+  out = _blocked_softmax_attention(
+    q_bqhd.reshape(b, q, g, h // g, d), k_bkgd, v_bkgd, mask_bqk, causal and q == k_len, block
+  )
   return out.reshape(b, q, h, d)
 
 
 def _query_blocks(q: int, k_len: int, block: int, causal: bool):
   """[(first row, end row, keys the block needs)] of each query block."""
-  return [(lo, min(q, lo + block), min(k_len, lo + block) if causal else k_len)
-          for lo in range(0, q, block)]
+  return [
+    (lo, min(q, lo + block), min(k_len, lo + block) if causal else k_len)
+    for lo in range(0, q, block)
+  ]
 
 
 def _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh):
   d = q_bqgrd.shape[-1]
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd[:, lo:hi], k_bkgd[:, :kh],
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = jnp.einsum(
+    "bqgrd,bkgd->bgrqk", q_bqgrd[:, lo:hi], k_bkgd[:, :kh], preferred_element_type=jnp.float32
+  ) * (d**-0.5)
   if mask_bqk is not None:
     logits = jnp.where(mask_bqk[:, None, None, lo:hi, :kh], logits, _MASK_VALUE)
   return logits
@@ -304,11 +351,15 @@ def _blocked_fwd(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block):
   blocks = _query_blocks(q, k_len, block, causal)
   for lo, hi, kh in blocks:
     logits = _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh)
-    row_max = jnp.max(logits, axis=-1)                                  # [b, g, r, q]
+    row_max = jnp.max(logits, axis=-1)  # [b, g, r, q]
     p = jnp.exp(logits - row_max[..., None])
     inv_sum = 1.0 / jnp.sum(p, axis=-1)
-    o = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_bkgd.dtype), v_bkgd[:, :kh],
-                   preferred_element_type=jnp.float32)
+    o = jnp.einsum(
+      "bgrqk,bkgd->bqgrd",
+      p.astype(v_bkgd.dtype),
+      v_bkgd[:, :kh],
+      preferred_element_type=jnp.float32,
+    )
     outs.append(o * jnp.moveaxis(inv_sum, 3, 1)[..., None])
     maxes.append(row_max)
     inv_sums.append(inv_sum)
@@ -318,8 +369,8 @@ def _blocked_fwd(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block):
   if mask_bqk is not None and any(kh < k_len for _, _, kh in blocks):
     # A row with no allowed key is a uniform average over all K keys in one softmax over
     # K (`_xla_attention`), but its block saw only its first keys: average them all here.
-    dead = ~jnp.any(mask_bqk, axis=-1)                                  # [b, q]
-    v_mean = jnp.mean(v_bkgd.astype(jnp.float32), axis=1)               # [b, g, d]
+    dead = ~jnp.any(mask_bqk, axis=-1)  # [b, q]
+    v_mean = jnp.mean(v_bkgd.astype(jnp.float32), axis=1)  # [b, g, d]
     o = jnp.where(dead[:, :, None, None, None], v_mean[:, None, :, None, :], o)
     inv_sum = jnp.where(dead[:, None, None, :], 0.0, inv_sum)  # and out of the blocks.
   o = o.astype(q_bqgrd.dtype)
@@ -330,8 +381,9 @@ def _blocked_bwd(causal, block, res, do_bqgrd):
   q_bqgrd, k_bkgd, v_bkgd, mask_bqk, o, row_max, inv_sum, dead = res
   q, k_len, d = q_bqgrd.shape[1], k_bkgd.shape[1], q_bqgrd.shape[-1]
   # sum_k p * dp per row, from the outputs (flash attention's delta).
-  delta = jnp.moveaxis(jnp.sum(do_bqgrd.astype(jnp.float32) * o.astype(jnp.float32), -1),
-                       1, 3)                                            # [b, g, r, q]
+  delta = jnp.moveaxis(
+    jnp.sum(do_bqgrd.astype(jnp.float32) * o.astype(jnp.float32), -1), 1, 3
+  )  # [b, g, r, q]
   dqs = []
   dk = jnp.zeros(k_bkgd.shape, jnp.float32)
   dv = jnp.zeros(v_bkgd.shape, jnp.float32)
@@ -339,18 +391,20 @@ def _blocked_bwd(causal, block, res, do_bqgrd):
     logits = _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh)
     p = jnp.exp(logits - row_max[..., lo:hi, None]) * inv_sum[..., lo:hi, None]
     do = do_bqgrd[:, lo:hi]
-    dv_blk = jnp.einsum("bgrqk,bqgrd->bkgd", p.astype(do.dtype), do,
-                        preferred_element_type=jnp.float32)
-    dp = jnp.einsum("bqgrd,bkgd->bgrqk", do, v_bkgd[:, :kh],
-                    preferred_element_type=jnp.float32)
+    dv_blk = jnp.einsum(
+      "bgrqk,bqgrd->bkgd", p.astype(do.dtype), do, preferred_element_type=jnp.float32
+    )
+    dp = jnp.einsum("bqgrd,bkgd->bgrqk", do, v_bkgd[:, :kh], preferred_element_type=jnp.float32)
     dlogits = p * (dp - delta[..., lo:hi, None])
     if mask_bqk is not None:
       dlogits = jnp.where(mask_bqk[:, None, None, lo:hi, :kh], dlogits, 0.0)
-    dlogits = (dlogits * (d ** -0.5)).astype(q_bqgrd.dtype)
-    dqs.append(jnp.einsum("bgrqk,bkgd->bqgrd", dlogits, k_bkgd[:, :kh],
-                          preferred_element_type=jnp.float32))
-    dk_blk = jnp.einsum("bgrqk,bqgrd->bkgd", dlogits, q_bqgrd[:, lo:hi],
-                        preferred_element_type=jnp.float32)
+    dlogits = (dlogits * (d**-0.5)).astype(q_bqgrd.dtype)
+    dqs.append(
+      jnp.einsum("bgrqk,bkgd->bqgrd", dlogits, k_bkgd[:, :kh], preferred_element_type=jnp.float32)
+    )
+    dk_blk = jnp.einsum(
+      "bgrqk,bqgrd->bkgd", dlogits, q_bqgrd[:, lo:hi], preferred_element_type=jnp.float32
+    )
     if kh == k_len:
       dk, dv = dk + dk_blk, dv + dv_blk
     else:
@@ -359,8 +413,7 @@ def _blocked_bwd(causal, block, res, do_bqgrd):
     dead_do = jnp.where(dead[:, :, None, None, None], do_bqgrd.astype(jnp.float32), 0.0)
     dv = dv + (jnp.sum(dead_do, axis=(1, 3)) / k_len)[:, None]
   dq = jnp.concatenate(dqs, axis=1)
-  return (dq.astype(q_bqgrd.dtype), dk.astype(k_bkgd.dtype), dv.astype(v_bkgd.dtype),
-          None)
+  return (dq.astype(q_bqgrd.dtype), dk.astype(k_bkgd.dtype), dv.astype(v_bkgd.dtype), None)
 
 
 _blocked_softmax_attention.defvjp(_blocked_fwd, _blocked_bwd)
@@ -397,20 +450,24 @@ def _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size: int):
 def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
   """cuDNN fused attention (flash attention on Ampere and newer NVIDIA GPUs)."""
   if jax.default_backend() != "gpu":
-    raise ValueError(f"attention impl 'cudnn' needs an NVIDIA GPU; this is a "
-                     f"{jax.default_backend()} backend: use 'chunked' or 'xla'")
+    raise ValueError(
+      f"attention impl 'cudnn' needs an NVIDIA GPU; this is a "
+      f"{jax.default_backend()} backend: use 'chunked' or 'xla'"
+    )
   if q_bqhd.dtype not in (jnp.bfloat16, jnp.float16):
-    raise ValueError(f"attention impl 'cudnn' computes in bfloat16/float16, got "
-                     f"{q_bqhd.dtype}; set model.dtype=bfloat16 or use 'chunked'")
+    raise ValueError(
+      f"attention impl 'cudnn' computes in bfloat16/float16, got "
+      f"{q_bqhd.dtype}; set model.dtype=bfloat16 or use 'chunked'"
+    )
   mask = None if mask_bqk is None else mask_bqk[:, None]  # [B, 1, Q, K]: all heads.
-  out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask,
-                                     implementation="cudnn")
+  out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask, implementation="cudnn")
   return out.astype(q_bqhd.dtype)
 
 
 # ------------------------------------------------------------------------------------
 # Decode attention over a shared prompt (the sampler's `text.SharedPrefixCache`).
 # ------------------------------------------------------------------------------------
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -426,13 +483,15 @@ class SoftmaxPart:
     sum_bqh: [B, Q, H] float32.
     out_bqhd: [B, Q, H, hd] float32.
   """
+
   max_bqh: jax.Array
   sum_bqh: jax.Array
   out_bqhd: jax.Array
 
 
-def softmax_part(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
-                 mask_bqk: jax.Array | None) -> SoftmaxPart:
+def softmax_part(
+  q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array, mask_bqk: jax.Array | None
+) -> SoftmaxPart:
   """One block's `SoftmaxPart` (grouped-query heads and masking as `attention`).
 
   Args:
@@ -448,17 +507,20 @@ def softmax_part(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   b, q, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd,
-                      preferred_element_type=jnp.float32) * (d ** -0.5)
+  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd, preferred_element_type=jnp.float32) * (
+    d**-0.5
+  )
   if mask_bqk is not None:
     logits = jnp.where(mask_bqk[:, None, None], logits, _MASK_VALUE)
   m = jnp.max(logits, axis=-1)
   p = jnp.exp(logits - m[..., None])
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", p.astype(v_bkgd.dtype), v_bkgd,
-                   preferred_element_type=jnp.float32)
+  out = jnp.einsum(
+    "bgrqk,bkgd->bqgrd", p.astype(v_bkgd.dtype), v_bkgd, preferred_element_type=jnp.float32
+  )
   to_bqh = lambda x: jnp.moveaxis(x, -1, 1).reshape(b, q, h)
-  return SoftmaxPart(max_bqh=to_bqh(m), sum_bqh=to_bqh(jnp.sum(p, axis=-1)),
-                     out_bqhd=out.reshape(b, q, h, d))
+  return SoftmaxPart(
+    max_bqh=to_bqh(m), sum_bqh=to_bqh(jnp.sum(p, axis=-1)), out_bqhd=out.reshape(b, q, h, d)
+  )
 
 
 def merge_softmax_parts(parts: list[SoftmaxPart], dtype: Dtype) -> jax.Array:
@@ -476,10 +538,15 @@ def merge_softmax_parts(parts: list[SoftmaxPart], dtype: Dtype) -> jax.Array:
   return (num / den[..., None]).astype(dtype)
 
 
-def prefix_decode_attention(q_r1hd: jax.Array, prefix_k_bsgd: jax.Array,
-                            prefix_v_bsgd: jax.Array, prefix_mask_bs: jax.Array,
-                            suffix_k_rtgd: jax.Array, suffix_v_rtgd: jax.Array,
-                            suffix_mask_rt: jax.Array) -> jax.Array:
+def prefix_decode_attention(
+  q_r1hd: jax.Array,
+  prefix_k_bsgd: jax.Array,
+  prefix_v_bsgd: jax.Array,
+  prefix_mask_bs: jax.Array,
+  suffix_k_rtgd: jax.Array,
+  suffix_v_rtgd: jax.Array,
+  suffix_mask_rt: jax.Array,
+) -> jax.Array:
   """One decode step's attention for groups of rows that share a prompt.
 
   Row r = b * N + n (N = R / B rows per prompt, `jnp.repeat` order) attends to its
@@ -502,10 +569,13 @@ def prefix_decode_attention(q_r1hd: jax.Array, prefix_k_bsgd: jax.Array,
   b = prefix_k_bsgd.shape[0]
   if r % b:
     raise ValueError(f"{r} rows do not split into groups over {b} prompts")
-  prefix = softmax_part(q_r1hd.reshape(b, r // b, h, d), prefix_k_bsgd, prefix_v_bsgd,
-                        prefix_mask_bs[:, None, :])
-  prefix = SoftmaxPart(max_bqh=prefix.max_bqh.reshape(r, 1, h),
-                       sum_bqh=prefix.sum_bqh.reshape(r, 1, h),
-                       out_bqhd=prefix.out_bqhd.reshape(r, 1, h, d))
+  prefix = softmax_part(
+    q_r1hd.reshape(b, r // b, h, d), prefix_k_bsgd, prefix_v_bsgd, prefix_mask_bs[:, None, :]
+  )
+  prefix = SoftmaxPart(
+    max_bqh=prefix.max_bqh.reshape(r, 1, h),
+    sum_bqh=prefix.sum_bqh.reshape(r, 1, h),
+    out_bqhd=prefix.out_bqhd.reshape(r, 1, h, d),
+  )
   suffix = softmax_part(q_r1hd, suffix_k_rtgd, suffix_v_rtgd, suffix_mask_rt[:, None, :])
   return merge_softmax_parts([prefix, suffix], q_r1hd.dtype)

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def vision_cos_sin(hpos: jax.Array, wpos: jax.Array, head_dim: int,
-                   theta: float) -> tuple[jax.Array, jax.Array]:
+def vision_cos_sin(
+  hpos: jax.Array, wpos: jax.Array, head_dim: int, theta: float
+) -> tuple[jax.Array, jax.Array]:
   """2D rotary tables of the vision tower (HF `Qwen2_5_VLVisionRotaryEmbedding`).
 
   The first quarter of the frequencies rotate by the patch row, the second by the column,
@@ -60,8 +61,9 @@ def vision_cos_sin(hpos: jax.Array, wpos: jax.Array, head_dim: int,
   return jnp.cos(freqs), jnp.sin(freqs)
 
 
-def mrope_cos_sin(positions_3bs: jax.Array, head_dim: int, theta: float,
-                  section: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+def mrope_cos_sin(
+  positions_3bs: jax.Array, head_dim: int, theta: float, section: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
   """M-RoPE tables: frequency pair j rotates by the time, height or width position.
 
   Args:
@@ -77,14 +79,19 @@ def mrope_cos_sin(positions_3bs: jax.Array, head_dim: int, theta: float,
   freqs_3bsf = positions_3bs.astype(jnp.float32)[..., None] * inv_freq
   axis_of_freq = np.repeat(np.arange(3), np.asarray(section))
   freqs_bsf = jnp.take_along_axis(
-      freqs_3bsf, jnp.asarray(axis_of_freq)[None, None, None, :], axis=0)[0]
+    freqs_3bsf, jnp.asarray(axis_of_freq)[None, None, None, :], axis=0
+  )[0]
   freqs_bsd = jnp.concatenate([freqs_bsf, freqs_bsf], axis=-1)
   return jnp.cos(freqs_bsd), jnp.sin(freqs_bsd)
 
 
-def temporal_offsets(grids_v3: np.ndarray, tokens_per_second: float, *,
-                     second_per_grid_ts: jax.Array | None = None,
-                     patch_timestamps: jax.Array | None = None) -> jax.Array:
+def temporal_offsets(
+  grids_v3: np.ndarray,
+  tokens_per_second: float,
+  *,
+  second_per_grid_ts: jax.Array | None = None,
+  patch_timestamps: jax.Array | None = None,
+) -> jax.Array:
   """Temporal position offset of each temporal patch of each video.
 
   Args:
@@ -104,8 +111,10 @@ def temporal_offsets(grids_v3: np.ndarray, tokens_per_second: float, *,
   if patch_timestamps is not None:
     ts_vt = jnp.asarray(patch_timestamps, jnp.float32)
     if ts_vt.ndim != 2 or ts_vt.shape[0] != len(t_v) or ts_vt.shape[1] < t_max:
-      raise ValueError(f"patch_timestamps has shape {ts_vt.shape}; expected [num_videos="
-                       f"{len(t_v)}, >= {t_max}] (one time in seconds per temporal patch)")
+      raise ValueError(
+        f"patch_timestamps has shape {ts_vt.shape}; expected [num_videos="
+        f"{len(t_v)}, >= {t_max}] (one time in seconds per temporal patch)"
+      )
     ts_vt = ts_vt[:, :t_max]
     first = jnp.min(jnp.where(valid_vt, ts_vt, jnp.inf), axis=1, keepdims=True)
     offsets = jnp.floor((ts_vt - first) * tps)
@@ -115,19 +124,27 @@ def temporal_offsets(grids_v3: np.ndarray, tokens_per_second: float, *,
     else:
       spg_v = jnp.asarray(second_per_grid_ts, jnp.float32).reshape(-1)
       if spg_v.shape[0] != len(t_v):
-        raise ValueError(f"second_per_grid_ts has {spg_v.shape[0]} entries for {len(t_v)} "
-                         "videos; give one per video")
+        raise ValueError(
+          f"second_per_grid_ts has {spg_v.shape[0]} entries for {len(t_v)} "
+          "videos; give one per video"
+        )
     interval_v = tps * spg_v
     offsets = jnp.floor(jnp.arange(t_max, dtype=jnp.float32)[None, :] * interval_v[:, None])
   return jnp.where(valid_vt, offsets, 0).astype(jnp.int32)
 
 
-def mrope_position_ids(input_ids_bs: jax.Array, attention_mask_bs: jax.Array | None, *,
-                       video_token_id: int, grids_v3: np.ndarray | None,
-                       spatial_merge_size: int, tokens_per_second: float,
-                       second_per_grid_ts: jax.Array | None = None,
-                       patch_timestamps: jax.Array | None = None,
-                       text_after_video: str = "max") -> tuple[jax.Array, jax.Array]:
+def mrope_position_ids(
+  input_ids_bs: jax.Array,
+  attention_mask_bs: jax.Array | None,
+  *,
+  video_token_id: int,
+  grids_v3: np.ndarray | None,
+  spatial_merge_size: int,
+  tokens_per_second: float,
+  second_per_grid_ts: jax.Array | None = None,
+  patch_timestamps: jax.Array | None = None,
+  text_after_video: str = "max",
+) -> tuple[jax.Array, jax.Array]:
   """Builds [3, B, S] M-RoPE position ids for interleaved text and video tokens.
 
   See the module docstring for the rules. The number of video tokens must equal
@@ -150,8 +167,7 @@ def mrope_position_ids(input_ids_bs: jax.Array, attention_mask_bs: jax.Array | N
     rope_deltas_b: [B] int32.
   """
   b, s = input_ids_bs.shape
-  valid = (jnp.ones((b, s), bool) if attention_mask_bs is None
-           else attention_mask_bs.astype(bool))
+  valid = jnp.ones((b, s), bool) if attention_mask_bs is None else attention_mask_bs.astype(bool)
   if grids_v3 is None or len(grids_v3) == 0:
     pos_bs = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1
     pos_bs = jnp.where(valid, pos_bs, 0)
@@ -163,8 +179,12 @@ def mrope_position_ids(input_ids_bs: jax.Array, attention_mask_bs: jax.Array | N
   t_v, h_v, w_v = grids[:, 0], grids[:, 1] // m, grids[:, 2] // m
   ntok_v = t_v * h_v * w_v
   first_tok_v = np.concatenate([[0], np.cumsum(ntok_v)[:-1]])
-  tpos_vt = temporal_offsets(grids, tokens_per_second, second_per_grid_ts=second_per_grid_ts,
-                             patch_timestamps=patch_timestamps)
+  tpos_vt = temporal_offsets(
+    grids,
+    tokens_per_second,
+    second_per_grid_ts=second_per_grid_ts,
+    patch_timestamps=patch_timestamps,
+  )
   if text_after_video == "max":
     span_v = jnp.maximum(jnp.max(tpos_vt, axis=1), jnp.asarray(np.maximum(h_v, w_v) - 1)) + 1
   elif text_after_video == "spatial":
@@ -177,8 +197,9 @@ def mrope_position_ids(input_ids_bs: jax.Array, attention_mask_bs: jax.Array | N
   # belongs to and where inside that video's (t, h, w) grid it sits.
   k_flat = jnp.cumsum(is_vid.reshape(-1), dtype=jnp.int32) - 1
   k_bs = k_flat.reshape(b, s)
-  g_bs = jnp.clip(jnp.searchsorted(jnp.asarray(first_tok_v), k_bs, side="right") - 1,
-                  0, len(grids) - 1)
+  g_bs = jnp.clip(
+    jnp.searchsorted(jnp.asarray(first_tok_v), k_bs, side="right") - 1, 0, len(grids) - 1
+  )
   local = k_bs - jnp.asarray(first_tok_v)[g_bs]
   hw = jnp.asarray(h_v * w_v)[g_bs]
   w_of = jnp.asarray(w_v)[g_bs]
@@ -188,8 +209,9 @@ def mrope_position_ids(input_ids_bs: jax.Array, attention_mask_bs: jax.Array | N
   t_off = tpos_vt[g_bs, jnp.clip(t_idx, 0, tpos_vt.shape[1] - 1)]
 
   last_of_video = is_vid & (local == jnp.asarray(ntok_v)[g_bs] - 1)
-  contrib = (jnp.where(valid & ~is_vid, 1, 0)
-             + jnp.where(last_of_video, span_v[g_bs], 0)).astype(jnp.int32)
+  contrib = (jnp.where(valid & ~is_vid, 1, 0) + jnp.where(last_of_video, span_v[g_bs], 0)).astype(
+    jnp.int32
+  )
   start = jnp.cumsum(contrib, axis=1) - contrib  # exclusive: constant across a video run
   pos_t = jnp.where(is_vid, start + t_off, start)
   pos_h = jnp.where(is_vid, start + h_idx, start)

@@ -74,11 +74,19 @@ def _kernel(num_heads: int, seq_len: int, block: int, interpret: bool):
   trace that uses them (a compile-only TPU mesh cannot hold concrete arrays).
   """
   mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len))] * num_heads)
-  sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
-                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-                        block_q_dq=block, block_kv_dq=block)
-  return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                            interpret=interpret)
+  sizes = sa.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
+  return sa.make_splash_mha(
+    mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+  )
 
 
 def _local_attention(q_bhsd, k_bgsd, v_bgsd, seg_bs, *, block: int, interpret: bool):
@@ -90,8 +98,14 @@ def _local_attention(q_bhsd, k_bgsd, v_bgsd, seg_bs, *, block: int, interpret: b
   return jax.vmap(kernel)(q_bhsd, k_bgsd, v_bgsd, seg)
 
 
-def splash_attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
-                     valid_bs: jax.Array | None, *, interpret: bool = False) -> jax.Array:
+def splash_attention(
+  q_bqhd: jax.Array,
+  k_bkgd: jax.Array,
+  v_bkgd: jax.Array,
+  valid_bs: jax.Array | None,
+  *,
+  interpret: bool = False,
+) -> jax.Array:
   """Causal grouped-query self-attention with a padding mask, by the splash kernel.
 
   Args:
@@ -111,17 +125,17 @@ def splash_attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   """
   if not interpret and target_platform() != "tpu":
     raise ValueError(
-        f"attention impl 'splash' runs a Pallas TPU kernel; this is a {target_platform()} "
-        "target: use 'chunked' or 'xla' (or 'cudnn' on an NVIDIA GPU), or "
-        "'splash_interpret' to run the kernel in Pallas interpret mode (slow; for tests)")
+      f"attention impl 'splash' runs a Pallas TPU kernel; this is a {target_platform()} "
+      "target: use 'chunked' or 'xla' (or 'cudnn' on an NVIDIA GPU), or "
+      "'splash_interpret' to run the kernel in Pallas interpret mode (slow; for tests)"
+    )
   b, s, h, d = q_bqhd.shape
   g = k_bkgd.shape[2]
   if k_bkgd.shape[1] != s:
-    raise ValueError(f"splash attention is self-attention: {s} queries but "
-                     f"{k_bkgd.shape[1]} keys")
+    raise ValueError(f"splash attention is self-attention: {s} queries but {k_bkgd.shape[1]} keys")
   block = block_size(s)
   pad = -(-s // block) * block - s
-  scale = d ** -0.5
+  scale = d**-0.5
   q_bhsd = (q_bqhd.astype(jnp.float32) * scale).astype(q_bqhd.dtype).transpose(0, 2, 1, 3)
   k_bgsd, v_bgsd = k_bkgd.transpose(0, 2, 1, 3), v_bkgd.transpose(0, 2, 1, 3)
   seg_bs = None if valid_bs is None else valid_bs.astype(jnp.int32)
@@ -135,10 +149,12 @@ def splash_attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     s_pad = s + pad
-    q_spec = sharding.logical_to_spec(("batch", "act_heads", None, None),
-                                      shape=(b, h, s_pad, d), mesh=mesh)
-    kv_spec = sharding.logical_to_spec(("batch", "act_kv_heads", None, None),
-                                       shape=(b, g, s_pad, d), mesh=mesh)
+    q_spec = sharding.logical_to_spec(
+      ("batch", "act_heads", None, None), shape=(b, h, s_pad, d), mesh=mesh
+    )
+    kv_spec = sharding.logical_to_spec(
+      ("batch", "act_kv_heads", None, None), shape=(b, g, s_pad, d), mesh=mesh
+    )
     if kv_spec[1] != q_spec[1]:
       # The tensor axis splits the query heads but not the K/V heads: give K/V H heads
       # so each device holds the K/V heads of its query heads.
@@ -146,7 +162,6 @@ def splash_attention(q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array,
     kv_spec = q_spec
     seg_spec = P(q_spec[0], None)
     in_specs = (q_spec, kv_spec, kv_spec, None if seg_bs is None else seg_spec)
-    run = jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=q_spec,
-                        check_vma=False)
+    run = jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=q_spec, check_vma=False)
   out_bhsd = run(q_bhsd, k_bgsd, v_bgsd, seg_bs)
   return out_bhsd[:, :, :s].transpose(0, 2, 1, 3).astype(q_bqhd.dtype)

@@ -42,8 +42,9 @@ STACK_PATHS = (("text", "layers"), ("visual", "blocks"))
 Path = tuple[Any, ...]
 
 
-def create(make_layer: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs, *,
-           scan: bool) -> nnx.Module:
+def create(
+  make_layer: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs, *, scan: bool
+) -> nnx.Module:
   """Builds n layers: one module with [n, ...] params (scan) or an nnx.List (no scan).
 
   Args:
@@ -54,8 +55,9 @@ def create(make_layer: Callable[[nnx.Rngs], nnx.Module], n: int, rngs: nnx.Rngs,
   """
   if not scan:
     return nnx.List([make_layer(rngs) for _ in range(n)])
-  create_stack = nnx.vmap(make_layer, in_axes=0, out_axes=0, axis_size=n,
-                          transform_metadata=_METADATA)
+  create_stack = nnx.vmap(
+    make_layer, in_axes=0, out_axes=0, axis_size=n, transform_metadata=_METADATA
+  )
   return create_stack(rngs.split(n))
 
 
@@ -74,9 +76,16 @@ def _slice(stack: nnx.Module, start: int, stop: int) -> nnx.Module:
   return nnx.merge(graphdef, jax.tree.map(lambda a: a[start:stop], state))
 
 
-def run(stack: nnx.Module, body: Callable, carry: Any, *, scan: bool,
-        remat_policy: Callable | None = None, start: int = 0,
-        stop: int | None = None) -> tuple[Any, Any]:
+def run(
+  stack: nnx.Module,
+  body: Callable,
+  carry: Any,
+  *,
+  scan: bool,
+  remat_policy: Callable | None = None,
+  start: int = 0,
+  stop: int | None = None,
+) -> tuple[Any, Any]:
   """Folds `body` over layers [start, stop) of a stack.
 
   Args:
@@ -102,8 +111,13 @@ def run(stack: nnx.Module, body: Callable, carry: Any, *, scan: bool,
     # forward pass; inside one it is not needed and costs performance.
     body = nnx.remat(body, policy=remat_policy, prevent_cse=not scan, graph=False)
   if scan:
-    scanned = nnx.scan(body, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
-                       transform_metadata=_METADATA, graph=False)
+    scanned = nnx.scan(
+      body,
+      in_axes=(0, nnx.Carry, 0),
+      out_axes=(nnx.Carry, 0),
+      transform_metadata=_METADATA,
+      graph=False,
+    )
     return scanned(_slice(stack, start, stop), carry, jnp.arange(start, stop))
   ys = []
   for i in range(start, stop):
@@ -117,6 +131,7 @@ def run(stack: nnx.Module, body: Callable, carry: Any, *, scan: bool,
 # ------------------------------------------------------------------------------------
 # Per-layer <-> stacked layouts (checkpoints, HF conversion).
 # ------------------------------------------------------------------------------------
+
 
 def _is_index(key: Any) -> bool:
   return isinstance(key, int) or (isinstance(key, str) and key.isdigit())
@@ -134,11 +149,11 @@ def split_path(path: Path) -> tuple[Path, int | None, Path] | None:
   for prefix in STACK_PATHS:
     n = len(prefix)
     for j in range(len(path) - n):
-      if path[j:j + n] == prefix:
-        head, key = path[:j + n], path[j + n]
+      if path[j : j + n] == prefix:
+        head, key = path[: j + n], path[j + n]
         if _is_index(key):
-          return head, int(key), path[j + n + 1:]
-        return head, None, path[j + n:]
+          return head, int(key), path[j + n + 1 :]
+        return head, None, path[j + n :]
   return None
 
 
@@ -173,8 +188,9 @@ def _replace(var: nnx.Variable, value: Any, *, stacked: bool) -> nnx.Variable:
   return new
 
 
-def relayout(tree: Any, *, scan: bool, stack_fn: Callable = jnp.stack,
-             unstack_fn: Callable = _unstack_array) -> Any:
+def relayout(
+  tree: Any, *, scan: bool, stack_fn: Callable = jnp.stack, unstack_fn: Callable = _unstack_array
+) -> Any:
   """Moves every nnx.State in `tree` (params, optimizer moments, ...) to one layout.
 
   Args:
@@ -205,9 +221,9 @@ def relayout(tree: Any, *, scan: bool, stack_fn: Callable = jnp.stack,
       parts = split_path(path)
       if parts is None or (parts[1] is None) == scan:
         out[tuple(path)] = var
-      elif scan:   # per-layer -> stacked
+      elif scan:  # per-layer -> stacked
         groups.setdefault(parts[0] + parts[2], {})[parts[1]] = var
-      else:        # stacked -> per-layer
+      else:  # stacked -> per-layer
         value, n = var.get_value(), depths[parts[0]]
         values = unstack_fn(value, n) if hasattr(value, "shape") else [value] * n
         for i, v in enumerate(values):

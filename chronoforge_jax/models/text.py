@@ -50,6 +50,7 @@ CACHE_AXES = ("cache_layers", "cache_batch", "cache_seq", "cache_kv_heads", "cac
 @dataclasses.dataclass
 class KVCache:
   """Decoder KV cache; see the module docstring for the layout."""
+
   k: jax.Array
   v: jax.Array
   mask: jax.Array
@@ -62,9 +63,13 @@ class KVCache:
 
   def constrain(self) -> KVCache:
     """Applies the cache's logical shardings (a no-op without a mesh)."""
-    return KVCache(k=sharding.shard(self.k, CACHE_AXES), v=sharding.shard(self.v, CACHE_AXES),
-                   mask=sharding.shard(self.mask, ("cache_batch", "cache_seq")),
-                   end=self.end, next_pos=sharding.shard(self.next_pos, ("cache_batch",)))
+    return KVCache(
+      k=sharding.shard(self.k, CACHE_AXES),
+      v=sharding.shard(self.v, CACHE_AXES),
+      mask=sharding.shard(self.mask, ("cache_batch", "cache_seq")),
+      end=self.end,
+      next_pos=sharding.shard(self.next_pos, ("cache_batch",)),
+    )
 
 
 @jax.tree_util.register_dataclass
@@ -72,6 +77,7 @@ class KVCache:
 class SharedPrefixCache:
   """A group decoding cache: each prompt once, each row's answer on its own (module
   docstring). G = suffix rows / prefix rows."""
+
   prefix: KVCache
   suffix: KVCache
 
@@ -89,26 +95,35 @@ class Attention(nnx.Module):
   def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
     d, hd = cfg.hidden_size, cfg.head_dim
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.q = layers.Dense(d, cfg.num_attention_heads * hd, axes=("embed", "heads"),
-                          use_bias=True, **kw)
-    self.k = layers.Dense(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"),
-                          use_bias=True, **kw)
-    self.v = layers.Dense(d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"),
-                          use_bias=True, **kw)
-    self.o = layers.Dense(cfg.num_attention_heads * hd, d, axes=("heads", "embed"),
-                          use_bias=False, **kw)
-    self.num_heads, self.num_kv, self.head_dim = (cfg.num_attention_heads,
-                                                  cfg.num_key_value_heads, hd)
+    self.q = layers.Dense(
+      d, cfg.num_attention_heads * hd, axes=("embed", "heads"), use_bias=True, **kw
+    )
+    self.k = layers.Dense(
+      d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=True, **kw
+    )
+    self.v = layers.Dense(
+      d, cfg.num_key_value_heads * hd, axes=("embed", "kv_heads"), use_bias=True, **kw
+    )
+    self.o = layers.Dense(
+      cfg.num_attention_heads * hd, d, axes=("heads", "embed"), use_bias=False, **kw
+    )
+    self.num_heads, self.num_kv, self.head_dim = (
+      cfg.num_attention_heads,
+      cfg.num_key_value_heads,
+      hd,
+    )
 
   def qkv(self, x_bsd, cos_bsd, sin_bsd):
     b, s, _ = x_bsd.shape
     q = self.q(x_bsd).reshape(b, s, self.num_heads, self.head_dim)
     k = self.k(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
     v = self.v(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
-    q = sharding.shard(layers.apply_rotary(q, cos_bsd, sin_bsd),
-                       ("batch", "act_seq", "act_heads", None))
-    k = sharding.shard(layers.apply_rotary(k, cos_bsd, sin_bsd),
-                       ("batch", "act_seq", "act_kv_heads", None))
+    q = sharding.shard(
+      layers.apply_rotary(q, cos_bsd, sin_bsd), ("batch", "act_seq", "act_heads", None)
+    )
+    k = sharding.shard(
+      layers.apply_rotary(k, cos_bsd, sin_bsd), ("batch", "act_seq", "act_kv_heads", None)
+    )
     v = sharding.shard(v, ("batch", "act_seq", "act_kv_heads", None))
     return q, k, v
 
@@ -120,15 +135,30 @@ class Attention(nnx.Module):
 class DecoderLayer(nnx.Module):
   """x + attn(input_norm(x)); x + mlp(post_norm(x))."""
 
-  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype, param_dtype,
-               attention_impl: str = "xla", attention_chunk: int = 512):
+  def __init__(
+    self,
+    cfg: TextConfig,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    param_dtype,
+    attention_impl: str = "xla",
+    attention_chunk: int = 512,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.attention_impl, self.attention_chunk = attention_impl, attention_chunk
     self.input_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
     self.attn = Attention(cfg, rngs=rngs, **kw)
     self.post_norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
-    self.mlp = layers.GatedMLP(cfg.hidden_size, cfg.intermediate_size, act=cfg.hidden_act,
-                               use_bias=False, axes=("embed", "mlp"), rngs=rngs, **kw)
+    self.mlp = layers.GatedMLP(
+      cfg.hidden_size,
+      cfg.intermediate_size,
+      act=cfg.hidden_act,
+      use_bias=False,
+      axes=("embed", "mlp"),
+      rngs=rngs,
+      **kw,
+    )
 
   def qkv(self, x_bsd, cos_bsd, sin_bsd):
     """Rotated queries [B,S,H,hd], keys and values [B,S,KV,hd] of this layer."""
@@ -144,8 +174,9 @@ class DecoderLayer(nnx.Module):
   def __call__(self, x_bsd, cos_bsd, sin_bsd, mask_bqk):
     """Full-sequence layer; returns (x, (k, v)) with this layer's rotated keys/values."""
     q, k, v = self.qkv(x_bsd, cos_bsd, sin_bsd)
-    o = layers.attention(q, k, v, mask_bqk, impl=self.attention_impl,
-                         chunk_size=self.attention_chunk)
+    o = layers.attention(
+      q, k, v, mask_bqk, impl=self.attention_impl, chunk_size=self.attention_chunk
+    )
     return self.finish(x_bsd, o), (k, v)
 
 
@@ -162,26 +193,40 @@ class TextDecoder(nnx.Module):
       module per layer run by a Python loop (False: slower to compile, for debugging).
   """
 
-  def __init__(self, cfg: TextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none",
-               attention_impl: str = "xla", attention_chunk: int = 512,
-               scan_layers: bool = True):
+  def __init__(
+    self,
+    cfg: TextConfig,
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    remat_policy: str = "none",
+    attention_impl: str = "xla",
+    attention_chunk: int = 512,
+    scan_layers: bool = True,
+  ):
     if attention_impl not in layers.ATTENTION_IMPLS:
-      raise ValueError(f"attention_impl={attention_impl!r}: choose one of "
-                       f"{layers.ATTENTION_IMPLS}")
+      raise ValueError(f"attention_impl={attention_impl!r}: choose one of {layers.ATTENTION_IMPLS}")
     if attention_chunk < 1:
       raise ValueError(f"attention_chunk={attention_chunk}: need >= 1")
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    self.embed = layers.param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
-                              param_dtype)
+    self.embed = layers.param(
+      rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype
+    )
     self.layers = stack.create(
-        lambda r: DecoderLayer(cfg, rngs=r, attention_impl=attention_impl,
-                               attention_chunk=attention_chunk, **kw),
-        cfg.num_hidden_layers, rngs, scan=scan_layers)
+      lambda r: DecoderLayer(
+        cfg, rngs=r, attention_impl=attention_impl, attention_chunk=attention_chunk, **kw
+      ),
+      cfg.num_hidden_layers,
+      rngs,
+      scan=scan_layers,
+    )
     self.norm = layers.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, **kw)
-    self.lm_head = (None if cfg.tie_word_embeddings else
-                    layers.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
-                                 param_dtype))
+    self.lm_head = (
+      None
+      if cfg.tie_word_embeddings
+      else layers.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype)
+    )
     self.cfg = cfg
     self.dtype = dtype
     self.remat_policy = remat_policy
@@ -199,14 +244,14 @@ class TextDecoder(nnx.Module):
   def logits(self, h_bsd: jax.Array) -> jax.Array:
     """Float32 logits [B, S, V]."""
     w = self.head_weight().astype(self.dtype)
-    logits = jnp.einsum("bsd,dv->bsv", h_bsd.astype(self.dtype), w,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "bsd,dv->bsv", h_bsd.astype(self.dtype), w, preferred_element_type=jnp.float32
+    )
     return sharding.shard(logits, ("batch", "act_seq", "act_vocab"))
 
   def _cos_sin(self, positions_3bs):
     cfg = self.cfg
-    cos, sin = rope.mrope_cos_sin(positions_3bs, cfg.head_dim, cfg.rope_theta,
-                                  cfg.mrope_section)
+    cos, sin = rope.mrope_cos_sin(positions_3bs, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
     # The reference casts the tables to the activation dtype before rotating.
     return cos.astype(self.dtype), sin.astype(self.dtype)
 
@@ -216,8 +261,9 @@ class TextDecoder(nnx.Module):
     return stack.run(self.layers, body, carry, scan=self.scan_layers, remat_policy=policy)
 
   # -- full sequence -----------------------------------------------------------------
-  def hidden(self, x_bsd: jax.Array, positions_3bs: jax.Array,
-             mask_bs: jax.Array | None) -> jax.Array:
+  def hidden(
+    self, x_bsd: jax.Array, positions_3bs: jax.Array, mask_bs: jax.Array | None
+  ) -> jax.Array:
     """Runs all layers over a full sequence (causal + padding mask).
 
     Args:
@@ -253,9 +299,13 @@ class TextDecoder(nnx.Module):
     cfg = self.cfg
     shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
     dtype = dtype or self.dtype
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   mask=jnp.zeros((batch, max_len), bool), end=jnp.zeros((), jnp.int32),
-                   next_pos=jnp.zeros((batch,), jnp.int32)).constrain()
+    return KVCache(
+      k=jnp.zeros(shape, dtype),
+      v=jnp.zeros(shape, dtype),
+      mask=jnp.zeros((batch, max_len), bool),
+      end=jnp.zeros((), jnp.int32),
+      next_pos=jnp.zeros((batch,), jnp.int32),
+    ).constrain()
 
   def prefill(self, x_bsd, positions_3bs, mask_bs, cache: KVCache, next_pos_b):
     """Runs the prompt and writes its keys/values into cache slots [0, S).
@@ -278,14 +328,19 @@ class TextDecoder(nnx.Module):
     k = jax.lax.dynamic_update_slice_in_dim(cache.k, k_new, 0, axis=2)
     v = jax.lax.dynamic_update_slice_in_dim(cache.v, v_new, 0, axis=2)
     mask = jax.lax.dynamic_update_slice_in_dim(
-        cache.mask, jnp.ones(x_bsd.shape[:2], bool) if mask_bs is None else mask_bs.astype(bool),
-        0, axis=1)
-    new = KVCache(k=k, v=v, mask=mask, end=jnp.asarray(s, jnp.int32),
-                  next_pos=next_pos_b.astype(jnp.int32))
+      cache.mask,
+      jnp.ones(x_bsd.shape[:2], bool) if mask_bs is None else mask_bs.astype(bool),
+      0,
+      axis=1,
+    )
+    new = KVCache(
+      k=k, v=v, mask=mask, end=jnp.asarray(s, jnp.int32), next_pos=next_pos_b.astype(jnp.int32)
+    )
     return h, new.constrain()
 
-  def decode(self, x_b1d, cache: KVCache | SharedPrefixCache,
-             token_mask_b: jax.Array | None = None):
+  def decode(
+    self, x_b1d, cache: KVCache | SharedPrefixCache, token_mask_b: jax.Array | None = None
+  ):
     """Appends one token per row at its cache's slot `end` and returns its hidden state.
 
     Args:
@@ -314,9 +369,9 @@ class TextDecoder(nnx.Module):
       if not shared:
         return layers.attention(q, k, v, attn_mask[:, None, :])
       prefix = cache.prefix
-      return layers.prefix_decode_attention(q, prefix.k[i].astype(q.dtype),
-                                            prefix.v[i].astype(q.dtype), prefix.mask, k, v,
-                                            attn_mask)
+      return layers.prefix_decode_attention(
+        q, prefix.k[i].astype(q.dtype), prefix.v[i].astype(q.dtype), prefix.mask, k, v, attn_mask
+      )
 
     def body(layer, carry, i):
       x, k_cache, v_cache = carry
@@ -324,17 +379,23 @@ class TextDecoder(nnx.Module):
       # Write into layer i's slice of the stacked cache in place (the buffer is donated
       # under jit and is the scan's carry), then attend over that slice, which now
       # includes the new token.
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype),
-                                             (i, 0, slot, 0, 0))
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype),
-                                             (i, 0, slot, 0, 0))
+      k_cache = jax.lax.dynamic_update_slice(
+        k_cache, k[None].astype(k_cache.dtype), (i, 0, slot, 0, 0)
+      )
+      v_cache = jax.lax.dynamic_update_slice(
+        v_cache, v[None].astype(v_cache.dtype), (i, 0, slot, 0, 0)
+      )
       o = attend(q, k_cache[i].astype(q.dtype), v_cache[i].astype(q.dtype), i)
       return (layer.finish(x, o), k_cache, v_cache), None
 
-    (x, k_cache, v_cache), _ = self._run_layers(
-        body, (x_b1d.astype(self.dtype), own.k, own.v))
-    new = KVCache(k=k_cache, v=v_cache, mask=kv_mask, end=slot + 1,
-                  next_pos=own.next_pos + valid_b.astype(jnp.int32))
+    (x, k_cache, v_cache), _ = self._run_layers(body, (x_b1d.astype(self.dtype), own.k, own.v))
+    new = KVCache(
+      k=k_cache,
+      v=v_cache,
+      mask=kv_mask,
+      end=slot + 1,
+      next_pos=own.next_pos + valid_b.astype(jnp.int32),
+    )
     if shared:
       new = SharedPrefixCache(prefix=cache.prefix, suffix=new)
     return self.norm(x), new.constrain()

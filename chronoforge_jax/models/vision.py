@@ -47,9 +47,11 @@ def static_grid(grid_thw) -> np.ndarray:
     The [V, 3] NumPy array.
   """
   if isinstance(grid_thw, jax.core.Tracer):
-    raise TypeError("video_grid_thw fixes array shapes, so it must be concrete: pass a NumPy "
-                    "array or tuple and close over it (or mark it static) instead of passing "
-                    "it as a traced jit argument")
+    raise TypeError(
+      "video_grid_thw fixes array shapes, so it must be concrete: pass a NumPy "
+      "array or tuple and close over it (or mark it static) instead of passing "
+      "it as a traced jit argument"
+    )
   grid = np.asarray(grid_thw, dtype=np.int64)
   if grid.ndim == 1:
     grid = grid[None]
@@ -61,25 +63,34 @@ def static_grid(grid_thw) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Static layout of one (H, W) patch grid in padded window order."""
-  src: np.ndarray         # [Lp] processor-order token index inside a temporal patch
-  valid: np.ndarray       # [Lp] False for padding dummies
-  hpos: np.ndarray        # [Lp] patch row, for the 2D RoPE
-  wpos: np.ndarray        # [Lp] patch column
-  unit_out: np.ndarray    # [Hm*Wm] padded merged-unit slot of each output token
+
+  src: np.ndarray  # [Lp] processor-order token index inside a temporal patch
+  valid: np.ndarray  # [Lp] False for padding dummies
+  hpos: np.ndarray  # [Lp] patch row, for the 2D RoPE
+  wpos: np.ndarray  # [Lp] patch column
+  unit_out: np.ndarray  # [Hm*Wm] padded merged-unit slot of each output token
   num_windows: int
-  window_len: int         # tokens per window = window^2 * merge^2
+  window_len: int  # tokens per window = window^2 * merge^2
 
 
 @functools.lru_cache(maxsize=64)
 def _plan(h: int, w: int, merge: int, window: int) -> _Plan:
   if h % merge or w % merge:
-    raise ValueError(f"video grid {h}x{w} patches is not a multiple of spatial_merge_size="
-                     f"{merge}; resize frames to multiples of patch*merge pixels")
+    raise ValueError(
+      f"video grid {h}x{w} patches is not a multiple of spatial_merge_size="
+      f"{merge}; resize frames to multiples of patch*merge pixels"
+    )
   hm, wm = h // merge, w // merge
   nwh, nww = -(-hm // window), -(-wm // window)
-  iwh, iww, iy, ix, mh, mw = np.meshgrid(np.arange(nwh), np.arange(nww), np.arange(window),
-                                         np.arange(window), np.arange(merge), np.arange(merge),
-                                         indexing="ij")
+  iwh, iww, iy, ix, mh, mw = np.meshgrid(
+    np.arange(nwh),
+    np.arange(nww),
+    np.arange(window),
+    np.arange(window),
+    np.arange(merge),
+    np.arange(merge),
+    indexing="ij",
+  )
   br, bc = iwh * window + iy, iww * window + ix
   valid = (br < hm) & (bc < wm)
   src = ((br * wm + bc) * merge + mh) * merge + mw
@@ -87,10 +98,15 @@ def _plan(h: int, w: int, merge: int, window: int) -> _Plan:
   unit_slot = np.full(hm * wm, -1, np.int64)
   unit_valid = (unit_br < hm) & (unit_bc < wm)
   unit_slot[(unit_br * wm + unit_bc)[unit_valid]] = np.nonzero(unit_valid)[0]
-  return _Plan(src=np.where(valid, src, 0).reshape(-1), valid=valid.reshape(-1),
-               hpos=(br * merge + mh).reshape(-1), wpos=(bc * merge + mw).reshape(-1),
-               unit_out=unit_slot, num_windows=nwh * nww,
-               window_len=window * window * merge * merge)
+  return _Plan(
+    src=np.where(valid, src, 0).reshape(-1),
+    valid=valid.reshape(-1),
+    hpos=(br * merge + mh).reshape(-1),
+    wpos=(bc * merge + mw).reshape(-1),
+    unit_out=unit_slot,
+    num_windows=nwh * nww,
+    window_len=window * window * merge * merge,
+  )
 
 
 class VisionBlock(nnx.Module):
@@ -101,16 +117,26 @@ class VisionBlock(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = layers.RMSNorm(d, eps=cfg.rms_norm_eps, **kw)
     self.norm2 = layers.RMSNorm(d, eps=cfg.rms_norm_eps, **kw)
-    self.qkv = layers.Dense(d, 3 * d, axes=("vision_embed", "vision_qkv"), use_bias=True,
-                            rngs=rngs, **kw)
-    self.proj = layers.Dense(d, d, axes=("vision_heads", "vision_embed"), use_bias=True,
-                             rngs=rngs, **kw)
-    self.mlp = layers.GatedMLP(d, cfg.intermediate_size, act=cfg.hidden_act, use_bias=True,
-                               axes=("vision_embed", "vision_mlp"), rngs=rngs, **kw)
+    self.qkv = layers.Dense(
+      d, 3 * d, axes=("vision_embed", "vision_qkv"), use_bias=True, rngs=rngs, **kw
+    )
+    self.proj = layers.Dense(
+      d, d, axes=("vision_heads", "vision_embed"), use_bias=True, rngs=rngs, **kw
+    )
+    self.mlp = layers.GatedMLP(
+      d,
+      cfg.intermediate_size,
+      act=cfg.hidden_act,
+      use_bias=True,
+      axes=("vision_embed", "vision_mlp"),
+      rngs=rngs,
+      **kw,
+    )
     self.num_heads = cfg.num_heads
 
-  def __call__(self, x_bld: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array,
-               mask_bll: jax.Array) -> jax.Array:
+  def __call__(
+    self, x_bld: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array, mask_bll: jax.Array
+  ) -> jax.Array:
     b, n, d = x_bld.shape
     qkv = self.qkv(self.norm1(x_bld)).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q = layers.apply_rotary(qkv[:, :, 0], cos_bld, sin_bld)
@@ -125,14 +151,16 @@ class PatchMerger(nnx.Module):
   """RMSNorm, then groups of merge^2 tokens -> Linear -> GELU -> Linear(out_hidden)."""
 
   def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
-    merged = cfg.hidden_size * cfg.spatial_merge_size ** 2
+    merged = cfg.hidden_size * cfg.spatial_merge_size**2
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm = layers.RMSNorm(cfg.hidden_size, eps=1e-6, **kw)
-    self.fc1 = layers.Dense(merged, merged, axes=("vision_merged", "vision_mlp"),
-                            use_bias=True, rngs=rngs, **kw)
-    self.fc2 = layers.Dense(merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"),
-                            use_bias=True, rngs=rngs, **kw)
-    self.group = cfg.spatial_merge_size ** 2
+    self.fc1 = layers.Dense(
+      merged, merged, axes=("vision_merged", "vision_mlp"), use_bias=True, rngs=rngs, **kw
+    )
+    self.fc2 = layers.Dense(
+      merged, cfg.out_hidden_size, axes=("vision_mlp", "embed"), use_bias=True, rngs=rngs, **kw
+    )
+    self.group = cfg.spatial_merge_size**2
 
   def __call__(self, x_bld: jax.Array) -> jax.Array:
     b, n, d = x_bld.shape
@@ -147,15 +175,28 @@ class VisionTower(nnx.Module):
   one attention kind (False: one module per block, run by a Python loop).
   """
 
-  def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none",
-               scan_layers: bool = True):
+  def __init__(
+    self,
+    cfg: VisionConfig,
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    remat_policy: str = "none",
+    scan_layers: bool = True,
+  ):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
-    self.patch_embed = layers.Dense(cfg.patch_dim, cfg.hidden_size,
-                                    axes=("vision_patch", "vision_embed"), use_bias=False,
-                                    rngs=rngs, **kw)
-    self.blocks = stack.create(lambda r: VisionBlock(cfg, rngs=r, **kw), cfg.depth, rngs,
-                               scan=scan_layers)
+    self.patch_embed = layers.Dense(
+      cfg.patch_dim,
+      cfg.hidden_size,
+      axes=("vision_patch", "vision_embed"),
+      use_bias=False,
+      rngs=rngs,
+      **kw,
+    )
+    self.blocks = stack.create(
+      lambda r: VisionBlock(cfg, rngs=r, **kw), cfg.depth, rngs, scan=scan_layers
+    )
     self.merger = PatchMerger(cfg, rngs=rngs, **kw)
     self.cfg = cfg
     self.dtype = dtype
@@ -167,10 +208,11 @@ class VisionTower(nnx.Module):
     cfg = self.cfg
     plan = _plan(h, w, cfg.spatial_merge_size, cfg.window_merged)
     t = x_tld.shape[0]
-    x = x_tld[:, plan.src]                                    # [T, Lp, D] window order
+    x = x_tld[:, plan.src]  # [T, Lp, D] window order
     lp = x.shape[1]
-    cos, sin = rope.vision_cos_sin(jnp.asarray(plan.hpos), jnp.asarray(plan.wpos),
-                                   cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope.vision_cos_sin(
+      jnp.asarray(plan.hpos), jnp.asarray(plan.wpos), cfg.head_dim, cfg.rope_theta
+    )
     valid = jnp.asarray(plan.valid)
     nw, wl = plan.num_windows, plan.window_len
     full_mask = jnp.broadcast_to(valid[None, None, :], (1, lp, lp))
@@ -189,10 +231,17 @@ class VisionTower(nnx.Module):
 
     policy = remat_policy_fn(self.remat_policy)
     for start, stop, full in attention_runs(cfg.depth, cfg.fullatt_block_indexes):
-      x, _ = stack.run(self.blocks, full_block if full else window_block, x,
-                       scan=self.scan_layers, remat_policy=policy, start=start, stop=stop)
-    merged = self.merger(x)                                   # [T, Lp/m^2, D_out]
-    out = merged[:, plan.unit_out]                            # [T, Hm*Wm, D_out]
+      x, _ = stack.run(
+        self.blocks,
+        full_block if full else window_block,
+        x,
+        scan=self.scan_layers,
+        remat_policy=policy,
+        start=start,
+        stop=stop,
+      )
+    merged = self.merger(x)  # [T, Lp/m^2, D_out]
+    out = merged[:, plan.unit_out]  # [T, Hm*Wm, D_out]
     return out.reshape(t * out.shape[1], -1)
 
   def __call__(self, pixel_values_np: jax.Array, grid_thw) -> jax.Array:
@@ -209,9 +258,11 @@ class VisionTower(nnx.Module):
     grid = static_grid(grid_thw)
     n = int(np.sum(np.prod(grid, axis=1)))
     if pixel_values_np.ndim != 2 or pixel_values_np.shape != (n, cfg.patch_dim):
-      raise ValueError(f"pixel_values_videos has shape {tuple(pixel_values_np.shape)}; the grid "
-                       f"{grid.tolist()} needs [{n}, {cfg.patch_dim}]")
-    x = self.patch_embed(pixel_values_np)                     # [N, D]
+      raise ValueError(
+        f"pixel_values_videos has shape {tuple(pixel_values_np.shape)}; the grid "
+        f"{grid.tolist()} needs [{n}, {cfg.patch_dim}]"
+      )
+    x = self.patch_embed(pixel_values_np)  # [N, D]
     starts = np.concatenate([[0], np.cumsum(np.prod(grid, axis=1))])
     groups: dict[tuple[int, int], list[int]] = {}
     for v, (_, h, w) in enumerate(grid.tolist()):
@@ -226,13 +277,12 @@ class VisionTower(nnx.Module):
     if len(groups) == 1:
       return outs[0]
     # Put the videos back in input order.
-    m2 = cfg.spatial_merge_size ** 2
+    m2 = cfg.spatial_merge_size**2
     sizes = {v: int(np.prod(grid[v])) // m2 for v in range(len(grid))}
     offsets, pos = {}, 0
     for v in order:
       offsets[v], pos = pos, pos + sizes[v]
-    perm = np.concatenate([np.arange(offsets[v], offsets[v] + sizes[v])
-                           for v in range(len(grid))])
+    perm = np.concatenate([np.arange(offsets[v], offsets[v] + sizes[v]) for v in range(len(grid))])
     return jnp.concatenate(outs, axis=0)[perm]
 
 
@@ -266,10 +316,10 @@ def remat_policy_fn(name: str):
     A policy callable, or None for 'none'.
   """
   policies = {
-      "none": None,
-      "full": jax.checkpoint_policies.nothing_saveable,
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-      "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
   }
   if name not in policies:
     raise ValueError(f"unknown remat policy {name!r}; choose one of {sorted(policies)}")

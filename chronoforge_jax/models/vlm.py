@@ -74,20 +74,41 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class VideoLanguageModel(nnx.Module):
   """Qwen2.5-VL: `visual` (VisionTower) + `text` (TextDecoder)."""
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
-               param_dtype=jnp.float32, remat_policy: str = "none",
-               attention_impl: str = "xla", attention_chunk: int = 512,
-               scan_layers: bool = True):
+  def __init__(
+    self,
+    config: ModelConfig,
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    remat_policy: str = "none",
+    attention_impl: str = "xla",
+    attention_chunk: int = 512,
+    scan_layers: bool = True,
+  ):
     self.config = config
     self.dtype = dtype
     self.scan_layers = scan_layers
-    self.visual = VisionTower(config.vision, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                              remat_policy=remat_policy, scan_layers=scan_layers)
+    self.visual = VisionTower(
+      config.vision,
+      rngs=rngs,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      remat_policy=remat_policy,
+      scan_layers=scan_layers,
+    )
     # The decoder's attention implementation (layers.ATTENTION_IMPLS); the vision tower's
     # attention stays within one temporal patch's windows and always uses "xla".
-    self.text = TextDecoder(config.text, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
-                            remat_policy=remat_policy, attention_impl=attention_impl,
-                            attention_chunk=attention_chunk, scan_layers=scan_layers)
+    self.text = TextDecoder(
+      config.text,
+      rngs=rngs,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      remat_policy=remat_policy,
+      attention_impl=attention_impl,
+      attention_chunk=attention_chunk,
+      scan_layers=scan_layers,
+    )
 
   # -- vision ------------------------------------------------------------------------
   def encode_video(self, pixel_values_videos: jax.Array, video_grid_thw) -> jax.Array:
@@ -101,20 +122,23 @@ class VideoLanguageModel(nnx.Module):
     if pixel_values_videos is not None and video_embeds is not None:
       raise ValueError("pass either pixel_values_videos or video_embeds, not both")
     grid = static_grid(video_grid_thw)
-    n = int(np.sum(np.prod(grid, axis=1))) // self.config.vision.spatial_merge_size ** 2
+    n = int(np.sum(np.prod(grid, axis=1))) // self.config.vision.spatial_merge_size**2
     is_vid = input_ids_bs == self.config.video_token_id
     if not isinstance(is_vid, jax.core.Tracer):  # checkable outside jit, before the tower
       count = int(jnp.sum(is_vid))
       if count != n:
-        raise ValueError(f"input_ids hold {count} video tokens (id "
-                         f"{self.config.video_token_id}) but the video gives {n} embeddings "
-                         f"(video_grid_thw={grid.tolist()}); the prompt's placeholders must "
-                         "match the grid")
+        raise ValueError(
+          f"input_ids hold {count} video tokens (id "
+          f"{self.config.video_token_id}) but the video gives {n} embeddings "
+          f"(video_grid_thw={grid.tolist()}); the prompt's placeholders must "
+          "match the grid"
+        )
     if video_embeds is None:
       video_embeds = self.encode_video(pixel_values_videos, grid)
     elif video_embeds.shape[0] != n:
-      raise ValueError(f"video_embeds has {video_embeds.shape[0]} rows; video_grid_thw="
-                       f"{grid.tolist()} needs {n}")
+      raise ValueError(
+        f"video_embeds has {video_embeds.shape[0]} rows; video_grid_thw={grid.tolist()} needs {n}"
+      )
     b, s, d = x_bsd.shape
     # Video tokens take the embeddings in row-major order, as the reference's
     # masked_scatter does.
@@ -122,56 +146,113 @@ class VideoLanguageModel(nnx.Module):
     gathered = jnp.take(video_embeds.astype(x_bsd.dtype), idx, axis=0).reshape(b, s, d)
     return jnp.where(is_vid[..., None], gathered, x_bsd)
 
-  def position_ids(self, input_ids_bs: jax.Array, attention_mask_bs: jax.Array | None,
-                   video_grid_thw=None, second_per_grid_ts=None,
-                   patch_timestamps=None) -> tuple[jax.Array, jax.Array]:
+  def position_ids(
+    self,
+    input_ids_bs: jax.Array,
+    attention_mask_bs: jax.Array | None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    patch_timestamps=None,
+  ) -> tuple[jax.Array, jax.Array]:
     """M-RoPE positions [3, B, S] and rope deltas [B] (see `rope.mrope_position_ids`)."""
     cfg = self.config
     grid = None if video_grid_thw is None else static_grid(video_grid_thw)
     return rope.mrope_position_ids(
-        input_ids_bs, attention_mask_bs, video_token_id=cfg.video_token_id, grids_v3=grid,
-        spatial_merge_size=cfg.vision.spatial_merge_size,
-        tokens_per_second=cfg.vision.tokens_per_second,
-        second_per_grid_ts=second_per_grid_ts, patch_timestamps=patch_timestamps,
-        text_after_video=cfg.text_position_after_video)
+      input_ids_bs,
+      attention_mask_bs,
+      video_token_id=cfg.video_token_id,
+      grids_v3=grid,
+      spatial_merge_size=cfg.vision.spatial_merge_size,
+      tokens_per_second=cfg.vision.tokens_per_second,
+      second_per_grid_ts=second_per_grid_ts,
+      patch_timestamps=patch_timestamps,
+      text_after_video=cfg.text_position_after_video,
+    )
 
-  def _prepare(self, input_ids_bs, attention_mask_bs, pixel_values_videos, video_grid_thw,
-               second_per_grid_ts, patch_timestamps, video_embeds):
+  def _prepare(
+    self,
+    input_ids_bs,
+    attention_mask_bs,
+    pixel_values_videos,
+    video_grid_thw,
+    second_per_grid_ts,
+    patch_timestamps,
+    video_embeds,
+  ):
     input_ids_bs = jnp.asarray(input_ids_bs)
     if attention_mask_bs is None:
       attention_mask_bs = jnp.ones(input_ids_bs.shape, jnp.int32)
     if (pixel_values_videos is not None or video_embeds is not None) and video_grid_thw is None:
       raise ValueError("video inputs need video_grid_thw (for positions and the tower)")
     x_bsd = self._embed(input_ids_bs, pixel_values_videos, video_grid_thw, video_embeds)
-    positions, deltas = self.position_ids(input_ids_bs, attention_mask_bs, video_grid_thw,
-                                          second_per_grid_ts, patch_timestamps)
+    positions, deltas = self.position_ids(
+      input_ids_bs, attention_mask_bs, video_grid_thw, second_per_grid_ts, patch_timestamps
+    )
     return x_bsd, positions, deltas, jnp.asarray(attention_mask_bs)
 
   # -- full forward ------------------------------------------------------------------
-  def hidden_states(self, input_ids_bs, attention_mask_bs, pixel_values_videos=None,
-                    video_grid_thw=None, second_per_grid_ts=None, patch_timestamps=None, *,
-                    video_embeds=None) -> jax.Array:
+  def hidden_states(
+    self,
+    input_ids_bs,
+    attention_mask_bs,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    patch_timestamps=None,
+    *,
+    video_embeds=None,
+  ) -> jax.Array:
     """Final-normed decoder hidden states [B, S, D]."""
-    x, pos, _, mask = self._prepare(input_ids_bs, attention_mask_bs, pixel_values_videos,
-                                    video_grid_thw, second_per_grid_ts, patch_timestamps,
-                                    video_embeds)
+    x, pos, _, mask = self._prepare(
+      input_ids_bs,
+      attention_mask_bs,
+      pixel_values_videos,
+      video_grid_thw,
+      second_per_grid_ts,
+      patch_timestamps,
+      video_embeds,
+    )
     return self.text.hidden(x, pos, mask)
 
-  def __call__(self, input_ids_bs, attention_mask_bs, pixel_values_videos=None,
-               video_grid_thw=None, second_per_grid_ts=None, patch_timestamps=None, *,
-               video_embeds=None) -> jax.Array:
+  def __call__(
+    self,
+    input_ids_bs,
+    attention_mask_bs,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    patch_timestamps=None,
+    *,
+    video_embeds=None,
+  ) -> jax.Array:
     """Float32 logits [B, S, V]; see the module docstring for the arguments."""
-    h = self.hidden_states(input_ids_bs, attention_mask_bs, pixel_values_videos,
-                           video_grid_thw, second_per_grid_ts, patch_timestamps,
-                           video_embeds=video_embeds)
+    h = self.hidden_states(
+      input_ids_bs,
+      attention_mask_bs,
+      pixel_values_videos,
+      video_grid_thw,
+      second_per_grid_ts,
+      patch_timestamps,
+      video_embeds=video_embeds,
+    )
     return self.text.logits(h)
 
   # -- per-token log-probs -----------------------------------------------------------
-  def token_logprobs(self, prompt_ids_bp, prompt_mask_bp, completion_ids_ba,
-                     completion_mask_ba=None, *, pixel_values_videos=None,
-                     video_grid_thw=None, second_per_grid_ts=None, patch_timestamps=None,
-                     video_embeds=None, vocab_chunk: int = 8192,
-                     return_entropy: bool = False):
+  def token_logprobs(
+    self,
+    prompt_ids_bp,
+    prompt_mask_bp,
+    completion_ids_ba,
+    completion_mask_ba=None,
+    *,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    patch_timestamps=None,
+    video_embeds=None,
+    vocab_chunk: int = 8192,
+    return_entropy: bool = False,
+  ):
     """Log-probs [B, A] of completion tokens (and entropies [B, A] if asked).
 
     Args:
@@ -189,12 +270,21 @@ class VideoLanguageModel(nnx.Module):
       logprobs_ba (float32), or (logprobs_ba, entropy_ba).
     """
     x_p, pos_p, deltas, mask_p = self._prepare(
-        prompt_ids_bp, prompt_mask_bp, pixel_values_videos, video_grid_thw,
-        second_per_grid_ts, patch_timestamps, video_embeds)
+      prompt_ids_bp,
+      prompt_mask_bp,
+      pixel_values_videos,
+      video_grid_thw,
+      second_per_grid_ts,
+      patch_timestamps,
+      video_embeds,
+    )
     completion_ids_ba = jnp.asarray(completion_ids_ba)
     b, a = completion_ids_ba.shape
-    mask_c = (jnp.ones((b, a), jnp.int32) if completion_mask_ba is None
-              else jnp.asarray(completion_mask_ba).astype(jnp.int32))
+    mask_c = (
+      jnp.ones((b, a), jnp.int32)
+      if completion_mask_ba is None
+      else jnp.asarray(completion_mask_ba).astype(jnp.int32)
+    )
     # Completion tokens are text: they continue from the prompt's next position, exactly
     # as decode_step numbers them.
     next_pos = jnp.sum(mask_p, axis=1).astype(jnp.int32) + deltas
@@ -210,19 +300,33 @@ class VideoLanguageModel(nnx.Module):
     # prompt token for j = 0.
     last_p = _last_valid_index(mask_p)
     h_first = jnp.take_along_axis(h, last_p[:, None, None], axis=1)
-    h_bad = jnp.concatenate([h_first, h[:, p:p + a - 1]], axis=1)
-    return chunked_logprobs(h_bad, self.text.head_weight(), completion_ids_ba,
-                            chunk=vocab_chunk, dtype=self.dtype,
-                            return_entropy=return_entropy)
+    h_bad = jnp.concatenate([h_first, h[:, p : p + a - 1]], axis=1)
+    return chunked_logprobs(
+      h_bad,
+      self.text.head_weight(),
+      completion_ids_ba,
+      chunk=vocab_chunk,
+      dtype=self.dtype,
+      return_entropy=return_entropy,
+    )
 
   # -- KV cache ----------------------------------------------------------------------
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty KV cache for `batch` rows of up to `max_len` tokens (prompt + answer)."""
     return self.text.init_cache(batch, max_len, dtype)
 
-  def prefill(self, input_ids_bs, attention_mask_bs, cache: KVCache, *,
-              pixel_values_videos=None, video_grid_thw=None, second_per_grid_ts=None,
-              patch_timestamps=None, video_embeds=None):
+  def prefill(
+    self,
+    input_ids_bs,
+    attention_mask_bs,
+    cache: KVCache,
+    *,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    patch_timestamps=None,
+    video_embeds=None,
+  ):
     """Runs the prompt into the cache.
 
     Returns:
@@ -230,17 +334,26 @@ class VideoLanguageModel(nnx.Module):
       cache: the filled cache (end = S).
       rope_deltas_b: next position - number of real prompt tokens, per row.
     """
-    x, pos, deltas, mask = self._prepare(input_ids_bs, attention_mask_bs,
-                                         pixel_values_videos, video_grid_thw,
-                                         second_per_grid_ts, patch_timestamps, video_embeds)
+    x, pos, deltas, mask = self._prepare(
+      input_ids_bs,
+      attention_mask_bs,
+      pixel_values_videos,
+      video_grid_thw,
+      second_per_grid_ts,
+      patch_timestamps,
+      video_embeds,
+    )
     next_pos = jnp.sum(mask, axis=1).astype(jnp.int32) + deltas
     h, cache = self.text.prefill(x, pos, mask, cache, next_pos)
     h_last = jnp.take_along_axis(h, _last_valid_index(mask)[:, None, None], axis=1)
     return self.text.logits(h_last)[:, 0], cache, deltas
 
-  def decode_step(self, tokens_b: jax.Array, cache: KVCache | SharedPrefixCache,
-                  token_mask_b: jax.Array | None = None
-                  ) -> tuple[jax.Array, KVCache | SharedPrefixCache]:
+  def decode_step(
+    self,
+    tokens_b: jax.Array,
+    cache: KVCache | SharedPrefixCache,
+    token_mask_b: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | SharedPrefixCache]:
     """Feeds one token per row; returns float32 logits [B, V] and the updated cache."""
     x = self.text.embed_tokens(jnp.asarray(tokens_b)[:, None])
     h, cache = self.text.decode(x, cache, token_mask_b)
@@ -252,8 +365,15 @@ def _last_valid_index(mask_bs: jax.Array) -> jax.Array:
   return (s - 1 - jnp.argmax(jnp.flip(mask_bs.astype(bool), axis=1), axis=1)).astype(jnp.int32)
 
 
-def chunked_logprobs(h_bad: jax.Array, w_dv: jax.Array, targets_ba: jax.Array, *,
-                     chunk: int = 8192, dtype=jnp.float32, return_entropy: bool = False):
+def chunked_logprobs(
+  h_bad: jax.Array,
+  w_dv: jax.Array,
+  targets_ba: jax.Array,
+  *,
+  chunk: int = 8192,
+  dtype=jnp.float32,
+  return_entropy: bool = False,
+):
   """log softmax(h @ w)[target] (and entropy) without materialising [B, A, V].
 
   A scan over vocabulary chunks keeps a running max, sum of exponentials and (for the
@@ -293,11 +413,14 @@ def chunked_logprobs(h_bad: jax.Array, w_dv: jax.Array, targets_ba: jax.Array, *
     return (m_new, s, t), None
 
   b, a = targets_ba.shape
-  init = (jnp.full((b, a), -jnp.inf, jnp.float32), jnp.zeros((b, a), jnp.float32),
-          jnp.zeros((b, a), jnp.float32))
+  init = (
+    jnp.full((b, a), -jnp.inf, jnp.float32),
+    jnp.zeros((b, a), jnp.float32),
+    jnp.zeros((b, a), jnp.float32),
+  )
   (m, s, t), _ = jax.lax.scan(body, init, (w_ndc, col_valid))
   lse = m + jnp.log(s)
-  w_target = jnp.take(w_dv.astype(dtype).T, targets_ba, axis=0)      # [B, A, D]
+  w_target = jnp.take(w_dv.astype(dtype).T, targets_ba, axis=0)  # [B, A, D]
   target_logit = jnp.einsum("bad,bad->ba", h, w_target, preferred_element_type=jnp.float32)
   logprobs = target_logit - lse
   if not return_entropy:
@@ -305,10 +428,13 @@ def chunked_logprobs(h_bad: jax.Array, w_dv: jax.Array, targets_ba: jax.Array, *
   return logprobs, lse - t / s
 
 
-def frames_to_pixel_values(frames_thwc: jax.Array, vision: VisionConfig, *,
-                           image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                           image_std: Sequence[float] = OPENAI_CLIP_STD
-                           ) -> tuple[jax.Array, np.ndarray]:
+def frames_to_pixel_values(
+  frames_thwc: jax.Array,
+  vision: VisionConfig,
+  *,
+  image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+  image_std: Sequence[float] = OPENAI_CLIP_STD,
+) -> tuple[jax.Array, np.ndarray]:
   """HF Qwen2-VL video processing for already-resized uint8 frames, in jnp.
 
   Rescales by 1/255 and normalises (fused as the HF processor does: (x - 255 mean) /
@@ -336,15 +462,17 @@ def frames_to_pixel_values(frames_thwc: jax.Array, vision: VisionConfig, *,
   if c != vision.in_channels:
     raise ValueError(f"frames have {c} channels; the model expects {vision.in_channels}")
   if h % (p * m) or w % (p * m):
-    raise ValueError(f"frame size {h}x{w} is not a multiple of patch*merge = {p * m}; resize "
-                     "the frames first (e.g. to the nearest multiple, as the HF processor's "
-                     "smart_resize does)")
+    raise ValueError(
+      f"frame size {h}x{w} is not a multiple of patch*merge = {p * m}; resize "
+      "the frames first (e.g. to the nearest multiple, as the HF processor's "
+      "smart_resize does)"
+    )
   if pad := -t % tp:
     frames = jnp.concatenate([frames, jnp.repeat(frames[:, -1:], pad, axis=1)], axis=1)
     t += pad
   mean = jnp.asarray(image_mean, jnp.float32) * jnp.float32(255.0)
   std = jnp.asarray(image_std, jnp.float32) * jnp.float32(255.0)
-  x = (frames.astype(jnp.float32) - mean) / std                       # [B, T, H, W, C]
+  x = (frames.astype(jnp.float32) - mean) / std  # [B, T, H, W, C]
   gt, gh, gw = t // tp, h // p, w // p
   x = x.reshape(b, gt, tp, gh // m, m, p, gw // m, m, p, c)
   # -> [B, gt, gh/m, gw/m, m, m, C, tp, p, p], the processor's patch order and layout.

@@ -55,8 +55,10 @@ def solution_answer(solution: str) -> str:
   """
   gt = videor1_answer(solution)
   if gt is None:
-    raise ValueError(f"solution {solution[:60]!r} has no <answer>...</answer>; write the "
-                     "reference answer as <answer>X</answer>")
+    raise ValueError(
+      f"solution {solution[:60]!r} has no <answer>...</answer>; write the "
+      "reference answer as <answer>X</answer>"
+    )
   return gt
 
 
@@ -78,8 +80,9 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
   for i in range(1, len(ref) + 1):
     cur = [i] + [0] * len(hyp)
     for j in range(1, len(hyp) + 1):
-      cur[j] = prev[j - 1] if ref[i - 1] == hyp[j - 1] else 1 + min(
-          prev[j], cur[j - 1], prev[j - 1])
+      cur[j] = (
+        prev[j - 1] if ref[i - 1] == hyp[j - 1] else 1 + min(prev[j], cur[j - 1], prev[j - 1])
+      )
     prev = cur
   return prev[-1] / max(1, len(ref))
 
@@ -88,14 +91,14 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 def _rouge_scorer():
   # Loaded on first use: rouge-score pulls in nltk, which most runs never need.
   from rouge_score import rouge_scorer
+
   return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
 def rouge_mean_f(reference: str, hypothesis: str) -> float:
   """Mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures (stemmed), as Video-R1."""
   scores = _rouge_scorer().score(reference, hypothesis)
-  return (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure
-          + scores["rougeL"].fmeasure) / 3
+  return (scores["rouge1"].fmeasure + scores["rouge2"].fmeasure + scores["rougeL"].fmeasure) / 3
 
 
 @ANSWER_RULES.register("multiple choice")
@@ -139,13 +142,12 @@ def regression_rule(completion: str, solution: str) -> float:
 
 
 def type_metric_name(problem_type: str) -> str:
-  """"free-form" -> "free_form", "multiple choice" -> "multiple_choice" (metric tags)."""
+  """ "free-form" -> "free_form", "multiple choice" -> "multiple_choice" (metric tags)."""
   return problem_type.replace(" ", "_").replace("-", "_")
 
 
 def check_problem_type(problem_type: str) -> str:
   """`problem_type` if it is one of Video-R1's five, else a ValueError naming them."""
   if problem_type not in ANSWER_RULES:
-    raise ValueError(f"unknown problem_type {problem_type!r}; Video-R1's are "
-                     f"{list(PROBLEM_TYPES)}")
+    raise ValueError(f"unknown problem_type {problem_type!r}; Video-R1's are {list(PROBLEM_TYPES)}")
   return problem_type

@@ -34,8 +34,7 @@ from chronoforge_jax.registry import Registry
 
 ADVANTAGE_ESTIMATORS: Registry[Callable[..., jax.Array]] = Registry("advantage estimator")
 POLICY_LOSSES: Registry[Callable[..., tuple]] = Registry("policy loss")
-KL_ESTIMATORS: Registry[Callable[[jax.Array, jax.Array], jax.Array]] = Registry(
-    "KL estimator")
+KL_ESTIMATORS: Registry[Callable[[jax.Array, jax.Array], jax.Array]] = Registry("KL estimator")
 AGGREGATIONS: Registry[Callable[..., jax.Array]] = Registry("loss aggregation")
 
 
@@ -78,42 +77,52 @@ def _centre(rewards_bg: jax.Array) -> jax.Array:
 
 
 @ADVANTAGE_ESTIMATORS.register("group_std")
-def group_std_advantages(rewards_bg: jax.Array, *, eps: float = 1e-4,
-                         axis_name: str | None = None) -> jax.Array:
+def group_std_advantages(
+  rewards_bg: jax.Array, *, eps: float = 1e-4, axis_name: str | None = None
+) -> jax.Array:
   """GRPO: (r - mean_g) / (std_g + eps), std with Bessel's correction as in TRL."""
   del axis_name  # Groups never span devices.
   if rewards_bg.shape[-1] < 2:
-    raise ValueError("group_std advantages need at least 2 rollouts per prompt "
-                     f"(config.rl.num_generations), got {rewards_bg.shape[-1]}")
+    raise ValueError(
+      "group_std advantages need at least 2 rollouts per prompt "
+      f"(config.rl.num_generations), got {rewards_bg.shape[-1]}"
+    )
   centred_bg = _centre(rewards_bg)
-  std_b1 = jnp.sqrt((centred_bg ** 2).sum(1, keepdims=True) / (centred_bg.shape[1] - 1))
+  std_b1 = jnp.sqrt((centred_bg**2).sum(1, keepdims=True) / (centred_bg.shape[1] - 1))
   return centred_bg / (std_b1 + eps)
 
 
 @ADVANTAGE_ESTIMATORS.register("batch_std")
-def batch_std_advantages(rewards_bg: jax.Array, *, eps: float = 1e-4,
-                         axis_name: str | None = None) -> jax.Array:
+def batch_std_advantages(
+  rewards_bg: jax.Array, *, eps: float = 1e-4, axis_name: str | None = None
+) -> jax.Array:
   """(r - mean_g) / (std_batch + eps), std_batch the RMS of all group-centred rewards.
 
   One scale for the whole (global) batch keeps a group's reward spread meaningful, so
   a saliency bonus that widens a group's spread gives it larger advantages.
   """
   centred_bg = _centre(rewards_bg)
-  sum_sq = _psum((centred_bg ** 2).sum(), axis_name)
+  sum_sq = _psum((centred_bg**2).sum(), axis_name)
   count = _psum(jnp.asarray(centred_bg.size, jnp.float32), axis_name)
   return centred_bg / (jnp.sqrt(sum_sq / count) + eps)
 
 
 @ADVANTAGE_ESTIMATORS.register("none")
-def centred_advantages(rewards_bg: jax.Array, *, eps: float = 1e-4,
-                       axis_name: str | None = None) -> jax.Array:
+def centred_advantages(
+  rewards_bg: jax.Array, *, eps: float = 1e-4, axis_name: str | None = None
+) -> jax.Array:
   """Dr.GRPO: r - mean_g, no std scaling."""
   del eps, axis_name
   return _centre(rewards_bg)
 
 
-def compute_advantages(rewards_bg: jax.Array, estimator: str = "batch_std", *,
-                       eps: float = 1e-4, axis_name: str | None = None) -> jax.Array:
+def compute_advantages(
+  rewards_bg: jax.Array,
+  estimator: str = "batch_std",
+  *,
+  eps: float = 1e-4,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Group-relative advantages [B, G] by the estimator named in the config.
 
   Args:
@@ -128,9 +137,14 @@ def compute_advantages(rewards_bg: jax.Array, estimator: str = "batch_std", *,
   return ADVANTAGE_ESTIMATORS.get(estimator)(rewards_bg, eps=eps, axis_name=axis_name)
 
 
-def bonus_advantage_shift(rewards_bg: jax.Array, bonus_bg: jax.Array,
-                          estimator: str = "batch_std", *, eps: float = 1e-4,
-                          axis_name: str | None = None) -> jax.Array:
+def bonus_advantage_shift(
+  rewards_bg: jax.Array,
+  bonus_bg: jax.Array,
+  estimator: str = "batch_std",
+  *,
+  eps: float = 1e-4,
+  axis_name: str | None = None,
+) -> jax.Array:
   """Mean |A(rewards) - A(rewards - bonus)|: how much the bonus moved the advantages.
 
   Args:
@@ -142,8 +156,7 @@ def bonus_advantage_shift(rewards_bg: jax.Array, bonus_bg: jax.Array,
     A scalar over the global batch; ~0 when the bonus cancels (e.g. under "group_std").
   """
   with_bonus = compute_advantages(rewards_bg, estimator, eps=eps, axis_name=axis_name)
-  without = compute_advantages(rewards_bg - bonus_bg, estimator, eps=eps,
-                               axis_name=axis_name)
+  without = compute_advantages(rewards_bg - bonus_bg, estimator, eps=eps, axis_name=axis_name)
   total = _psum(jnp.abs(with_bonus - without).sum(), axis_name)
   return total / _psum(jnp.asarray(with_bonus.size, jnp.float32), axis_name)
 
@@ -154,8 +167,9 @@ def bonus_advantage_shift(rewards_bg: jax.Array, bonus_bg: jax.Array,
 
 
 @POLICY_LOSSES.register("clipped")
-def clipped_surrogate(logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float,
-                      eps_high: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def clipped_surrogate(
+  logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) per token.
 
   Returns:
@@ -171,8 +185,9 @@ def clipped_surrogate(logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float,
 
 
 @POLICY_LOSSES.register("unclipped")
-def unclipped_surrogate(logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float,
-                        eps_high: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def unclipped_surrogate(
+  logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-rho A: importance-weighted policy gradient without a trust region (ablation)."""
   del eps_low, eps_high
   no_clip = jnp.zeros(logratio_nt.shape, bool)
@@ -204,29 +219,34 @@ def kl_k2(logp_nt: jax.Array, ref_logp_nt: jax.Array) -> jax.Array:
 
 
 @AGGREGATIONS.register("sequence_mean")
-def sequence_mean(values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None,
-                  axis_name: str | None) -> jax.Array:
+def sequence_mean(
+  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+) -> jax.Array:
   """Mean over each response's tokens, then over responses that have any token."""
   del max_tokens
   tokens_n = mask_nt.sum(1)
   per_seq_n = _safe_div((values_nt * mask_nt).sum(1), tokens_n)
   has_tokens_n = (tokens_n > 0).astype(values_nt.dtype)
-  return _safe_div(_global_sum((per_seq_n * has_tokens_n).sum(), axis_name),
-                   _psum(has_tokens_n.sum(), axis_name))
+  return _safe_div(
+    _global_sum((per_seq_n * has_tokens_n).sum(), axis_name), _psum(has_tokens_n.sum(), axis_name)
+  )
 
 
 @AGGREGATIONS.register("token_mean")
-def token_mean(values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None,
-               axis_name: str | None) -> jax.Array:
+def token_mean(
+  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+) -> jax.Array:
   """Sum over all tokens of the global batch / global token count."""
   del max_tokens
-  return _safe_div(_global_sum((values_nt * mask_nt).sum(), axis_name),
-                   _psum(mask_nt.sum(), axis_name))
+  return _safe_div(
+    _global_sum((values_nt * mask_nt).sum(), axis_name), _psum(mask_nt.sum(), axis_name)
+  )
 
 
 @AGGREGATIONS.register("dr_grpo")
-def dr_grpo_sum(values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None,
-                axis_name: str | None) -> jax.Array:
+def dr_grpo_sum(
+  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+) -> jax.Array:
   """Sum over all tokens / (global number of responses x max_tokens), length-unbiased."""
   max_tokens = values_nt.shape[1] if max_tokens is None else max_tokens
   num_seqs = _psum(jnp.asarray(values_nt.shape[0], values_nt.dtype), axis_name)
@@ -251,6 +271,7 @@ class LossConfig:
     aggregation: a name in `AGGREGATIONS`.
     max_tokens: the "dr_grpo" constant (max completion length); None: the padded T.
   """
+
   policy_loss: str = "clipped"
   eps_low: float = 0.2
   eps_high: float = 0.2
@@ -260,11 +281,15 @@ class LossConfig:
   max_tokens: int | None = None
 
   def __post_init__(self):
-    for field, registry in (("policy_loss", POLICY_LOSSES), ("kl_estimator", KL_ESTIMATORS),
-                            ("aggregation", AGGREGATIONS)):
+    for field, registry in (
+      ("policy_loss", POLICY_LOSSES),
+      ("kl_estimator", KL_ESTIMATORS),
+      ("aggregation", AGGREGATIONS),
+    ):
       if getattr(self, field) not in registry:
-        raise ValueError(f"LossConfig.{field}={getattr(self, field)!r}; choose one of "
-                         f"{registry.names()}")
+        raise ValueError(
+          f"LossConfig.{field}={getattr(self, field)!r}; choose one of {registry.names()}"
+        )
     if not 0.0 <= self.eps_low < 1.0:
       raise ValueError(f"LossConfig.eps_low={self.eps_low}; need 0 <= eps_low < 1")
     if self.eps_high < 0.0:
@@ -277,15 +302,28 @@ class LossConfig:
   @classmethod
   def from_config(cls, rl: Any) -> LossConfig:
     """Builds the loss settings from the `config.rl` section (configs/rl.py)."""
-    return cls(policy_loss=rl.policy_loss, eps_low=rl.eps_low, eps_high=rl.eps_high,
-               beta=rl.beta, kl_estimator=rl.kl_estimator, aggregation=rl.aggregation,
-               max_tokens=rl.max_new_tokens if rl.aggregation == "dr_grpo" else None)
+    return cls(
+      policy_loss=rl.policy_loss,
+      eps_low=rl.eps_low,
+      eps_high=rl.eps_high,
+      beta=rl.beta,
+      kl_estimator=rl.kl_estimator,
+      aggregation=rl.aggregation,
+      max_tokens=rl.max_new_tokens if rl.aggregation == "dr_grpo" else None,
+    )
 
 
-def grpo_loss(logp_nt: jax.Array, advantages_n: jax.Array, mask_nt: jax.Array, *,
-              old_logp_nt: jax.Array | None = None, ref_logp_nt: jax.Array | None = None,
-              entropy_nt: jax.Array | None = None, config: LossConfig = LossConfig(),
-              axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def grpo_loss(
+  logp_nt: jax.Array,
+  advantages_n: jax.Array,
+  mask_nt: jax.Array,
+  *,
+  old_logp_nt: jax.Array | None = None,
+  ref_logp_nt: jax.Array | None = None,
+  entropy_nt: jax.Array | None = None,
+  config: LossConfig = LossConfig(),
+  axis_name: str | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The (KF-)GRPO objective to minimise, and its diagnostics.
 
   loss = agg(policy_loss(logp - old_logp, A)) + beta * agg(KL(pi || pi_ref)).
@@ -309,23 +347,30 @@ def grpo_loss(logp_nt: jax.Array, advantages_n: jax.Array, mask_nt: jax.Array, *
     clip_frac_high, ratio_mean, entropy (if entropy_nt), num_tokens), the metrics
     replicated over `axis_name`.
   """
-  if logp_nt.ndim != 2 or mask_nt.shape != logp_nt.shape or advantages_n.shape != (
-      logp_nt.shape[0],):
-    raise ValueError(f"grpo_loss: need logp [N, T], mask [N, T], advantages [N]; got "
-                     f"{logp_nt.shape}, {mask_nt.shape}, {advantages_n.shape}")
+  if (
+    logp_nt.ndim != 2 or mask_nt.shape != logp_nt.shape or advantages_n.shape != (logp_nt.shape[0],)
+  ):
+    raise ValueError(
+      f"grpo_loss: need logp [N, T], mask [N, T], advantages [N]; got "
+      f"{logp_nt.shape}, {mask_nt.shape}, {advantages_n.shape}"
+    )
   if config.beta > 0 and ref_logp_nt is None:
-    raise ValueError(f"grpo_loss: beta={config.beta} needs ref_logp_nt; pass the frozen "
-                     "reference's log-probs or set config.rl.beta=0")
+    raise ValueError(
+      f"grpo_loss: beta={config.beta} needs ref_logp_nt; pass the frozen "
+      "reference's log-probs or set config.rl.beta=0"
+    )
   mask_nt = jnp.asarray(mask_nt, jnp.float32)
   valid_nt = mask_nt > 0
   logp_nt = logp_nt.astype(jnp.float32)
-  old_nt = (jax.lax.stop_gradient(logp_nt) if old_logp_nt is None
-            else old_logp_nt.astype(jnp.float32))
+  old_nt = (
+    jax.lax.stop_gradient(logp_nt) if old_logp_nt is None else old_logp_nt.astype(jnp.float32)
+  )
   # Padding may hold -inf log-probs; zeroing them first keeps values and grads finite.
   logratio_nt = jnp.where(valid_nt, logp_nt - old_nt, 0.0)
   adv_n1 = jnp.asarray(advantages_n, jnp.float32)[:, None]
   pg_nt, low_nt, high_nt = POLICY_LOSSES.get(config.policy_loss)(
-      logratio_nt, adv_n1, config.eps_low, config.eps_high)
+    logratio_nt, adv_n1, config.eps_low, config.eps_high
+  )
 
   aggregate = AGGREGATIONS.get(config.aggregation)
 
@@ -349,11 +394,11 @@ def grpo_loss(logp_nt: jax.Array, advantages_n: jax.Array, mask_nt: jax.Array, *
       loss = loss + config.beta * agg(kl_nt)
     metrics["kl"] = token_avg(kl_nt)
   metrics.update(
-      clip_frac_low=token_avg(low_nt),
-      clip_frac_high=token_avg(high_nt),
-      clip_frac=token_avg(low_nt | high_nt),
-      ratio_mean=token_avg(jnp.exp(logratio_nt)),
-      num_tokens=num_tokens,
+    clip_frac_low=token_avg(low_nt),
+    clip_frac_high=token_avg(high_nt),
+    clip_frac=token_avg(low_nt | high_nt),
+    ratio_mean=token_avg(jnp.exp(logratio_nt)),
+    num_tokens=num_tokens,
   )
   if entropy_nt is not None:
     metrics["entropy"] = token_avg(jnp.where(valid_nt, entropy_nt, 0.0))
@@ -367,8 +412,9 @@ def grpo_loss(logp_nt: jax.Array, advantages_n: jax.Array, mask_nt: jax.Array, *
   return loss, metrics
 
 
-def token_logprobs(logits_ntv: jax.Array, targets_nt: jax.Array,
-                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+def token_logprobs(
+  logits_ntv: jax.Array, targets_nt: jax.Array, temperature: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
   """Log-probs of the target tokens and the policy entropy per position.
 
   Args:

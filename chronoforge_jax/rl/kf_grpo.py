@@ -37,13 +37,16 @@ from chronoforge_jax.rl import grpo
 Batch = Mapping[str, jax.Array]
 
 
-def union_grid(frames_shape: tuple[int, ...], patch_size: int, temporal_patch: int
-               ) -> tuple[int, int, int]:
+def union_grid(
+  frames_shape: tuple[int, ...], patch_size: int, temporal_patch: int
+) -> tuple[int, int, int]:
   """(T patches, H patches, W patches) of one video of the union."""
   _, u, h, w, _ = frames_shape
   if u % temporal_patch or h % patch_size or w % patch_size:
-    raise ValueError(f"frames [B, U={u}, H={h}, W={w}, 3] must divide into temporal "
-                     f"patches of {temporal_patch} and spatial patches of {patch_size}")
+    raise ValueError(
+      f"frames [B, U={u}, H={h}, W={w}, 3] must divide into temporal "
+      f"patches of {temporal_patch} and spatial patches of {patch_size}"
+    )
   return u // temporal_patch, h // patch_size, w // patch_size
 
 
@@ -66,17 +69,24 @@ def encode_union(model: vlm_lib.VideoLanguageModel, frames_buhwc: jax.Array) -> 
   return tokens.reshape(b, t, -1, tokens.shape[-1])
 
 
-def view_grid(frames_shape: tuple[int, ...], num_patches: int, vision_config,
-              repeat: int = 1) -> np.ndarray:
+def view_grid(
+  frames_shape: tuple[int, ...], num_patches: int, vision_config, repeat: int = 1
+) -> np.ndarray:
   """Static [B*repeat, 3] grid (K' temporal patches, H, W patches) of a gathered view."""
-  _, h, w = union_grid(frames_shape, vision_config.patch_size,
-                       vision_config.temporal_patch_size)
+  _, h, w = union_grid(frames_shape, vision_config.patch_size, vision_config.temporal_patch_size)
   return np.tile(np.array([[num_patches, h, w]], np.int64), (frames_shape[0] * repeat, 1))
 
 
-def view_inputs(tokens_btpd: jax.Array, patches_bk: jax.Array, timestamps_bu: jax.Array, *,
-                grid_hw: tuple[int, int], temporal_patch: int, real_time: bool,
-                repeat: int = 1) -> dict[str, Any]:
+def view_inputs(
+  tokens_btpd: jax.Array,
+  patches_bk: jax.Array,
+  timestamps_bu: jax.Array,
+  *,
+  grid_hw: tuple[int, int],
+  temporal_patch: int,
+  real_time: bool,
+  repeat: int = 1,
+) -> dict[str, Any]:
   """Model video kwargs for one view: gathered patch tokens and their M-RoPE timing.
 
   Args:
@@ -104,12 +114,20 @@ def view_inputs(tokens_btpd: jax.Array, patches_bk: jax.Array, timestamps_bu: ja
     view_bkpd = jnp.repeat(view_bkpd, repeat, axis=0)
     patch_ts_bk = jnp.repeat(patch_ts_bk, repeat, axis=0)
   grid = np.tile(np.array([[k, *grid_hw]], np.int64), (b * repeat, 1))
-  return dict(video_embeds=view_bkpd.reshape(-1, view_bkpd.shape[-1]), video_grid_thw=grid,
-              patch_timestamps=patch_ts_bk.astype(jnp.float32))
+  return dict(
+    video_embeds=view_bkpd.reshape(-1, view_bkpd.shape[-1]),
+    video_grid_thw=grid,
+    patch_timestamps=patch_ts_bk.astype(jnp.float32),
+  )
 
 
-def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int = 1,
-                views: tuple[str, ...] = ("ordered", "disordered")) -> dict[str, dict]:
+def batch_views(
+  model: vlm_lib.VideoLanguageModel,
+  batch: Batch,
+  *,
+  repeat: int = 1,
+  views: tuple[str, ...] = ("ordered", "disordered"),
+) -> dict[str, dict]:
   """The model's video kwargs for each requested view of a batch.
 
   Several views: the union of frames is encoded once and each view gathers its temporal
@@ -121,7 +139,7 @@ def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int 
   frames, timestamps = batch["frames"], batch["timestamps"]
   patches = {name: batch[f"{name}_patches"] for name in views}
   if len(views) == 1:
-    (name, patches_bk), = patches.items()
+    ((name, patches_bk),) = patches.items()
     b, k = patches_bk.shape
     frame_idx = (patches_bk[:, :, None] * tp + jnp.arange(tp)).reshape(b, k * tp)
     frames = jnp.take_along_axis(frames, frame_idx[:, :, None, None, None], axis=1)
@@ -131,14 +149,22 @@ def batch_views(model: vlm_lib.VideoLanguageModel, batch: Batch, *, repeat: int 
   _, _, h, w, _ = frames.shape
   grid_hw = (h // vcfg.patch_size, w // vcfg.patch_size)
   return {
-      name: view_inputs(tokens, patches_bk, timestamps, grid_hw=grid_hw, temporal_patch=tp,
-                        real_time=name == "ordered", repeat=repeat)
-      for name, patches_bk in patches.items()
+    name: view_inputs(
+      tokens,
+      patches_bk,
+      timestamps,
+      grid_hw=grid_hw,
+      temporal_patch=tp,
+      real_time=name == "ordered",
+      repeat=repeat,
+    )
+    for name, patches_bk in patches.items()
   }
 
 
-def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: int = 8192
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def sft_loss(
+  model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: int = 8192
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy of the reference answers given the ordered keyframe view.
 
   Besides the loss (mean over all target tokens), logs `sft/answer_nll`: the summed NLL
@@ -147,9 +173,14 @@ def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: in
   while the answer is still at chance (ln 4 = 1.39 nats for four options).
   """
   video = batch_views(model, batch, views=("ordered",))["ordered"]
-  logp_ba = model.token_logprobs(batch["prompt_ids"], batch["prompt_mask"],
-                                 batch["target_ids"], batch["target_mask"],
-                                 vocab_chunk=vocab_chunk, **video)
+  logp_ba = model.token_logprobs(
+    batch["prompt_ids"],
+    batch["prompt_mask"],
+    batch["target_ids"],
+    batch["target_mask"],
+    vocab_chunk=vocab_chunk,
+    **video,
+  )
   valid_b = batch["example_valid"].astype(jnp.float32)
   mask_ba = batch["target_mask"].astype(jnp.float32) * valid_b[:, None]
   num_tokens = jnp.maximum(mask_ba.sum(), 1.0)
@@ -157,15 +188,21 @@ def sft_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, *, vocab_chunk: in
   metrics = {"loss": loss, "sft/nll": loss, "num_tokens": mask_ba.sum()}
   if "target_answer_mask" in batch:
     answer_ba = batch["target_answer_mask"].astype(jnp.float32) * mask_ba
-    metrics["sft/answer_nll"] = (-(logp_ba * answer_ba).sum()
-                                 / jnp.maximum(valid_b.sum(), 1.0))
+    metrics["sft/answer_nll"] = -(logp_ba * answer_ba).sum() / jnp.maximum(valid_b.sum(), 1.0)
   return loss, metrics
 
 
-def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,
-                        completions_nt: jax.Array, mask_nt: jax.Array, *, view: str,
-                        num_samples: int, return_entropy: bool = False,
-                        vocab_chunk: int = 8192):
+def completion_logprobs(
+  model: vlm_lib.VideoLanguageModel,
+  batch: Batch,
+  completions_nt: jax.Array,
+  mask_nt: jax.Array,
+  *,
+  view: str,
+  num_samples: int,
+  return_entropy: bool = False,
+  vocab_chunk: int = 8192,
+):
   """Log-probs [B*G, T] of G sampled completions per prompt on one view.
 
   The completions are laid out prompt-major: rows [b*G, (b+1)*G) belong to prompt b.
@@ -175,15 +212,28 @@ def completion_logprobs(model: vlm_lib.VideoLanguageModel, batch: Batch,
   video = batch_views(model, batch, repeat=num_samples, views=(view,))[view]
   prompt_ids = jnp.repeat(batch["prompt_ids"], num_samples, axis=0)
   prompt_mask = jnp.repeat(batch["prompt_mask"], num_samples, axis=0)
-  return model.token_logprobs(prompt_ids, prompt_mask, completions_nt, mask_nt,
-                              return_entropy=return_entropy, vocab_chunk=vocab_chunk,
-                              **video)
+  return model.token_logprobs(
+    prompt_ids,
+    prompt_mask,
+    completions_nt,
+    mask_nt,
+    return_entropy=return_entropy,
+    vocab_chunk=vocab_chunk,
+    **video,
+  )
 
 
-def kf_grpo_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, rollout: Batch, *,
-                 loss_config: grpo.LossConfig, num_samples: int, view: str = "ordered",
-                 axis_name: str | None = None, vocab_chunk: int = 8192
-                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def kf_grpo_loss(
+  model: vlm_lib.VideoLanguageModel,
+  batch: Batch,
+  rollout: Batch,
+  *,
+  loss_config: grpo.LossConfig,
+  num_samples: int,
+  view: str = "ordered",
+  axis_name: str | None = None,
+  vocab_chunk: int = 8192,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The GRPO objective on one view's rollouts.
 
   Args:
@@ -201,11 +251,24 @@ def kf_grpo_loss(model: vlm_lib.VideoLanguageModel, batch: Batch, rollout: Batch
     (loss, metrics).
   """
   logp_nt, entropy_nt = completion_logprobs(
-      model, batch, rollout["completions"], rollout["mask"], view=view,
-      num_samples=num_samples, return_entropy=True, vocab_chunk=vocab_chunk)
+    model,
+    batch,
+    rollout["completions"],
+    rollout["mask"],
+    view=view,
+    num_samples=num_samples,
+    return_entropy=True,
+    vocab_chunk=vocab_chunk,
+  )
   example_valid_n = jnp.repeat(batch["example_valid"], num_samples)
   mask_nt = rollout["mask"].astype(jnp.float32) * example_valid_n[:, None]
-  return grpo.grpo_loss(logp_nt, rollout["advantages"], mask_nt,
-                        old_logp_nt=rollout.get("old_logp"),
-                        ref_logp_nt=rollout.get("ref_logp"), entropy_nt=entropy_nt,
-                        config=loss_config, axis_name=axis_name)
+  return grpo.grpo_loss(
+    logp_nt,
+    rollout["advantages"],
+    mask_nt,
+    old_logp_nt=rollout.get("old_logp"),
+    ref_logp_nt=rollout.get("ref_logp"),
+    entropy_nt=entropy_nt,
+    config=loss_config,
+    axis_name=axis_name,
+  )

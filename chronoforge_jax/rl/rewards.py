@@ -52,6 +52,7 @@ class RewardResult:
     values_bg: float32 [B, G] reward per rollout.
     metrics: host-side scalars to log (e.g. the unparseable fraction).
   """
+
   values_bg: np.ndarray
   metrics: dict[str, float]
 
@@ -67,24 +68,23 @@ _ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _OPEN_ANSWER = re.compile(r"<answer>", re.IGNORECASE)
 _DECOR = r"[\s*\"'`]*"  # markdown bold, quotes: "**B**", "'B'"
 # The whole span is one letter, however wrapped: "B", "(b)", "[C].", "**D**".
-_LONE_LETTER = re.compile(
-    _DECOR + r"[(\[{]?\s*([A-Za-z])\s*[)\]}]?[\s.:;,!*\"'`]*")
+_LONE_LETTER = re.compile(_DECOR + r"[(\[{]?\s*([A-Za-z])\s*[)\]}]?[\s.:;,!*\"'`]*")
 # A span that starts with a marked letter: "B. the dog", "(c) red", "A: two".
-_LEADING_LETTER = re.compile(
-    _DECOR + r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z])\s*[.:)])(?=\s|$)")
+_LEADING_LETTER = re.compile(_DECOR + r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Za-z])\s*[.:)])(?=\s|$)")
 # "the answer is (B)", "Answer: c", "option D", "choice: b".
 # A lowercase bare letter must end the clause: "answer is a dog" is not option A.
 _PHRASE_LETTER = re.compile(
-    r"\b(?i:answer|option|choice)\s*(?i:is|:|=)?\s*"
-    r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Z])(?![A-Za-z0-9])"
-    r"|([a-z])(?=\s*(?:[.,;!)]|$)))")
+  r"\b(?i:answer|option|choice)\s*(?i:is|:|=)?\s*"
+  r"(?:[(\[]\s*([A-Za-z])\s*[)\]]|([A-Z])(?![A-Za-z0-9])"
+  r"|([a-z])(?=\s*(?:[.,;!)]|$)))"
+)
 # Marked letters in free text: uppercase "B." / "B)" / "B:", or any case in brackets.
-_MARKED_LETTER = re.compile(
-    r"(?<![A-Za-z0-9])(?:([A-Z])[.:)](?=\s|$)|[(\[]\s*([A-Za-z])\s*[)\]])")
+_MARKED_LETTER = re.compile(r"(?<![A-Za-z0-9])(?:([A-Z])[.:)](?=\s|$)|[(\[]\s*([A-Za-z])\s*[)\]])")
 # "B is correct", "(C) is the right answer": a letter the text declares right.
 _VERDICT_LETTER = re.compile(
-    r"(?<![A-Za-z0-9'])[(\[]?([A-Z])[)\]]?\s+(?:is|seems|looks)\s+(?:the\s+)?"
-    r"(?:correct|right|best|answer)\b")
+  r"(?<![A-Za-z0-9'])[(\[]?([A-Z])[)\]]?\s+(?:is|seems|looks)\s+(?:the\s+)?"
+  r"(?:correct|right|best|answer)\b"
+)
 # Standalone uppercase letters: lowercase singles are too often English ("a"), and so is
 # a capital "A" before a lowercase word that is not a verdict ("A dog runs", "A is not").
 _BARE_LETTER = re.compile(r"(?<![A-Za-z0-9'])(?!A\s+[a-z])([A-Z])(?![A-Za-z0-9'])")
@@ -108,8 +108,7 @@ def _match_option_text(span: str, options: Sequence[str]) -> int | None:
   hits = [i for i, t in enumerate(texts) if t and f" {t} " in span_n]
   # "red ball" also contains option "red": keep only maximal matches (so an exact
   # answer "red" still picks "red", which "red ball" does not fit in).
-  hits = [i for i in hits
-          if not any(j != i and f" {texts[i]} " in f" {texts[j]} " for j in hits)]
+  hits = [i for i in hits if not any(j != i and f" {texts[i]} " in f" {texts[j]} " for j in hits)]
   return hits[0] if len(hits) == 1 else None
 
 
@@ -172,7 +171,7 @@ def extract_choice(text: str, options: Options = None, num_options: int = 4) -> 
     return _parse_answer_span(spans[-1], options, n)
   opened = list(_OPEN_ANSWER.finditer(text))
   if opened:
-    return _parse_answer_span(text[opened[-1].end():], options, n)
+    return _parse_answer_span(text[opened[-1].end() :], options, n)
   for pattern in (_PHRASE_LETTER, _VERDICT_LETTER, _MARKED_LETTER):
     hit = _last_letter(pattern, text, n)
     if hit:
@@ -190,8 +189,9 @@ def answer_index(answer: int | str, num_options: int) -> int:
     idx = int(answer) if 0 <= int(answer) < num_options else None
   if idx is None:
     raise ValueError(
-        f"reference answer {answer!r} is not one of {num_options} options "
-        f"({string.ascii_uppercase[:num_options]} or 0..{num_options - 1})")
+      f"reference answer {answer!r} is not one of {num_options} options "
+      f"({string.ascii_uppercase[:num_options]} or 0..{num_options - 1})"
+    )
   return idx
 
 
@@ -205,8 +205,10 @@ def _check_groups(texts_bg: Sequence[Sequence[str]], num_prompts: int | None) ->
     raise ValueError(f"{len(texts_bg)} groups of completions but {num_prompts} answers")
   sizes = {len(g) for g in texts_bg}
   if len(sizes) > 1:
-    raise ValueError(f"groups of completions differ in size {sorted(sizes)}; every "
-                     "prompt needs the same number of rollouts")
+    raise ValueError(
+      f"groups of completions differ in size {sorted(sizes)}; every "
+      "prompt needs the same number of rollouts"
+    )
   return sizes.pop() if sizes else 0
 
 
@@ -214,10 +216,15 @@ MC_RULES = ("lenient", "videor1")
 
 
 @REWARDS.register("accuracy")
-def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
-             options_b: Sequence[Options] | None = None,
-             num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
-             mc_rule: str = "lenient") -> RewardResult:
+def accuracy(
+  texts_bg: Sequence[Sequence[str]],
+  answers_b: Sequence[int | str],
+  options_b: Sequence[Options] | None = None,
+  num_options: int = 4,
+  *,
+  problem_types_b: Sequence[str] | None = None,
+  mc_rule: str = "lenient",
+) -> RewardResult:
   """Accuracy per rollout, by each prompt's Video-R1 problem type.
 
   Multiple choice (the default type): 1 where the answer read equals the reference, else
@@ -245,14 +252,14 @@ def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
     raise ValueError(f"mc_rule={mc_rule!r}; choose one of {MC_RULES}")
   g = _check_groups(texts_bg, len(answers_b))
   options_b = options_b if options_b is not None else [None] * len(answers_b)
-  types_b = (list(problem_types_b) if problem_types_b is not None
-             else ["multiple choice"] * len(answers_b))
+  types_b = (
+    list(problem_types_b) if problem_types_b is not None else ["multiple choice"] * len(answers_b)
+  )
   if len(types_b) != len(answers_b):
     raise ValueError(f"{len(types_b)} problem types for {len(answers_b)} answers")
   values = np.zeros((len(texts_bg), g), np.float32)
   unparsed, num_mc = 0, 0
-  for b, (group, answer, options, ptype) in enumerate(
-      zip(texts_bg, answers_b, options_b, types_b)):
+  for b, (group, answer, options, ptype) in enumerate(zip(texts_bg, answers_b, options_b, types_b)):
     ptype = check_problem_type(str(ptype or "multiple choice"))
     if ptype != "multiple choice":
       solution = answer if "<answer>" in str(answer) else f"<answer>{answer}</answer>"
@@ -263,8 +270,9 @@ def accuracy(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str],
     num_mc += len(group)
     for i, text in enumerate(group):
       if mc_rule == "videor1":
-        values[b, i] = multiple_choice_rule(text, f"<answer>{string.ascii_uppercase[target]}"
-                                            "</answer>")
+        values[b, i] = multiple_choice_rule(
+          text, f"<answer>{string.ascii_uppercase[target]}</answer>"
+        )
         unparsed += videor1_answer(text) is None
       else:
         choice = extract_choice(text, options, n)
@@ -288,10 +296,15 @@ def has_format(text: str) -> bool:
 
 
 @REWARDS.register("format")
-def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | str] = (),
-                  options_b: Sequence[Options] | None = None,
-                  num_options: int = 4, *, problem_types_b: Sequence[str] | None = None,
-                  mc_rule: str = "lenient") -> RewardResult:
+def format_reward(
+  texts_bg: Sequence[Sequence[str]],
+  answers_b: Sequence[int | str] = (),
+  options_b: Sequence[Options] | None = None,
+  num_options: int = 4,
+  *,
+  problem_types_b: Sequence[str] | None = None,
+  mc_rule: str = "lenient",
+) -> RewardResult:
   """1 where a completion has the think/answer structure (see `has_format`), else 0.
 
   The same for every problem type (Video-R1's format reward is one rule too).
@@ -306,18 +319,22 @@ def format_reward(texts_bg: Sequence[Sequence[str]], answers_b: Sequence[int | s
   """
   del answers_b, options_b, num_options, problem_types_b, mc_rule
   g = _check_groups(texts_bg, None)
-  values = np.array([[float(has_format(t)) for t in group] for group in texts_bg],
-                    np.float32).reshape(len(texts_bg), g)
+  values = np.array(
+    [[float(has_format(t)) for t in group] for group in texts_bg], np.float32
+  ).reshape(len(texts_bg), g)
   return RewardResult(values, {})
 
 
-def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
-                       answers_b: Sequence[int | str],
-                       options_b: Sequence[Options] | None = None,
-                       num_options: int = 4, *,
-                       problem_types_b: Sequence[str] | None = None,
-                       mc_rule: str = "lenient"
-                       ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def score_text_rewards(
+  names: Sequence[str],
+  texts_bg: Sequence[Sequence[str]],
+  answers_b: Sequence[int | str],
+  options_b: Sequence[Options] | None = None,
+  num_options: int = 4,
+  *,
+  problem_types_b: Sequence[str] | None = None,
+  mc_rule: str = "lenient",
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
   """Runs the registered text rewards `names` over one batch of groups.
 
   Returns:
@@ -325,8 +342,9 @@ def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
   """
   values, metrics = {}, {}
   for name in names:
-    result = REWARDS.get(name)(texts_bg, answers_b, options_b, num_options,
-                               problem_types_b=problem_types_b, mc_rule=mc_rule)
+    result = REWARDS.get(name)(
+      texts_bg, answers_b, options_b, num_options, problem_types_b=problem_types_b, mc_rule=mc_rule
+    )
     values[name] = result.values_bg
     metrics.update({f"{name}/{k}": v for k, v in result.metrics.items()})
   return values, metrics
@@ -337,7 +355,8 @@ def score_text_rewards(names: Sequence[str], texts_bg: Sequence[Sequence[str]],
 # ----------------------------------------------------------------------------------------
 
 SALIENCY_RULES: Registry[Callable[[jax.Array, jax.Array, float], jax.Array]] = Registry(
-    "saliency rule")
+  "saliency rule"
+)
 
 
 @SALIENCY_RULES.register("ratio")
@@ -352,10 +371,16 @@ def _strict_rule(p_b: jax.Array, p_tilde_b: jax.Array, mu: float) -> jax.Array:
   return p_b > p_tilde_b
 
 
-def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Array, *,
-                   alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
-                   axis_name: str | None = None, eligible_b: jax.Array | None = None
-                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def saliency_bonus(
+  correct_ordered_bg: jax.Array,
+  correct_disordered_bh: jax.Array,
+  *,
+  alpha: float = 0.3,
+  mu: float = 0.8,
+  rule: str = "ratio",
+  axis_name: str | None = None,
+  eligible_b: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The KF-GRPO saliency-enhanced reward for the ordered-keyframe rollouts.
 
   Per prompt, p is the accuracy of its G ordered rollouts and p~ that of its G'
@@ -377,11 +402,15 @@ def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Arr
     (bonus [B, G] float32, metrics: ordered_acc (mean p), disordered_acc (mean p~),
     order_win_frac (fraction of groups given the bonus), bonus_mean).
   """
-  if correct_ordered_bg.ndim != 2 or correct_disordered_bh.ndim != 2 or (
-      correct_ordered_bg.shape[0] != correct_disordered_bh.shape[0]):
+  if (
+    correct_ordered_bg.ndim != 2
+    or correct_disordered_bh.ndim != 2
+    or (correct_ordered_bg.shape[0] != correct_disordered_bh.shape[0])
+  ):
     raise ValueError(
-        f"saliency_bonus: need [B, G] ordered and [B, G'] disordered correctness, got "
-        f"{correct_ordered_bg.shape} and {correct_disordered_bh.shape}")
+      f"saliency_bonus: need [B, G] ordered and [B, G'] disordered correctness, got "
+      f"{correct_ordered_bg.shape} and {correct_disordered_bh.shape}"
+    )
   ordered_bg = (jnp.asarray(correct_ordered_bg) > 0.5).astype(jnp.float32)
   disordered_bh = (jnp.asarray(correct_disordered_bh) > 0.5).astype(jnp.float32)
   p_b = ordered_bg.mean(axis=1)
@@ -391,19 +420,25 @@ def saliency_bonus(correct_ordered_bg: jax.Array, correct_disordered_bh: jax.Arr
     win_b = win_b & jnp.asarray(eligible_b, bool)
   bonus_bg = alpha * win_b[:, None].astype(jnp.float32) * ordered_bg
   metrics = {
-      "ordered_acc": p_b.mean(),
-      "disordered_acc": p_tilde_b.mean(),
-      "order_win_frac": win_b.astype(jnp.float32).mean(),
-      "bonus_mean": bonus_bg.mean(),
+    "ordered_acc": p_b.mean(),
+    "disordered_acc": p_tilde_b.mean(),
+    "order_win_frac": win_b.astype(jnp.float32).mean(),
+    "bonus_mean": bonus_bg.mean(),
   }
   if axis_name is not None:
     metrics = jax.lax.pmean(metrics, axis_name)
   return bonus_bg, metrics
 
 
-def length_bonus(correct_bg: jax.Array, lengths_bg: jax.Array, *, bonus: float = 0.2,
-                 min_tokens: int = 320, max_tokens: int = 512,
-                 min_correct: int = 2) -> jax.Array:
+def length_bonus(
+  correct_bg: jax.Array,
+  lengths_bg: jax.Array,
+  *,
+  bonus: float = 0.2,
+  min_tokens: int = 320,
+  max_tokens: int = 512,
+  min_correct: int = 2,
+) -> jax.Array:
   """Video-R1's length-control reward: a bonus for correct answers of a moderate length.
 
   A correct rollout whose completion has between `min_tokens` and `max_tokens` tokens
@@ -427,8 +462,9 @@ def length_bonus(correct_bg: jax.Array, lengths_bg: jax.Array, *, bonus: float =
   return jnp.where(correct_bg & in_range & enough, jnp.float32(bonus), jnp.float32(0.0))
 
 
-def combine_rewards(components: Mapping[str, jax.Array], weights: Mapping[str, float],
-                    axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def combine_rewards(
+  components: Mapping[str, jax.Array], weights: Mapping[str, float], axis_name: str | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of reward components, keeping each one for logging.
 
   Args:
@@ -444,23 +480,30 @@ def combine_rewards(components: Mapping[str, jax.Array], weights: Mapping[str, f
     raise ValueError("combine_rewards: no reward components")
   missing = sorted(set(components) - set(weights))
   if missing:
-    raise KeyError(f"no weight for reward component(s) {missing}; set "
-                   f"config.rl.reward_weights.<name> (known: {sorted(weights)})")
+    raise KeyError(
+      f"no weight for reward component(s) {missing}; set "
+      f"config.rl.reward_weights.<name> (known: {sorted(weights)})"
+    )
   total = sum(weights[k] * jnp.asarray(v, jnp.float32) for k, v in components.items())
-  metrics = {f"reward/{k}": jnp.asarray(v, jnp.float32).mean()
-             for k, v in components.items()}
+  metrics = {f"reward/{k}": jnp.asarray(v, jnp.float32).mean() for k, v in components.items()}
   metrics["reward/total"] = total.mean()
   if axis_name is not None:
     metrics = jax.lax.pmean(metrics, axis_name)
   return total, metrics
 
 
-def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
-                    correct_disordered_bh: jax.Array | None, *,
-                    weights: Mapping[str, float], saliency: bool = True,
-                    alpha: float = 0.3, mu: float = 0.8, rule: str = "ratio",
-                    axis_name: str | None = None, eligible_b: jax.Array | None = None
-                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def kf_grpo_rewards(
+  components_bg: Mapping[str, jax.Array],
+  correct_disordered_bh: jax.Array | None,
+  *,
+  weights: Mapping[str, float],
+  saliency: bool = True,
+  alpha: float = 0.3,
+  mu: float = 0.8,
+  rule: str = "ratio",
+  axis_name: str | None = None,
+  eligible_b: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Total reward of the ordered rollouts: weighted text rewards + saliency bonus.
 
   Args:
@@ -483,16 +526,25 @@ def kf_grpo_rewards(components_bg: Mapping[str, jax.Array],
   metrics = {}
   if saliency:
     if "accuracy" not in components or correct_disordered_bh is None:
-      raise ValueError("the saliency bonus needs the ordered 'accuracy' reward and the "
-                       "disordered rollouts' accuracy; or set config.rl.saliency.enabled"
-                       "=false")
+      raise ValueError(
+        "the saliency bonus needs the ordered 'accuracy' reward and the "
+        "disordered rollouts' accuracy; or set config.rl.saliency.enabled"
+        "=false"
+      )
     bonus_bg, sal_metrics = saliency_bonus(
-        components["accuracy"], correct_disordered_bh, alpha=alpha, mu=mu, rule=rule,
-        axis_name=axis_name, eligible_b=eligible_b)
+      components["accuracy"],
+      correct_disordered_bh,
+      alpha=alpha,
+      mu=mu,
+      rule=rule,
+      axis_name=axis_name,
+      eligible_b=eligible_b,
+    )
     components["saliency"] = bonus_bg
     metrics.update({f"saliency/{k}": v for k, v in sal_metrics.items()})
   total_bg, reward_metrics = combine_rewards(components, weights, axis_name)
   metrics.update(reward_metrics)
-  weighted_bonus_bg = (weights["saliency"] * components["saliency"] if saliency
-                       else jnp.zeros_like(total_bg))
+  weighted_bonus_bg = (
+    weights["saliency"] * components["saliency"] if saliency else jnp.zeros_like(total_bg)
+  )
   return total_bg, weighted_bonus_bg, metrics

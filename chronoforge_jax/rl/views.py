@@ -46,6 +46,7 @@ class Views:
     disordered_patches: int32 [P], patch indices into the union's P + M patches.
     keyframe_indices: int32 [K], the keyframes in chronological order.
   """
+
   frame_indices: np.ndarray
   frame_valid: np.ndarray
   ordered_patches: np.ndarray
@@ -64,8 +65,7 @@ def union_frames(num_keyframes: int, num_pairs: int, patch_mode: str = "pair") -
   return 2 * (view_patches(num_keyframes, patch_mode) + num_pairs)
 
 
-def default_num_pairs(num_keyframes: int, disorder_ratio: float,
-                      patch_mode: str = "pair") -> int:
+def default_num_pairs(num_keyframes: int, disorder_ratio: float, patch_mode: str = "pair") -> int:
   """Non-keyframe patches M the disordered view needs: round(ratio * P)."""
   return int(round(disorder_ratio * view_patches(num_keyframes, patch_mode)))
 
@@ -75,14 +75,16 @@ def _check_mode(patch_mode: str) -> None:
     raise ValueError(f"patch_mode={patch_mode!r}: must be one of {PATCH_MODES}")
 
 
-def _check(num_keyframes: int, num_pairs: int, disorder_ratio: float,
-           patch_mode: str = "pair") -> None:
+def _check(
+  num_keyframes: int, num_pairs: int, disorder_ratio: float, patch_mode: str = "pair"
+) -> None:
   _check_mode(patch_mode)
   if patch_mode == "pair" and (num_keyframes < 2 or num_keyframes % 2):
     raise ValueError(
-        f"num_keyframes={num_keyframes}: must be even and >= 2, since consecutive "
-        "keyframes pair into Qwen2.5-VL temporal patches of two frames (or set "
-        "patch_mode='duplicate' to give every keyframe a patch of its own)")
+      f"num_keyframes={num_keyframes}: must be even and >= 2, since consecutive "
+      "keyframes pair into Qwen2.5-VL temporal patches of two frames (or set "
+      "patch_mode='duplicate' to give every keyframe a patch of its own)"
+    )
   if num_keyframes < 1:
     raise ValueError(f"num_keyframes={num_keyframes}: must be >= 1")
   if num_pairs < 0:
@@ -106,13 +108,17 @@ def fill_invalid(indices_k: np.ndarray, valid_k: np.ndarray) -> tuple[np.ndarray
   kept = np.unique(indices_k[valid_k])  # Sorted; a selector never repeats a frame.
   k = indices_k.shape[0]
   out = np.full(k, kept[-1] if kept.size else 0, np.int32)
-  out[:kept.size] = kept
+  out[: kept.size] = kept
   return out, np.arange(k) < kept.size
 
 
-def nonkeyframe_indices(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray,
-                        num: int, rng: np.random.Generator
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def nonkeyframe_indices(
+  num_frames: int,
+  keyframes_k: np.ndarray,
+  keyframe_valid_k: np.ndarray,
+  num: int,
+  rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
   """Draws `num` distinct frames that are not keyframes, sorted (pairs are chronological).
 
   Args:
@@ -137,11 +143,16 @@ def nonkeyframe_indices(num_frames: int, keyframes_k: np.ndarray, keyframe_valid
   return out, np.arange(want) < take
 
 
-def disordered_patches(num_keyframes: int, num_pairs: int, disorder_ratio: float,
-                       rng: np.random.Generator, *,
-                       keyframe_patch_valid: np.ndarray | None = None,
-                       nonkey_patch_valid: np.ndarray | None = None,
-                       patch_mode: str = "pair") -> np.ndarray:
+def disordered_patches(
+  num_keyframes: int,
+  num_pairs: int,
+  disorder_ratio: float,
+  rng: np.random.Generator,
+  *,
+  keyframe_patch_valid: np.ndarray | None = None,
+  nonkey_patch_valid: np.ndarray | None = None,
+  patch_mode: str = "pair",
+) -> np.ndarray:
   """The hybrid disordered view: a shuffled mix of keyframe and non-keyframe patches.
 
   Args:
@@ -158,25 +169,35 @@ def disordered_patches(num_keyframes: int, num_pairs: int, disorder_ratio: float
   """
   _check(num_keyframes, num_pairs, disorder_ratio, patch_mode)
   p = view_patches(num_keyframes, patch_mode)
-  key_ok = np.ones(p, bool) if keyframe_patch_valid is None else np.asarray(
-      keyframe_patch_valid, bool)
-  non_ok = np.ones(num_pairs, bool) if nonkey_patch_valid is None else np.asarray(
-      nonkey_patch_valid, bool)
+  key_ok = (
+    np.ones(p, bool) if keyframe_patch_valid is None else np.asarray(keyframe_patch_valid, bool)
+  )
+  non_ok = (
+    np.ones(num_pairs, bool) if nonkey_patch_valid is None else np.asarray(nonkey_patch_valid, bool)
+  )
   non_ids = p + np.flatnonzero(non_ok)
   n_non = min(int(round(disorder_ratio * p)), non_ids.size)
   # Valid keyframe patches first in a random order, invalid ones only to fill up.
-  key_ids = np.concatenate([rng.permutation(np.flatnonzero(key_ok)),
-                            rng.permutation(np.flatnonzero(~key_ok))])
-  mix = np.concatenate([key_ids[:p - n_non], rng.choice(non_ids, size=n_non, replace=False)])
+  key_ids = np.concatenate(
+    [rng.permutation(np.flatnonzero(key_ok)), rng.permutation(np.flatnonzero(~key_ok))]
+  )
+  mix = np.concatenate([key_ids[: p - n_non], rng.choice(non_ids, size=n_non, replace=False)])
   out = rng.permutation(mix).astype(np.int32)
   if p > 1 and np.array_equal(out, np.arange(p)):
     out = np.roll(out, 1)  # Only reachable with no non-keyframes: keep it disordered.
   return out
 
 
-def build_views(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.ndarray, *,
-                num_pairs: int, disorder_ratio: float, rng: np.random.Generator,
-                patch_mode: str = "pair") -> Views:
+def build_views(
+  num_frames: int,
+  keyframes_k: np.ndarray,
+  keyframe_valid_k: np.ndarray,
+  *,
+  num_pairs: int,
+  disorder_ratio: float,
+  rng: np.random.Generator,
+  patch_mode: str = "pair",
+) -> Views:
   """Both views of one example from its keyframes.
 
   Args:
@@ -200,17 +221,26 @@ def build_views(num_frames: int, keyframes_k: np.ndarray, keyframe_valid_k: np.n
     raise ValueError(f"num_frames={num_frames}: a video needs at least one frame")
   key_idx, key_valid = fill_invalid(keyframes_k, keyframe_valid_k)
   per_patch = 2 if patch_mode == "pair" else 1  # Distinct frames in a patch.
-  non_idx, non_valid = nonkeyframe_indices(num_frames, key_idx, key_valid,
-                                           per_patch * num_pairs, rng)
+  non_idx, non_valid = nonkeyframe_indices(
+    num_frames, key_idx, key_valid, per_patch * num_pairs, rng
+  )
   disordered = disordered_patches(
-      num_keyframes, num_pairs, disorder_ratio, rng,
-      keyframe_patch_valid=key_valid.reshape(-1, per_patch).all(-1),
-      nonkey_patch_valid=non_valid.reshape(-1, per_patch).all(-1), patch_mode=patch_mode)
+    num_keyframes,
+    num_pairs,
+    disorder_ratio,
+    rng,
+    keyframe_patch_valid=key_valid.reshape(-1, per_patch).all(-1),
+    nonkey_patch_valid=non_valid.reshape(-1, per_patch).all(-1),
+    patch_mode=patch_mode,
+  )
   frames = np.concatenate([key_idx, non_idx]).astype(np.int32)
   valid = np.concatenate([key_valid, non_valid])
   if patch_mode == "duplicate":
     frames, valid = np.repeat(frames, 2), np.repeat(valid, 2)
-  return Views(frame_indices=frames, frame_valid=valid,
-               ordered_patches=np.arange(view_patches(num_keyframes, patch_mode),
-                                         dtype=np.int32),
-               disordered_patches=disordered, keyframe_indices=key_idx)
+  return Views(
+    frame_indices=frames,
+    frame_valid=valid,
+    ordered_patches=np.arange(view_patches(num_keyframes, patch_mode), dtype=np.int32),
+    disordered_patches=disordered,
+    keyframe_indices=key_idx,
+  )

@@ -32,7 +32,9 @@ def test_kwargs_are_exactly_the_library_arguments():
     assert fparams[name].default == value, name
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("tad.selector", "random", "tad.selector: got 'random'"),
     ("tad.k", 0, "tad.k: got 0"),
     ("tad.distance", "cos", "tad.distance"),
@@ -45,7 +47,8 @@ def test_kwargs_are_exactly_the_library_arguments():
     ("input.fps", -1.0, "input.fps"),
     ("input.resize", "stretch", "input.resize"),
     ("input.size", 4, "input.size: 4 pixels is smaller than features.grid=8"),
-])
+  ],
+)
 def test_bad_fields_are_named(field, value, match):
   config = tad_config.get_config()
   section, _, name = field.rpartition(".")

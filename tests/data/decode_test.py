@@ -86,15 +86,16 @@ def _reference_resize(frame_hwc, out_h, out_w, mode):
   small = cv2.resize(frame_hwc, (nw, nh), interpolation=cv2.INTER_AREA)
   if mode == "crop":
     top, left = (nh - out_h) // 2, (nw - out_w) // 2
-    return small[top:top + out_h, left:left + out_w]
+    return small[top : top + out_h, left : left + out_w]
   canvas = np.zeros((out_h, out_w, 3), np.uint8)
   top, left = (out_h - nh) // 2, (out_w - nw) // 2
-  canvas[top:top + nh, left:left + nw] = small
+  canvas[top : top + nh, left : left + nw] = small
   return canvas
 
 
-@pytest.mark.parametrize("size,resize", [(32, "pad"), (32, "crop"), ((24, 40), "crop"),
-                                         ((40, 24), "pad")])
+@pytest.mark.parametrize(
+  "size,resize", [(32, "pad"), (32, "crop"), ((24, 40), "crop"), ((40, 24), "pad")]
+)
 def test_resize_keeps_aspect_with_pad_or_crop(video, size, resize):
   path, _ = video
   native = decode.decode_video(path, max_frames=4)
@@ -113,8 +114,7 @@ def _write_audio_only(path):
   with av.open(str(path), "w") as container:
     stream = container.add_stream("mp2", rate=16000)
     for i in range(4):
-      frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16",
-                                         layout="mono")
+      frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
       frame.sample_rate, frame.pts = 16000, i * 1152
       container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
@@ -124,10 +124,10 @@ def test_bad_files_raise_video_decode_error_naming_the_file(video, tmp_path):
   path, _ = video
   data = open(path, "rb").read()
   cases = {
-      "missing.mp4": ("file not found", None),
-      "empty.mp4": ("empty", b""),
-      "notes.mp4": ("not a readable video container", b"just some text\n" * 50),
-      "truncated.mp4": ("not a readable video container", data[: len(data) // 3]),
+    "missing.mp4": ("file not found", None),
+    "empty.mp4": ("empty", b""),
+    "notes.mp4": ("not a readable video container", b"just some text\n" * 50),
+    "truncated.mp4": ("not a readable video container", data[: len(data) // 3]),
   }
   for name, (reason, content) in cases.items():
     p = tmp_path / name
@@ -153,7 +153,7 @@ def test_garbled_streams_fail_cleanly(tmp_path, seed):
   data = bytearray(path.read_bytes())
   rng = np.random.default_rng(seed)
   start = int(len(data) * rng.uniform(0.2, 0.7))
-  data[start:start + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+  data[start : start + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
   path.write_bytes(bytes(data))
   try:
     got = decode.decode_video(path, fps=5.0, size=16)
@@ -164,8 +164,11 @@ def test_garbled_streams_fail_cleanly(tmp_path, seed):
 
 def test_bad_arguments(video):
   path, _ = video
-  for kwargs, match in [({"fps": 0.0}, "fps=0.0"), ({"max_frames": 0}, "max_frames=0"),
-                        ({"resize": "stretch"}, "resize='stretch'"),
-                        ({"size": (1, 2, 3)}, "size=")]:
+  for kwargs, match in [
+    ({"fps": 0.0}, "fps=0.0"),
+    ({"max_frames": 0}, "max_frames=0"),
+    ({"resize": "stretch"}, "resize='stretch'"),
+    ({"size": (1, 2, 3)}, "size="),
+  ]:
     with pytest.raises(ValueError, match=match):
       decode.decode_video(path, **kwargs)

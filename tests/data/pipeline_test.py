@@ -16,9 +16,15 @@ from chronoforge_jax.data import benchmarks, decode, pipeline, records, syntheti
 
 K = 4
 SIZE = 56  # Two 28-pixel units per side: 4 video tokens per temporal patch.
-SMALL = synthetic.SyntheticSettings(num_train_questions=12, num_eval_questions=2,
-                                    questions_per_video=2, min_video_seconds=11.0,
-                                    max_video_seconds=13.0, size=48, fps=6.0)
+SMALL = synthetic.SyntheticSettings(
+  num_train_questions=12,
+  num_eval_questions=2,
+  questions_per_video=2,
+  min_video_seconds=11.0,
+  max_video_seconds=13.0,
+  size=48,
+  fps=6.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +32,26 @@ def dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipe")
   paths = synthetic.write_dataset(root / "src", SMALL)
   items, _ = benchmarks.load_annotations("synthetic", paths["train"], paths["video_dir"])
-  records.preprocess(items, root / "data", records.PreprocessSettings(
-      fps=2.0, max_frames=24, size=SIZE, videos_per_shard=2, feature_grid=4), progress=False)
+  records.preprocess(
+    items,
+    root / "data",
+    records.PreprocessSettings(
+      fps=2.0, max_frames=24, size=SIZE, videos_per_shard=2, feature_grid=4
+    ),
+    progress=False,
+  )
   tok = tokenizer_lib.Tokenizer.from_dir(paths["tokenizer_dir"])
   rows = {r["problem_id"]: r for r in json.load(open(paths["train"]))}
   return str(root / "data"), tok, rows
 
 
 def _settings(**kw):
-  base = dict(num_keyframes=K, prompt_buckets=(100, 128, 192), target_buckets=(48, 64),
-              select_kwargs={"window": 4})
+  base = dict(
+    num_keyframes=K,
+    prompt_buckets=(100, 128, 192),
+    target_buckets=(48, 64),
+    select_kwargs={"window": 4},
+  )
   return pipeline.train_settings(kw.pop("batch_size", 4), **{**base, **kw})
 
 
@@ -83,17 +99,19 @@ def test_batch_contents_match_independent_references(dataset):
     # Prompt: the chat template around the question, left-padded.
     options = [o.split(". ", 1)[1] for o in row["options"]]
     mask = batch["prompt_mask"][j]
-    assert not mask[:np.argmax(mask)].any() and mask[np.argmax(mask):].all()
+    assert not mask[: np.argmax(mask)].any() and mask[np.argmax(mask) :].all()
     assert (batch["prompt_ids"][j][~mask] == tok.pad_id).all()
     assert tok.decode(batch["prompt_ids"][j][mask]) == tok.chat_prompt(
-        row["problem"], options, num_video)
+      row["problem"], options, num_video
+    )
     lengths.append(int(mask.sum()) - num_video)
     # Answer and SFT target from the annotation.
     letter = row["solution"][len("<answer>")]
     assert batch["answer_index"][j] == "ABCD".index(letter)
     tmask = batch["target_mask"][j]
     assert tok.decode(batch["target_ids"][j][tmask]) == (
-        f"{row['process']}<answer>{letter}</answer><|im_end|>")
+      f"{row['process']}<answer>{letter}</answer><|im_end|>"
+    )
     # The answer mask covers the tokens that spell the letter, inside the target.
     amask = batch["target_answer_mask"][j]
     assert amask.any() and not (amask & ~tmask).any()
@@ -109,8 +127,9 @@ def test_batch_contents_match_independent_references(dataset):
 def test_duplicate_patch_mode_repeats_each_frame_into_its_own_patch(dataset):
   data_dir, tok, _ = dataset
   k = 3  # Any K: every keyframe is a patch of its own.
-  dup = _take(pipeline.make_dataset(data_dir, tok, _settings(num_keyframes=k,
-                                                             patch_mode="duplicate")), 1)[0]
+  dup = _take(
+    pipeline.make_dataset(data_dir, tok, _settings(num_keyframes=k, patch_mode="duplicate")), 1
+  )[0]
   s = _settings(num_keyframes=k, patch_mode="duplicate")
   assert (s.num_patches, s.num_pairs, s.num_frames) == (3, 2, 10)
   assert dup["frames"].shape == (4, 10, SIZE, SIZE, 3)
@@ -126,8 +145,9 @@ def test_duplicate_patch_mode_repeats_each_frame_into_its_own_patch(dataset):
     video = data.video(by_id[dup["question_id"][j]]["video_key"])
     ref_idx, _ = select(video.features)
     np.testing.assert_array_equal(dup["keyframe_indices"][j], np.asarray(ref_idx))
-    np.testing.assert_array_equal(dup["frames"][j, 0:2 * k:2],
-                                  data.frames(video, np.asarray(ref_idx)))
+    np.testing.assert_array_equal(
+      dup["frames"][j, 0 : 2 * k : 2], data.frames(video, np.asarray(ref_idx))
+    )
   num_video = k * (SIZE // 28) ** 2
   assert int(np.sum(dup["prompt_ids"][0] == tok.video_pad_id)) == num_video
   with pytest.raises(ValueError, match="patch_mode"):
@@ -141,8 +161,11 @@ def test_uniform_selector_by_name(dataset):
   batch = _take(pipeline.make_dataset(data_dir, tok, _settings(selector="uniform")), 1)[0]
   data = records.PreprocessedData(data_dir)
   for j in range(4):
-    q = next(data.question(i) for i in range(len(data))
-             if data.question(i)["question_id"] == batch["question_id"][j])
+    q = next(
+      data.question(i)
+      for i in range(len(data))
+      if data.question(i)["question_id"] == batch["question_id"][j]
+    )
     t = data.video(q["video_key"]).num_frames
     expected = [(2 * i + 1) * t // (2 * K) for i in range(K)]
     np.testing.assert_array_equal(batch["keyframe_indices"][j], expected)
@@ -199,8 +222,9 @@ def test_two_processes_get_disjoint_shards_covering_the_data(dataset):
   data_dir, tok, _ = dataset
   s = _settings(num_epochs=1)
   whole = _take(pipeline.make_dataset(data_dir, tok, s), 10)
-  parts = [_take(pipeline.make_dataset(data_dir, tok, s, shard_index=p, shard_count=2), 10)
-           for p in (0, 1)]
+  parts = [
+    _take(pipeline.make_dataset(data_dir, tok, s, shard_index=p, shard_count=2), 10) for p in (0, 1)
+  ]
   assert len(whole) == len(parts[0]) == len(parts[1]) == 3
   ids = [[q for b in part for q in b["question_id"]] for part in parts]
   assert not set(ids[0]) & set(ids[1])
@@ -212,14 +236,15 @@ def test_two_processes_get_disjoint_shards_covering_the_data(dataset):
       part = parts[p][step]
       assert part["frames"].shape[0] == 2
       assert part["prompt_ids"].shape[1:] == b["prompt_ids"].shape[1:]  # Agree globally.
-      half = {k: v[2 * p:2 * p + 2] for k, v in b.items()}
+      half = {k: v[2 * p : 2 * p + 2] for k, v in b.items()}
       _same(part, half)
 
 
 def test_eval_pads_the_last_batch_and_sees_everything_once(dataset):
   data_dir, tok, _ = dataset
-  s = pipeline.eval_settings(5, num_keyframes=6, prompt_buckets=(128, 192),
-                             target_buckets=(64,), selector="uniform")
+  s = pipeline.eval_settings(
+    5, num_keyframes=6, prompt_buckets=(128, 192), target_buckets=(64,), selector="uniform"
+  )
   batches = _take(pipeline.make_dataset(data_dir, tok, s), 10)
   assert len(batches) == 3 and batches[0]["frames"].shape[1] == 6  # U = K: no non-keyframes.
   valid = np.concatenate([b["example_valid"] for b in batches])

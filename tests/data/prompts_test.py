@@ -20,41 +20,48 @@ from chronoforge_jax.data import prompts
 # 59d65c347e44efa71be27abf9d89b4a2bb7d1c05 (long lines kept as there).
 # pylint: disable=line-too-long
 QUESTION_TEMPLATE = (
-    "{Question}\n"
-    "Please think about this question as if you were a human pondering deeply. "
-    "Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', etc, or other natural language thought expressions "
-    "It's encouraged to include self-reflection or verification in the reasoning process. "
-    "Provide your detailed reasoning between the <think> </think> tags, and then give your final answer between the <answer> </answer> tags."
+  "{Question}\n"
+  "Please think about this question as if you were a human pondering deeply. "
+  "Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', etc, or other natural language thought expressions "
+  "It's encouraged to include self-reflection or verification in the reasoning process. "
+  "Provide your detailed reasoning between the <think> </think> tags, and then give your final answer between the <answer> </answer> tags."
 )
 
 TYPE_TEMPLATE = {
-    "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.",
-    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
-    "OCR": " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags.",
-    "free-form": " Please provide your text answer within the <answer> </answer> tags.",
-    "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags."
+  "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.",
+  "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+  "OCR": " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags.",
+  "free-form": " Please provide your text answer within the <answer> </answer> tags.",
+  "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
 }
 
 
 def make_conversation_image_and_video(example):
-    if example["problem_type"] == 'multiple choice':
-        question = example['problem'] + "Options:\n"
-        for op in example["options"]:
-            question += op + "\n"
-    else:
-        question = example['problem']
-    return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[example['problem_type']]
+  if example["problem_type"] == "multiple choice":
+    question = example["problem"] + "Options:\n"
+    for op in example["options"]:
+      question += op + "\n"
+  else:
+    question = example["problem"]
+  return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[example["problem_type"]]
+
+
 # pylint: enable=line-too-long
 # ------------------------------------------------------------------ end of transcription
 
 _spec = importlib.util.spec_from_file_location(
-    "_tokenizer_test", os.path.join(os.path.dirname(__file__), "..", "tokenizer_test.py"))
+  "_tokenizer_test", os.path.join(os.path.dirname(__file__), "..", "tokenizer_test.py")
+)
 _tokenizer_test = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_tokenizer_test)
 
 QUESTION = "Which event happens first in the video?"
-OPTIONS = ["a red circle appears", "the screen flashes white", "a blue square moves",
-           "a cross changes colour"]
+OPTIONS = [
+  "a red circle appears",
+  "the screen flashes white",
+  "a blue square moves",
+  "a cross changes colour",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,8 @@ def _qwen(text: str, num_video_tokens: int, system: str | None = None) -> str:
   if system is not None:
     messages.insert(0, {"role": "system", "content": system})
   out = jinja2.Template(_tokenizer_test.QWEN25VL_TEMPLATE).render(
-      messages=messages, add_generation_prompt=True)
+    messages=messages, add_generation_prompt=True
+  )
   return out.replace("<|video_pad|>", "<|video_pad|>" * num_video_tokens)
 
 
@@ -75,16 +83,20 @@ def _qwen(text: str, num_video_tokens: int, system: str | None = None) -> str:
 def test_short_is_todays_prompt(tok, num_video_tokens):
   ids = prompts.encode_prompt(tok, "short", QUESTION, OPTIONS, num_video_tokens)
   assert ids == tok.encode_chat_prompt(QUESTION, OPTIONS, num_video_tokens)
-  assert prompts.prompt_text("short", QUESTION, OPTIONS, num_video_tokens=num_video_tokens) \
-      == tok.chat_prompt(QUESTION, OPTIONS, num_video_tokens)
+  assert prompts.prompt_text(
+    "short", QUESTION, OPTIONS, num_video_tokens=num_video_tokens
+  ) == tok.chat_prompt(QUESTION, OPTIONS, num_video_tokens)
 
 
 @pytest.mark.parametrize("problem_type", list(TYPE_TEMPLATE))
 def test_videor1_is_video_r1s_prompt_in_qwens_chat_template(tok, problem_type):
   mc = problem_type == "multiple choice"
   # Video-R1's data keeps the letters in the options: "A. a red circle appears".
-  example = {"problem": QUESTION, "problem_type": problem_type,
-             "options": [f"{'ABCD'[i]}. {o}" for i, o in enumerate(OPTIONS)] if mc else []}
+  example = {
+    "problem": QUESTION,
+    "problem_type": problem_type,
+    "options": [f"{'ABCD'[i]}. {o}" for i, o in enumerate(OPTIONS)] if mc else [],
+  }
   want = _qwen(make_conversation_image_and_video(example), 5)  # No system message there.
   got = prompts.prompt_text("videor1", QUESTION, OPTIONS if mc else [], problem_type, 5)
   assert got == want
@@ -98,7 +110,8 @@ def test_short_for_other_types_names_the_answer_kind(problem_type):
   assert system == tokenizer_lib.SYSTEM_PROMPT
   assert text.startswith("How many cars pass?\n") and "<answer> </answer>" in text
   assert prompts.prompt_text("short", "Q?", [], problem_type) == _qwen(
-      prompts.short_template("Q?", [], problem_type)[1], 1, tokenizer_lib.SYSTEM_PROMPT)
+    prompts.short_template("Q?", [], problem_type)[1], 1, tokenizer_lib.SYSTEM_PROMPT
+  )
 
 
 def test_unknown_template_and_type_fail_clearly():

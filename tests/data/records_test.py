@@ -12,11 +12,17 @@ import pytest
 from chronoforge_jax import features
 from chronoforge_jax.data import benchmarks, decode, records, synthetic
 
-SETTINGS = records.PreprocessSettings(fps=2.0, max_frames=20, size=56, videos_per_shard=2,
-                                      feature_grid=4)
-SMALL = synthetic.SyntheticSettings(num_train_questions=10, num_eval_questions=2,
-                                    min_video_seconds=11.0, max_video_seconds=12.0, size=48,
-                                    fps=6.0)
+SETTINGS = records.PreprocessSettings(
+  fps=2.0, max_frames=20, size=56, videos_per_shard=2, feature_grid=4
+)
+SMALL = synthetic.SyntheticSettings(
+  num_train_questions=10,
+  num_eval_questions=2,
+  min_video_seconds=11.0,
+  max_video_seconds=12.0,
+  size=48,
+  fps=6.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,7 @@ def source(tmp_path_factory):
   (root / "empty.mp4").write_bytes(b"")
   (root / "notes.mp4").write_text("this is not a video\n" * 50)
   good = open(root / rows[0]["path"], "rb").read()
-  (root / "truncated.mp4").write_bytes(good[:len(good) // 3])
+  (root / "truncated.mp4").write_bytes(good[: len(good) // 3])
   bad = []
   for n, name in enumerate(["empty.mp4", "notes.mp4", "truncated.mp4", "missing.mp4"]):
     bad.append({**rows[0], "problem_id": f"bad-{n}", "path": name, "video_id": name})
@@ -41,9 +47,12 @@ def source(tmp_path_factory):
 
 
 def test_encode_decode_roundtrip():
-  arrays = {"a": np.arange(12, dtype=np.float64).reshape(3, 4),
-            "b": np.array([True, False]), "c": np.zeros((0, 5), np.int16),
-            "d": np.array(7, np.uint8)}
+  arrays = {
+    "a": np.arange(12, dtype=np.float64).reshape(3, 4),
+    "b": np.array([True, False]),
+    "c": np.zeros((0, 5), np.int16),
+    "d": np.array(7, np.uint8),
+  }
   record = records.encode_arrays(arrays, {"name": "x", "n": [1, 2]})
   out, meta = records.decode_arrays(record)
   assert meta == {"name": "x", "n": [1, 2]}
@@ -58,8 +67,11 @@ def test_encode_decode_roundtrip():
 
 def _video(t, h, w, seed):
   rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), np.arange(t) * 0.5,
-          rng.normal(size=(t, 6)).astype(np.float32))
+  return (
+    rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+    np.arange(t) * 0.5,
+    rng.normal(size=(t, 6)).astype(np.float32),
+  )
 
 
 def test_shards_read_back_exactly(tmp_path):
@@ -115,8 +127,7 @@ def test_preprocess_writes_rejects_and_matches_direct_decode(source, tmp_path):
   assert index["num_videos"] == len({i.video_id for i in good}) == 5  # Shared videos once.
   assert index["frame_shape"] == [56, 56, 3] and index["feature_dim"] == 48
   lines = [json.loads(x) for x in open(out / records.REJECTED)]
-  by_id = {r["item"].get("question_id", r["item"].get("problem_id")): r["reason"]
-           for r in lines}
+  by_id = {r["item"].get("question_id", r["item"].get("problem_id")): r["reason"] for r in lines}
   assert len(lines) == 5
   assert "empty" in by_id["bad-0"] and "not a readable video" in by_id["bad-1"]
   assert "truncated.mp4" in by_id["bad-2"] and "not found" in by_id["bad-3"]
@@ -129,8 +140,7 @@ def test_preprocess_writes_rejects_and_matches_direct_decode(source, tmp_path):
     ref = decode.decode_video(v.meta["path"], fps=2.0, max_frames=20, size=56)
     np.testing.assert_array_equal(data.frames(v, np.arange(v.num_frames)), ref.frames)
     np.testing.assert_allclose(v.timestamps, ref.timestamps)
-    np.testing.assert_allclose(v.features, features.video_features(ref.frames, grid=4),
-                               atol=1e-6)
+    np.testing.assert_allclose(v.features, features.video_features(ref.frames, grid=4), atol=1e-6)
     assert q["duration_bucket"] in benchmarks.DURATION_BUCKETS
 
 
@@ -174,8 +184,9 @@ def test_resume_after_interrupt(source, tmp_path, monkeypatch):
     qa, qb = a.question(i), b.question(i)
     assert qa == qb
     va, vb = a.video(qa["video_key"]), b.video(qb["video_key"])
-    np.testing.assert_array_equal(a.frames(va, [0, va.num_frames - 1]),
-                                  b.frames(vb, [0, vb.num_frames - 1]))
+    np.testing.assert_array_equal(
+      a.frames(va, [0, va.num_frames - 1]), b.frames(vb, [0, vb.num_frames - 1])
+    )
   # Other settings in the same folder are refused, naming what changed.
   with pytest.raises(ValueError, match="size"):
     records.preprocess(items, out, records.PreprocessSettings(size=28), progress=False)
@@ -190,7 +201,8 @@ def test_worker_processes_give_the_same_shards(source, tmp_path):
   for name in sorted(os.listdir(tmp_path / "one" / "shards")):
     if name.endswith(".array_record"):
       assert (tmp_path / "one" / "shards" / name).read_bytes() == (
-          tmp_path / "two" / "shards" / name).read_bytes(), name
+        tmp_path / "two" / "shards" / name
+      ).read_bytes(), name
 
 
 def test_empty_dataset_is_a_clear_error(tmp_path):

@@ -14,8 +14,7 @@ import pytest
 from chronoforge_jax import features, tad
 from chronoforge_jax.data import benchmarks, decode, synthetic
 
-SMALL = synthetic.SyntheticSettings(num_train_questions=16, num_eval_questions=6, size=48,
-                                    fps=6.0)
+SMALL = synthetic.SyntheticSettings(num_train_questions=16, num_eval_questions=6, size=48, fps=6.0)
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +90,14 @@ def test_tad_finds_events_uniform_sampling_misses(written):
   videos = {r["video_id"]: r for r in _rows(paths["train"])}
   k = 8
   hits = {"tad": 0, "uniform": 0}
-  select = {name: jax.jit(lambda f, name=name: tad.select(name, f, k, window=4))
-            for name in hits}
+  select = {name: jax.jit(lambda f, name=name: tad.select(name, f, k, window=4)) for name in hits}
   for row in videos.values():
     v = decode.decode_video(os.path.join(root, row["path"]), fps=2.0, size=56)
     feats = features.video_features(v.frames, grid=4, chunk=48)
     for name in hits:
       idx, _ = select[name](feats)
       t = v.timestamps[np.asarray(idx)]
-      hits[name] += sum(bool(((t >= e["start"]) & (t < e["end"])).any())
-                        for e in row["events"])
+      hits[name] += sum(bool(((t >= e["start"]) & (t < e["end"])).any()) for e in row["events"])
   total = len(videos) * SMALL.num_events
   # Short events between long still stretches: uniform frames miss most of them.
   assert hits["uniform"] < 0.6 * total
@@ -111,8 +108,10 @@ def test_deterministic_and_idempotent(written, tmp_path):
   root, paths = written
   again = synthetic.write_dataset(tmp_path / "again", SMALL)
   assert _rows(again["train"]) == _rows(paths["train"])
-  assert open(os.path.join(again["tokenizer_dir"], "tokenizer.json")).read() == open(
-      os.path.join(paths["tokenizer_dir"], "tokenizer.json")).read()
+  assert (
+    open(os.path.join(again["tokenizer_dir"], "tokenizer.json")).read()
+    == open(os.path.join(paths["tokenizer_dir"], "tokenizer.json")).read()
+  )
   row = _rows(paths["train"])[0]
   a = decode.decode_video(os.path.join(root, row["path"])).frames
   b = decode.decode_video(os.path.join(tmp_path / "again", row["path"])).frames
@@ -120,16 +119,30 @@ def test_deterministic_and_idempotent(written, tmp_path):
   stamp = os.path.getmtime(os.path.join(root, row["path"]))
   synthetic.write_dataset(root, SMALL)  # Same settings: nothing is redone.
   assert os.path.getmtime(os.path.join(root, row["path"])) == stamp
-  other = synthetic.write_dataset(tmp_path / "other", synthetic.SyntheticSettings(
-      num_train_questions=4, num_eval_questions=2, size=48, fps=6.0, seed=1))
+  other = synthetic.write_dataset(
+    tmp_path / "other",
+    synthetic.SyntheticSettings(
+      num_train_questions=4, num_eval_questions=2, size=48, fps=6.0, seed=1
+    ),
+  )
   assert [r["events"] for r in _rows(other["train"])] != [
-      r["events"] for r in _rows(paths["train"])[:4]]
+    r["events"] for r in _rows(paths["train"])[:4]
+  ]
 
 
 def test_render_matches_event_timing():
   s = synthetic.SyntheticSettings(size=32, fps=4.0)
-  ev = synthetic.Event(kind="recolour", shape="square", colour="red", colour2="blue",
-                       direction="", start=2.0, end=3.0, x=0.5, y=0.5)
+  ev = synthetic.Event(
+    kind="recolour",
+    shape="square",
+    colour="red",
+    colour2="blue",
+    direction="",
+    start=2.0,
+    end=3.0,
+    x=0.5,
+    y=0.5,
+  )
   frames = synthetic.render_frames([ev], 4.0, s, seed=0)
   assert frames.shape == (16, 32, 32, 3)
   centre = frames[:, 16, 16].astype(int)
@@ -153,9 +166,14 @@ def test_bad_settings():
     synthetic.SyntheticSettings(min_video_seconds=5.0, max_video_seconds=6.0)
 
 
-COLOUR = synthetic.SyntheticSettings(variant="colour_order", num_events=4,
-                                     num_train_questions=12, num_eval_questions=4, size=32,
-                                     fps=4.0)
+COLOUR = synthetic.SyntheticSettings(
+  variant="colour_order",
+  num_events=4,
+  num_train_questions=12,
+  num_eval_questions=4,
+  size=32,
+  fps=4.0,
+)
 
 
 def test_colour_order_answers_are_the_first_and_last_flash(tmp_path):
@@ -172,8 +190,9 @@ def test_colour_order_answers_are_the_first_and_last_flash(tmp_path):
     # The flash really is on screen, full frame, in that colour, during its second.
     video = decode.decode_video(os.path.join(tmp_path, row["path"]))
     mid = int(np.argmin(np.abs(video.timestamps - (flash["start"] + flash["end"]) / 2)))
-    np.testing.assert_allclose(video.frames[mid].reshape(-1, 3).mean(0),
-                               synthetic.COLOURS[colour], atol=12)
+    np.testing.assert_allclose(
+      video.frames[mid].reshape(-1, 3).mean(0), synthetic.COLOURS[colour], atol=12
+    )
 
 
 def test_colour_order_letters_are_balanced():

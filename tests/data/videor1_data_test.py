@@ -37,45 +37,59 @@ def write_image(path: str, image_hwc: np.ndarray) -> None:
 
 
 def _row(pid, problem_type, solution, path, data_type="video", options=(), **kw):
-  return {"problem_id": pid, "problem": f"Question {pid}?", "data_type": data_type,
-          "problem_type": problem_type, "options": list(options), "solution": solution,
-          "path": path, "data_source": f"src_{problem_type}", **kw}
+  return {
+    "problem_id": pid,
+    "problem": f"Question {pid}?",
+    "data_type": data_type,
+    "problem_type": problem_type,
+    "options": list(options),
+    "solution": solution,
+    "path": path,
+    "data_source": f"src_{problem_type}",
+    **kw,
+  }
 
 
 # (problem_id -> the reason's telling fragment) of the items that must be rejected.
 BAD = {
-    "missing_file": "file not found",
-    "unknown_type": "unknown problem_type 'counting'",
-    "no_tags": "malformed solution",
-    "not_a_number": "a numerical answer is a finite number",
-    "letter_out": "but only 4 options",
-    "audio": "data_type 'audio'",
+  "missing_file": "file not found",
+  "unknown_type": "unknown problem_type 'counting'",
+  "no_tags": "malformed solution",
+  "not_a_number": "a numerical answer is a finite number",
+  "letter_out": "but only 4 options",
+  "audio": "data_type 'audio'",
 }
 
 
 def videor1_rows() -> list[dict]:
   good = [
-      _row("mc_v", "multiple choice", "<answer>B</answer>", "./videos/a.mp4",
-           options=MC_OPTIONS, process="<think>The square comes first.</think>"),
-      _row("num_v", "numerical", "<answer>3</answer>", "./videos/a.mp4"),
-      _row("ocr_v", "OCR", "<answer>STOP AHEAD</answer>", "./videos/b.mp4"),
-      _row("ff_v", "free-form", "<answer>a man opens the door</answer>", "./videos/b.mp4"),
-      _row("reg_v", "regression", "<answer>12.5</answer>", "./videos/b.mp4"),
-      _row("mc_i", "multiple choice", "<answer>A</answer>", "./images/c.png", "image",
-           MC_OPTIONS),
-      _row("num_i", "numerical", "<answer>7</answer>", "./images/c.png", "image"),
-      _row("ocr_i", "OCR", "<answer>EXIT</answer>", "./images/d.png", "image"),
-      _row("ff_i", "free-form", "<answer>a cat sleeps</answer>", "./images/d.png", "image"),
-      _row("reg_i", "regression", "<answer>0.25</answer>", "./images/d.png", "image"),
+    _row(
+      "mc_v",
+      "multiple choice",
+      "<answer>B</answer>",
+      "./videos/a.mp4",
+      options=MC_OPTIONS,
+      process="<think>The square comes first.</think>",
+    ),
+    _row("num_v", "numerical", "<answer>3</answer>", "./videos/a.mp4"),
+    _row("ocr_v", "OCR", "<answer>STOP AHEAD</answer>", "./videos/b.mp4"),
+    _row("ff_v", "free-form", "<answer>a man opens the door</answer>", "./videos/b.mp4"),
+    _row("reg_v", "regression", "<answer>12.5</answer>", "./videos/b.mp4"),
+    _row("mc_i", "multiple choice", "<answer>A</answer>", "./images/c.png", "image", MC_OPTIONS),
+    _row("num_i", "numerical", "<answer>7</answer>", "./images/c.png", "image"),
+    _row("ocr_i", "OCR", "<answer>EXIT</answer>", "./images/d.png", "image"),
+    _row("ff_i", "free-form", "<answer>a cat sleeps</answer>", "./images/d.png", "image"),
+    _row("reg_i", "regression", "<answer>0.25</answer>", "./images/d.png", "image"),
   ]
   bad = [
-      _row("missing_file", "numerical", "<answer>2</answer>", "./videos/nope.mp4"),
-      _row("unknown_type", "counting", "<answer>2</answer>", "./videos/a.mp4"),
-      _row("no_tags", "multiple choice", "B", "./videos/a.mp4", options=MC_OPTIONS),
-      _row("not_a_number", "numerical", "<answer>three</answer>", "./videos/a.mp4"),
-      _row("letter_out", "multiple choice", "<answer>E</answer>", "./images/c.png", "image",
-           MC_OPTIONS),
-      _row("audio", "free-form", "<answer>x</answer>", "./videos/a.mp4", "audio"),
+    _row("missing_file", "numerical", "<answer>2</answer>", "./videos/nope.mp4"),
+    _row("unknown_type", "counting", "<answer>2</answer>", "./videos/a.mp4"),
+    _row("no_tags", "multiple choice", "B", "./videos/a.mp4", options=MC_OPTIONS),
+    _row("not_a_number", "numerical", "<answer>three</answer>", "./videos/a.mp4"),
+    _row(
+      "letter_out", "multiple choice", "<answer>E</answer>", "./images/c.png", "image", MC_OPTIONS
+    ),
+    _row("audio", "free-form", "<answer>x</answer>", "./videos/a.mp4", "audio"),
   ]
   rows = good[:3] + bad[:3] + good[3:7] + bad[3:] + good[7:]
   return rows
@@ -86,11 +100,18 @@ def write_media(root: str) -> None:
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
   for name, cuts in (("a", [4]), ("b", [3, 7])):
-    testing.write_cut_video(os.path.join(root, "videos", f"{name}.mp4"), 10, cuts, 64,
-                            fps=4.0, seed=int(rng.integers(100)))
+    testing.write_cut_video(
+      os.path.join(root, "videos", f"{name}.mp4"),
+      10,
+      cuts,
+      64,
+      fps=4.0,
+      seed=int(rng.integers(100)),
+    )
   for name in ("c", "d"):
-    write_image(os.path.join(root, "images", f"{name}.png"),
-                rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    write_image(
+      os.path.join(root, "images", f"{name}.png"), rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    )
 
 
 def preprocess_mixed(root, *, size=SIZE):
@@ -106,8 +127,9 @@ def preprocess_mixed(root, *, size=SIZE):
   config = data_config.get_config("smoke")
   config.preprocess.size, config.preprocess.videos_per_shard = size, 2
   out = os.path.join(root, "data")
-  index = preprocess.run(config, fmt="videor1", annotations=ann, video_dir=root, out=out,
-                         progress=False)
+  index = preprocess.run(
+    config, fmt="videor1", annotations=ann, video_dir=root, out=out, progress=False
+  )
   tokenizer_lib.build_tiny_tokenizer(os.path.join(out, "tokenizer"), vocab_size=400)
   return out, index
 
@@ -133,8 +155,9 @@ def mixed(tmp_path_factory):
 def test_exactly_the_bad_items_are_rejected_each_with_its_reason(mixed):
   out, index, _, _, _ = mixed
   rejected = [json.loads(line) for line in open(os.path.join(out, records.REJECTED))]
-  by_id = {str(r["item"].get("problem_id", r["item"].get("question_id"))): r["reason"]
-           for r in rejected}
+  by_id = {
+    str(r["item"].get("problem_id", r["item"].get("question_id"))): r["reason"] for r in rejected
+  }
   assert set(by_id) == set(BAD)
   for pid, fragment in BAD.items():
     assert fragment in by_id[pid], (pid, by_id[pid])
@@ -172,8 +195,13 @@ def test_questions_keep_type_media_and_solution(mixed):
 def test_pipeline_batches_of_mixed_types_and_media(mixed):
   out = mixed[0]
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(out, "tokenizer"))
-  s = pipeline.eval_settings(10, num_keyframes=4, prompt_buckets=(128, 192),
-                             target_buckets=(32, 64), select_kwargs={"window": 4})
+  s = pipeline.eval_settings(
+    10,
+    num_keyframes=4,
+    prompt_buckets=(128, 192),
+    target_buckets=(32, 64),
+    select_kwargs={"window": 4},
+  )
   batch = next(iter(pipeline.make_dataset(out, tok, s)))
   host = pipeline.split_host(batch)[1]
   assert batch["frames"].shape[:2] == (10, 4) and batch["example_valid"].all()
@@ -188,23 +216,30 @@ def test_pipeline_batches_of_mixed_types_and_media(mixed):
     assert target == f"<think>{q['reasoning']}</think><answer>{answer}</answer><|im_end|>"
     # The answer tokens (target_answer_mask) spell the answer.
     assert tok.decode(batch["target_ids"][b][batch["target_answer_mask"][b]]).strip() in (
-        answer, f"<answer>{answer}", f"{answer}</answer>", f"<answer>{answer}</answer>")
+      answer,
+      f"<answer>{answer}",
+      f"{answer}</answer>",
+      f"<answer>{answer}</answer>",
+    )
     prompt = tok.decode(batch["prompt_ids"][b][batch["prompt_mask"][b]])
-    assert prompt == prompts.prompt_text("short", q["question"], q["options"],
-                                         q["problem_type"], prompt.count("<|video_pad|>"))
+    assert prompt == prompts.prompt_text(
+      "short", q["question"], q["options"], q["problem_type"], prompt.count("<|video_pad|>")
+    )
     if q["media"] == "image":  # Every keyframe slot repeats the one frame.
       frames = batch["frames"][b]
       assert all(np.array_equal(frames[0], f) for f in frames)
   # Each item's solution, scored by its own type's rule, gives it full marks.
-  texts = [[f"<think>x</think><answer>{rewards.solution_answer(s)}</answer>"]
-           for s in host["solution"]]
-  answers = [int(a) if t == "multiple choice" else s for a, t, s in
-             zip(batch["answer_index"], host["problem_type"], host["solution"])]
-  result = rewards.REWARDS.get("accuracy")(texts, answers, host["options"],
-                                           problem_types_b=host["problem_type"],
-                                           mc_rule="videor1")
+  texts = [
+    [f"<think>x</think><answer>{rewards.solution_answer(s)}</answer>"] for s in host["solution"]
+  ]
+  answers = [
+    int(a) if t == "multiple choice" else s
+    for a, t, s in zip(batch["answer_index"], host["problem_type"], host["solution"])
+  ]
+  result = rewards.REWARDS.get("accuracy")(
+    texts, answers, host["options"], problem_types_b=host["problem_type"], mc_rule="videor1"
+  )
   np.testing.assert_allclose(result.values_bg, 1.0, atol=1e-6)
-
 
 
 @pytest.mark.slow
@@ -215,7 +250,7 @@ def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_
   out = mixed[0]
   config = kf_grpo.get_config("smoke")
   config.input.data_dir = out
-  config.input.batch_size = 10          # One KF-GRPO batch sees all ten items.
+  config.input.batch_size = 10  # One KF-GRPO batch sees all ten items.
   config.rl.num_generations = config.rl.num_disordered = 4  # One sampler program.
   config.ckpt.save_every = 100
   # KF-GRPO only: an SFT phase would compile a third program (~1 min on 2 CPU cores);
@@ -226,7 +261,7 @@ def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_
     rows = [json.loads(line) for line in f if line.strip()]
   assert [r["step"] for r in rows] == list(range(1, config.total_steps + 1))
   logged = set()
-  for r in rows[config.sft_steps:]:
+  for r in rows[config.sft_steps :]:
     types = {k.split("/")[-1] for k in r if k.startswith("accuracy/type/")}
     assert types and all(0.0 <= r[f"accuracy/type/{t}"] <= 1.0 for t in types)
     assert {k for k in r if k.startswith("disordered/accuracy/type/")}
@@ -248,35 +283,58 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
   out = mixed[0]
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(out, "tokenizer"))
   cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: vlm.VideoLanguageModel(
-      cfg, rngs=nnx.Rngs(0))))
+  graphdef, abstract = nnx.split(
+    nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0)))
+  )
   rng = np.random.default_rng(0)
-  model = nnx.merge(graphdef, jax.tree.map(
-      lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract))
+  model = nnx.merge(
+    graphdef, jax.tree.map(lambda a: jnp.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
+  )
   data = records.PreprocessedData(out)
   qs = [data.question(i) for i in range(len(data))]
   # Right answers for even items, half-right or wrong ones for odd items.
-  texts = [f"<think>x</think><answer>{rewards.solution_answer(q['solution'])}</answer>"
-           if i % 2 == 0 else "<think>x</think><answer>B 12 STOP a man</answer>"
-           for i, q in enumerate(qs)]
+  texts = [
+    f"<think>x</think><answer>{rewards.solution_answer(q['solution'])}</answer>"
+    if i % 2 == 0
+    else "<think>x</think><answer>B 12 STOP a man</answer>"
+    for i, q in enumerate(qs)
+  ]
 
   def fake_generate(model_, inputs, **kw):
     b = inputs["input_ids"].shape[0]
     start = fake_generate.done
     fake_generate.done += b
-    rows = [tok.encode(texts[start + i]) + [tok.eos_id] if start + i < len(texts)
-            else [tok.eos_id] for i in range(b)]
+    rows = [
+      tok.encode(texts[start + i]) + [tok.eos_id] if start + i < len(texts) else [tok.eos_id]
+      for i in range(b)
+    ]
     width = max(map(len, rows))
     tokens = np.array([r + [tok.pad_id] * (width - len(r)) for r in rows], np.int32)
     mask = np.array([[1] * len(r) + [0] * (width - len(r)) for r in rows], np.int32)
-    return sampling.SampleOutput(tokens=tokens, completion_mask=mask, logprobs=None,
-                                 policy_logprobs=None, model_logprobs=None,
-                                 lengths=mask.sum(1), stopped=None)
+    return sampling.SampleOutput(
+      tokens=tokens,
+      completion_mask=mask,
+      logprobs=None,
+      policy_logprobs=None,
+      model_logprobs=None,
+      lengths=mask.sum(1),
+      stopped=None,
+    )
+
   fake_generate.done = 0
   monkeypatch.setattr(sampling, "generate", fake_generate)
-  r = eval_lib.evaluate(model, out, tok, selector="uniform", num_keyframes=4,
-                        batch_size=5, mode="generate", progress=False,
-                        prompt_buckets=(128, 192), scoring="lmms_eval")
+  r = eval_lib.evaluate(
+    model,
+    out,
+    tok,
+    selector="uniform",
+    num_keyframes=4,
+    batch_size=5,
+    mode="generate",
+    progress=False,
+    prompt_buckets=(128, 192),
+    scoring="lmms_eval",
+  )
   want = collections.defaultdict(list)
   for q, text, rec in zip(qs, texts, r.records):
     assert rec.question_id == q["question_id"] and rec.problem_type == q["problem_type"]
@@ -291,16 +349,27 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
   for ptype, scores in want.items():
     assert table[ptype]["accuracy"] == pytest.approx(np.mean(scores)), ptype
   assert r.tables["overall"]["accuracy"] == pytest.approx(
-      np.mean([s for v in want.values() for s in v]))
+    np.mean([s for v in want.values() for s in v])
+  )
   assert "By problem type" in r.to_markdown()
   assert any(row["group"] == "problem_type" for row in eval_lib.comparison_rows([r]))
   with pytest.raises(ValueError, match="use mode 'generate'"):
-    eval_lib.evaluate(model, out, tok, selector="uniform", num_keyframes=4, batch_size=5,
-                      mode="likelihood", progress=False, prompt_buckets=(128, 192))
+    eval_lib.evaluate(
+      model,
+      out,
+      tok,
+      selector="uniform",
+      num_keyframes=4,
+      batch_size=5,
+      mode="likelihood",
+      progress=False,
+      prompt_buckets=(128, 192),
+    )
 
 
 def re_first_abcd(text: str) -> str | None:
   """lmms-eval's reading of these texts: the first capital A-D (no prefixes occur)."""
   import re
+
   m = re.search(r"[ABCD]", text)
   return m[0] if m else None

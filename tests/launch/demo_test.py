@@ -18,9 +18,22 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
   env.pop("XLA_FLAGS", None)
   out = tmp_path / "demo"
   result = subprocess.run(
-      [sys.executable, "-m", "launch.demo", f"--out={out}", "--sft_steps=12", "--rl_steps=4",
-       "--train_questions=48", "--eval_questions=16"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "launch.demo",
+      f"--out={out}",
+      "--sft_steps=12",
+      "--rl_steps=4",
+      "--train_questions=48",
+      "--eval_questions=16",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   for stage in ("1/5 data", "2/5 tad", "3/5 sft", "4/5 kf-grpo", "5/5 report"):
     assert f"== {stage}" in result.stdout
@@ -36,8 +49,16 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
   assert 0 <= rl[-1]["time/data_wait_frac"] <= 1
   report = open(out / "report" / "report.md").read()
   assert f"inside {recall['tad']:.0%} of the eval videos' events" in report
-  for name in ("init_tad", "sft_tad", "sft_uniform", "sft_tad_shuffled", "sft_tad_zeroed",
-               "kf_grpo_tad", "kf_grpo_uniform", "kf_grpo_tad_shuffled"):
+  for name in (
+    "init_tad",
+    "sft_tad",
+    "sft_uniform",
+    "sft_tad_shuffled",
+    "sft_tad_zeroed",
+    "kf_grpo_tad",
+    "kf_grpo_uniform",
+    "kf_grpo_tad_shuffled",
+  ):
     assert f"({name}.md)" in report and os.path.exists(out / "report" / f"{name}.jsonl")
   assert "Answers by option letter" in report
   assert "After SFT the model answers" in report and "After KF-GRPO" in report

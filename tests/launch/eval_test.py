@@ -24,8 +24,14 @@ def _env():
 
 
 def _run(*args, timeout=300, cwd=REPO):
-  return subprocess.run([sys.executable, "-m", "launch.eval", *args], cwd=cwd, env=_env(),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.eval", *args],
+    cwd=cwd,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def _make_data(out_dir):
@@ -35,23 +41,55 @@ def _make_data(out_dir):
 
   rng = np.random.default_rng(1)
   tok = tokenizer_lib.build_tiny_tokenizer(os.path.join(out_dir, "tokenizer"), vocab_size=300)
-  questions = [[("Which event happens first?", ["a red circle", "a blue square",
-                                                "the screen flashes", "a cyan cross"],
-                 1, "short", "first")],
-               [("Which event happens last?", ["a green square", "a red cross",
-                                               "a white circle"], 2, "long", "last"),
-                ("What happened right after the flash?", ["a purple circle", "a red square",
-                                                          "a blue cross", "an orange diamond"],
-                 0, "long", "after")]]
+  questions = [
+    [
+      (
+        "Which event happens first?",
+        ["a red circle", "a blue square", "the screen flashes", "a cyan cross"],
+        1,
+        "short",
+        "first",
+      )
+    ],
+    [
+      (
+        "Which event happens last?",
+        ["a green square", "a red cross", "a white circle"],
+        2,
+        "long",
+        "last",
+      ),
+      (
+        "What happened right after the flash?",
+        ["a purple circle", "a red square", "a blue cross", "an orange diamond"],
+        0,
+        "long",
+        "after",
+      ),
+    ],
+  ]
   with records.ShardWriter(out_dir, 0) as writer:
     for v, qs in enumerate(questions):
-      pos = writer.add_video(f"vid{v}", rng.integers(0, 256, (10, 56, 56, 3), dtype=np.uint8),
-                             np.arange(10) * 1.0, rng.normal(size=(10, 8)).astype(np.float32),
-                             {})
+      pos = writer.add_video(
+        f"vid{v}",
+        rng.integers(0, 256, (10, 56, 56, 3), dtype=np.uint8),
+        np.arange(10) * 1.0,
+        rng.normal(size=(10, 8)).astype(np.float32),
+        {},
+      )
       for n, (q, opts, ans, bucket, task) in enumerate(qs):
-        writer.add_question({"question_id": f"v{v}q{n}", "video_id": f"vid{v}", "question": q,
-                             "options": opts, "answer_index": ans, "duration_bucket": bucket,
-                             "task_type": task}, pos)
+        writer.add_question(
+          {
+            "question_id": f"v{v}q{n}",
+            "video_id": f"vid{v}",
+            "question": q,
+            "options": opts,
+            "answer_index": ans,
+            "duration_bucket": bucket,
+            "task_type": task,
+          },
+          pos,
+        )
     writer.commit({"max_video_frames": 10, "feature_dim": 8})
   records.write_index(out_dir, {})
   return tok
@@ -66,8 +104,9 @@ def _save_random_params(path, tok):
   from chronoforge_jax.models import vlm
 
   cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
-  abstract = nnx.state(nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))),
-                       nnx.Param)
+  abstract = nnx.state(
+    nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))), nnx.Param
+  )
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: np.asarray(rng.normal(0, 0.2, a.shape), a.dtype), abstract)
   ckpt_lib.save_params(str(path), params)
@@ -77,8 +116,18 @@ def test_help():
   out = _run("--help")
   assert out.returncode in (0, 1), out.stderr  # absl prints the usage and exits 1.
   assert "Evaluates a checkpoint" in out.stdout
-  for flag in ("--data_dir", "--checkpoint", "--model_preset", "--hf_dir", "--selector",
-               "--k", "--mode", "--out", "--scoring", "--prompt_template"):
+  for flag in (
+    "--data_dir",
+    "--checkpoint",
+    "--model_preset",
+    "--hf_dir",
+    "--selector",
+    "--k",
+    "--mode",
+    "--out",
+    "--scoring",
+    "--prompt_template",
+  ):
     assert flag in out.stdout
 
 
@@ -108,13 +157,43 @@ def test_end_to_end_both_selectors(tmp_path):
   os.makedirs(workdir)
   with open(workdir / "metrics.jsonl", "w") as f:
     for s in range(1, 4):
-      f.write(json.dumps({"step": s, "loss": 1.0 / s, "reward/accuracy": 0.2 * s,
-                          "ordered_acc": 0.3, "disordered_acc": 0.1, "kl": 0.01}) + "\n")
+      f.write(
+        json.dumps(
+          {
+            "step": s,
+            "loss": 1.0 / s,
+            "reward/accuracy": 0.2 * s,
+            "ordered_acc": 0.3,
+            "disordered_acc": 0.1,
+            "kl": 0.01,
+          }
+        )
+        + "\n"
+      )
   out_dir = tmp_path / "eval"
   # Every path relative to the folder the command runs in, as a user types them.
-  out = _run("--data_dir", "data", "--checkpoint", "params", "--model_preset",
-             "tiny", "--k", "4", "--batch_size", "2", "--mode", "likelihood", "--dtype",
-             "float32", "--out", "eval", "--workdir", "run", "--quiet", cwd=tmp_path)
+  out = _run(
+    "--data_dir",
+    "data",
+    "--checkpoint",
+    "params",
+    "--model_preset",
+    "tiny",
+    "--k",
+    "4",
+    "--batch_size",
+    "2",
+    "--mode",
+    "likelihood",
+    "--dtype",
+    "float32",
+    "--out",
+    "eval",
+    "--workdir",
+    "run",
+    "--quiet",
+    cwd=tmp_path,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "eval: tad: accuracy" in out.stdout and "eval: uniform: accuracy" in out.stdout
   files = set(os.listdir(out_dir))
@@ -128,12 +207,19 @@ def test_end_to_end_both_selectors(tmp_path):
       assert r["predicted_index"] == int(np.argmax(r["option_scores"]))
     tables = summary["tables"]
     assert tables["overall"]["num_correct"] == sum(
-        r["predicted_index"] == r["answer_index"] for r in lines)
+      r["predicted_index"] == r["answer_index"] for r in lines
+    )
     by_bucket = collections.Counter(r["duration_bucket"] for r in lines)
     assert {k: v["num_questions"] for k, v in tables["duration_bucket"].items()} == by_bucket
     assert summary["settings"]["checkpoint"] == str(tmp_path / "params")
-  assert {"comparison.md", "comparison.json", "report.md", "training_curves.png",
-          "accuracy_by_duration.png", "accuracy_by_task.png"} <= files
+  assert {
+    "comparison.md",
+    "comparison.json",
+    "report.md",
+    "training_curves.png",
+    "accuracy_by_duration.png",
+    "accuracy_by_task.png",
+  } <= files
   comparison = open(out_dir / "comparison.md").read()
   assert "tad_k4_likelihood - uniform_k4_likelihood" in comparison
   assert "Scoring: likelihood" in comparison
@@ -148,17 +234,51 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
   """Two processes (one CPU device each, one mesh over both) vs one process."""
   data = str(tmp_path / "data")
   _save_random_params(tmp_path / "params", _make_data(data))
-  args = ["--data_dir", data, "--checkpoint", str(tmp_path / "params"), "--model_preset",
-          "tiny", "--k", "4", "--batch_size", "2", "--mode", mode, "--max_new_tokens", "6",
-          "--dtype", "float32", "--selector", "tad", "--quiet"]
+  args = [
+    "--data_dir",
+    data,
+    "--checkpoint",
+    str(tmp_path / "params"),
+    "--model_preset",
+    "tiny",
+    "--k",
+    "4",
+    "--batch_size",
+    "2",
+    "--mode",
+    mode,
+    "--max_new_tokens",
+    "6",
+    "--dtype",
+    "float32",
+    "--selector",
+    "tad",
+    "--quiet",
+  ]
   single = _run(*args, "--out", str(tmp_path / "one"))
   assert single.returncode == 0, single.stderr[-3000:]
   port = testing.free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "launch.eval", *args, "--out", str(tmp_path / "two"),
-       "--num_processes=2", f"--process_id={i}", f"--coordinator_address=localhost:{port}"],
-      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "launch.eval",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+        "--num_processes=2",
+        f"--process_id={i}",
+        f"--coordinator_address=localhost:{port}",
+      ],
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -166,8 +286,9 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
   name = f"tad_k4_{mode}.jsonl"
   one = [json.loads(x) for x in open(tmp_path / "one" / name)]
   two = [json.loads(x) for x in open(tmp_path / "two" / name)]
-  assert [r["question_id"] for r in two] == [r["question_id"] for r in one] == [
-      "v0q0", "v1q0", "v1q1"]
+  assert (
+    [r["question_id"] for r in two] == [r["question_id"] for r in one] == ["v0q0", "v1q0", "v1q1"]
+  )
   for a, b in zip(one, two):
     assert (a["predicted_index"], a["text"]) == (b["predicted_index"], b["text"])
     if mode == "likelihood":

@@ -17,13 +17,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(*args, timeout=240):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", "launch.preprocess", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.preprocess", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_synthetic_end_to_end_and_resume(tmp_path):
-  args = ["--config=configs/data.py:smoke", "--format=synthetic", "--quiet",
-          f"--video_dir={tmp_path / 'src'}", f"--out={tmp_path / 'train'}", "--workers=0"]
+  args = [
+    "--config=configs/data.py:smoke",
+    "--format=synthetic",
+    "--quiet",
+    f"--video_dir={tmp_path / 'src'}",
+    f"--out={tmp_path / 'train'}",
+    "--workers=0",
+  ]
   first = _run(*args)
   assert first.returncode == 0, first.stderr
   assert "preprocess: 8 questions on 4 videos" in first.stdout
@@ -41,16 +53,30 @@ def test_synthetic_end_to_end_and_resume(tmp_path):
 
 
 def test_nothing_written_exits_nonzero(tmp_path):
-  rows = [{"problem_id": n, "problem": "q?", "data_type": "video",
-           "problem_type": "multiple choice", "options": ["A. a", "B. b"],
-           "solution": "<answer>A</answer>", "path": name}
-          for n, name in enumerate(["missing.mp4", "empty.mp4"])]
+  rows = [
+    {
+      "problem_id": n,
+      "problem": "q?",
+      "data_type": "video",
+      "problem_type": "multiple choice",
+      "options": ["A. a", "B. b"],
+      "solution": "<answer>A</answer>",
+      "path": name,
+    }
+    for n, name in enumerate(["missing.mp4", "empty.mp4"])
+  ]
   (tmp_path / "empty.mp4").write_bytes(b"")
   (tmp_path / "ann.json").write_text(json.dumps(rows + [{"problem_id": 9}]))
   out = tmp_path / "out"
-  result = _run("--format=videor1", f"--annotations={tmp_path / 'ann.json'}",
-                f"--video_dir={tmp_path}", f"--out={out}", "--size=56", "--workers=0",
-                "--quiet")
+  result = _run(
+    "--format=videor1",
+    f"--annotations={tmp_path / 'ann.json'}",
+    f"--video_dir={tmp_path}",
+    f"--out={out}",
+    "--size=56",
+    "--workers=0",
+    "--quiet",
+  )
   assert result.returncode == 1, result.stderr
   assert "0 questions on 0 videos" in result.stdout and "3 rejected" in result.stdout
   reasons = [json.loads(x)["reason"] for x in open(out / "rejected.jsonl")]
@@ -60,11 +86,20 @@ def test_nothing_written_exits_nonzero(tmp_path):
 
 
 def test_bad_arguments_exit_2(tmp_path):
-  missing = _run("--format=videomme", f"--annotations={tmp_path / 'none.json'}",
-                 f"--video_dir={tmp_path}", f"--out={tmp_path / 'o'}")
+  missing = _run(
+    "--format=videomme",
+    f"--annotations={tmp_path / 'none.json'}",
+    f"--video_dir={tmp_path}",
+    f"--out={tmp_path / 'o'}",
+  )
   assert missing.returncode == 2 and "not found" in missing.stderr
-  bad_size = _run("--format=videomme", f"--annotations={tmp_path / 'none.json'}",
-                  f"--video_dir={tmp_path}", f"--out={tmp_path / 'o'}", "--size=50")
+  bad_size = _run(
+    "--format=videomme",
+    f"--annotations={tmp_path / 'none.json'}",
+    f"--video_dir={tmp_path}",
+    f"--out={tmp_path / 'o'}",
+    "--size=50",
+  )
   assert bad_size.returncode == 2 and "config.preprocess.size" in bad_size.stderr
   assert not (tmp_path / "o").exists()
   helped = _run("--help")
@@ -79,7 +114,9 @@ def test_config_variants_validate(variant):
   assert config.input.eval_num_keyframes % 2 == 0
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("input.batch_size", 0, "config.input.batch_size"),
     ("input.prompt_buckets", (256, 128), "config.input.prompt_buckets"),
     ("input.disorder_ratio", 1.5, "config.input.disorder_ratio"),
@@ -87,7 +124,8 @@ def test_config_variants_validate(variant):
     ("preprocess.size", 100, "config.preprocess.size"),
     ("preprocess.resize", "stretch", "config.preprocess.resize"),
     ("preprocess.compression", "gzip", "config.preprocess.compression"),
-])
+  ],
+)
 def test_config_errors_name_the_field(field, value, message):
   config = data_config.get_config("smoke")
   section, name = field.split(".")

@@ -17,8 +17,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run_cli(*args):
-  return subprocess.run([sys.executable, "-m", "launch.select_keyframes", *map(str, args)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.select_keyframes", *map(str, args)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,9 @@ def test_json_report_and_pictures(cut_video, tmp_path):
   assert report["inflections"] == cuts
   np.testing.assert_allclose(report["timestamps"], frames / 10.0, atol=1e-6)
   assert len(report["scores"]) == report["num_frames"] == 120
-  assert np.argsort(report["scores"])[-4:].tolist() == sorted(cuts, key=lambda c: report[
-      "scores"][c])  # The four largest scores are the cuts.
+  assert np.argsort(report["scores"])[-4:].tolist() == sorted(
+    cuts, key=lambda c: report["scores"][c]
+  )  # The four largest scores are the cuts.
   for name in ("tad_curve.png", "contact_sheet.png"):
     image = matplotlib.image.imread(out / name)
     assert image.ndim == 3 and min(image.shape[:2]) > 100
@@ -65,9 +71,11 @@ def test_resampled_uniform_selection(cut_video):
 def test_bad_files_get_one_line_and_exit_code_2(tmp_path):
   (tmp_path / "empty.mp4").write_bytes(b"")
   (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
-  for path, reason in [(tmp_path / "missing.mp4", "file not found"),
-                       (tmp_path / "empty.mp4", "empty"),
-                       (tmp_path / "notes.mp4", "not a readable video")]:
+  for path, reason in [
+    (tmp_path / "missing.mp4", "file not found"),
+    (tmp_path / "empty.mp4", "empty"),
+    (tmp_path / "notes.mp4", "not a readable video"),
+  ]:
     proc = run_cli("--video", path, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

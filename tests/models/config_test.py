@@ -10,24 +10,50 @@ from chronoforge_jax.models import hf_reference
 # The published Qwen/Qwen2.5-VL-7B-Instruct config.json (flat layout), abridged only of
 # fields the model does not use.
 PUBLISHED_7B = {
-    "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-    "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
-    "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656,
-    "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
-    "intermediate_size": 18944, "max_position_embeddings": 128000, "max_window_layers": 28,
-    "model_type": "qwen2_5_vl", "num_attention_heads": 28, "num_hidden_layers": 28,
-    "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
-    "sliding_window": 32768, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
-    "use_cache": True, "use_sliding_window": False,
-    "vision_config": {
-        "depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
-        "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
-        "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
-        "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
-        "temporal_patch_size": 2},
-    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-    "vocab_size": 152064,
+  "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "eos_token_id": 151645,
+  "vision_start_token_id": 151652,
+  "vision_end_token_id": 151653,
+  "vision_token_id": 151654,
+  "image_token_id": 151655,
+  "video_token_id": 151656,
+  "hidden_act": "silu",
+  "hidden_size": 3584,
+  "initializer_range": 0.02,
+  "intermediate_size": 18944,
+  "max_position_embeddings": 128000,
+  "max_window_layers": 28,
+  "model_type": "qwen2_5_vl",
+  "num_attention_heads": 28,
+  "num_hidden_layers": 28,
+  "num_key_value_heads": 4,
+  "rms_norm_eps": 1e-06,
+  "rope_theta": 1000000.0,
+  "sliding_window": 32768,
+  "tie_word_embeddings": False,
+  "torch_dtype": "bfloat16",
+  "use_cache": True,
+  "use_sliding_window": False,
+  "vision_config": {
+    "depth": 32,
+    "hidden_act": "silu",
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_chans": 3,
+    "out_hidden_size": 3584,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "spatial_patch_size": 14,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+    "temporal_patch_size": 2,
+  },
+  "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+  "vocab_size": 152064,
 }
 
 
@@ -43,8 +69,10 @@ def test_published_7b_config_json_gives_the_7b_preset():
 
 
 def test_published_sizes():
-  sizes = {n: mc.get_preset(n) for n in ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b",
-                                          "qwen2_5_vl_72b")}
+  sizes = {
+    n: mc.get_preset(n)
+    for n in ("qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
+  }
   assert {n: c.text.head_dim for n, c in sizes.items()} == dict.fromkeys(sizes, 128)
   assert sizes["qwen2_5_vl_3b"].text.tie_word_embeddings
   assert not sizes["qwen2_5_vl_72b"].text.tie_word_embeddings
@@ -78,20 +106,34 @@ def test_missing_tokens_per_second_takes_the_transformers_default():
   assert mc.from_hf_config(d).vision.tokens_per_second == 4
 
 
-@pytest.mark.parametrize("change,field", [
-    (lambda c: dataclasses.replace(c, text=dataclasses.replace(c.text, mrope_section=(2, 2, 3))),
-     "text.mrope_section"),
-    (lambda c: dataclasses.replace(c, vision=dataclasses.replace(c.vision, out_hidden_size=40)),
-     "vision.out_hidden_size"),
-    (lambda c: dataclasses.replace(c, vision=dataclasses.replace(c.vision, window_size=20)),
-     "vision.window_size"),
-    (lambda c: dataclasses.replace(
-        c, vision=dataclasses.replace(c.vision, fullatt_block_indexes=(3,))),
-     "vision.fullatt_block_indexes"),
+@pytest.mark.parametrize(
+  "change,field",
+  [
+    (
+      lambda c: dataclasses.replace(c, text=dataclasses.replace(c.text, mrope_section=(2, 2, 3))),
+      "text.mrope_section",
+    ),
+    (
+      lambda c: dataclasses.replace(c, vision=dataclasses.replace(c.vision, out_hidden_size=40)),
+      "vision.out_hidden_size",
+    ),
+    (
+      lambda c: dataclasses.replace(c, vision=dataclasses.replace(c.vision, window_size=20)),
+      "vision.window_size",
+    ),
+    (
+      lambda c: dataclasses.replace(
+        c, vision=dataclasses.replace(c.vision, fullatt_block_indexes=(3,))
+      ),
+      "vision.fullatt_block_indexes",
+    ),
     (lambda c: dataclasses.replace(c, video_token_id=151), "video_token_id"),
-    (lambda c: dataclasses.replace(c, text_position_after_video="last"),
-     "text_position_after_video"),
-])
+    (
+      lambda c: dataclasses.replace(c, text_position_after_video="last"),
+      "text_position_after_video",
+    ),
+  ],
+)
 def test_validation_names_the_field(change, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     change(mc.get_preset("tiny"))
@@ -119,7 +161,10 @@ def test_model_config_section_builds_the_model():
   assert abstract.text.embed.get_value().shape == (151, 36)
   default = model_section.get_config("")
   assert (default.preset, default.dtype, default.param_dtype) == (
-      "qwen2_5_vl_7b", "bfloat16", "float32")
+    "qwen2_5_vl_7b",
+    "bfloat16",
+    "float32",
+  )
   with pytest.raises(common.ConfigError, match="model.remat_policy"):
     bad = model_section.get_config("smoke")
     bad.remat_policy = "some"

@@ -34,8 +34,9 @@ def _inputs(rng, b=2, nq=11, nk=11, h=6, g=2, d=8):
   return q, k, v, causal[None] & real[:, None, :]
 
 
-@pytest.mark.parametrize("impl,chunk", [("xla", 512), ("chunked", 4), ("chunked", 11),
-                                        ("chunked", 3)])
+@pytest.mark.parametrize(
+  "impl,chunk", [("xla", 512), ("chunked", 4), ("chunked", 11), ("chunked", 3)]
+)
 def test_attention_matches_numpy(impl, chunk):
   q, k, v, mask = _inputs(np.random.default_rng(0))
   got = jax.jit(lambda *a: layers.attention(*a, impl=impl, chunk_size=chunk))(q, k, v, mask)
@@ -50,8 +51,12 @@ def test_chunked_gradients_equal_xla():
   cot = np.random.default_rng(2).standard_normal(q.shape).astype(np.float32)
 
   def loss(impl):
-    return jax.jit(jax.grad(lambda q, k, v: jnp.sum(
-        layers.attention(q, k, v, mask, impl=impl, chunk_size=5) * cot), argnums=(0, 1, 2)))
+    return jax.jit(
+      jax.grad(
+        lambda q, k, v: jnp.sum(layers.attention(q, k, v, mask, impl=impl, chunk_size=5) * cot),
+        argnums=(0, 1, 2),
+      )
+    )
 
   for a, b in zip(loss("chunked")(q, k, v), loss("xla")(q, k, v)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
@@ -62,8 +67,9 @@ def test_chunked_holds_one_block_of_logits():
   q, k, v, mask = _inputs(np.random.default_rng(3), b=1, nq=512, nk=512, h=4, g=2, d=16)
 
   def temp_bytes(impl):
-    fn = jax.jit(jax.grad(lambda q: jnp.sum(layers.attention(q, k, v, mask, impl=impl,
-                                                                chunk_size=64))))
+    fn = jax.jit(
+      jax.grad(lambda q: jnp.sum(layers.attention(q, k, v, mask, impl=impl, chunk_size=64)))
+    )
     return fn.lower(q).compile().memory_analysis().temp_size_in_bytes
 
   full, chunked = temp_bytes("xla"), temp_bytes("chunked")
@@ -90,21 +96,22 @@ def test_prefix_decode_attention_is_softmax_over_prompt_then_answer():
   pk, pv = (3 * rng.standard_normal((b, s, g, d)).astype(np.float32) for _ in range(2))
   sk, sv = (3 * rng.standard_normal((r, t, g, d)).astype(np.float32) for _ in range(2))
   pmask = np.ones((b, s), bool)
-  pmask[1, :4] = False        # a left-padded prompt
-  pmask[2, 6:] = False        # a right-padded one
+  pmask[1, :4] = False  # a left-padded prompt
+  pmask[2, 6:] = False  # a right-padded one
   smask = rng.random((r, t)) < 0.6
-  smask[:, 0] = True          # every row sees at least its newest token
+  smask[:, 0] = True  # every row sees at least its newest token
   smask[5] = [True, False, False, False, False]
   got = jax.jit(layers.prefix_decode_attention)(q, pk, pv, pmask, sk, sv, smask)
-  rows = np.arange(r) // n    # row r reads prompt r // n
+  rows = np.arange(r) // n  # row r reads prompt r // n
   k = np.concatenate([pk[rows], sk], axis=1)
   v = np.concatenate([pv[rows], sv], axis=1)
   mask = np.concatenate([pmask[rows], smask], axis=1)[:, None, :]
   want = _np_attention(q, k, v, mask)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   # The same as the one-block attention over the concatenation.
-  np.testing.assert_allclose(np.asarray(got), np.asarray(layers.attention(q, k, v, mask)),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(got), np.asarray(layers.attention(q, k, v, mask)), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_merge_of_a_fully_masked_part_drops_it():
@@ -120,22 +127,25 @@ def test_merge_of_a_fully_masked_part_drops_it():
 
 @pytest.mark.parametrize("mask_kind", ["causal_padded", "causal", "dense", "none"])
 def test_cpu_query_blocks_equal_one_logits_tensor(monkeypatch, mask_kind):
-  """"xla" lowered for the CPU (query blocks, causal blocks skipping later keys, a
+  """ "xla" lowered for the CPU (query blocks, causal blocks skipping later keys, a
   flash-style backward) computes `_xla_attention`'s function, padding rows included."""
   monkeypatch.setattr(layers, "CPU_QUERY_BLOCK", 4)
   rng = np.random.default_rng(5)
   q, k, v, dense = _inputs(rng, nq=13, nk=13)
-  valid = dense[:, -1, :]            # [B, K]: the last row's first 3 keys are padding.
-  mask = {"causal_padded": layers.CausalMask(jnp.asarray(valid)),
-          "causal": layers.CausalMask(None),
-          "dense": dense & (rng.random(dense.shape) > 0.3),
-          "none": None}[mask_kind]
+  valid = dense[:, -1, :]  # [B, K]: the last row's first 3 keys are padding.
+  mask = {
+    "causal_padded": layers.CausalMask(jnp.asarray(valid)),
+    "causal": layers.CausalMask(None),
+    "dense": dense & (rng.random(dense.shape) > 0.3),
+    "none": None,
+  }[mask_kind]
   plain = mask.dense(13) if isinstance(mask, layers.CausalMask) else mask
   cot = rng.standard_normal(q.shape).astype(np.float32)
 
   def value_and_grads(fn):
-    return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cot),
-                                      argnums=(0, 1, 2)))(q, k, v)
+    return jax.jit(
+      jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cot), argnums=(0, 1, 2))
+    )(q, k, v)
 
   out = jax.jit(lambda q, k, v: layers.attention(q, k, v, mask))(q, k, v)
   ref = layers._xla_attention(q, k, v, plain)
@@ -156,6 +166,7 @@ def test_cpu_query_blocks_keep_no_logits_for_the_backward(monkeypatch):
   def loss(q):
     def layer(x, _):
       return layers.attention(x, k, v, mask), None
+
     return jnp.sum(jax.lax.scan(layer, q, None, length=n_layers)[0])
 
   def temp_bytes():

@@ -24,6 +24,7 @@ CFG = from_hf_config(CFG_DICT)
 
 class _RopeIndexOnly:
   """Runs transformers' own get_rope_index without building a model."""
+
   get_rope_index = Qwen2_5_VLModel.get_rope_index
   get_vision_position_ids = Qwen2_5_VLModel.get_vision_position_ids
 
@@ -35,22 +36,32 @@ def _hf_rope_index(inp):
   ref = _RopeIndexOnly(Qwen2_5_VLConfig(**CFG_DICT))
   spg = inp.get("second_per_grid_ts")
   pos, deltas = ref.get_rope_index(
-      torch.from_numpy(inp["input_ids"]), torch.from_numpy(inp["mm_token_type_ids"]),
-      video_grid_thw=torch.from_numpy(inp["video_grid_thw"]),
-      second_per_grid_ts=None if spg is None else torch.from_numpy(spg),
-      attention_mask=torch.from_numpy(inp["attention_mask"]))
+    torch.from_numpy(inp["input_ids"]),
+    torch.from_numpy(inp["mm_token_type_ids"]),
+    video_grid_thw=torch.from_numpy(inp["video_grid_thw"]),
+    second_per_grid_ts=None if spg is None else torch.from_numpy(spg),
+    attention_mask=torch.from_numpy(inp["attention_mask"]),
+  )
   return pos.numpy(), deltas.numpy().ravel()
 
 
 def _ours(inp, mode, **kw):
   # One jit compile is much faster than dispatching each op eagerly.
   spg = kw.pop("spg", inp.get("second_per_grid_ts"))
-  fn = jax.jit(functools.partial(
-      rope.mrope_position_ids, video_token_id=CFG.video_token_id,
-      grids_v3=inp["video_grid_thw"], spatial_merge_size=2,
-      tokens_per_second=CFG.vision.tokens_per_second, text_after_video=mode, **kw))
-  pos, deltas = fn(jnp.asarray(inp["input_ids"]), jnp.asarray(inp["attention_mask"]),
-                   second_per_grid_ts=spg)
+  fn = jax.jit(
+    functools.partial(
+      rope.mrope_position_ids,
+      video_token_id=CFG.video_token_id,
+      grids_v3=inp["video_grid_thw"],
+      spatial_merge_size=2,
+      tokens_per_second=CFG.vision.tokens_per_second,
+      text_after_video=mode,
+      **kw,
+    )
+  )
+  pos, deltas = fn(
+    jnp.asarray(inp["input_ids"]), jnp.asarray(inp["attention_mask"]), second_per_grid_ts=spg
+  )
   return np.asarray(pos), np.asarray(deltas)
 
 
@@ -89,11 +100,14 @@ def _qwen_original_rope_index(ids, mask, grids, spg, tps, video_id, merge=2):
 @pytest.mark.parametrize("seed,pad", [(0, "left"), (1, "right"), (2, "left")])
 def test_position_ids_match_transformers(seed, pad):
   rng = np.random.default_rng(seed)
-  grids = [(int(rng.integers(1, 6)), 2 * int(rng.integers(1, 6)), 2 * int(rng.integers(1, 6)))
-           for _ in range(3)]
+  grids = [
+    (int(rng.integers(1, 6)), 2 * int(rng.integers(1, 6)), 2 * int(rng.integers(1, 6)))
+    for _ in range(3)
+  ]
   spg = rng.choice([0.5, 1.0, 2 / 3, 1.5, 0.08], size=3)
-  inp = hf_reference.video_prompt_batch(CFG, grids, [(3, 4), (6, 2)], rng, pad=pad,
-                                        videos_per_row=[2, 1], seconds_per_grid=spg)
+  inp = hf_reference.video_prompt_batch(
+    CFG, grids, [(3, 4), (6, 2)], rng, pad=pad, videos_per_row=[2, 1], seconds_per_grid=spg
+  )
   ref_pos, ref_deltas = _hf_rope_index(inp)
   pos, deltas = _ours(inp, "spatial")
   m = inp["attention_mask"].astype(bool)
@@ -111,10 +125,12 @@ def test_max_mode_matches_qwen_original_rule():
   # where the two rules differ.
   grids = [(6, 4, 6), (5, 6, 4)]
   spg = np.array([2.0, 1.0], np.float32)
-  inp = hf_reference.video_prompt_batch(CFG, grids, [(2, 5), (4, 3)], rng, pad="left",
-                                        seconds_per_grid=spg)
-  ref_pos, ref_deltas = _qwen_original_rope_index(inp["input_ids"], inp["attention_mask"],
-                                                  grids, spg, 2, CFG.video_token_id)
+  inp = hf_reference.video_prompt_batch(
+    CFG, grids, [(2, 5), (4, 3)], rng, pad="left", seconds_per_grid=spg
+  )
+  ref_pos, ref_deltas = _qwen_original_rope_index(
+    inp["input_ids"], inp["attention_mask"], grids, spg, 2, CFG.video_token_id
+  )
   pos, deltas = _ours(inp, "max")
   m = inp["attention_mask"].astype(bool)
   np.testing.assert_array_equal(pos[:, m], ref_pos[:, m])
@@ -148,8 +164,9 @@ def test_uneven_timestamps_follow_real_time():
 def test_text_only_positions_skip_padding():
   ids = jnp.asarray([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
   mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-  pos, deltas = rope.mrope_position_ids(ids, mask, video_token_id=145, grids_v3=None,
-                                        spatial_merge_size=2, tokens_per_second=2)
+  pos, deltas = rope.mrope_position_ids(
+    ids, mask, video_token_id=145, grids_v3=None, spatial_merge_size=2, tokens_per_second=2
+  )
   np.testing.assert_array_equal(np.asarray(pos)[0], [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
   assert (np.asarray(pos)[0] == np.asarray(pos)[2]).all()
   np.testing.assert_array_equal(deltas, [0, 0])
@@ -163,9 +180,15 @@ def test_position_ids_jit_with_traced_ids_and_timestamps():
 
   @jax.jit
   def f(ids, mask, ts):
-    return rope.mrope_position_ids(ids, mask, video_token_id=CFG.video_token_id,
-                                   grids_v3=grids, spatial_merge_size=2,
-                                   tokens_per_second=2, patch_timestamps=ts)
+    return rope.mrope_position_ids(
+      ids,
+      mask,
+      video_token_id=CFG.video_token_id,
+      grids_v3=grids,
+      spatial_merge_size=2,
+      tokens_per_second=2,
+      patch_timestamps=ts,
+    )
 
   pos, _ = f(inp["input_ids"], inp["attention_mask"], ts)
   eager, _ = _ours(inp, "max", spg=jnp.asarray([1.0]))
@@ -173,10 +196,16 @@ def test_position_ids_jit_with_traced_ids_and_timestamps():
 
 
 def test_mrope_tables_match_transformers():
-  hcfg = Qwen2_5_VLConfig(**hf_reference.hf_config_dict(
-      text={"hidden_size": 48, "num_attention_heads": 2, "num_key_value_heads": 1,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
-                                "mrope_section": [4, 6, 2]}}))
+  hcfg = Qwen2_5_VLConfig(
+    **hf_reference.hf_config_dict(
+      text={
+        "hidden_size": 48,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 2]},
+      }
+    )
+  )
   rot = Qwen2_5_VLRotaryEmbedding(hcfg.text_config)
   rng = np.random.default_rng(5)
   pos = rng.integers(0, 3000, size=(3, 2, 7))

@@ -79,7 +79,13 @@ def test_gradients_match_xla_over_several_tiles(monkeypatch):
 
 def test_block_size_pads_to_a_multiple_of_128_and_caps_at_512():
   assert [splash.block_size(s) for s in (1, 128, 129, 500, 513, 8192)] == [
-      128, 128, 256, 512, 512, 512]
+    128,
+    128,
+    256,
+    512,
+    512,
+    512,
+  ]
 
 
 def test_dense_masks_fall_back_to_xla_and_splash_needs_a_tpu():
@@ -87,8 +93,9 @@ def test_dense_masks_fall_back_to_xla_and_splash_needs_a_tpu():
   dense = layers.CausalMask(jnp.asarray(valid)).dense(11)
   # A dense mask (the KV-cache decode's, the vision tower's) takes the "xla" path as is.
   np.testing.assert_array_equal(
-      np.asarray(layers.attention(q, k, v, dense, impl="splash")),
-      np.asarray(layers.attention(q, k, v, dense, impl="xla")))
+    np.asarray(layers.attention(q, k, v, dense, impl="splash")),
+    np.asarray(layers.attention(q, k, v, dense, impl="xla")),
+  )
   if jax.default_backend() != "tpu":
     with pytest.raises(ValueError, match="Pallas TPU kernel.*'splash_interpret'"):
       layers.attention(q, k, v, layers.CausalMask(jnp.asarray(valid)), impl="splash")

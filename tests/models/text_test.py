@@ -19,8 +19,9 @@ torch.set_num_threads(2)
 
 @functools.cache
 def _pair():
-  return hf_reference.build_pair(hf_reference.hf_config_dict(), seed=3,
-                                 text_position_after_video="spatial")
+  return hf_reference.build_pair(
+    hf_reference.hf_config_dict(), seed=3, text_position_after_video="spatial"
+  )
 
 
 def _generate(model, inp, completion, token_mask=None):
@@ -32,12 +33,18 @@ def _generate(model, inp, completion, token_mask=None):
   @nnx.jit
   def prefill(m, ids, mask, pix, spg):
     cache = m.init_cache(b, s + a + 2)
-    return m.prefill(ids, mask, cache, pixel_values_videos=pix, video_grid_thw=grid,
-                     second_per_grid_ts=spg)
+    return m.prefill(
+      ids, mask, cache, pixel_values_videos=pix, video_grid_thw=grid, second_per_grid_ts=spg
+    )
 
   step = nnx.jit(lambda m, tok, cache, tm: m.decode_step(tok, cache, tm))
-  logits, cache, _ = prefill(model, inp["input_ids"], inp["attention_mask"],
-                             inp["pixel_values_videos"], inp.get("second_per_grid_ts"))
+  logits, cache, _ = prefill(
+    model,
+    inp["input_ids"],
+    inp["attention_mask"],
+    inp["pixel_values_videos"],
+    inp.get("second_per_grid_ts"),
+  )
   out = [np.asarray(logits)]
   for j in range(a - 1):
     tm = None if token_mask is None else jnp.asarray(token_mask[:, j])
@@ -50,9 +57,14 @@ def _generate(model, inp, completion, token_mask=None):
 def test_decode_matches_transformers_step_by_step(pad):
   hf, model = _pair()
   rng = np.random.default_rng(0)
-  inp = hf_reference.video_prompt_batch(model.config, [(2, 6, 10), (3, 4, 6)],
-                                        [(3, 4), (6, 2)], rng, pad=pad,
-                                        seconds_per_grid=[1.0, 0.5])
+  inp = hf_reference.video_prompt_batch(
+    model.config,
+    [(2, 6, 10), (3, 4, 6)],
+    [(3, 4), (6, 2)],
+    rng,
+    pad=pad,
+    seconds_per_grid=[1.0, 0.5],
+  )
   completion = rng.integers(0, 140, size=(2, 6))
   dec, cache = _generate(model, inp, completion)
   assert int(cache.end) == inp["input_ids"].shape[1] + completion.shape[1] - 1
@@ -61,15 +73,18 @@ def test_decode_matches_transformers_step_by_step(pad):
     keep = inp["attention_mask"][i].astype(bool)
     ids = np.concatenate([inp["input_ids"][i, keep], completion[i]])[None]
     vid = np.arange(2) == i
-    row = dict(input_ids=ids,
-               mm_token_type_ids=np.where(ids == model.config.video_token_id, 2, 0),
-               pixel_values_videos=inp["pixel_values_videos"][
-                   np.repeat(vid, np.prod(inp["video_grid_thw"], 1))],
-               video_grid_thw=inp["video_grid_thw"][vid],
-               second_per_grid_ts=inp["second_per_grid_ts"][vid])
+    row = dict(
+      input_ids=ids,
+      mm_token_type_ids=np.where(ids == model.config.video_token_id, 2, 0),
+      pixel_values_videos=inp["pixel_values_videos"][
+        np.repeat(vid, np.prod(inp["video_grid_thw"], 1))
+      ],
+      video_grid_thw=inp["video_grid_thw"][vid],
+      second_per_grid_ts=inp["second_per_grid_ts"][vid],
+    )
     ref = hf_reference.hf_forward(hf, row)[0]
     n = int(keep.sum())
-    ref = ref[n - 1:n - 1 + completion.shape[1]]
+    ref = ref[n - 1 : n - 1 + completion.shape[1]]
     assert np.abs(dec[i] - ref).max() / np.abs(ref).max() <= 1e-4
 
 
@@ -77,8 +92,9 @@ def test_decode_matches_transformers_step_by_step(pad):
 def test_decode_matches_own_full_forward_and_masks_finished_rows():
   _, model = _pair()
   rng = np.random.default_rng(1)
-  inp = hf_reference.video_prompt_batch(model.config, [(2, 4, 4), (1, 4, 6)], [(2, 2), (4, 1)],
-                                        rng, pad="left")
+  inp = hf_reference.video_prompt_batch(
+    model.config, [(2, 4, 4), (1, 4, 6)], [(2, 2), (4, 1)], rng, pad="left"
+  )
   completion = rng.integers(0, 140, size=(2, 5))
   token_mask = np.ones((2, 5), bool)
   token_mask[0, 2:] = False  # row 0 finished after two generated tokens
@@ -89,14 +105,15 @@ def test_decode_matches_own_full_forward_and_masks_finished_rows():
   # Row 0 stopped advancing after its two masked steps; those slots are masked out.
   s = inp["input_ids"].shape[1]
   np.testing.assert_array_equal(full_cache.next_pos - cache.next_pos, [2, 0])
-  np.testing.assert_array_equal(np.asarray(cache.mask[0, s:s + 4]), [True, True, False, False])
+  np.testing.assert_array_equal(np.asarray(cache.mask[0, s : s + 4]), [True, True, False, False])
   # Teacher-forced forward over prompt + completion gives the decode logits.
   ids = np.concatenate([inp["input_ids"], completion], axis=1)
   mask = np.concatenate([inp["attention_mask"], np.ones_like(completion)], axis=1)
   grid = inp["video_grid_thw"]
-  logits = nnx.jit(lambda m, i, k, p: m(i, k, p, grid))(model, ids, mask,
-                                                        inp["pixel_values_videos"])
-  np.testing.assert_allclose(full, np.asarray(logits)[:, s - 1:s + 4], atol=2e-5)
+  logits = nnx.jit(lambda m, i, k, p: m(i, k, p, grid))(
+    model, ids, mask, inp["pixel_values_videos"]
+  )
+  np.testing.assert_allclose(full, np.asarray(logits)[:, s - 1 : s + 4], atol=2e-5)
 
 
 def test_cache_is_shardable_on_a_mesh():

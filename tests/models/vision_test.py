@@ -17,11 +17,18 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
 
 CONFIGS = {
-    # window 56 px = 2 merged tokens, full attention in block 1.
-    "tiny": {},
-    # window 112 px = 4 merged tokens, head dim 8, two full-attention blocks.
-    "wide_window": {"vision": {"hidden_size": 24, "num_heads": 3, "intermediate_size": 31,
-                               "window_size": 112, "fullatt_block_indexes": [0, 2]}},
+  # window 56 px = 2 merged tokens, full attention in block 1.
+  "tiny": {},
+  # window 112 px = 4 merged tokens, head dim 8, two full-attention blocks.
+  "wide_window": {
+    "vision": {
+      "hidden_size": 24,
+      "num_heads": 3,
+      "intermediate_size": 31,
+      "window_size": 112,
+      "fullatt_block_indexes": [0, 2],
+    }
+  },
 }
 
 
@@ -44,18 +51,22 @@ def _encode(model, pixels, grid):
   return np.asarray(nnx.jit(lambda m, p: m.encode_video(p, grid))(model, pixels))
 
 
-@pytest.mark.parametrize("name,grids", [
+@pytest.mark.parametrize(
+  "name,grids",
+  [
     # Merged grids 3x5 and 5x3 leave ragged edge windows; two sizes in one call.
     ("tiny", [(2, 6, 10), (1, 4, 4), (3, 10, 6)]),
     # 7x9 merged tokens in 4x4 windows; one video.
     ("wide_window", [(2, 14, 18)]),
-])
+  ],
+)
 def test_encode_video_matches_transformers(name, grids):
   hf, model = _pair(name)
   grid = np.asarray(grids, np.int64)
   rng = np.random.default_rng(0)
-  pixels = rng.standard_normal((int(np.prod(grid, 1).sum()), model.config.vision.patch_dim),
-                               dtype=np.float32)
+  pixels = rng.standard_normal(
+    (int(np.prod(grid, 1).sum()), model.config.vision.patch_dim), dtype=np.float32
+  )
   ref = _hf_encode(hf, pixels, grid)
   ours = _encode(model, pixels, grid)
   assert ours.shape == ref.shape
@@ -72,10 +83,10 @@ def test_temporal_patches_encode_independently():
   pixels = rng.standard_normal((t * per_t, model.config.vision.patch_dim), dtype=np.float32)
   full = _encode(model, pixels, np.array([[t, h, w]]))
   keep = [3, 0, 2]  # reordered subset, as a disordered view would use
-  sub_pixels = np.concatenate([pixels[i * per_t:(i + 1) * per_t] for i in keep])
+  sub_pixels = np.concatenate([pixels[i * per_t : (i + 1) * per_t] for i in keep])
   sub = _encode(model, sub_pixels, np.array([[len(keep), h, w]]))
   tok = per_t // 4
-  gathered = np.concatenate([full[i * tok:(i + 1) * tok] for i in keep])
+  gathered = np.concatenate([full[i * tok : (i + 1) * tok] for i in keep])
   np.testing.assert_allclose(sub, gathered, rtol=0, atol=1e-5 * np.abs(full).max())
 
 
@@ -90,7 +101,7 @@ def test_bad_pixel_shape_names_the_fix():
 def _numpy_video_processor(frames_bthwc, mean, std, p=14, tp=2, m=2):
   """NumPy transcription of transformers' Qwen2VLVideoProcessor fused rescale+normalise
   and `patchify` (the fast processor needs torchvision, which is not installed)."""
-  videos = frames_bthwc.transpose(0, 1, 4, 2, 3).astype(np.float32)     # B T C H W
+  videos = frames_bthwc.transpose(0, 1, 4, 2, 3).astype(np.float32)  # B T C H W
   mean255 = (np.asarray(mean, np.float32) * np.float32(255.0))[:, None, None]
   std255 = (np.asarray(std, np.float32) * np.float32(255.0))[:, None, None]
   videos = (videos - mean255) / std255
@@ -118,6 +129,7 @@ def test_frames_to_pixel_values_matches_hf_image_processor():
   """transformers' own (PIL-backend) image processor treats a still image as a video of
   temporal_patch_size identical frames: an independent check of the patch layout."""
   from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
   vision = get_preset("tiny").vision
   img = np.random.default_rng(3).integers(0, 256, size=(84, 56, 3), dtype=np.uint8)
   ref = Qwen2VLImageProcessorPil()(images=[img], do_resize=False, return_tensors="np")
@@ -132,8 +144,14 @@ def test_frames_to_pixel_values_rejects_unaligned_size():
 
 
 def test_frames_to_pixel_values_jits():
-  vision = VisionConfig(depth=1, hidden_size=8, intermediate_size=8, num_heads=2,
-                        out_hidden_size=8, fullatt_block_indexes=(0,))
+  vision = VisionConfig(
+    depth=1,
+    hidden_size=8,
+    intermediate_size=8,
+    num_heads=2,
+    out_hidden_size=8,
+    fullatt_block_indexes=(0,),
+  )
   frames = np.random.default_rng(4).integers(0, 256, size=(4, 28, 28, 3), dtype=np.uint8)
   jitted = jax.jit(lambda f: vlm.frames_to_pixel_values(f, vision)[0])(jnp.asarray(frames))
   eager, _ = vlm.frames_to_pixel_values(frames, vision)

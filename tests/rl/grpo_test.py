@@ -34,13 +34,25 @@ def np_advantages(r, mode, eps=1e-4):
   if mode == "group_std":
     return c / (r.std(1, ddof=1, keepdims=True) + eps)
   if mode == "batch_std":
-    return c / (np.sqrt((c ** 2).mean()) + eps)
+    return c / (np.sqrt((c**2).mean()) + eps)
   return c
 
 
-def np_loss(logp, old, ref, adv, mask, *, policy_loss="clipped", eps_low=0.2,
-            eps_high=0.2, beta=0.04, aggregation="sequence_mean", max_tokens=None,
-            entropy=None):
+def np_loss(
+  logp,
+  old,
+  ref,
+  adv,
+  mask,
+  *,
+  policy_loss="clipped",
+  eps_low=0.2,
+  eps_high=0.2,
+  beta=0.04,
+  aggregation="sequence_mean",
+  max_tokens=None,
+  entropy=None,
+):
   """Loss, metrics and d loss / d logp, written out token by token in float64."""
   logp, old, adv, mask = (np.asarray(x, np.float64) for x in (logp, old, adv, mask))
   n, t = logp.shape
@@ -71,8 +83,13 @@ def np_loss(logp, old, ref, adv, mask, *, policy_loss="clipped", eps_low=0.2,
     metrics["kl"] = (kl * mask).sum() / mask.sum()
     loss, grad = loss + beta * (weight * kl).sum(), grad + beta * weight * (1 - np.exp(d))
   tok = lambda x: (x * mask).sum() / mask.sum()
-  metrics.update(loss=loss, clip_frac_low=tok(low), clip_frac_high=tok(high),
-                 clip_frac=tok(low | high), ratio_mean=tok(ratio))
+  metrics.update(
+    loss=loss,
+    clip_frac_low=tok(low),
+    clip_frac_high=tok(high),
+    clip_frac=tok(low | high),
+    ratio_mean=tok(ratio),
+  )
   if entropy is not None:
     metrics["entropy"] = tok(entropy)
   return metrics, grad
@@ -111,11 +128,11 @@ _adv_jit = jax.jit(grpo.compute_advantages, static_argnames=("estimator",))
 
 @pytest.mark.parametrize("mode", MODES)
 @settings(max_examples=25, deadline=None)
-@given(r=hnp.arrays(np.float64, (6, 5), elements=st.sampled_from(
-    [0.0, 0.3, 1.0, 1.3, 2.0, 2.3, -0.5])))
+@given(
+  r=hnp.arrays(np.float64, (6, 5), elements=st.sampled_from([0.0, 0.3, 1.0, 1.3, 2.0, 2.3, -0.5]))
+)
 def test_advantages_match_numpy(mode, r):
-  np.testing.assert_allclose(_adv_jit(_f32(r), mode), np_advantages(r, mode),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(_adv_jit(_f32(r), mode), np_advantages(r, mode), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -148,8 +165,11 @@ def test_bonus_cancels_under_group_std_but_counts_by_default():
   base, bonus = _bonus_batch()
   with_bonus = base + bonus
   # PAPER.md's observation: per-group std normalisation erases the bonus.
-  np.testing.assert_allclose(grpo.compute_advantages(with_bonus, "group_std"),
-                             grpo.compute_advantages(base, "group_std"), atol=1e-4)
+  np.testing.assert_allclose(
+    grpo.compute_advantages(with_bonus, "group_std"),
+    grpo.compute_advantages(base, "group_std"),
+    atol=1e-4,
+  )
   assert float(grpo.bonus_advantage_shift(with_bonus, bonus, "group_std")) < 1e-4
   default = rl_config.rl_config().advantage_estimator
   for mode in (default, "none"):
@@ -173,10 +193,16 @@ def test_bonus_cancels_under_group_std_but_counts_by_default():
 def _loss_and_grad(batch, config, *, with_ref=True, with_old=True, axis_name=None):
   def loss_fn(logp):
     return grpo.grpo_loss(
-        logp, batch["adv"], batch["mask"],
-        old_logp_nt=batch["old"] if with_old else None,
-        ref_logp_nt=batch["ref"] if with_ref else None,
-        entropy_nt=batch["entropy"], config=config, axis_name=axis_name)
+      logp,
+      batch["adv"],
+      batch["mask"],
+      old_logp_nt=batch["old"] if with_old else None,
+      ref_logp_nt=batch["ref"] if with_ref else None,
+      entropy_nt=batch["entropy"],
+      config=config,
+      axis_name=axis_name,
+    )
+
   (_, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(batch["logp"])
   return metrics, grad
 
@@ -187,10 +213,10 @@ def _jit_loss(batch, config, with_ref=True, with_old=True):
 
 
 LOSS_CASES = [
-    dict(aggregation="sequence_mean"),
-    dict(aggregation="token_mean", eps_high=0.28),
-    dict(aggregation="dr_grpo", max_tokens=11),
-    dict(aggregation="sequence_mean", policy_loss="unclipped", beta=0.0),
+  dict(aggregation="sequence_mean"),
+  dict(aggregation="token_mean", eps_high=0.28),
+  dict(aggregation="dr_grpo", max_tokens=11),
+  dict(aggregation="sequence_mean", policy_loss="unclipped", beta=0.0),
 ]
 
 
@@ -220,8 +246,7 @@ def test_beta_zero_needs_no_reference():
 def test_on_policy_gradient_is_minus_advantage():
   batch = make_batch(4)
   config = grpo.LossConfig(beta=0.0)
-  metrics, grad = _jit_loss(jax.tree.map(_f32, batch), config, with_ref=False,
-                            with_old=False)
+  metrics, grad = _jit_loss(jax.tree.map(_f32, batch), config, with_ref=False, with_old=False)
   want, want_grad = np_loss(**{**batch, "old": batch["logp"], "ref": None}, beta=0.0)
   assert_metrics_close(metrics, want)
   assert float(metrics["clip_frac"]) == 0 and float(metrics["ratio_mean"]) == 1
@@ -243,10 +268,9 @@ def test_padding_with_minus_inf_stays_finite():
 def test_kl_estimators():
   logp, ref = np.log([0.2, 0.5, 0.9]), np.log([0.4, 0.5, 0.3])
   d = ref - logp
-  np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k3")(logp, ref), np.exp(d) - d - 1,
-                             rtol=1e-6)
+  np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k3")(logp, ref), np.exp(d) - d - 1, rtol=1e-6)
   np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k1")(logp, ref), -d, rtol=1e-6)
-  np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k2")(logp, ref), d ** 2 / 2, rtol=1e-6)
+  np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k2")(logp, ref), d**2 / 2, rtol=1e-6)
 
 
 def test_token_logprobs_and_entropy():
@@ -257,8 +281,9 @@ def test_token_logprobs_and_entropy():
   z = logits / 0.7
   logsm = z - z.max(-1, keepdims=True)
   logsm -= np.log(np.exp(logsm).sum(-1, keepdims=True))
-  np.testing.assert_allclose(logp, np.take_along_axis(logsm, targets[..., None], -1)[..., 0],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    logp, np.take_along_axis(logsm, targets[..., None], -1)[..., 0], rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_allclose(entropy, -(np.exp(logsm) * logsm).sum(-1), rtol=1e-5, atol=1e-5)
 
 
@@ -283,21 +308,29 @@ def test_jit_pmap_shard_map_agree_with_numpy(aggregation):
   def step(d, axis_name=None):
     metrics, grad = _loss_and_grad(d, config, axis_name=axis_name)
     adv = grpo.compute_advantages(d["rewards"], "batch_std", axis_name=axis_name)
-    shift = grpo.bonus_advantage_shift(d["rewards"], d["bonus"], "batch_std",
-                                       axis_name=axis_name)
+    shift = grpo.bonus_advantage_shift(d["rewards"], d["bonus"], "batch_std", axis_name=axis_name)
     return metrics, grad, adv, shift
 
   results = {"jit": jax.jit(step)(data)}
   per_device = jax.tree.map(lambda x: x.reshape(8, -1, *x.shape[1:]), data)
   out = jax.pmap(functools.partial(step, axis_name="dev"), axis_name="dev")(per_device)
   unshard = lambda x: x.reshape(-1, *x.shape[2:])
-  results["pmap"] = (jax.tree.map(lambda x: x[0], out[0]), unshard(out[1]),
-                     unshard(out[2]), out[3][0])
+  results["pmap"] = (
+    jax.tree.map(lambda x: x[0], out[0]),
+    unshard(out[1]),
+    unshard(out[2]),
+    out[3][0],
+  )
   mesh = jax.make_mesh((8,), ("dev",))
   sharded = jax.device_put(data, NamedSharding(mesh, P("dev")))
-  results["shard_map"] = jax.jit(jax.shard_map(
-      functools.partial(step, axis_name="dev"), mesh=mesh, in_specs=P("dev"),
-      out_specs=(P(), P("dev"), P("dev"), P())))(sharded)
+  results["shard_map"] = jax.jit(
+    jax.shard_map(
+      functools.partial(step, axis_name="dev"),
+      mesh=mesh,
+      in_specs=P("dev"),
+      out_specs=(P(), P("dev"), P("dev"), P()),
+    )
+  )(sharded)
   for name, (metrics, grad, adv, shift) in results.items():
     assert_metrics_close(metrics, want)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7, err_msg=name)
@@ -310,13 +343,16 @@ def test_jit_pmap_shard_map_agree_with_numpy(aggregation):
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(aggregation="mean"), "LossConfig.aggregation='mean'"),
     (dict(policy_loss="ppo"), "LossConfig.policy_loss"),
     (dict(eps_low=1.0), "eps_low"),
     (dict(beta=-1.0), "beta"),
     (dict(max_tokens=0), "max_tokens"),
-])
+  ],
+)
 def test_loss_config_rejects_bad_fields(kwargs, match):
   with pytest.raises(ValueError, match=match):
     grpo.LossConfig(**kwargs)
@@ -332,7 +368,9 @@ def test_rl_config_variants_validate_and_build_loss_config(variant):
   assert grpo.LossConfig.from_config(config.rl).max_tokens == config.rl.max_new_tokens
 
 
-@pytest.mark.parametrize("field, value, match", [
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
     ("num_generations", 1, "rl.num_generations"),
     ("advantage_estimator", "gruop_std", "rl.advantage_estimator"),
     ("aggregation", "mean", "rl.aggregation"),
@@ -343,7 +381,8 @@ def test_rl_config_variants_validate_and_build_loss_config(variant):
     ("reward_weights.lenght", 0.2, "rl.reward_weights.lenght"),
     ("length_bonus.min_tokens", 600, "rl.length_bonus.min_tokens"),
     ("train_on_disordered", True, None),
-])
+  ],
+)
 def test_validate_rl_names_the_bad_field(field, value, match):
   config = rl_config.get_config("smoke")
   section = config.rl
