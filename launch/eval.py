@@ -115,10 +115,10 @@ _RANDOM_INIT = flags.DEFINE_bool(
 _ATTENTION = flags.DEFINE_enum(
   "attention_impl",
   "xla",
-  ["xla", "chunked", "cudnn"],
+  ["xla", "chunked", "cudnn", "splash"],
   "Decoder attention: xla (one "
   "logits tensor), chunked (query blocks: long prompts in less memory), cudnn (flash "
-  "attention on NVIDIA GPUs).",
+  "attention on NVIDIA GPUs), splash (the Pallas flash kernel on TPUs).",
 )
 _MESH = flags.DEFINE_list(
   "mesh",
