@@ -480,7 +480,10 @@ def test_generate_mode_is_greedy_on_the_keyframe_view(model, data, monkeypatch):
   real = sampling.generate
 
   def spy(*args, **kwargs):
-    outputs.append(real(*args, **kwargs))
+    # Eval reads no log-probs (it asks for none); this test reads the model's below. The
+    # tokens do not depend on which log-probs are computed (tests/sampling_test.py).
+    assert kwargs.get("logprobs") == ()
+    outputs.append(real(*args, **{**kwargs, "logprobs": ("model_logprobs",)}))
     return outputs[-1]
 
   monkeypatch.setattr(sampling, "generate", spy)
