@@ -420,7 +420,13 @@ def test_help_and_a_bad_config_value():
 @pytest.mark.slow
 def test_smoke_ablation_end_to_end_then_resumes(tmp_path):
   out = tmp_path / "ablation"
-  args = ("--config=configs/ablation.py:smoke", "--config.selectors=('tad',)", f"--out={out}")
+  # The test run's shared compilation cache (tests/conftest.py), not one in <out>.
+  args = (
+    "--config=configs/ablation.py:smoke",
+    "--config.selectors=('tad',)",
+    f"--out={out}",
+    "--nocompilation_cache",
+  )
   first = _ablation(*args)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
   for stage in ("1/4 data", "2/4 sft", "3/4 arms", "4/4 report"):
