@@ -26,7 +26,6 @@ It prints both times and their ratio, and checks both paths give the same tokens
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -50,6 +49,7 @@ PHASES = ("views", "rollout", "scoring", "logprobs", "update")
 
 def steps(args) -> None:
   """Per-phase KF-GRPO step times of a config variant, and the rollout's prefill/decode."""
+  from chronoforge_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from chronoforge_jax import sampling, sharding, train_lib  # pylint: disable=g-import-not-at-top
   from chronoforge_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
@@ -77,8 +77,7 @@ def steps(args) -> None:
   kf_grpo_config.validate(config)
   workdir = os.path.join(out, f"run_{args.config}")
   train_lib.train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f][1:]  # The first step compiled everything.
+  records = metrics_lib.read_jsonl(workdir)[1:]  # The first step compiled everything.
   rl = config.rl
   print(
     f"\n{args.config}: {config.input.batch_size} prompts x (G={rl.num_generations} + "

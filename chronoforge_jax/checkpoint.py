@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 import orbax.checkpoint as ocp
 
+from chronoforge_jax import fileio
 from chronoforge_jax.models import stack
 
 PyTree = Any
@@ -208,13 +209,8 @@ class Restored:
   path: str | None = None
 
 
-def _abs(path: str) -> str:
-  """Absolute local path; remote URLs (gs://...) unchanged."""
-  return path if "://" in path else os.path.abspath(path)
-
-
 def _manager(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(_abs(directory), options=options)
+  return ocp.CheckpointManager(fileio.absolute(directory), options=options)
 
 
 def _read_only(directory: str) -> ocp.CheckpointManager:
@@ -301,7 +297,7 @@ class Checkpointer:
       keep_policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [keep_policy, ocp.checkpoint_managers.EveryNSteps(keep_every)]
       )
-    self.directory = _abs(directory)
+    self.directory = fileio.absolute(directory)
     self._manager = _manager(
       self.directory,
       ocp.CheckpointManagerOptions(
@@ -435,7 +431,7 @@ def save_params(path: str, params: PyTree, *, overwrite: bool = False) -> None:
     params: a pytree of arrays (jax or NumPy).
     overwrite: replace an existing checkpoint at `path`.
   """
-  path = _abs(path)
+  path = fileio.absolute(path)
   if epath.Path(path).exists() and not overwrite:
     raise FileExistsError(f"{path} exists; pass overwrite=True or pick a new path")
   with ocp.StandardCheckpointer() as checkpointer:
@@ -445,7 +441,7 @@ def save_params(path: str, params: PyTree, *, overwrite: bool = False) -> None:
 
 def _training_step_dir(path: str) -> tuple[str, int] | None:
   """Returns (root, step) if `path` is a training run's checkpoint dir or step dir."""
-  p = epath.Path(_abs(path))
+  p = epath.Path(fileio.absolute(path))
   if (p / "state").is_dir() and (p / "meta").is_dir():
     try:
       return str(p.parent), ocp.path.step.step_from_checkpoint_name(p.name)
@@ -496,9 +492,10 @@ def load_params(path: str, abstract_params: PyTree, *, params_key: str = "params
   """
   _check_abstract(abstract_params, "abstract_params")
   found = _training_step_dir(path)
-  item_dir = (
-    epath.Path(_abs(path)) if found is None else epath.Path(found[0]) / str(found[1]) / "state"
-  )
+  if found is None:
+    item_dir = epath.Path(fileio.absolute(path))
+  else:
+    item_dir = epath.Path(found[0]) / str(found[1]) / "state"
   saved = _saved_tree(item_dir)
   if found is not None and saved is not None:
     saved = saved.get(params_key) if isinstance(saved, dict) else None

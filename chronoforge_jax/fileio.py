@@ -1,6 +1,7 @@
-"""Atomic file writes: a reader (or a rerun after a kill) sees the old file or the new one.
+"""Atomic file writes, and the one rule for making a user's path absolute.
 
-Every result file the project writes (indexes, summaries, reports, run configs) goes through
+Atomic writes: a reader (or a rerun after a kill) sees the old file or the new one. Every
+result file the project writes (indexes, summaries, reports, run configs) goes through
 here, so an interrupted run never leaves half a file where a finished one was.
 """
 
@@ -9,6 +10,13 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, Callable
+
+
+def absolute(path: str | None) -> str | None:
+  """`path` made absolute against the working folder; "", None and URLs unchanged."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+from chronoforge_jax.fileio import absolute
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The config fields that hold paths, where a config has them.
@@ -25,13 +27,6 @@ CONFIG_PATHS = (
   "ckpt.init_from",
   "ckpt.resume",
 )
-
-
-def absolute(path: str | None) -> str | None:
-  """`path` made absolute against the working folder; "", None and URLs unchanged."""
-  if not path or "://" in path:
-    return path
-  return os.path.abspath(os.path.expanduser(path))
 
 
 def absolute_config_paths(config, fields: tuple[str, ...] = CONFIG_PATHS):
