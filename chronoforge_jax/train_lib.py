@@ -851,10 +851,12 @@ def make_rollout(
     completions, mask = samples[view]
     rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = completions, mask
     logp = functools.partial(timer, "logprobs", s.logprobs, view=view, num_samples=g)
-    if rl.num_iterations > 1 and rl.get("use_rollout_logps", False):
-      rollout[f"{prefix}old_logp"] = out[view].model_logprobs  # The sampler's own.
-    elif rl.num_iterations > 1:
-      rollout[f"{prefix}old_logp"] = logp(state["params"], batch, completions, mask)
+    if rl.num_iterations > 1:
+      # The sampler's own log-probs where `sampler_calls` asked for them, else a pass.
+      own = out[view].model_logprobs
+      rollout[f"{prefix}old_logp"] = (
+        own if own is not None else logp(state["params"], batch, completions, mask)
+      )
     if "ref" in state:
       rollout[f"{prefix}ref_logp"] = logp(state["ref"], batch, completions, mask)
   return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
