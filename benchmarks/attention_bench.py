@@ -97,7 +97,7 @@ def main():
     step = jax.jit(jax.value_and_grad(loss_fn))
     try:
       compiled = step.lower(params, x).compile()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       print(f"  {impl}: unavailable here ({type(e).__name__}: {str(e).splitlines()[0]})")
       continue
     mem = compiled.memory_analysis()

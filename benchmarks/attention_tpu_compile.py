@@ -79,14 +79,15 @@ def main():
   import jax.numpy as jnp
   from jax.sharding import NamedSharding
 
-  from chronoforge_jax import models, planning, sharding
+  from chronoforge_jax import models, sharding
   from chronoforge_jax.models import layers, text
   from chronoforge_jax.models.vision import remat_policy_fn
+  from chronoforge_jax.train import planning
   from configs import kf_grpo
 
   try:
     topo = topologies.get_topology_desc(topology_name=a.topology, platform="tpu")
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     sys.exit(
       f"cannot describe TPU topology {a.topology!r} ({type(e).__name__}: {e}).\n"
       "This needs libtpu in the running Python: see this script's docstring."

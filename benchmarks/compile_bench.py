@@ -120,7 +120,7 @@ def _env():
 
 
 def make_smoke_data(root: str) -> str:
-  """Preprocessed synthetic smoke shards (as tests/train_lib_test.py makes them)."""
+  """Preprocessed synthetic smoke shards (as tests/train/loop_test.py makes them)."""
   subprocess.run(
     [
       sys.executable,

@@ -66,9 +66,10 @@ def main() -> None:
   flags.FLAGS.mark_as_parsed()
   import jax
 
-  from chronoforge_jax import features, tad, tokenizer
+  from chronoforge_jax import tad, tokenizer
   from chronoforge_jax.data import benchmarks, decode, pipeline, records, synthetic
   from chronoforge_jax.rl import views
+  from chronoforge_jax.tad import features
 
   work = args.work_dir or tempfile.mkdtemp(prefix="data_bench_")
   syn = synthetic.SyntheticSettings(

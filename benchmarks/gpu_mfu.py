@@ -113,8 +113,8 @@ def main(argv=None):
   import numpy as np
   import optax
 
-  from chronoforge_jax import planning
   from chronoforge_jax.models import text
+  from chronoforge_jax.train import planning
 
   device = jax.devices()[0]
   impl = a.attention or ("cudnn" if device.platform == "gpu" else "xla")

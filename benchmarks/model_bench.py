@@ -68,7 +68,7 @@ def _parse():
 
 
 def _config(a):
-  from chronoforge_jax.models import hf_reference
+  from tests import hf_reference
 
   h = a.hidden
   return hf_reference.hf_config_dict(
@@ -116,8 +116,8 @@ def main():
   import torch
 
   from benchmarks.timing import median_seconds
-  from chronoforge_jax.models import hf_reference
   from chronoforge_jax.models.config import from_hf_config
+  from tests import hf_reference
 
   torch.set_num_threads(a.threads)
   cfg_dict = _config(a)
@@ -168,7 +168,8 @@ def _measure(a, cfg, hf, model, seq, mm_rate, median_seconds):
   import jax.numpy as jnp
   import torch
 
-  from chronoforge_jax.models import hf_reference, layers
+  from chronoforge_jax.models import layers
+  from tests import hf_reference
 
   rng = np.random.default_rng(0)
   n_video = int(np.prod(a.grid)) // 4 + 4  # merged tokens + start/end + 2 text

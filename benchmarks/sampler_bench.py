@@ -91,7 +91,7 @@ def _interleaved_best(cases: dict, repeats: int) -> dict[str, float]:
 
 
 def _config(args) -> dict:
-  from chronoforge_jax.models import hf_reference
+  from tests import hf_reference
 
   heads = max(1, args.hidden // 64)
   half = args.hidden // heads // 2
@@ -130,7 +130,7 @@ def _config(args) -> dict:
 def _cache_bytes_line(text_cfg, name: str, args, dtype) -> str:
   import numpy as np
 
-  from chronoforge_jax import sampling
+  from chronoforge_jax.models import sampling
 
   kw = dict(
     prompt_len=args.cache_prompt,
@@ -159,8 +159,8 @@ def _group_timings(ours, cfg, args) -> None:
   import jax
   import numpy as np
 
-  from chronoforge_jax import sampling
-  from chronoforge_jax.models import hf_reference
+  from chronoforge_jax.models import sampling
+  from tests import hf_reference
 
   g, t_new = args.num_samples, args.new_tokens
   half = args.text_tokens // 2
@@ -221,9 +221,9 @@ def main() -> None:
   import numpy as np
   import torch
 
-  from chronoforge_jax import convert, sampling
   from chronoforge_jax.models import config as config_lib
-  from chronoforge_jax.models import hf_reference
+  from chronoforge_jax.models import convert, sampling
+  from tests import hf_reference
 
   if args.torch_threads:
     torch.set_num_threads(args.torch_threads)

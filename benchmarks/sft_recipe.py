@@ -57,8 +57,9 @@ def make_data(out: str) -> tuple[str, str]:
 
 
 def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
-  from chronoforge_jax import eval_lib, train_lib
   from chronoforge_jax import tokenizer as tokenizer_lib
+  from chronoforge_jax.evaluation import evaluator as eval_lib
+  from chronoforge_jax.train import loop
   from configs import kf_grpo
   from configs import tad as tad_config
 
@@ -75,7 +76,7 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   config.total_steps = config.sft_steps
   config.input.data_dir = train_dir
   start = time.perf_counter()
-  metrics = train_lib.train_and_evaluate(config, workdir)
+  metrics = loop.train_and_evaluate(config, workdir)
   row = {
     "seed": seed,
     "steps": config.sft_steps,

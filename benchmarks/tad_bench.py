@@ -27,8 +27,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.timing import median_seconds  # noqa: E402
-from chronoforge_jax import features, tad, testing  # noqa: E402
+from chronoforge_jax import tad, testing  # noqa: E402
 from chronoforge_jax.data import decode  # noqa: E402
+from chronoforge_jax.tad import features
 
 
 def numpy_vectorised_select(x_btd, k, window=16, prominence=0.1, min_prominence=1e-6, boost=1.0):

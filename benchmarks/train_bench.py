@@ -35,7 +35,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flax import nnx
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,11 +49,14 @@ PHASES = ("views", "rollout", "scoring", "logprobs", "update")
 
 def steps(args) -> None:
   """Per-phase KF-GRPO step times of a config variant, and the rollout's prefill/decode."""
-  from chronoforge_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from chronoforge_jax import sampling, sharding, train_lib  # pylint: disable=g-import-not-at-top
-  from chronoforge_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from configs import kf_grpo as kf_grpo_config  # pylint: disable=g-import-not-at-top
-  from launch import tools  # pylint: disable=g-import-not-at-top
+  from chronoforge_jax import sharding
+  from chronoforge_jax.data import pipeline
+  from chronoforge_jax.models import sampling
+  from chronoforge_jax.rl import rollout as rollout_lib
+  from chronoforge_jax.train import loop
+  from chronoforge_jax.train import metrics as metrics_lib
+  from configs import kf_grpo as kf_grpo_config
+  from launch import tools
 
   out = args.out or tempfile.mkdtemp(prefix="train_bench_")
   data = "smoke" if args.config == "smoke" else "demo"
@@ -76,7 +79,7 @@ def steps(args) -> None:
   config.log_every = 10**6
   kf_grpo_config.validate(config)
   workdir = os.path.join(out, f"run_{args.config}")
-  train_lib.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   records = metrics_lib.read_jsonl(workdir)[1:]  # The first step compiled everything.
   rl = config.rl
   print(
@@ -95,15 +98,15 @@ def steps(args) -> None:
 
   # Prefill vs decode: the trainer's own sampler calls, timed on one batch.
   mesh = sharding.mesh_from_config(config.mesh)
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   local, _ = pipeline.split_host(
     next(iter(pipeline.make_dataset(train_dir, s.tokenizer, pipeline.settings_from_config(config))))
   )
   with jax.set_mesh(mesh):
-    batch = train_lib.to_global(mesh, local)
+    batch = sharding.to_global(mesh, local)
     params = s.init_state()["params"]
     model = nnx.merge(s.graphdef, params)
-    calls = train_lib.sampler_calls(
+    calls = rollout_lib.sampler_calls(
       model.config.vision,
       s.views(params, batch),
       batch,

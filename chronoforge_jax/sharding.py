@@ -254,3 +254,37 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalRules | None = None) -> 
     tree,
     is_leaf=lambda x: isinstance(x, nnx.Variable),
   )
+
+
+# --------------------------------------------------------------------------------------
+# Placing host batches on the mesh.
+# --------------------------------------------------------------------------------------
+
+
+def batch_sharding(mesh, shape: tuple[int, ...]) -> jax.sharding.NamedSharding:
+  """Leading (batch) dim over ('data', 'fsdp') where it divides; the rest replicated.
+
+  Args:
+    mesh: the device mesh.
+    shape: the GLOBAL shape of the array.
+  """
+  axes = ("batch",) + (None,) * (len(shape) - 1)
+  return jax.sharding.NamedSharding(mesh, logical_to_spec(axes, shape=shape, mesh=mesh))
+
+
+def to_global(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Host NumPy batch (this process's rows) -> global jax Arrays sharded on batch."""
+  out = {}
+  for k, v in local.items():
+    global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+    out[k] = jax.make_array_from_process_local_data(
+      batch_sharding(mesh, global_shape), v, global_shape
+    )
+  return out
+
+
+def global_from_full(mesh, full: np.ndarray) -> jax.Array:
+  """The same full global array on every process -> a batch-sharded jax Array."""
+  return jax.make_array_from_callback(
+    full.shape, batch_sharding(mesh, full.shape), lambda idx: full[idx]
+  )

@@ -6,7 +6,7 @@ overridden on the command line, e.g.
   python -m launch.train --config=configs/kf_grpo.py:smoke --workdir /tmp/run \\
       --config.ckpt.save_every=10 --config.ckpt.init_from=/ckpt/qwen2_5_vl_7b
 
-Resume order (chronoforge_jax.checkpoint.restore_or_init): the run's own latest
+Resume order (chronoforge_jax.train.checkpoint.restore_or_init): the run's own latest
 checkpoint in `<workdir>/<subdir>` -> `resume` -> `init_from` -> scratch.
 
 Fields:

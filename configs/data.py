@@ -27,8 +27,8 @@ import numbers
 import ml_collections
 from ml_collections import config_dict
 
-from chronoforge_jax import scoring
 from chronoforge_jax.data import prompts
+from chronoforge_jax.rl import scoring
 from configs import common
 from configs import tad as tad_config
 
@@ -59,7 +59,7 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   # The paper config (kf_grpo.py:qwen2_5_vl_7b) sets "videor1"; evaluation uses the
   # training template unless launch.eval --prompt_template says otherwise.
   c.prompt_template = "short"
-  # How evaluation reads a generated answer (chronoforge_jax/scoring.py): "lenient" or
+  # How evaluation reads a generated answer (chronoforge_jax/rl/scoring.py): "lenient" or
   # "lmms_eval" (lmms-eval's VideoMME rules: numbers comparable with published ones).
   c.eval_scoring = "lenient"
   c.seed = 0

@@ -1,4 +1,4 @@
-"""The `sampling` config section: how `chronoforge_jax.sampling.generate` draws answers.
+"""The `sampling` config section: how `chronoforge_jax.models.sampling.generate` draws answers.
 
   --config=configs/sampling.py:eval                 # this section alone, greedy settings
   --config.sampling.max_new_tokens=256              # a field, in a config that holds it

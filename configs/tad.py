@@ -37,7 +37,7 @@ def input_section() -> ml_collections.ConfigDict:
 
 
 def features_section() -> ml_collections.ConfigDict:
-  """Cheap pixel features (chronoforge_jax.features.frame_features)."""
+  """Cheap pixel features (chronoforge_jax.tad.features.frame_features)."""
   c = ml_collections.ConfigDict()
   c.grid = 8  # Blocks per side; D = grid * grid * channels.
   c.color = "rgb"  # "rgb" or "luma".

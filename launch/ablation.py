@@ -32,7 +32,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from chronoforge_jax import ablation
+from chronoforge_jax.evaluation import ablation
 from configs import ablation as ablation_config
 from configs import common
 from configs import kf_grpo as kf_grpo_config

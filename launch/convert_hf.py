@@ -15,7 +15,7 @@ an error naming them, before anything is written.
 The params are written in the layout of a scanned model (`model.scan_layers=True`, the
 default): each layer stack's per-layer HF tensors stacked into [L, ...] params
 (`--scan_layers=false`: one entry per layer). Either layout loads into a model of either
-layout (`chronoforge_jax.checkpoint` converts on restore).
+layout (`chronoforge_jax.train.checkpoint` converts on restore).
 """
 
 from __future__ import annotations
@@ -72,9 +72,10 @@ def convert(
   import jax
   import jax.numpy as jnp
 
-  from chronoforge_jax import checkpoint, sharding
-  from chronoforge_jax import convert as convert_lib
+  from chronoforge_jax import sharding
   from chronoforge_jax.models import config as model_config
+  from chronoforge_jax.models import convert as convert_lib
+  from chronoforge_jax.train import checkpoint
 
   if not os.path.exists(os.path.join(hf_dir, "config.json")):
     raise FileNotFoundError(

@@ -75,8 +75,9 @@ def tad_pictures(out: str, k: int = _PICTURE_K, fps: float = 4.0) -> dict[str, f
   import jax.numpy as jnp
   import numpy as np
 
-  from chronoforge_jax import features, tad
+  from chronoforge_jax import tad
   from chronoforge_jax.data import decode
+  from chronoforge_jax.tad import features
   from configs import tad as tad_config
 
   with open(os.path.join(out, "synthetic", "eval.json")) as f:
@@ -136,7 +137,7 @@ def train(out: str, train_dir: str, phase: str) -> str:
   "kf_grpo": `configs/kf_grpo.py:demo_rl` from the SFT checkpoint, in <out>/kf_grpo (its
   own run: far fewer prompts per step than SFT, see the config).
   """
-  from chronoforge_jax import train_lib
+  from chronoforge_jax.train import loop
   from configs import kf_grpo
 
   if phase == "sft":
@@ -150,7 +151,7 @@ def train(out: str, train_dir: str, phase: str) -> str:
       config.total_steps = _RL_STEPS.value
   config.input.data_dir = train_dir
   workdir = os.path.join(out, phase)
-  train_lib.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return workdir
 
 
@@ -175,8 +176,8 @@ _EVALS = {
 
 def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) -> list:
   """The held-out split under the model of `label` ("init", "sft", "kf_grpo")."""
-  from chronoforge_jax import eval_lib
   from chronoforge_jax import tokenizer as tokenizer_lib
+  from chronoforge_jax.evaluation import evaluator as eval_lib
   from configs import kf_grpo
   from configs import tad as tad_config
 
@@ -219,7 +220,7 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) 
 
 def reading(recall: dict[str, float], results: list, k: int) -> list[str]:
   """What the run shows, in words computed from its own numbers (report.md's notes)."""
-  from chronoforge_jax import report
+  from chronoforge_jax.evaluation import report
 
   acc = {r.name: r.tables["overall"]["accuracy"] for r in results}
   n = max((r.tables["overall"]["num_questions"] for r in results), default=0)
@@ -291,7 +292,7 @@ def main(argv) -> int:
   rl_dir = train(out, train_dir, "kf_grpo")
   results += evaluate(out, train_dir, eval_dir, rl_dir, "kf_grpo")
   _stage("5/5 report", "curves, tables and plots")
-  from chronoforge_jax import report
+  from chronoforge_jax.evaluation import report
 
   path = report.write_report(
     os.path.join(out, "report"),

@@ -262,14 +262,16 @@ def run(
   import jax
   import jax.numpy as jnp
 
-  from chronoforge_jax import eval_lib, report, sharding
+  from chronoforge_jax import sharding
   from chronoforge_jax import tokenizer as tokenizer_lib
+  from chronoforge_jax.evaluation import evaluator as eval_lib
+  from chronoforge_jax.evaluation import report
 
   def say(message):
     if jax.process_index() == 0:
       print(message, flush=True)
 
-  from chronoforge_jax import scoring as scoring_lib
+  from chronoforge_jax.rl import scoring as scoring_lib
 
   trained, found = scoring_lib.read_eval_defaults(checkpoint)
   scoring = scoring or trained.get("scoring") or "lenient"

@@ -36,7 +36,7 @@ def initialize():
       os.environ.get("XLA_FLAGS", "")
       + f" --xla_force_host_platform_device_count={_CPU_DEVICES.value}"
     )
-  import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  import jax  # After XLA_FLAGS is set.
 
   if _NUM_PROCESSES.value > 1:
     jax.distributed.initialize(

@@ -7,7 +7,7 @@ Quick plan (abstract shapes, seconds, allocates nothing):
 
 Params (vision, text), optimizer state, the frozen reference (beta > 0) and one rollout's
 KV cache, each as elements, bytes over all devices and bytes on the most loaded device,
-from abstract shapes and the config's shardings (chronoforge_jax/planning.py). Fake the
+from abstract shapes and the config's shardings (chronoforge_jax/train/planning.py). Fake the
 target's device count with --cpu_devices (or give --topology) to plan a pod from a laptop.
 Activations are not in it.
 
@@ -78,9 +78,9 @@ flags.mark_flags_as_required(["config"])
 
 def _tokenizer(config):
   """The run's tokenizer when its folder exists (needed with model.match_tokenizer)."""
-  import os  # pylint: disable=g-import-not-at-top
+  import os
 
-  from chronoforge_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from chronoforge_jax import tokenizer as tokenizer_lib
 
   tok_dir = (
     _TOKENIZER_DIR.value
@@ -101,13 +101,13 @@ def main(argv):
   del argv
   if _COMPILE.value and not _TOPOLOGY.value:
     raise app.UsageError("--compile needs --topology (e.g. --topology=v5p-16)")
-  import os  # pylint: disable=g-import-not-at-top
+  import os
 
   # CPU only, set before jax is imported: the quick plan fakes CPU devices, and --compile's
   # TPU devices come from libtpu's topology description, which needs no TPU backend (so
   # no TPU probing at start-up).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from chronoforge_jax import planning  # pylint: disable=g-import-not-at-top
+  from chronoforge_jax.train import planning
 
   topo = None
   if _TOPOLOGY.value:
@@ -120,8 +120,8 @@ def main(argv):
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
   )
   from chronoforge_jax import (
-    models,  # pylint: disable=g-import-not-at-top
-    sharding,  # pylint: disable=g-import-not-at-top
+    models,
+    sharding,
   )
 
   config = _CONFIG.value

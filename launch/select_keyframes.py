@@ -49,7 +49,9 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
   import jax
   import numpy as np
 
-  from chronoforge_jax import features, plots, tad
+  from chronoforge_jax import tad
+  from chronoforge_jax.evaluation import plots
+  from chronoforge_jax.tad import features
   from configs import tad as tad_config
 
   indices = decode.capped_indices(decode.output_length(info, inp.fps), inp.max_frames)

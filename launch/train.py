@@ -37,7 +37,7 @@ def main(argv):
   except common.ConfigError as e:
     raise app.UsageError(str(e)) from None
   jax = multihost.initialize()
-  from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
+  from chronoforge_jax.train import loop
 
   logging.info(
     "process %d/%d, %d local / %d global devices",
@@ -46,7 +46,7 @@ def main(argv):
     jax.local_device_count(),
     jax.device_count(),
   )
-  train_lib.train_and_evaluate(config, tools.absolute(_WORKDIR.value))
+  loop.train_and_evaluate(config, tools.absolute(_WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = textwrap.dedent("""
     import json, os, sys
     import chronoforge_jax
-    from chronoforge_jax import train_lib
+    from chronoforge_jax.train import loop
     assert chronoforge_jax.__file__.startswith(sys.argv[1]), chronoforge_jax.__file__
     # The library never imports the configs (or the launchers) itself.
     assert not [m for m in sys.modules if m.split(".")[0] in ("configs", "launch")]
@@ -30,7 +30,7 @@ _SCRIPT = textwrap.dedent("""
     config.input.data_dir = "data"  # Relative to this folder.
     config.sft_steps, config.total_steps = 1, 2
     kf_grpo.validate(config)
-    metrics = train_lib.train_and_evaluate(config, "run")
+    metrics = loop.train_and_evaluate(config, "run")
     print("RESULT", json.dumps({"file": chronoforge_jax.__file__,
                                 "loss": float(metrics["loss"])}))
 """)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import hf_reference, vlm
+from chronoforge_jax.models import vlm
 from chronoforge_jax.models.config import get_preset
+from tests import hf_reference
 
 
 def test_make_mesh_fills_the_rest():

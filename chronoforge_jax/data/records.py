@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from chronoforge_jax import fileio
+from chronoforge_jax.data import benchmarks, decode
+from chronoforge_jax.tad import features
 
 INDEX = "index.json"
 SETTINGS = "settings.json"
@@ -483,9 +485,6 @@ def plan_shards(items: Sequence[Any], videos_per_shard: int) -> list[ShardTask]:
 
 def _process_shard(out_dir: str, settings: PreprocessSettings, task: ShardTask) -> dict[str, Any]:
   """Decodes, featurises and writes one shard; a bad video only rejects its questions."""
-  from chronoforge_jax import features
-  from chronoforge_jax.data import benchmarks, decode
-
   options = f"group_size:1,{settings.compression}"
   with ShardWriter(out_dir, task.shard_id, options=options) as writer:
     for video_id, path, questions in task.videos:
@@ -505,7 +504,7 @@ def _process_shard(out_dir: str, settings: PreprocessSettings, task: ShardTask) 
         )
       except decode.VideoDecodeError as e:
         reason = str(e)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         # One unreadable file must not stop the run; the reason keeps the evidence.
         reason = f"video {path!r}: {type(e).__name__}: {e}"
       else:

@@ -38,6 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from chronoforge_jax import tokenizer as tokenizer_lib
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = {
   "red": (230, 40, 40),
@@ -453,8 +455,6 @@ def write_dataset(
   Returns:
     Paths: {"train": ..., "eval": ..., "tokenizer_dir": ..., "video_dir": ...}.
   """
-  from chronoforge_jax import tokenizer as tokenizer_lib
-
   s = settings or SyntheticSettings()
   out_dir = os.fspath(out_dir)
   paths = {

@@ -65,7 +65,7 @@ def create_model(section: Any, *, rngs: nnx.Rngs) -> VideoLanguageModel:
     rngs: parameter RNG streams.
 
   Returns:
-    The VideoLanguageModel (load weights with `chronoforge_jax.convert`).
+    The VideoLanguageModel (load weights with `chronoforge_jax.models.convert`).
   """
   return VideoLanguageModel(
     config_from_section(section),

@@ -18,8 +18,8 @@ metadata; `chronoforge_jax.sharding` replicates it.
 
 Checkpoints of unscanned models and HF weights name layers one by one
 (`.../layers/<i>/...`); `relayout` moves params (and optimizer states) between the two
-layouts, `split_path` / `layer_path` map the names (`chronoforge_jax.checkpoint`,
-`chronoforge_jax.convert`).
+layouts, `split_path` / `layer_path` map the names (`chronoforge_jax.train.checkpoint`,
+`chronoforge_jax.models.convert`).
 """
 
 from __future__ import annotations

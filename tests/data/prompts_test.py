@@ -18,7 +18,6 @@ from chronoforge_jax.data import prompts
 
 # TRANSCRIBED verbatim from Video-R1 src/r1-v/src/open_r1/grpo.py @
 # 59d65c347e44efa71be27abf9d89b4a2bb7d1c05 (long lines kept as there).
-# pylint: disable=line-too-long
 QUESTION_TEMPLATE = (
   "{Question}\n"
   "Please think about this question as if you were a human pondering deeply. "
@@ -46,7 +45,6 @@ def make_conversation_image_and_video(example):
   return QUESTION_TEMPLATE.format(Question=question) + TYPE_TEMPLATE[example["problem_type"]]
 
 
-# pylint: enable=line-too-long
 # ------------------------------------------------------------------ end of transcription
 
 _spec = importlib.util.spec_from_file_location(

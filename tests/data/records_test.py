@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from chronoforge_jax import features
 from chronoforge_jax.data import benchmarks, decode, records, synthetic
+from chronoforge_jax.tad import features
 
 SETTINGS = records.PreprocessSettings(
   fps=2.0, max_frames=20, size=56, videos_per_shard=2, feature_grid=4

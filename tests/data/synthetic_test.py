@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from chronoforge_jax import features, tad
+from chronoforge_jax import tad
 from chronoforge_jax.data import benchmarks, decode, synthetic
+from chronoforge_jax.tad import features
 
 SMALL = synthetic.SyntheticSettings(num_train_questions=16, num_eval_questions=6, size=48, fps=6.0)
 

@@ -244,7 +244,7 @@ def test_pipeline_batches_of_mixed_types_and_media(mixed):
 
 @pytest.mark.slow
 def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_path):
-  from chronoforge_jax import train_lib
+  from chronoforge_jax.train import loop
   from configs import kf_grpo
 
   out = mixed[0]
@@ -256,7 +256,7 @@ def test_smoke_run_trains_on_mixed_types_and_media_and_logs_per_type(mixed, tmp_
   # KF-GRPO only: an SFT phase would compile a third program (~1 min on 2 CPU cores);
   # SFT targets of every type are checked in test_pipeline_batches_of_mixed_types_and_media.
   config.sft_steps, config.total_steps = 0, 1
-  train_lib.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f if line.strip()]
   assert [r["step"] for r in rows] == list(range(1, config.total_steps + 1))
@@ -277,8 +277,8 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
   import jax
   import jax.numpy as jnp
 
-  from chronoforge_jax import eval_lib, sampling
-  from chronoforge_jax.models import vlm
+  from chronoforge_jax.evaluation import evaluator as eval_lib
+  from chronoforge_jax.models import sampling, vlm
 
   out = mixed[0]
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(out, "tokenizer"))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from chronoforge_jax import ablation
+from chronoforge_jax.evaluation import ablation
 from configs import ablation as ablation_config
 from configs import common
 from configs import kf_grpo as kf_grpo_config

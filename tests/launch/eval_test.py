@@ -99,9 +99,9 @@ def _save_random_params(path, tok):
   """The tiny model's params for `tok`, NumPy-drawn (eager initialisers compile ~10 s)."""
   import jax
 
-  from chronoforge_jax import checkpoint as ckpt_lib
-  from chronoforge_jax import eval_lib
+  from chronoforge_jax.evaluation import evaluator as eval_lib
   from chronoforge_jax.models import vlm
+  from chronoforge_jax.train import checkpoint as ckpt_lib
 
   cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
   abstract = nnx.state(

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from chronoforge_jax.models import config as mc
-from chronoforge_jax.models import hf_reference
+from tests import hf_reference
 
 # The published Qwen/Qwen2.5-VL-7B-Instruct config.json (flat layout), abridged only of
 # fields the model does not use.

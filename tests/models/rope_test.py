@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chronoforge_jax.models import hf_reference, rope
+from chronoforge_jax.models import rope
 from chronoforge_jax.models.config import from_hf_config
+from tests import hf_reference
 
 torch = pytest.importorskip("torch")
 from transformers import Qwen2_5_VLConfig  # noqa: E402

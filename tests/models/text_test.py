@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from chronoforge_jax import sharding
-from chronoforge_jax.models import hf_reference, text
+from chronoforge_jax.models import text
+from tests import hf_reference
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chronoforge_jax import convert
-from chronoforge_jax.models import hf_reference, vlm
+from chronoforge_jax.models import convert, vlm
 from chronoforge_jax.models.config import VisionConfig, get_preset
+from tests import hf_reference
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chronoforge_jax.models import hf_reference, stack, vlm
+from chronoforge_jax.models import stack, vlm
+from tests import hf_reference
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)

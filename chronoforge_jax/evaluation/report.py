@@ -28,9 +28,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from chronoforge_jax import eval_lib
-from chronoforge_jax import metrics as metrics_lib
 from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.train import metrics as metrics_lib
 
 # (panel title, pattern on the metric name); a metric may appear in several panels.
 CURVE_PANELS = (

@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from chronoforge_jax import planning, sampling, sharding, train_lib
+from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.models import sampling
+from chronoforge_jax.train import loop, planning
+from chronoforge_jax.train import state as state_lib
 from configs import kf_grpo
 
 
@@ -25,7 +28,7 @@ def config(tmp_path_factory):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 2, 2), (1, 8, 1)])
 def test_plan_matches_the_real_sharded_state(config, shape):
   mesh = sharding.make_mesh(shape, devices=jax.devices()[: math.prod(shape)])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   rows = {r.name: r for r in planning.plan(config, mesh, s.model_config, frame_size=56)}
   with jax.set_mesh(mesh):
     state = s.init_state()
@@ -47,7 +50,7 @@ def test_plan_matches_the_real_sharded_state(config, shape):
 
 def test_rollout_cache_rows_count_prompt_once_and_each_answer(config):
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  model_cfg = train_lib.model_config(
+  model_cfg = state_lib.model_config(
     config, tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir)
   )
   shapes = planning.rollout_cache_shapes(config, model_cfg, 56)
@@ -172,7 +175,7 @@ def test_tpu_compile_of_the_grpo_step_holds_exactly_the_planned_state(config):
   topo = planning.parse_topology("v5e-4")
   mesh = planning.topology_mesh(topo, config.mesh)
   assert {d.platform for d in mesh.devices.flat} == {"tpu"}
-  model_cfg = train_lib.model_config(
+  model_cfg = state_lib.model_config(
     config, tokenizer_lib.Tokenizer.from_dir(config.input.tokenizer_dir)
   )
   out = {}

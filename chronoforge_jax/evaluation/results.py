@@ -7,7 +7,8 @@
 Tables: overall, per duration bucket (short/medium/long) and per task type, each with the
 unparseable fraction. Files are written to temporary names and renamed only once all of
 a result's files are complete, so a crash never replaces an earlier result with a partial
-one. `chronoforge_jax.eval_lib` produces these results and re-exports this module's names.
+one. `chronoforge_jax.evaluation.evaluator` produces these results and re-exports this
+module's names.
 """
 
 from __future__ import annotations

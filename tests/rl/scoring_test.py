@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.scoring: `lmms_eval` against a transcription of lmms-eval."""
+"""Tests for chronoforge_jax.rl.scoring: `lmms_eval` against a transcription of lmms-eval."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-from chronoforge_jax import scoring
+from chronoforge_jax.rl import (
+  scoring,  # TRANSCRIBED verbatim from lmms-eval lmms_eval/tasks/videomme/utils.py @
+)
 
 
-# TRANSCRIBED verbatim from lmms-eval lmms_eval/tasks/videomme/utils.py @
 # d0c1eae757432949cc276537e9d883934738ae21 (`extract_characters_regex`, unchanged since
 # bb3fd824) and the comparison in `videomme_process_results`.
 def extract_characters_regex(s):

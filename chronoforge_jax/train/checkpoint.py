@@ -654,7 +654,7 @@ class PreemptionGuard:
     self._polls += 1
     if self._polls % self._sync_every:
       return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
 
     flags = multihost_utils.process_allgather(np.int32(self._stop.is_set()))
     self._synced = bool(np.any(flags))

@@ -6,7 +6,8 @@ import inspect
 
 import pytest
 
-from chronoforge_jax import features, tad
+from chronoforge_jax import tad
+from chronoforge_jax.tad import features
 from configs import common
 from configs import tad as tad_config
 

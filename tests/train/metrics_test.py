@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.metrics: NaN/Inf checks, the bad-step guard, the writers."""
+"""Tests for chronoforge_jax.train.metrics: NaN/Inf checks, the bad-step guard, the writers."""
 
 import glob
 import io
@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from tensorboardX.proto import event_pb2  # noqa: E402
 from tensorboardX.record_writer import masked_crc32c  # noqa: E402
 
-from chronoforge_jax import metrics  # noqa: E402
+from chronoforge_jax.train import metrics  # noqa: E402
 
 
 def _read_events(logdir):

@@ -15,6 +15,7 @@ Only process 0 writes and prints (multi-host runs hold the same metrics everywhe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import contextlib
 import json
 import math
 import os
@@ -209,7 +210,7 @@ class MetricsWriter:
       os.replace(tmp, self.jsonl_path)  # Atomic: a kill here keeps the old file.
     self._jsonl = open(self.jsonl_path, "a")
     if tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top
+      import tensorboardX
 
       self._tb = tensorboardX.SummaryWriter(
         os.path.join(workdir, "tensorboard"),
@@ -361,3 +362,76 @@ class ProgressLogger:
     if self.active:
       self._print(line)
     return line
+
+
+class InputWaitMeter:
+  """How much of the loop's time goes to waiting for the input pipeline.
+
+  A step is timed from the end of the previous one (so host work, rollouts and the
+  device step are all in it); the wait is the time blocked in `next(data_iter)`. Steps
+  that compiled a program are left out of the totals (compile time is not step time).
+  """
+
+  def __init__(self):
+    self._last = time.perf_counter()
+    self._wait = 0.0
+    self._compiled = 0
+    self.total_wait = self.total_time = 0.0
+    self.steps = 0
+
+  @contextlib.contextmanager
+  def waiting(self):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._wait = time.perf_counter() - t0
+
+  def step_done(self, *, compiled: int) -> dict[str, float]:
+    """Closes a step; `compiled` counts the programs compiled so far.
+
+    Returns:
+      metrics: time/step_s, time/data_wait_s and the running time/data_wait_frac.
+    """
+    now = time.perf_counter()
+    step_s, self._last = now - self._last, now
+    if compiled == self._compiled:
+      self.total_wait += self._wait
+      self.total_time += step_s
+      self.steps += 1
+    self._compiled = compiled
+    return {
+      "time/step_s": step_s,
+      "time/data_wait_s": self._wait,
+      "time/data_wait_frac": self.total_wait / max(self.total_time, 1e-9),
+    }
+
+  def summary(self) -> str:
+    return (
+      f"input wait {self.total_wait:.1f} s of {self.total_time:.1f} s "
+      f"({self.total_wait / max(self.total_time, 1e-9):.1%}) over {self.steps} "
+      "steps that compiled nothing"
+    )
+
+
+class PhaseTimer:
+  """Wall time per phase of a step: each timed call is waited for before the clock stops.
+
+  Waiting costs little here: every phase's output feeds the next (rollout tokens are
+  decoded on the host, rewards feed the update), so the device has nothing to overlap.
+  """
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  def __call__(self, name: str, fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    return out
+
+  def metrics(self) -> dict[str, float]:
+    """{"time/<phase>_s": seconds} of the phases timed since the last call."""
+    out = {f"time/{name}_s": t for name, t in self.seconds.items()}
+    self.seconds = {}
+    return out

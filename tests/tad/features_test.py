@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.features against a NumPy float64 block-mean reference."""
+"""Tests for chronoforge_jax.tad.features against a NumPy float64 block-mean reference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from chronoforge_jax import features
+from chronoforge_jax.tad import features
 
 
 def ref_features(frames_thwc, grid, color="rgb", center=True):

@@ -49,16 +49,17 @@ from typing import Any, Mapping, Sequence
 
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from chronoforge_jax import sampling, tad
-from chronoforge_jax import scoring as scoring_lib
+from chronoforge_jax import models, sharding, tad
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline, records
 
 # Results, tables and files live in eval_results; re-exported as this module's API.
-from chronoforge_jax.eval_results import (  # noqa: F401
+from chronoforge_jax.evaluation.results import (  # noqa: F401
   GROUPS,
   MULTIPLE_CHOICE,
   NO_CATEGORY,
@@ -77,8 +78,10 @@ from chronoforge_jax.eval_results import (  # noqa: F401
   write_result,
 )
 from chronoforge_jax.models import config as model_config_lib
-from chronoforge_jax.models import vlm
+from chronoforge_jax.models import convert, sampling, vlm
 from chronoforge_jax.rl import answer_rules, kf_grpo
+from chronoforge_jax.rl import scoring as scoring_lib
+from chronoforge_jax.train import checkpoint as ckpt_lib
 
 MODES = ("generate", "likelihood")
 ANSWER_TEMPLATE = "<answer>{letter}</answer>"
@@ -96,7 +99,7 @@ def model_config(
   tokenizer: tokenizer_lib.Tokenizer | None = None,
   match_tokenizer: bool = True,
 ) -> model_config_lib.ModelConfig:
-  """The model config as the trainer builds it (`train_lib.model_config`).
+  """The model config as the trainer builds it (`state_lib.model_config`).
 
   Args:
     preset: a `models.config` preset name (tiny, qwen2_5_vl_7b, ...), used without hf_dir.
@@ -108,10 +111,6 @@ def model_config(
   Returns:
     The ModelConfig.
   """
-  import ml_collections
-
-  from chronoforge_jax import models
-
   if not preset and not hf_dir:
     raise ValueError("model_config: give a preset name (e.g. 'qwen2_5_vl_7b') or hf_dir")
   cfg = models.config_from_section(ml_collections.ConfigDict({"preset": preset, "hf_dir": hf_dir}))
@@ -156,8 +155,6 @@ def load_model(
     FileNotFoundError: for a missing or empty checkpoint / hf_dir.
     ValueError: when no source is given, or the checkpoint does not fit the config.
   """
-  from chronoforge_jax import checkpoint as ckpt_lib
-  from chronoforge_jax import sharding
 
   def create():
     return vlm.VideoLanguageModel(
@@ -189,8 +186,6 @@ def load_model(
     return nnx.merge(graphdef, params)
   if hf_dir:
     _check_dir(hf_dir, "hf_dir", "a local HF Qwen2.5-VL folder with config.json and *.safetensors")
-    from chronoforge_jax import convert
-
     return convert.load_hf_model(
       hf_dir, mesh=mesh, dtype=dtype, param_dtype=param_dtype, attention_impl=attention_impl
     )
@@ -282,17 +277,13 @@ def _device_batch(batch: Mapping[str, Any], mesh) -> dict[str, jax.Array]:
   dev, _ = pipeline.split_host(batch)
   if mesh is None:
     return {k: jnp.asarray(v) for k, v in dev.items()}
-  from chronoforge_jax import train_lib
-
-  return {k: train_lib.global_from_full(mesh, v) for k, v in dev.items()}
+  return {k: sharding.global_from_full(mesh, v) for k, v in dev.items()}
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
   """A (possibly multi-host sharded) array, whole, on this host."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
-
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

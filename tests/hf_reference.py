@@ -177,7 +177,7 @@ def build_pair(config_dict: dict[str, Any], *, seed: int = 0, **load_kwargs: Any
   Returns:
     (hf_model, model).
   """
-  from chronoforge_jax import convert
+  from chronoforge_jax.models import convert
 
   hf = build_hf_model(config_dict, seed=seed)
   with tempfile.TemporaryDirectory() as d:

@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.checkpoint and configs/ckpt.py (8 fake CPU devices)."""
+"""Tests for chronoforge_jax.train.checkpoint and configs/ckpt.py (8 fake CPU devices)."""
 
 import os
 import signal
@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from chronoforge_jax import checkpoint
+from chronoforge_jax.train import checkpoint
 from configs import ckpt as ckpt_config
 from configs import common
 
@@ -199,8 +199,9 @@ def _model_state(mesh, *, scan_layers):
   at its most nested (frozen vision tower: masked moments; gradient accumulation)."""
   from flax import nnx
 
-  from chronoforge_jax import sharding, train_lib
+  from chronoforge_jax import sharding
   from chronoforge_jax.models import get_preset, vlm
+  from chronoforge_jax.train import state as state_lib
   from configs import kf_grpo
 
   abstract = nnx.state(
@@ -217,7 +218,7 @@ def _model_state(mesh, *, scan_layers):
   )
   config = kf_grpo.get_config("smoke")
   config.optax.freeze_vision, config.optax.grad_accum = True, 2
-  tx = train_lib.make_optimizer(config, params)
+  tx = state_lib.make_optimizer(config, params)
   opt_state = jax.jit(lambda p: tx.update(p, tx.init(p), p)[1])(params)
   return {"params": params, "opt_state": opt_state, "step": jnp.int32(5)}
 
@@ -262,8 +263,7 @@ _KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp
     from orbax.checkpoint._src.path import atomicity
-    from chronoforge_jax import checkpoint
-
+    from chronoforge_jax.train import checkpoint
     ckpt = checkpoint.Checkpointer(sys.argv[1], save_every=1, keep=3)
     ckpt.save(1, {"w": jnp.arange(6.0)})
     ckpt.wait()
@@ -360,7 +360,7 @@ def test_first_signal_requests_stop_second_calls_previous_handler():
     guard = checkpoint.PreemptionGuard(signals=(signal.SIGTERM,))
     handler = signal.getsignal(signal.SIGTERM)
     assert handler is not previous and not guard.should_stop()
-    frame = sys._getframe()  # pylint: disable=protected-access
+    frame = sys._getframe()
     handler(signal.SIGTERM, frame)  # First: only records the request.
     assert guard.should_stop() and guard.received == signal.SIGTERM
     assert calls == [] and signal.getsignal(signal.SIGTERM) is handler

@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.eval_lib on a tiny preprocessed set and a tiny random model."""
+"""Tests for chronoforge_jax.evaluation.evaluator on a tiny preprocessed set and a tiny model."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from chronoforge_jax import checkpoint as ckpt_lib
-from chronoforge_jax import eval_lib, sampling, scoring
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline, records
-from chronoforge_jax.models import vlm
-from chronoforge_jax.rl import rewards
+from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.models import sampling, vlm
+from chronoforge_jax.rl import rewards, scoring
+from chronoforge_jax.train import checkpoint as ckpt_lib
 
 QR = eval_lib.QuestionResult
 K = 4

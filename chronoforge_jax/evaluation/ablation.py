@@ -39,9 +39,13 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from chronoforge_jax import eval_lib, fileio, report, train_lib
-from chronoforge_jax import metrics as metrics_lib
+from chronoforge_jax import fileio
 from chronoforge_jax import tokenizer as tokenizer_lib
+from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.evaluation import report
+from chronoforge_jax.train import loop
+from chronoforge_jax.train import metrics as metrics_lib
+from chronoforge_jax.train import state as state_lib
 
 SUMMARY = "summary.json"
 RUN_CONFIG = "run_config.json"
@@ -327,7 +331,7 @@ def _latest_step(workdir: str, config: ml_collections.ConfigDict) -> int:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> None:
-  train_lib.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   step = _latest_step(workdir, config)
   if step < config.total_steps:
     raise InterruptedError(
@@ -354,7 +358,7 @@ def evaluate(
     config.input.tokenizer_dir or os.path.join(config.input.data_dir, "tokenizer")
   )
   model = eval_lib.load_model(
-    train_lib.model_config(config, tok),
+    state_lib.model_config(config, tok),
     checkpoint=os.path.join(workdir, config.ckpt.subdir),
     dtype=jnp.dtype(config.model.dtype),
     param_dtype=jnp.dtype(config.model.param_dtype),

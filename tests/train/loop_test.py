@@ -19,9 +19,12 @@ import numpy as np
 import optax
 import pytest
 
-from chronoforge_jax import checkpoint as ckpt_lib
-from chronoforge_jax import sharding, testing, train_lib
+from chronoforge_jax import sharding, testing
 from chronoforge_jax.data import pipeline
+from chronoforge_jax.train import checkpoint as ckpt_lib
+from chronoforge_jax.train import loop
+from chronoforge_jax.train import metrics as metrics_lib
+from chronoforge_jax.train import steps as steps_lib
 from configs import kf_grpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +90,7 @@ def _read_metrics(workdir):
 
 def _final_params(config, workdir):
   mesh = sharding.mesh_from_config(config.mesh)
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   ckpt = ckpt_lib.Checkpointer.from_config(workdir, config.ckpt)
   with jax.set_mesh(mesh):
     restored = ckpt.restore(s.abstract_state)
@@ -99,7 +102,7 @@ def _final_params(config, workdir):
 def uninterrupted(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run_a"))
   config = _config(data_dir)
-  train_lib.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -257,13 +260,13 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
   for shape in ((1, 1, 1), (2, 2, 2)):
     devices = jax.devices()[: int(np.prod(shape))]
     mesh = sharding.make_mesh(shape, devices=devices)
-    s = train_lib.setup(config, mesh)
+    s = loop.setup(config, mesh)
     settings = pipeline.settings_from_config(config)
     local, _ = pipeline.split_host(
       next(iter(pipeline.make_dataset(data_dir, s.tokenizer, settings)))
     )
     with jax.set_mesh(mesh):
-      batch = train_lib.to_global(mesh, local)
+      batch = sharding.to_global(mesh, local)
       state = s.init_state()
       state, sft_metrics = s.sft_step(state, batch)
       b, g, t = local["prompt_ids"].shape[0], config.rl.num_generations, 6
@@ -276,7 +279,7 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
         "disordered_accuracy": (rng.random((b, config.rl.num_disordered)) < 0.3).astype(np.float32),
       }
       rollout = {
-        k: jax.device_put(v, train_lib.batch_sharding(mesh, v.shape)) for k, v in rollout.items()
+        k: jax.device_put(v, sharding.batch_sharding(mesh, v.shape)) for k, v in rollout.items()
       }
       state, grpo_metrics = s.grpo_step(state, batch, rollout)
       results.append(
@@ -307,7 +310,7 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
 
   config = _config(data_dir, **{"rl.beta": 0.0, "rl.train_on_disordered": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   local, _ = pipeline.split_host(
     next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
   )
@@ -325,7 +328,7 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
     "disordered_format": draw((b, h), 0.5),
   }
   with jax.set_mesh(mesh):
-    batch = train_lib.to_global(mesh, local)
+    batch = sharding.to_global(mesh, local)
     state = s.init_state()
     params = jax.device_get(state["params"])
     model = nnx.merge(s.graphdef, jax.device_put(params))
@@ -419,31 +422,31 @@ def test_nonfinite_step_leaves_state_unchanged():
   tx = __import__("optax").adam(0.1)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.int32(0)}
   good = {"w": jnp.ones((3,)), "b": jnp.ones((2,))}
-  new, metrics = train_lib._apply_if_finite(state, good, jnp.float32(1.0), tx)  # pylint: disable=protected-access
+  new, metrics = steps_lib._apply_if_finite(state, good, jnp.float32(1.0), tx)
   assert metrics["step_ok"] == 1.0 and not np.allclose(new["params"]["w"], 1.0)
   bad = {"w": jnp.array([1.0, jnp.nan, 1.0]), "b": jnp.ones((2,))}
-  same, metrics = train_lib._apply_if_finite(state, bad, jnp.float32(1.0), tx)  # pylint: disable=protected-access
+  same, metrics = steps_lib._apply_if_finite(state, bad, jnp.float32(1.0), tx)
   assert metrics["step_ok"] == 0.0
   for a, b in zip(
     jax.tree.leaves(same["params"]) + jax.tree.leaves(same["opt_state"]),
     jax.tree.leaves(params) + jax.tree.leaves(state["opt_state"]),
   ):
     np.testing.assert_array_equal(a, b)
-  _, metrics = train_lib._apply_if_finite(state, good, jnp.float32(jnp.inf), tx)  # pylint: disable=protected-access
+  _, metrics = steps_lib._apply_if_finite(state, good, jnp.float32(jnp.inf), tx)
   assert metrics["step_ok"] == 0.0
 
 
 def test_frozen_vision_tower_gets_no_updates(data_dir):
   config = _config(data_dir, **{"optax.freeze_vision": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   settings = pipeline.settings_from_config(config)
   local, _ = pipeline.split_host(next(iter(pipeline.make_dataset(data_dir, s.tokenizer, settings))))
   with jax.set_mesh(mesh):
     state = s.init_state()
     before = jax.device_get(state["params"])
     for _ in range(3):  # warmup starts at lr 0
-      state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
+      state, _ = s.sft_step(state, sharding.to_global(mesh, local))
     after = jax.device_get(state["params"])
   for name, a, b in zip(
     ("visual", "text"), (before["visual"], before["text"]), (after["visual"], after["text"])
@@ -493,25 +496,25 @@ def grpo_case(data_dir):
   for name in ("accuracy", "format", "saliency"):
     config.rl.reward_weights[name] = 1.0
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   local, _ = pipeline.split_host(
     next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
   )
   with jax.set_mesh(mesh):
-    batch = train_lib.to_global(mesh, local)
+    batch = sharding.to_global(mesh, local)
     params = jax.device_get(s.init_state()["params"])
   b, g, h = local["prompt_ids"].shape[0], config.rl.num_generations, config.rl.num_disordered
   assert b >= 2 and g >= 4 and g % 2 == 0, (b, g)
   steps = {}
 
   def sgd_step(estimator):
-    """jit(train_lib.kf_grpo_step) with plain SGD and the given advantage estimator."""
+    """jit(steps_lib.kf_grpo_step) with plain SGD and the given advantage estimator."""
     if estimator not in steps:
       rl = config.rl.copy_and_resolve_references()
       rl.advantage_estimator = estimator
       steps[estimator] = jax.jit(
         functools.partial(
-          train_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl, config.model.vocab_chunk
+          steps_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl, config.model.vocab_chunk
         )
       )
     return steps[estimator]
@@ -702,7 +705,7 @@ def test_saliency_bonus_cancels_under_group_std(grpo_case):
 def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
   config = _config(data_dir, **{"optax.grad_accum": 2, "optax.warmup_steps": 0})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   settings = pipeline.settings_from_config(config)
   batches = iter(pipeline.make_dataset(data_dir, s.tokenizer, settings))
   with jax.set_mesh(mesh):
@@ -710,7 +713,7 @@ def test_gradient_accumulation_updates_every_k_micro_steps(data_dir):
     snapshots = [jax.tree.leaves(jax.device_get(state["params"]))]
     for _ in range(2):
       local, _ = pipeline.split_host(next(batches))
-      state, _ = s.sft_step(state, train_lib.to_global(mesh, local))
+      state, _ = s.sft_step(state, sharding.to_global(mesh, local))
       snapshots.append(jax.tree.leaves(jax.device_get(state["params"])))
   unchanged = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a, b))
   assert unchanged(snapshots[0], snapshots[1])  # first micro-step: accumulate only
@@ -728,20 +731,18 @@ def test_rollout_logps_give_the_loss_and_update_of_a_log_prob_pass(data_dir):
     data_dir, **{"rl.beta": 0.0, "rl.num_iterations": 2, "sft_steps": 0, "optax.warmup_steps": 0}
   )
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  s = train_lib.setup(config, mesh)
+  s = loop.setup(config, mesh)
   local, host = pipeline.split_host(
     next(iter(pipeline.make_dataset(data_dir, s.tokenizer, pipeline.settings_from_config(config))))
   )
   results = {}
   with jax.set_mesh(mesh):
-    batch = train_lib.to_global(mesh, local)
+    batch = sharding.to_global(mesh, local)
     for use in (False, True):
       config.rl.use_rollout_logps = use
       state = s.init_state()
-      timer = train_lib.PhaseTimer()
-      rollout, _, _ = train_lib.make_rollout(
-        s, config, state, batch, host, jax.random.key(7), timer
-      )
+      timer = metrics_lib.PhaseTimer()
+      rollout, _, _ = loop.make_rollout(s, config, state, batch, host, jax.random.key(7), timer)
       phases = set(timer.metrics())
       state, metrics = s.grpo_step(state, batch, rollout)
       results[use] = jax.device_get((rollout, metrics, state["params"]))

@@ -11,8 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from chronoforge_jax import convert
-from chronoforge_jax.models import hf_reference, vlm
+from chronoforge_jax.models import convert, vlm
+from tests import hf_reference
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(2)
@@ -150,7 +150,7 @@ def test_load_onto_a_mesh_places_shards(tmp_path):
 
 
 def test_convert_launcher_writes_loadable_params(tmp_path):
-  from chronoforge_jax import checkpoint
+  from chronoforge_jax.train import checkpoint
   from launch import convert_hf
 
   hf = _hf(True)
@@ -186,7 +186,8 @@ import sys
 import jax
 jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
-from chronoforge_jax import convert, sharding
+from chronoforge_jax import sharding
+from chronoforge_jax.models import convert
 mesh = sharding.make_mesh((1, 2, 1))  # fsdp over both processes' devices.
 model = convert.load_hf_model(sys.argv[3], mesh=mesh, text_position_after_video="spatial")
 kernel = model.text.layers.mlp.up.kernel.get_value()

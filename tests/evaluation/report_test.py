@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.report: curve grouping, bar data, valid PNGs, report.md."""
+"""Tests for chronoforge_jax.evaluation.report: curve grouping, bar data, valid PNGs, report.md."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from chronoforge_jax import eval_lib, report
+from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.evaluation import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from chronoforge_jax import sampling, sharding
-from chronoforge_jax.models import hf_reference, stack
+from chronoforge_jax import sharding
+from chronoforge_jax.models import sampling, stack
 from chronoforge_jax.models.config import get_preset
 from chronoforge_jax.models.vision import VisionTower
 from chronoforge_jax.models.vlm import VideoLanguageModel
+from tests import hf_reference
 
 CFG = get_preset("tiny")
 SUPPRESS = (CFG.image_token_id, CFG.video_token_id)
@@ -648,7 +649,7 @@ def test_bad_inputs_name_the_problem(model, batch):
 def test_greedy_equals_hf_generate_with_video(tmp_path):
   torch = pytest.importorskip("torch")
   torch.set_num_threads(1)
-  from chronoforge_jax import convert
+  from chronoforge_jax.models import convert
 
   cfg_dict = hf_reference.hf_config_dict()
   hf = hf_reference.build_hf_model(cfg_dict, seed=1)

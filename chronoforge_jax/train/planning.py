@@ -11,7 +11,7 @@ cache, `sampling.share_prefix`). It leaves activations out:
 The compiled plan (`launch.plan --topology=v5p-16 --compile`): with `libtpu` installed, a
 CPU-only machine compiles for a real TPU slice (`jax.experimental.topologies`: devices
 that can compile but not run). `compile_programs` lowers every program a KF-GRPO step
-runs, the trainer's own jitted functions (`train_lib.step_functions`, the sampler through
+runs, the trainer's own jitted functions (`steps_lib.step_functions`, the sampler through
 `sampling.lower_generate`), on abstract inputs of the config's real shapes, and reads
 XLA's memory analysis (per-chip arguments, outputs, temporaries, code, peak) and cost
 analysis (FLOPs, the compiler's time estimate) of each:
@@ -27,19 +27,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from flax import nnx
 import jax
+from jax.experimental import topologies
 import jax.numpy as jnp
 import ml_collections
 
 from chronoforge_jax import sharding
 from chronoforge_jax.data import pipeline
 from chronoforge_jax.models import config as model_config_lib
+from chronoforge_jax.models import sampling
 from chronoforge_jax.models import text as text_lib
+from chronoforge_jax.rl import rollout as rollout_lib
 from chronoforge_jax.rl import views
+from chronoforge_jax.train import state as state_lib
+from chronoforge_jax.train import steps as steps_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +106,6 @@ def rollout_cache_shapes(
      "suffix": [layers, B*G, answer slots (max_new_tokens - 1), kv_heads, head_dim]},
     G the larger of the two views' group sizes.
   """
-  from chronoforge_jax import sampling  # pylint: disable=g-import-not-at-top
-
   t = model_cfg.text
   b = config.input.batch_size
   g = max(config.rl.num_generations, config.rl.num_disordered)
@@ -124,7 +129,7 @@ def plan(
   Args:
     config: a training config (configs/kf_grpo.py).
     mesh: the device mesh (fake CPU devices are fine).
-    model_cfg: the model config (`train_lib.model_config`).
+    model_cfg: the model config (`state_lib.model_config`).
     frame_size: frame side in pixels after preprocessing (sets the video token count).
 
   Returns:
@@ -132,10 +137,8 @@ def plan(
     rollout KV cache (K and V of the prompts once and of the G answers per prompt, one
     view), and the total.
   """
-  from chronoforge_jax import train_lib  # Late: train_lib imports much more.
-
   # The trainer's own state structure and shardings, so the plan is what training holds.
-  _, _, shardings, abstract, _, _ = train_lib.build_state(config, mesh, model_cfg)
+  _, _, shardings, abstract, _, _ = state_lib.build_state(config, mesh, model_cfg)
   rows = [
     tree_row(f"{part} params", abstract["params"][part], shardings["params"][part])
     for part in ("visual", "text")
@@ -301,10 +304,6 @@ def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
 
 def topology_devices(topo: Topology) -> list[jax.Device]:
   """Compile-only devices of the slice (needs `libtpu`; no TPU is used)."""
-  import os  # pylint: disable=g-import-not-at-top
-
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-
   # Compile-only devices touch no TPU: let other libtpu processes (another plan, a test,
   # a run) hold libtpu's lockfile at the same time.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -345,9 +344,7 @@ def abstract_batch(
   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, frame_size: int
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """The largest training batch the pipeline makes (data/pipeline.py), sharded as
-  `train_lib.to_global` places it: the longest prompt and target buckets."""
-  from chronoforge_jax import train_lib  # pylint: disable=g-import-not-at-top
-
+  `sharding.to_global` places it: the longest prompt and target buckets."""
   st = pipeline.settings_from_config(config)
   b, u, p, k = st.batch_size, st.num_frames, st.num_patches, st.num_keyframes
   video = pipeline.num_video_tokens(p, frame_size, frame_size, st.patch_size, st.merge_size)
@@ -368,7 +365,7 @@ def abstract_batch(
     example_valid=((b,), jnp.bool_),
   )
   return {
-    name: jax.ShapeDtypeStruct(shape, dtype, sharding=train_lib.batch_sharding(mesh, shape))
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
     for name, (shape, dtype) in shapes.items()
   }
 
@@ -453,7 +450,7 @@ def _compile(name: str, lowered: Any, runs_per_step: int) -> tuple[ProgramReport
   t0 = time.perf_counter()
   try:
     compiled = lowered.compile()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     message = str(e)
     if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
       raise
@@ -507,8 +504,8 @@ def compile_programs(
 ) -> list[ProgramReport]:
   """Compiles every program of a KF-GRPO step for `mesh` and reports each one.
 
-  The programs are the trainer's own (`train_lib.step_functions`, the sampler through
-  `sampling.lower_generate` with `train_lib.sampler_calls`), lowered on abstract inputs
+  The programs are the trainer's own (`steps_lib.step_functions`, the sampler through
+  `sampling.lower_generate` with `rollout_lib.sampler_calls`), lowered on abstract inputs
   of the config's largest shapes: the batch of `abstract_batch`; each program's inputs
   are the outputs of the one before it, with the shardings XLA chose for them:
 
@@ -534,19 +531,12 @@ def compile_programs(
   Returns:
     One ProgramReport per program, in the order above.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  from chronoforge_jax import (
-    sampling,  # pylint: disable=g-import-not-at-top
-    train_lib,  # pylint: disable=g-import-not-at-top
-  )
-
   say = progress or (lambda _: None)
   rl = config.rl
-  graphdef, tx, state_shardings, abstract_state, _, _ = train_lib.build_state(
+  graphdef, tx, state_shardings, abstract_state, _, _ = state_lib.build_state(
     config, mesh, model_cfg
   )
-  steps = train_lib.step_functions(config, mesh, graphdef, tx, state_shardings)
+  steps = steps_lib.step_functions(config, mesh, graphdef, tx, state_shardings)
   batch = abstract_batch(config, mesh, frame_size=frame_size)
   stop_tokens = tuple(stop_tokens if stop_tokens is not None else model_cfg.eos_token_ids)
   reports: list[ProgramReport] = []
@@ -596,7 +586,7 @@ def compile_programs(
   prompt = lambda k: jax.ShapeDtypeStruct(batch[k].shape, jnp.int32)
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
   samples = {}
-  for name, _, inputs, kwargs in train_lib.sampler_calls(
+  for name, _, inputs, kwargs in rollout_lib.sampler_calls(
     model_cfg.vision,
     views or {},
     batch,
@@ -615,7 +605,7 @@ def compile_programs(
   rollout = {}
   b = batch["answer_index"].shape[0]
   reward = lambda g: jax.ShapeDtypeStruct(
-    (b, g), jnp.float32, sharding=train_lib.batch_sharding(mesh, (b, g))
+    (b, g), jnp.float32, sharding=sharding.batch_sharding(mesh, (b, g))
   )
   rollout["accuracy"] = rollout["format"] = reward(rl.num_generations)
   rollout["disordered_accuracy"] = reward(

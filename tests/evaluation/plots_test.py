@@ -1,4 +1,4 @@
-"""Tests for chronoforge_jax.plots: the PNGs exist and show what they claim to show."""
+"""Tests for chronoforge_jax.evaluation.plots: the PNGs exist and show what they claim to show."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from chronoforge_jax import plots
+from chronoforge_jax.evaluation import plots
 
 _RED = np.array([0.839, 0.153, 0.157])  # matplotlib "tab:red", the inflection marker.
 

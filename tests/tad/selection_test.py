@@ -12,8 +12,9 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from chronoforge_jax import features, tad, testing
+from chronoforge_jax import tad, testing
 from chronoforge_jax.data import decode
+from chronoforge_jax.tad import features, selection
 
 ref_variation = testing.reference_variation
 ref_inflections = testing.reference_inflections
@@ -293,9 +294,7 @@ def test_perturbed_membership_matches_the_gaussian_closed_form():
   sigma, z = 0.3, jnp.asarray([[0.5, 0.3], [0.1, 0.6]])
   mask = jnp.ones((2, 2), bool)
   member = jax.jit(
-    lambda z: tad._perturbed_membership(  # pylint: disable=protected-access
-      z, mask, 1, sigma, jax.random.key(1), 40000
-    )
+    lambda z: selection._perturbed_membership(z, mask, 1, sigma, jax.random.key(1), 40000)
   )
   d = np.asarray(z[:, 0] - z[:, 1]) / (sigma * np.sqrt(2))
   p0 = stats.norm.cdf(d)
