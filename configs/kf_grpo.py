@@ -190,11 +190,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "optax.grad_accum",
     f"got {o.grad_accum!r}; need an int >= 1",
   )
-  check(
-    config.rl.temperature == 1.0,
-    "rl.temperature",
-    "the trainer's log-probs are of the untempered policy; use temperature 1.0",
-  )
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
     check(
