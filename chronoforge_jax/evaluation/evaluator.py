@@ -516,6 +516,27 @@ class EvalSettings:
       path = _CONFIG_FIELDS.get(field, f"eval.{field}")
       raise ValueError(f"config.{path}: {str(err).partition(': ')[2]}") from None
 
+  @classmethod
+  def from_train_config(cls, config: ml_collections.ConfigDict, **overrides: Any) -> EvalSettings:
+    """The evaluation a training config (configs/kf_grpo.py) implies: as it was trained.
+
+    K, TAD settings, patch mode, eval batch size, prompt buckets and template, scoring and
+    the answer cap come from its `tad`, `input` and `rl` sections; `overrides` set any
+    field (the selector, mode, frame order, ...).
+    """
+    i = config.input
+    fields = dict(
+      num_keyframes=config.tad.k,
+      select_kwargs={k: config.tad[k] for k in tad.analyze_defaults() if k in config.tad},
+      batch_size=i.eval_batch_size,
+      patch_mode=i.patch_mode,
+      prompt_buckets=tuple(i.prompt_buckets),
+      prompt_template=i.prompt_template,
+      scoring=i.eval_scoring,
+      max_new_tokens=config.rl.max_new_tokens,
+    )
+    return cls(**{**fields, **overrides})
+
   def replace(self, **changes: Any) -> EvalSettings:
     """A copy with `changes` (checked again)."""
     return dataclasses.replace(self, **changes)
