@@ -47,7 +47,10 @@ _EVAL_QUESTIONS = flags.DEFINE_integer(
   "eval_questions", None, "Held-out questions (default: configs/data.py:demo, 400)."
 )
 _MODE = flags.DEFINE_enum(
-  "eval_mode", "likelihood", ["likelihood", "generate"], "How evaluation picks an answer."
+  "eval_mode",
+  "likelihood",
+  ["likelihood", "generate"],
+  "How evaluation picks an answer (the other settings: configs/eval.py:demo).",
 )
 
 
