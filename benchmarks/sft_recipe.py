@@ -60,8 +60,8 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   from chronoforge_jax import tokenizer as tokenizer_lib
   from chronoforge_jax.evaluation import evaluator as eval_lib
   from chronoforge_jax.train import loop
+  from chronoforge_jax.train import state as state_lib
   from configs import kf_grpo
-  from configs import tad as tad_config
 
   config = kf_grpo.get_config("demo")
   steps = _STEPS.value or config.sft_steps
@@ -85,24 +85,18 @@ def run_seed(out: str, train_dir: str, eval_dir: str, seed: int) -> dict:
   }
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(train_dir, "tokenizer"))
   model = eval_lib.load_model(
-    eval_lib.model_config(preset=config.model.preset, tokenizer=tok),
-    checkpoint=os.path.join(workdir, "checkpoints"),
+    state_lib.model_config(config, tok), checkpoint=os.path.join(workdir, "checkpoints")
+  )
+  settings = eval_lib.EvalSettings.from_train_config(
+    config, mode="likelihood", answer_template="<think></think><answer>{letter}</answer>"
   )
   for selector, order in _CONDITIONS:
     result = eval_lib.evaluate(
       model,
       eval_dir,
       tok,
-      selector=selector,
-      num_keyframes=config.tad.k,
-      batch_size=config.input.eval_batch_size,
-      mode="likelihood",
-      select_kwargs=tad_config.tad_kwargs(config.tad),
-      patch_mode=config.input.patch_mode,
-      prompt_buckets=tuple(config.input.prompt_buckets),
-      answer_template="<think></think><answer>{letter}</answer>",
+      settings.replace(selector=selector, frame_order=order),
       progress=False,
-      frame_order=order,
       name=f"{selector}_{order}",
       out_dir=workdir,
     )

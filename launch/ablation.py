@@ -36,7 +36,6 @@ from chronoforge_jax.evaluation import ablation
 from configs import ablation as ablation_config
 from configs import common
 from configs import kf_grpo as kf_grpo_config
-from configs import tad as tad_config
 from launch import tools
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -96,7 +95,6 @@ def main(argv) -> int:
       train_dir=train_dir,
       eval_dir=eval_dir,
       check_config=kf_grpo_config.validate,
-      select_kwargs=lambda c: tad_config.tad_kwargs(c.tad),
     )
   except (common.ConfigError, ablation.ConfigMismatch) as e:
     print(f"ablation: {e}", file=sys.stderr, flush=True)

@@ -47,7 +47,10 @@ _EVAL_QUESTIONS = flags.DEFINE_integer(
   "eval_questions", None, "Held-out questions (default: configs/data.py:demo, 400)."
 )
 _MODE = flags.DEFINE_enum(
-  "eval_mode", "likelihood", ["likelihood", "generate"], "How evaluation picks an answer."
+  "eval_mode",
+  "likelihood",
+  ["likelihood", "generate"],
+  "How evaluation picks an answer (the other settings: configs/eval.py:demo).",
 )
 
 
@@ -178,14 +181,16 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) 
   """The held-out split under the model of `label` ("init", "sft", "kf_grpo")."""
   from chronoforge_jax import tokenizer as tokenizer_lib
   from chronoforge_jax.evaluation import evaluator as eval_lib
-  from configs import kf_grpo
-  from configs import tad as tad_config
+  from chronoforge_jax.train import state as state_lib
+  from configs import eval as eval_config
 
-  config = kf_grpo.get_config("demo")
+  # configs/eval.py:demo evaluates as configs/kf_grpo.py:demo trains (K, patches, prompts).
+  config = eval_config.get_config("demo")
+  config.eval.mode = _MODE.value
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(train_dir, "tokenizer"))
-  mcfg = eval_lib.model_config(preset=config.model.preset, tokenizer=tok)
+  mcfg = state_lib.model_config(config, tok)
   if label == "init":
-    model = eval_lib.load_model(mcfg, random_init=True, seed=config.seed)
+    model = eval_lib.load_model(mcfg, random_init=True)
   else:
     model = eval_lib.load_model(mcfg, checkpoint=os.path.join(workdir, "checkpoints"))
   results = []
@@ -194,20 +199,10 @@ def evaluate(out: str, train_dir: str, eval_dir: str, workdir: str, label: str) 
       model,
       eval_dir,
       tok,
-      selector=selector,
-      num_keyframes=config.tad.k,
-      batch_size=config.input.eval_batch_size,
-      mode=_MODE.value,
-      max_new_tokens=32,
-      select_kwargs=tad_config.tad_kwargs(config.tad),
-      patch_mode=config.input.patch_mode,
-      prompt_buckets=tuple(config.input.prompt_buckets),
-      # The demo's SFT targets leave <think> empty; score exactly that answer format.
-      answer_template="<think></think><answer>{letter}</answer>",
+      eval_lib.EvalSettings.from_config(config, selector=selector, frame_order=order),
       name=f"{label}_{selector}" + ("" if order == "ordered" else f"_{order}"),
       out_dir=os.path.join(out, "eval"),
       progress=False,
-      frame_order=order,
     )
     print(
       f"  {result.name}: accuracy {result.tables['overall']['accuracy']:.1%} on "

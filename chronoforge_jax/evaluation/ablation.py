@@ -18,8 +18,8 @@ mean +- t(0.975, n - 1) * s / sqrt(n) (Student's t; s the sample standard deviat
 undefined for one seed. The "Reading" paragraphs of the report are sentences computed
 from those numbers.
 
-The library takes the base training configs, their validator and the TAD-settings function
-from the caller (launch/ablation.py), so it imports no config module.
+The library takes the base training configs and their validator from the caller
+(launch/ablation.py), so it imports no config module.
 """
 
 from __future__ import annotations
@@ -346,9 +346,12 @@ def evaluate(
   eval_dir: str,
   ablation: ml_collections.ConfigDict,
   selectors: Sequence[str],
-  select_kwargs: Mapping[str, Any],
 ) -> dict[str, dict[str, Any]]:
   """Evaluates the stage's final checkpoint on the held-out split.
+
+  The settings are the training config's (`EvalSettings.from_train_config`: its K, TAD
+  settings, patches and prompts) with the ablation's `eval` section (mode, answer
+  template, frame orders and their seed, max questions).
 
   Returns:
     {selector: {frame order: {"accuracy", "num_questions", "task_type": {type: acc}}}};
@@ -366,6 +369,13 @@ def evaluate(
     attention_impl=config.model.attention_impl,
   )
   e = ablation.eval
+  base = eval_lib.EvalSettings.from_train_config(
+    config,
+    mode=e.mode,
+    answer_template=e.answer_template,
+    max_questions=e.max_questions or None,
+    frame_order_seed=e.shuffle_seed,
+  )
   out: dict[str, dict[str, Any]] = {}
   for selector in selectors:
     out[selector] = {}
@@ -374,21 +384,10 @@ def evaluate(
         model,
         eval_dir,
         tok,
-        selector=selector,
-        num_keyframes=config.tad.k,
-        batch_size=config.input.eval_batch_size,
-        mode=e.mode,
-        max_new_tokens=config.rl.max_new_tokens,
-        select_kwargs=select_kwargs,
-        prompt_buckets=tuple(config.input.prompt_buckets),
-        answer_template=e.answer_template,
-        max_questions=e.max_questions or None,
+        base.replace(selector=selector, frame_order=order),
         name=f"{selector}_{order}",
         out_dir=os.path.join(workdir, "eval"),
         progress=False,
-        patch_mode=config.input.patch_mode,
-        frame_order=order,
-        frame_order_seed=e.shuffle_seed,
         meta={"checkpoint": workdir},
       )
       t = result.tables
@@ -477,7 +476,6 @@ def run_ablation(
   train_dir: str,
   eval_dir: str,
   check_config: Callable[[ml_collections.ConfigDict], None],
-  select_kwargs: Callable[[ml_collections.ConfigDict], dict[str, Any]],
   say: Callable[[str], None] = print,
 ) -> str:
   """SFT once, every arm run from it, evaluations, then the report.
@@ -488,7 +486,6 @@ def run_ablation(
     out: the output folder (reused to resume).
     train_dir, eval_dir: the preprocessed training and held-out splits.
     check_config: validates a training config (raises naming the bad field).
-    select_kwargs: a training config's `tad` settings as `tad.select_keyframes` kwargs.
     say: progress output.
 
   Returns:
@@ -509,7 +506,6 @@ def run_ablation(
     ablation,
     list(ablation.selectors),
     eval_dir,
-    select_kwargs,
     say,
     "  SFT",
   )
@@ -532,7 +528,6 @@ def run_ablation(
       ablation,
       [run.selector],
       eval_dir,
-      select_kwargs,
       say,
       head,
     )
@@ -564,7 +559,6 @@ def _stage(
   ablation: ml_collections.ConfigDict,
   selectors: list[str],
   eval_dir: str,
-  select_kwargs: Callable[[ml_collections.ConfigDict], dict[str, Any]],
   say: Callable[[str], None],
   label: str,
 ) -> dict[str, Any]:
@@ -600,7 +594,7 @@ def _stage(
     _train(config, workdir)
   summary = {
     **head,
-    "eval": evaluate(config, workdir, eval_dir, ablation, selectors, select_kwargs(config)),
+    "eval": evaluate(config, workdir, eval_dir, ablation, selectors),
     "eval_settings": settings,
     "train": train_stats(workdir),
     "seconds": round(time.perf_counter() - t0, 1),

@@ -1,11 +1,16 @@
 """Benchmark evaluation: multiple-choice accuracy per benchmark, duration bucket and task type.
 
-  model = eval_lib.load_model(eval_lib.model_config(preset="qwen2_5_vl_7b", tokenizer=tok),
+  model = eval_lib.load_model(state.model_config(config, tok),  # config.model's preset
                               checkpoint="/runs/kf_grpo/checkpoints")
-  result = eval_lib.evaluate(model, "data/videomme", tok, selector="tad", num_keyframes=32,
-                             batch_size=8, mode="generate", max_new_tokens=512)
+  settings = eval_lib.EvalSettings(selector="tad", num_keyframes=32, batch_size=8,
+                                   mode="generate", max_new_tokens=512)
+  result = eval_lib.evaluate(model, "data/videomme", tok, settings)
   eval_lib.write_result(result, "out/eval")      # <name>.jsonl, <name>.json, <name>.md
   print(eval_lib.compare_results([tad_result, uniform_result]))
+
+Settings: one frozen `EvalSettings` (checked when built; `EvalSettings.from_config` reads
+configs/eval.py's `eval` and `tad` sections); the model, mesh and output folder are
+arguments of `evaluate`, not settings.
 
 Data: a folder written by `launch/preprocess` (VideoMME, LVBench, ... in the shared
 record format), read by the evaluation pipeline (`pipeline.eval_settings`: file order,
@@ -19,10 +24,11 @@ Two ways to read the model's answer:
                 "unparseable" and counts as wrong (the paper's protocol).
   "likelihood"  each option letter L is scored as the summed log-probability of the
                 completion `answer_template.format(letter=L)` (default
-                "<answer>L</answer>") right after the prompt (`token_logprobs`), and the
-                argmax is the answer. Fast and deterministic; no sampler involved. The
-                whole completion is scored, not one token, so the choice does not depend
-                on how the tokenizer splits the letter from its tags.
+                "<answer>L</answer>") right after the prompt, by the trainer's scorer
+                (`kf_grpo.completion_logprobs`), and the argmax is the answer. Fast
+                and deterministic; no sampler involved. The whole completion is
+                scored, not one token, so the choice does not depend on how the
+                tokenizer splits the letter from its tags.
 
 Results: an `EvalResult` holds one `QuestionResult` per question and the accuracy tables
 (overall, per duration bucket, per task type, each with the unparseable fraction).
@@ -42,10 +48,11 @@ every host, so all processes hold the same results, and only process 0 writes fi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from flax import nnx
 import jax
@@ -54,9 +61,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from chronoforge_jax import models, sharding, tad
+from chronoforge_jax import sharding, tad
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax.data import pipeline, records
+from chronoforge_jax.data import pipeline, prompts, records
 
 # Results, tables and files live in eval_results; re-exported as this module's API.
 from chronoforge_jax.evaluation.results import (  # noqa: F401
@@ -81,6 +88,7 @@ from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import convert, sampling, vlm
 from chronoforge_jax.rl import answer_rules, kf_grpo
 from chronoforge_jax.rl import scoring as scoring_lib
+from chronoforge_jax.rl import views as views_lib
 from chronoforge_jax.train import checkpoint as ckpt_lib
 
 MODES = ("generate", "likelihood")
@@ -90,31 +98,6 @@ ANSWER_TEMPLATE = "<answer>{letter}</answer>"
 # ---------------------------------------------------------------------------------------
 # Building the model.
 # ---------------------------------------------------------------------------------------
-
-
-def model_config(
-  *,
-  preset: str = "",
-  hf_dir: str = "",
-  tokenizer: tokenizer_lib.Tokenizer | None = None,
-  match_tokenizer: bool = True,
-) -> model_config_lib.ModelConfig:
-  """The model config as the trainer builds it (`state_lib.model_config`).
-
-  Args:
-    preset: a `models.config` preset name (tiny, qwen2_5_vl_7b, ...), used without hf_dir.
-    hf_dir: a HF checkpoint folder whose config.json defines the model.
-    tokenizer: the evaluation tokenizer.
-    match_tokenizer: take the vocabulary size and special token ids from the tokenizer
-      (needed for the tiny synthetic-set tokenizer; a no-op for Qwen's own tokenizer).
-
-  Returns:
-    The ModelConfig.
-  """
-  if not preset and not hf_dir:
-    raise ValueError("model_config: give a preset name (e.g. 'qwen2_5_vl_7b') or hf_dir")
-  cfg = models.config_from_section(ml_collections.ConfigDict({"preset": preset, "hf_dir": hf_dir}))
-  return models.match_tokenizer(cfg, tokenizer) if match_tokenizer and tokenizer else cfg
 
 
 def load_model(
@@ -137,7 +120,7 @@ def load_model(
   random weights if `random_init` (smoke tests only).
 
   Args:
-    config: the ModelConfig (`model_config`).
+    config: the ModelConfig (`train.state.model_config` of a config's `model` section).
     checkpoint: params checkpoint path ("" for none).
     hf_dir: HF checkpoint folder ("" for none).
     random_init: allow random weights when neither source is given.
@@ -235,24 +218,32 @@ _VIDEO_KEYS = ("frames", "timestamps", "ordered_patches")
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _encode_view(graphdef, state, batch):
-  """The ordered keyframe view's video embeddings and patch times (grid is host-side)."""
+  """`kf_grpo.batch_views`' ordered view, compiled: video embeddings and patch times.
+
+  The grid is left out: the sampler needs it on the host (`kf_grpo.view_grid`).
+  """
   view = kf_grpo.batch_views(nnx.merge(graphdef, state), batch, views=("ordered",))["ordered"]
   return {k: v for k, v in view.items() if k != "video_grid_thw"}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _option_scores(graphdef, state, batch, completions_na, completion_mask_na):
-  """Summed log-probs [B, N] of each of N option completions after each prompt."""
-  model = nnx.merge(graphdef, state)
+  """Summed log-probs [B, N] of each of N option completions after each prompt.
+
+  The N options are scored as N "samples" per prompt by `kf_grpo.completion_logprobs`
+  (the trainer's scorer): row b * N + j of its output is option j after prompt b.
+  """
   n = completions_na.shape[0]
   b = batch["prompt_ids"].shape[0]
-  video = kf_grpo.batch_views(model, batch, repeat=n, views=("ordered",))["ordered"]
-  # Row b * N + j is option j of prompt b (jnp.repeat order, as `view_inputs`).
-  prompt_ids = jnp.repeat(batch["prompt_ids"], n, axis=0)
-  prompt_mask = jnp.repeat(batch["prompt_mask"], n, axis=0)
-  comp = jnp.tile(completions_na, (b, 1))
   comp_mask = jnp.tile(completion_mask_na, (b, 1))
-  logp = model.token_logprobs(prompt_ids, prompt_mask, comp, comp_mask, **video)
+  logp = kf_grpo.completion_logprobs(
+    nnx.merge(graphdef, state),
+    batch,
+    jnp.tile(completions_na, (b, 1)),
+    comp_mask,
+    view="ordered",
+    num_samples=n,
+  )
   return jnp.sum(jnp.where(comp_mask > 0, logp, 0.0), axis=1).reshape(b, n)
 
 
@@ -387,52 +378,37 @@ def reorder_frames(
   return {**batch, "frames": shuffled.reshape(frames.shape)}
 
 
-def evaluate(
-  model: vlm.VideoLanguageModel,
-  data_dir: str | os.PathLike,
-  tokenizer: tokenizer_lib.Tokenizer,
-  *,
-  selector: str = "tad",
-  num_keyframes: int = 16,
-  batch_size: int = 8,
-  mode: str = "generate",
-  max_new_tokens: int = 512,
-  select_kwargs: Mapping[str, Any] | None = None,
-  prompt_buckets: Sequence[int] = (128, 256, 512),
-  answer_template: str = ANSWER_TEMPLATE,
-  max_questions: int | None = None,
-  name: str | None = None,
-  out_dir: str | os.PathLike | None = None,
-  mesh: jax.sharding.Mesh | None = None,
-  progress: bool = True,
-  meta: Mapping[str, Any] | None = None,
-  patch_mode: str = "pair",
-  frame_order: str = "ordered",
-  frame_order_seed: int = 0,
-  scoring: str = "lenient",
-  prompt_template: str = "short",
-) -> EvalResult:
-  """Evaluates `model` on every question of a preprocessed benchmark folder.
+# EvalSettings fields -> where an eval config (configs/eval.py) holds them, for messages.
+_CONFIG_FIELDS = {
+  "selector": "eval.selectors",
+  "frame_order": "eval.frame_orders",
+  "num_keyframes": "tad.k",
+  "select_kwargs": "tad",
+}
 
-  Args:
-    model: the VideoLanguageModel (its vision patch / merge sizes shape the prompts).
-    data_dir: a `launch/preprocess` output folder.
-    tokenizer: the tokenizer the model was trained with.
-    selector: keyframe selector ("tad" or "uniform", see `tad.SELECTORS`).
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """How one evaluation runs: everything but the model, the data and where results go.
+
+  Built directly (`EvalSettings(selector="uniform", num_keyframes=8)`) or from an eval
+  config (`from_config`, configs/eval.py). `__post_init__` checks every field against
+  the registries that serve it, so a bad setting fails before anything loads.
+
+  Attributes:
+    selector: keyframe selector, a name in `tad.SELECTORS` ("tad", "uniform").
     num_keyframes: K (even when `patch_mode` is "pair").
     batch_size: questions per forward pass.
     mode: "generate" (greedy answer + extraction) or "likelihood" (option scoring).
     max_new_tokens: answer length cap ("generate").
-    select_kwargs: TAD settings (`tad.analyze`'s; unset ones take its defaults).
+    select_kwargs: TAD settings (`tad.analyze`'s); unset ones take its defaults, so
+      the field always holds all of them.
     prompt_buckets: allowed prompt lengths without video tokens (bounds recompiles).
-    answer_template: the completion scored per option letter ("likelihood").
+    answer_template: the completion scored per option letter ("likelihood"); holds
+      "{letter}".
     max_questions: evaluate only the first N questions (None: all).
-    name: result name (default "<selector>_k<K>_<mode>").
-    out_dir: if set, the result is written there (`write_result`) after the last batch.
-    mesh: shard the batch over this mesh's data axes (the model must be on it too).
-    progress: show a progress bar.
-    meta: extra settings to record (checkpoint path, model preset, ...).
-    patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (one each).
+    patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (one each),
+      `views.PATCH_MODES`.
     frame_order: "ordered" (the benchmark), or the controls "shuffled" (each question's
       keyframes in a random order) and "zeroed" (black frames); see `reorder_frames`.
     frame_order_seed: seed of the "shuffled" permutations.
@@ -440,45 +416,214 @@ def evaluate(
       "lmms_eval"); recorded in the result ("likelihood" mode needs none).
     prompt_template: the prompt's template (`prompts.PROMPT_TEMPLATES`); use the one the
       model was trained with.
+  """
+
+  selector: str = "tad"
+  num_keyframes: int = 16
+  batch_size: int = 8
+  mode: str = "generate"
+  max_new_tokens: int = 512
+  select_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  prompt_buckets: tuple[int, ...] = (128, 256, 512)
+  answer_template: str = ANSWER_TEMPLATE
+  max_questions: int | None = None
+  patch_mode: str = "pair"
+  frame_order: str = "ordered"
+  frame_order_seed: int = 0
+  scoring: str = "lenient"
+  prompt_template: str = "short"
+
+  def __post_init__(self):
+    def bad(field, message):
+      raise ValueError(f"EvalSettings.{field}: {message}")
+
+    def choice(field, names):
+      if getattr(self, field) not in names:
+        bad(field, f"got {getattr(self, field)!r}; choose one of {sorted(names)}")
+
+    def positive_int(field):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        bad(field, f"got {value!r}; need an int >= 1")
+
+    choice("selector", tad.SELECTORS.names())
+    choice("mode", MODES)
+    choice("patch_mode", views_lib.PATCH_MODES)
+    choice("frame_order", FRAME_ORDERS)
+    choice("scoring", scoring_lib.SCORINGS.names())
+    choice("prompt_template", prompts.PROMPT_TEMPLATES.names())
+    for field in ("num_keyframes", "batch_size", "max_new_tokens"):
+      positive_int(field)
+    if self.patch_mode == "pair" and self.num_keyframes % 2:
+      bad(
+        "num_keyframes",
+        f"got {self.num_keyframes}; patch_mode 'pair' needs an even K (keyframes pair "
+        "into temporal patches; patch_mode 'duplicate' takes any K >= 1)",
+      )
+    if self.max_questions is not None:
+      positive_int("max_questions")
+    if not isinstance(self.frame_order_seed, int):
+      bad("frame_order_seed", f"got {self.frame_order_seed!r}; need an int")
+    if "{letter}" not in self.answer_template:
+      bad("answer_template", f"got {self.answer_template!r}; it must contain {{letter}}")
+    buckets = tuple(self.prompt_buckets)
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets):
+      bad("prompt_buckets", f"got {self.prompt_buckets!r}; need one or more ints >= 1")
+    known = tad.analyze_defaults()
+    unknown = sorted(set(self.select_kwargs) - set(known))
+    if unknown:
+      bad("select_kwargs", f"unknown TAD settings {unknown}; known: {sorted(known)}")
+    object.__setattr__(self, "prompt_buckets", buckets)
+    object.__setattr__(self, "select_kwargs", {**known, **self.select_kwargs})
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, **overrides: Any) -> EvalSettings:
+    """The settings of an eval config (configs/eval.py): its `eval` and `tad` sections.
+
+    Args:
+      config: holds `eval` (selectors, mode, batch size, ...) and `tad` (K and the TAD
+        settings).
+      **overrides: fields to set instead of the config's, e.g. the selector and frame
+        order of one of the config's runs, or the training run's scoring.
+
+    Returns:
+      The settings of the first selector and frame order of the config, with overrides.
+
+    Raises:
+      ValueError: naming the config field (`config.eval.mode: ...`) of a bad value.
+    """
+    e, t = config.eval, config.tad
+    fields = dict(
+      selector=e.selectors[0] if e.selectors else "",
+      num_keyframes=t.k,
+      batch_size=e.batch_size,
+      mode=e.mode,
+      max_new_tokens=e.max_new_tokens,
+      select_kwargs={k: t[k] for k in tad.analyze_defaults() if k in t},
+      prompt_buckets=tuple(e.prompt_buckets),
+      answer_template=e.answer_template,
+      max_questions=e.max_questions or None,
+      patch_mode=e.patch_mode,
+      frame_order=e.frame_orders[0] if e.frame_orders else "",
+      frame_order_seed=e.frame_order_seed,
+      scoring=e.scoring or "lenient",
+      prompt_template=e.prompt_template or "short",
+    )
+    try:
+      return cls(**{**fields, **overrides})
+    except ValueError as err:
+      field = str(err).partition(":")[0].removeprefix("EvalSettings.")
+      path = _CONFIG_FIELDS.get(field, f"eval.{field}")
+      raise ValueError(f"config.{path}: {str(err).partition(': ')[2]}") from None
+
+  @classmethod
+  def from_train_config(cls, config: ml_collections.ConfigDict, **overrides: Any) -> EvalSettings:
+    """The evaluation a training config (configs/kf_grpo.py) implies: as it was trained.
+
+    K, TAD settings, patch mode, eval batch size, prompt buckets and template, scoring and
+    the answer cap come from its `tad`, `input` and `rl` sections; `overrides` set any
+    field (the selector, mode, frame order, ...).
+    """
+    i = config.input
+    fields = dict(
+      num_keyframes=config.tad.k,
+      select_kwargs={k: config.tad[k] for k in tad.analyze_defaults() if k in config.tad},
+      batch_size=i.eval_batch_size,
+      patch_mode=i.patch_mode,
+      prompt_buckets=tuple(i.prompt_buckets),
+      prompt_template=i.prompt_template,
+      scoring=i.eval_scoring,
+      max_new_tokens=config.rl.max_new_tokens,
+    )
+    return cls(**{**fields, **overrides})
+
+  def replace(self, **changes: Any) -> EvalSettings:
+    """A copy with `changes` (checked again)."""
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def name(self) -> str:
+    """The default result name: <selector>_k<K>_<mode>[_<frame order>]."""
+    name = f"{self.selector}_k{self.num_keyframes}_{self.mode}"
+    return name if self.frame_order == "ordered" else f"{name}_{self.frame_order}"
+
+  def record(self) -> dict[str, Any]:
+    """The settings as a result records them (`EvalResult.settings`)."""
+    generate = self.mode == "generate"
+    return {
+      "selector": self.selector,
+      "num_keyframes": self.num_keyframes,
+      "patch_mode": self.patch_mode,
+      "mode": self.mode,
+      "frame_order": self.frame_order,
+      "prompt_template": self.prompt_template,
+      "scoring": self.scoring if generate else "likelihood",
+      "batch_size": self.batch_size,
+      "max_new_tokens": self.max_new_tokens if generate else None,
+      "answer_template": None if generate else self.answer_template,
+      "select_kwargs": dict(self.select_kwargs) if self.selector == "tad" else {},
+    }
+
+
+def evaluate(
+  model: vlm.VideoLanguageModel,
+  data_dir: str | os.PathLike,
+  tokenizer: tokenizer_lib.Tokenizer,
+  settings: EvalSettings | None = None,
+  *,
+  name: str | None = None,
+  out_dir: str | os.PathLike | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  progress: bool = True,
+  meta: Mapping[str, Any] | None = None,
+) -> EvalResult:
+  """Evaluates `model` on every question of a preprocessed benchmark folder.
+
+  Args:
+    model: the VideoLanguageModel (its vision patch / merge sizes shape the prompts).
+    data_dir: a `launch/preprocess` output folder.
+    tokenizer: the tokenizer the model was trained with.
+    settings: how to evaluate (`EvalSettings`; default: its defaults).
+    name: result name (default `settings.name`).
+    out_dir: if set, the result is written there (`write_result`) after the last batch.
+    mesh: shard the batch over this mesh's data axes (the model must be on it too).
+    progress: show a progress bar.
+    meta: extra settings to record (checkpoint path, model preset, ...).
 
   Returns:
     The EvalResult.
   """
-  if mode not in MODES:
-    raise ValueError(f"mode={mode!r}: choose one of {MODES}")
+  s = settings if settings is not None else EvalSettings()
+  if not isinstance(s, EvalSettings):
+    raise TypeError(
+      f"settings: got {type(s).__name__}; pass an EvalSettings "
+      "(EvalSettings(...) or EvalSettings.from_config(config))"
+    )
   if jax.process_count() > 1 and mesh is None:
     raise ValueError(
       f"{jax.process_count()} processes: pass a mesh over all processes' "
       "devices (launch/eval builds one) and load the model onto it"
     )
-  if max_questions is not None and max_questions < 1:
-    raise ValueError(f"max_questions={max_questions}: need >= 1 or None")
-  if frame_order not in FRAME_ORDERS:
-    raise ValueError(f"frame_order={frame_order!r}: choose one of {FRAME_ORDERS}")
-  scoring_lib.SCORINGS.get(scoring)  # An unknown name fails before anything loads.
   index = check_data_dir(data_dir)
-  select_kwargs = {**tad.analyze_defaults(), **(select_kwargs or {})}
   vcfg = model.config.vision
-  settings = pipeline.eval_settings(
-    batch_size,
-    num_keyframes=num_keyframes,
-    selector=selector,
-    select_kwargs=dict(select_kwargs),
+  pipeline_settings = pipeline.eval_settings(
+    s.batch_size,
+    num_keyframes=s.num_keyframes,
+    selector=s.selector,
+    select_kwargs=dict(s.select_kwargs),
     patch_size=vcfg.patch_size,
     merge_size=vcfg.spatial_merge_size,
-    prompt_buckets=tuple(prompt_buckets),
-    patch_mode=patch_mode,
+    prompt_buckets=s.prompt_buckets,
+    patch_mode=s.patch_mode,
     prefetch_workers=0,
-    prompt_template=prompt_template,
+    prompt_template=s.prompt_template,
   )
-  total = (
-    int(index["num_questions"])
-    if max_questions is None
-    else min(max_questions, int(index["num_questions"]))
-  )
-  name = name or f"{selector}_k{num_keyframes}_{mode}"
+  total = int(index["num_questions"])
+  if s.max_questions is not None:
+    total = min(s.max_questions, total)
+  name = name or s.name
   graphdef, state = nnx.split(model)
-  dataset = pipeline.make_dataset(data_dir, tokenizer, settings)
+  dataset = pipeline.make_dataset(data_dir, tokenizer, pipeline_settings)
   bar = None
   if progress and jax.process_index() == 0:
     import tqdm
@@ -494,14 +639,14 @@ def evaluate(
           break
         batch = reorder_frames(
           batch,
-          frame_order,
-          np.random.default_rng([frame_order_seed, batch_index]),
+          s.frame_order,
+          np.random.default_rng([s.frame_order_seed, batch_index]),
           vcfg.temporal_patch_size,
         )
         host = pipeline.split_host(batch)[1]
         dev = _device_batch(batch, mesh)
-        if mode == "likelihood":
-          answers = _likelihood(graphdef, state, dev, host, tokenizer, answer_template)
+        if s.mode == "likelihood":
+          answers = _likelihood(graphdef, state, dev, host, tokenizer, s.answer_template)
         else:
           answers = _generate(
             model,
@@ -510,9 +655,9 @@ def evaluate(
             dev,
             host,
             tokenizer,
-            max_new_tokens,
+            s.max_new_tokens,
             (batch["prompt_ids"], batch["prompt_mask"]),
-            scoring,
+            s.scoring,
           )
         for b, (pick, text, scores, score) in enumerate(answers):
           if not batch["example_valid"][b] or len(results) >= total:
@@ -542,17 +687,7 @@ def evaluate(
       bar.close()
   run = {
     "data_dir": os.path.abspath(os.fspath(data_dir)),
-    "selector": selector,
-    "num_keyframes": num_keyframes,
-    "patch_mode": patch_mode,
-    "mode": mode,
-    "frame_order": frame_order,
-    "prompt_template": prompt_template,
-    "scoring": scoring if mode == "generate" else "likelihood",
-    "batch_size": batch_size,
-    "max_new_tokens": max_new_tokens if mode == "generate" else None,
-    "answer_template": answer_template if mode == "likelihood" else None,
-    "select_kwargs": dict(select_kwargs) if selector == "tad" else {},
+    **s.record(),
     "num_questions": len(results),
     "seconds": round(time.perf_counter() - start, 2),
     "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -277,12 +277,13 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
   import jax
   import jax.numpy as jnp
 
+  from chronoforge_jax import models
   from chronoforge_jax.evaluation import evaluator as eval_lib
   from chronoforge_jax.models import sampling, vlm
 
   out = mixed[0]
   tok = tokenizer_lib.Tokenizer.from_dir(os.path.join(out, "tokenizer"))
-  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  cfg = models.match_tokenizer(models.get_preset("tiny"), tok)
   graphdef, abstract = nnx.split(
     nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0)))
   )
@@ -327,13 +328,15 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
     model,
     out,
     tok,
-    selector="uniform",
-    num_keyframes=4,
-    batch_size=5,
-    mode="generate",
+    eval_lib.EvalSettings(
+      selector="uniform",
+      num_keyframes=4,
+      batch_size=5,
+      mode="generate",
+      prompt_buckets=(128, 192),
+      scoring="lmms_eval",
+    ),
     progress=False,
-    prompt_buckets=(128, 192),
-    scoring="lmms_eval",
   )
   want = collections.defaultdict(list)
   for q, text, rec in zip(qs, texts, r.records):
@@ -358,12 +361,14 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
       model,
       out,
       tok,
-      selector="uniform",
-      num_keyframes=4,
-      batch_size=5,
-      mode="likelihood",
+      eval_lib.EvalSettings(
+        selector="uniform",
+        num_keyframes=4,
+        batch_size=5,
+        mode="likelihood",
+        prompt_buckets=(128, 192),
+      ),
       progress=False,
-      prompt_buckets=(128, 192),
     )
 
 

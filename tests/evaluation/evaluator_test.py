@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from chronoforge_jax import models, tad
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline, records
 from chronoforge_jax.evaluation import evaluator as eval_lib
@@ -125,7 +127,7 @@ def random_model(cfg, seed: int = 3, std: float = 0.25) -> vlm.VideoLanguageMode
 
 @pytest.fixture(scope="module")
 def model(data):
-  return random_model(eval_lib.model_config(preset="tiny", tokenizer=data[1]))
+  return random_model(models.match_tokenizer(models.get_preset("tiny"), data[1]))
 
 
 def fake_scores(calls: list, fail_at: int | None = None):
@@ -299,10 +301,7 @@ def test_likelihood_mode_matches_full_forward_and_mesh(model, data, tmp_path):
     model,
     data_dir,
     tok,
-    selector="tad",
-    num_keyframes=K,
-    batch_size=2,
-    mode="likelihood",
+    eval_lib.EvalSettings(selector="tad", num_keyframes=K, batch_size=2, mode="likelihood"),
     progress=False,
   )
   settings = pipeline.eval_settings(
@@ -353,10 +352,7 @@ def test_likelihood_mode_matches_full_forward_and_mesh(model, data, tmp_path):
     sharded,
     data_dir,
     tok,
-    selector="tad",
-    num_keyframes=K,
-    batch_size=4,
-    mode="likelihood",
+    eval_lib.EvalSettings(selector="tad", num_keyframes=K, batch_size=4, mode="likelihood"),
     mesh=mesh,
     progress=False,
   )
@@ -373,11 +369,9 @@ def test_max_questions(model, data, monkeypatch):
     model,
     data[0],
     data[1],
-    selector="uniform",
-    num_keyframes=K,
-    batch_size=2,
-    mode="likelihood",
-    max_questions=3,
+    eval_lib.EvalSettings(
+      selector="uniform", num_keyframes=K, batch_size=2, mode="likelihood", max_questions=3
+    ),
     progress=False,
   )
   assert [q.question_id for q in r.records] == ["v0q0", "v0q1", "v1q0"]
@@ -429,11 +423,9 @@ def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
     model,
     data[0],
     tok,
-    selector="uniform",
-    num_keyframes=K,
-    batch_size=2,
-    mode="generate",
-    max_new_tokens=7,
+    eval_lib.EvalSettings(
+      selector="uniform", num_keyframes=K, batch_size=2, mode="generate", max_new_tokens=7
+    ),
     progress=False,
   )
   assert [q.text for q in r.records] == texts
@@ -452,13 +444,15 @@ def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
     model,
     data[0],
     tok,
-    selector="uniform",
-    num_keyframes=K,
-    batch_size=2,
-    mode="generate",
-    max_new_tokens=7,
+    eval_lib.EvalSettings(
+      selector="uniform",
+      num_keyframes=K,
+      batch_size=2,
+      mode="generate",
+      max_new_tokens=7,
+      scoring="lmms_eval",
+    ),
     progress=False,
-    scoring="lmms_eval",
   )
   assert [q.predicted_index for q in lm.records] == [
     scoring.score("lmms_eval", t, o) for t, o in zip(texts, options)
@@ -491,11 +485,9 @@ def test_generate_mode_is_greedy_on_the_keyframe_view(model, data, monkeypatch):
     model,
     data[0],
     tok,
-    selector="uniform",
-    num_keyframes=K,
-    batch_size=2,
-    mode="generate",
-    max_new_tokens=3,
+    eval_lib.EvalSettings(
+      selector="uniform", num_keyframes=K, batch_size=2, mode="generate", max_new_tokens=3
+    ),
     progress=False,
   )
   settings = pipeline.eval_settings(2, num_keyframes=K, selector="uniform", prefetch_workers=0)
@@ -548,10 +540,7 @@ def test_failure_mid_evaluation_keeps_earlier_result(model, data, tmp_path, monk
       model,
       data[0],
       data[1],
-      selector="tad",
-      num_keyframes=K,
-      batch_size=2,
-      mode="likelihood",
+      eval_lib.EvalSettings(selector="tad", num_keyframes=K, batch_size=2, mode="likelihood"),
       name="run",
       out_dir=tmp_path,
       progress=False,
@@ -565,10 +554,7 @@ def test_failure_mid_evaluation_keeps_earlier_result(model, data, tmp_path, monk
     model,
     data[0],
     data[1],
-    selector="tad",
-    num_keyframes=K,
-    batch_size=2,
-    mode="likelihood",
+    eval_lib.EvalSettings(selector="tad", num_keyframes=K, batch_size=2, mode="likelihood"),
     name="run",
     out_dir=tmp_path,
     progress=False,
@@ -620,11 +606,63 @@ def test_clear_errors(model, data, tmp_path):
   with pytest.raises(ValueError, match="no weights"):
     eval_lib.load_model(model.config)
   with pytest.raises(FileNotFoundError, match="preprocess"):
-    eval_lib.evaluate(model, str(tmp_path / "missing"), data[1], mode="likelihood")
+    eval_lib.evaluate(
+      model, str(tmp_path / "missing"), data[1], eval_lib.EvalSettings(mode="likelihood")
+    )
   with pytest.raises(FileNotFoundError, match="index.json"):
-    eval_lib.evaluate(model, str(tmp_path / "empty"), data[1], mode="likelihood")
+    eval_lib.evaluate(
+      model, str(tmp_path / "empty"), data[1], eval_lib.EvalSettings(mode="likelihood")
+    )
   with pytest.raises(ValueError, match="mode"):
-    eval_lib.evaluate(model, data[0], data[1], mode="beam")
+    eval_lib.evaluate(model, data[0], data[1], eval_lib.EvalSettings(mode="beam"))
+  with pytest.raises(TypeError, match="EvalSettings"):
+    eval_lib.evaluate(model, data[0], data[1], {"mode": "likelihood"})
+
+
+# ------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+  "field, value, words",
+  [
+    ("selector", "random", "'tad', 'uniform'"),
+    ("mode", "beam", "'generate', 'likelihood'"),
+    ("patch_mode", "triple", "'duplicate', 'pair'"),
+    ("frame_order", "reversed", "'ordered', 'shuffled', 'zeroed'"),
+    ("scoring", "strict", "'lenient', 'lmms_eval'"),
+    ("prompt_template", "long", "'short', 'videor1'"),
+    ("num_keyframes", 3, "even K"),
+    ("num_keyframes", 0, ">= 1"),
+    ("batch_size", 0, ">= 1"),
+    ("max_new_tokens", 2.5, ">= 1"),
+    ("max_questions", 0, ">= 1"),
+    ("answer_template", "<answer></answer>", "{letter}"),
+    ("prompt_buckets", (), "ints >= 1"),
+    ("select_kwargs", {"prominance": 0.1}, "prominance"),
+  ],
+)
+def test_settings_reject_bad_fields_naming_them_and_the_choices(field, value, words):
+  with pytest.raises(ValueError, match=f"EvalSettings.{field}") as e:
+    eval_lib.EvalSettings(**{field: value})
+  assert words in str(e.value)
+
+
+def test_settings_fill_tad_defaults_and_name_results():
+  s = eval_lib.EvalSettings(
+    selector="uniform", num_keyframes=3, patch_mode="duplicate", select_kwargs={"smooth": 2}
+  )
+  assert s.select_kwargs == {**tad.analyze_defaults(), "smooth": 2}
+  assert s.name == "uniform_k3_generate"
+  shuffled = s.replace(frame_order="shuffled", mode="likelihood")
+  assert shuffled.name == "uniform_k3_likelihood_shuffled" and s.frame_order == "ordered"
+  with pytest.raises(ValueError, match="EvalSettings.frame_order"):
+    s.replace(frame_order="upside_down")
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    s.mode = "likelihood"
+  record = shuffled.record()
+  assert record["scoring"] == "likelihood" and record["max_new_tokens"] is None
+  assert record["select_kwargs"] == {}  # Uniform keyframes use no TAD settings.
+  assert s.record()["answer_template"] is None and s.record()["scoring"] == "lenient"
 
 
 def test_reorder_frames_shuffles_patches_and_keeps_timestamps():

@@ -99,11 +99,11 @@ def _save_random_params(path, tok):
   """The tiny model's params for `tok`, NumPy-drawn (eager initialisers compile ~10 s)."""
   import jax
 
-  from chronoforge_jax.evaluation import evaluator as eval_lib
+  from chronoforge_jax import models
   from chronoforge_jax.models import vlm
   from chronoforge_jax.train import checkpoint as ckpt_lib
 
-  cfg = eval_lib.model_config(preset="tiny", tokenizer=tok)
+  cfg = models.match_tokenizer(models.get_preset("tiny"), tok)
   abstract = nnx.state(
     nnx.eval_shape(lambda: vlm.VideoLanguageModel(cfg, rngs=nnx.Rngs(0))), nnx.Param
   )
@@ -116,36 +116,47 @@ def test_help():
   out = _run("--help")
   assert out.returncode in (0, 1), out.stderr  # absl prints the usage and exits 1.
   assert "Evaluates a checkpoint" in out.stdout
-  for flag in (
-    "--data_dir",
-    "--checkpoint",
-    "--model_preset",
-    "--hf_dir",
-    "--selector",
-    "--k",
-    "--mode",
-    "--out",
-    "--scoring",
-    "--prompt_template",
-  ):
+  assert "configs/eval.py[:default|demo|smoke]" in out.stdout
+  assert "--config.FIELD=VALUE" in out.stdout
+  for field in ("data_dir", "checkpoint", "model.hf_dir", "eval.selectors", "eval.scoring"):
+    assert field in out.stdout, field
+  for flag in ("--num_processes", "--[no]quiet"):
     assert flag in out.stdout
+  for gone in ("--data_dir", "--model_preset", "--selector"):  # Config fields now.
+    assert gone not in out.stdout
 
 
 def test_clear_errors_for_missing_inputs(tmp_path):
-  out = _run("--data_dir", str(tmp_path / "nope"), "--checkpoint", str(tmp_path))
+  def run(*args):
+    return _run("--config=configs/eval.py:smoke", *args)
+
+  out = run(f"--config.data_dir={tmp_path / 'nope'}", f"--config.checkpoint={tmp_path}")
   assert out.returncode == 2
   assert "no such directory" in out.stderr and "launch.preprocess" in out.stderr
   os.mkdir(tmp_path / "data")
-  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path))
+  out = run(f"--config.data_dir={tmp_path / 'data'}", f"--config.checkpoint={tmp_path}")
   assert out.returncode == 2 and "index.json" in out.stderr
   _make_data(str(tmp_path / "data"))
-  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"))
-  assert out.returncode == 2 and "--checkpoint" in out.stderr and "no such" in out.stderr
+  data = f"--config.data_dir={tmp_path / 'data'}"
+  out = run(data, f"--config.checkpoint={tmp_path / 'ckpt'}")
+  assert out.returncode == 2 and "--config.checkpoint" in out.stderr and "no such" in out.stderr
   os.mkdir(tmp_path / "ckpt")
-  out = _run("--data_dir", str(tmp_path / "data"), "--checkpoint", str(tmp_path / "ckpt"))
+  out = run(data, f"--config.checkpoint={tmp_path / 'ckpt'}")
   assert out.returncode == 2 and "is empty" in out.stderr
-  out = _run("--data_dir", str(tmp_path / "data"))
-  assert out.returncode == 2 and "--checkpoint" in out.stderr and "--hf_dir" in out.stderr
+  out = run(data)
+  assert out.returncode == 2
+  assert "--config.checkpoint" in out.stderr and "--config.model.hf_dir" in out.stderr
+  # Bad settings: the config field named, with the choices, before any model loads.
+  out = run(data, "--config.random_init=true", "--config.eval.mode=beam")
+  assert out.returncode == 2 and "config.eval.mode" in out.stderr and "'likelihood'" in out.stderr
+  out = run(data, "--config.random_init=true", "--config.tad.k=3")
+  assert out.returncode == 2 and "config.tad.k" in out.stderr and "even K" in out.stderr
+  out = run(data, "--config.random_init=true", "--config.eval.selectors=('tad', 'best')")
+  assert out.returncode == 2 and "config.eval.selectors" in out.stderr and "'best'" in out.stderr
+  out = run(data, "--config.random_init=true", "--config.mesh.fsdp=0")
+  assert out.returncode == 2 and "config.mesh.fsdp" in out.stderr
+  out = run(data, "--config.random_init=true", "--config.eval.batch_sise=2")
+  assert out.returncode != 0 and "batch_sise" in out.stderr  # A typo fails at once.
   assert not os.path.exists(tmp_path / "eval_out")
 
 
@@ -173,30 +184,22 @@ def test_end_to_end_both_selectors(tmp_path):
   out_dir = tmp_path / "eval"
   # Every path relative to the folder the command runs in, as a user types them.
   out = _run(
-    "--data_dir",
-    "data",
-    "--checkpoint",
-    "params",
-    "--model_preset",
-    "tiny",
-    "--k",
-    "4",
-    "--batch_size",
-    "2",
-    "--mode",
-    "likelihood",
-    "--dtype",
-    "float32",
-    "--out",
-    "eval",
-    "--workdir",
-    "run",
+    f"--config={REPO}/configs/eval.py:smoke",
+    "--config.data_dir=data",
+    "--config.checkpoint=params",
+    "--config.out_dir=eval",
+    "--config.workdir=run",
+    "--config.eval.frame_orders=('ordered', 'zeroed')",
     "--quiet",
     cwd=tmp_path,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "eval: tad: accuracy" in out.stdout and "eval: uniform: accuracy" in out.stdout
+  assert "eval: tad (zeroed frames): accuracy" in out.stdout
   files = set(os.listdir(out_dir))
+  for name in ("tad_k4_likelihood_zeroed", "uniform_k4_likelihood_zeroed"):
+    summary = json.load(open(out_dir / f"{name}.json"))
+    assert summary["settings"]["frame_order"] == "zeroed"
   for name in ("tad_k4_likelihood", "uniform_k4_likelihood"):
     assert {f"{name}.jsonl", f"{name}.json", f"{name}.md"} <= files
     lines = [json.loads(x) for x in open(out_dir / f"{name}.jsonl")]
@@ -221,7 +224,8 @@ def test_end_to_end_both_selectors(tmp_path):
     "accuracy_by_task.png",
   } <= files
   comparison = open(out_dir / "comparison.md").read()
-  assert "tad_k4_likelihood - uniform_k4_likelihood" in comparison
+  # Frame orders outer, selectors inner: the last run minus the first.
+  assert "tad_k4_likelihood_zeroed - uniform_k4_likelihood" in comparison
   assert "Scoring: likelihood" in comparison
   assert "Scoring: likelihood" in open(out_dir / "report.md").read()
   assert "eval: prompt template 'short', scoring 'lenient'" in out.stdout
@@ -235,27 +239,15 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
   data = str(tmp_path / "data")
   _save_random_params(tmp_path / "params", _make_data(data))
   args = [
-    "--data_dir",
-    data,
-    "--checkpoint",
-    str(tmp_path / "params"),
-    "--model_preset",
-    "tiny",
-    "--k",
-    "4",
-    "--batch_size",
-    "2",
-    "--mode",
-    mode,
-    "--max_new_tokens",
-    "6",
-    "--dtype",
-    "float32",
-    "--selector",
-    "tad",
+    "--config=configs/eval.py:smoke",
+    f"--config.data_dir={data}",
+    f"--config.checkpoint={tmp_path / 'params'}",
+    f"--config.eval.mode={mode}",
+    "--config.eval.max_new_tokens=6",
+    "--config.eval.selectors=('tad',)",
     "--quiet",
   ]
-  single = _run(*args, "--out", str(tmp_path / "one"))
+  single = _run(*args, f"--config.out_dir={tmp_path / 'one'}")
   assert single.returncode == 0, single.stderr[-3000:]
   port = testing.free_port()
   procs = [
@@ -265,8 +257,7 @@ def test_two_processes_give_the_single_process_results(tmp_path, mode):
         "-m",
         "launch.eval",
         *args,
-        "--out",
-        str(tmp_path / "two"),
+        f"--config.out_dir={tmp_path / 'two'}",
         "--num_processes=2",
         f"--process_id={i}",
         f"--coordinator_address=localhost:{port}",
