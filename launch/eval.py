@@ -128,6 +128,7 @@ def run(config: ml_collections.ConfigDict, *, progress: bool = True) -> dict:
   from chronoforge_jax import tokenizer as tokenizer_lib
   from chronoforge_jax.evaluation import evaluator as eval_lib
   from chronoforge_jax.evaluation import report
+  from chronoforge_jax.evaluation import results as results_lib
   from chronoforge_jax.rl import scoring as scoring_lib
   from chronoforge_jax.train import state as state_lib
 
@@ -217,9 +218,9 @@ def run(config: ml_collections.ConfigDict, *, progress: bool = True) -> dict:
     return results  # Process 0 writes the comparison and the report.
   out = config.out_dir
   if len(results) > 1:
-    paths = eval_lib.write_comparison(out, list(results.values()))
-    say(eval_lib.compare_results(list(results.values())))
-    say(eval_lib.scoring_note(list(results.values())))
+    paths = results_lib.write_comparison(out, list(results.values()))
+    say(results_lib.compare_results(list(results.values())))
+    say(results_lib.scoring_note(list(results.values())))
     say(f"eval: comparison -> {paths['md']}")
   workdir = config.workdir
   metrics = workdir if workdir and os.path.exists(os.path.join(workdir, "metrics.jsonl")) else None

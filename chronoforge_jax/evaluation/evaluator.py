@@ -32,7 +32,7 @@ Two ways to read the model's answer:
 
 Results: an `EvalResult` holds one `QuestionResult` per question and the accuracy tables
 (overall, per duration bucket, per task type, each with the unparseable fraction).
-`write_result` writes them as JSONL + JSON + Markdown, each to a temporary file first and
+`results.write_result` writes them as JSONL + JSON + Markdown, each to a temporary file first and
 renamed only once all three are complete, so a crash never replaces an earlier result
 with a partial one (`evaluate` keeps everything in memory until the last batch is done).
 `compare_results` puts several results (TAD vs uniform, before vs after) in one table.
@@ -64,32 +64,14 @@ import numpy as np
 from chronoforge_jax import sharding, tad
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline, prompts, records
-
-# Results, tables and files live in eval_results; re-exported as this module's API.
-from chronoforge_jax.evaluation.results import (  # noqa: F401
-  GROUPS,
-  MULTIPLE_CHOICE,
-  NO_CATEGORY,
-  EvalResult,
-  QuestionResult,
-  accuracy_tables,
-  compare_results,
-  comparison_rows,
-  load_result,
-  result_paths,
-  scoring_label,
-  scoring_note,
-  summarize,
-  write_comparison,
-  write_files_atomic,
-  write_result,
-)
+from chronoforge_jax.evaluation import results as results_lib
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import convert, sampling, vlm
 from chronoforge_jax.rl import answer_rules, kf_grpo
 from chronoforge_jax.rl import scoring as scoring_lib
 from chronoforge_jax.rl import views as views_lib
 from chronoforge_jax.train import checkpoint as ckpt_lib
+from chronoforge_jax.train import steps as steps_lib
 
 MODES = ("generate", "likelihood")
 ANSWER_TEMPLATE = "<answer>{letter}</answer>"
@@ -216,14 +198,8 @@ def check_data_dir(data_dir: str | os.PathLike) -> dict[str, Any]:
 _VIDEO_KEYS = ("frames", "timestamps", "ordered_patches")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _encode_view(graphdef, state, batch):
-  """`kf_grpo.batch_views`' ordered view, compiled: video embeddings and patch times.
-
-  The grid is left out: the sampler needs it on the host (`kf_grpo.view_grid`).
-  """
-  view = kf_grpo.batch_views(nnx.merge(graphdef, state), batch, views=("ordered",))["ordered"]
-  return {k: v for k, v in view.items() if k != "video_grid_thw"}
+# The trainer's view encoder (each union encoded once), compiled for the ordered view.
+_encode_views = jax.jit(steps_lib.views_fn, static_argnums=0, static_argnames="views")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -279,7 +255,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 def _likelihood(graphdef, state, dev, host, tokenizer, template: str):
-  others = sorted({t for t in host["problem_type"] if t != MULTIPLE_CHOICE})
+  others = sorted({t for t in host["problem_type"] if t != results_lib.MULTIPLE_CHOICE})
   if others:
     raise ValueError(
       f"mode 'likelihood' scores option letters, but the data holds "
@@ -313,7 +289,8 @@ def _generate(
   prompts: tuple[np.ndarray, np.ndarray],
   scoring: str = "lenient",
 ):
-  view = _encode_view(graphdef, state, {k: dev[k] for k in _VIDEO_KEYS})
+  video = {k: dev[k] for k in _VIDEO_KEYS}
+  view = _encode_views(graphdef, state, video, views=("ordered",))["ordered"]
   grid = kf_grpo.view_grid(
     dev["frames"].shape, dev["ordered_patches"].shape[1], model.config.vision
   )
@@ -335,7 +312,7 @@ def _generate(
   for b, options in enumerate(host["options"]):
     text = tokenizer.decode(tokens[b][mask[b]], skip_special_tokens=True)
     ptype = host["problem_type"][b]
-    if ptype == MULTIPLE_CHOICE:
+    if ptype == results_lib.MULTIPLE_CHOICE:
       results.append((scoring_lib.score(scoring, text, list(options)), text, None, None))
     else:  # Video-R1's rule of the type, whatever `scoring` names (it reads letters).
       results.append(
@@ -576,7 +553,7 @@ def evaluate(
   mesh: jax.sharding.Mesh | None = None,
   progress: bool = True,
   meta: Mapping[str, Any] | None = None,
-) -> EvalResult:
+) -> results_lib.EvalResult:
   """Evaluates `model` on every question of a preprocessed benchmark folder.
 
   Args:
@@ -585,7 +562,7 @@ def evaluate(
     tokenizer: the tokenizer the model was trained with.
     settings: how to evaluate (`EvalSettings`; default: its defaults).
     name: result name (default `settings.name`).
-    out_dir: if set, the result is written there (`write_result`) after the last batch.
+    out_dir: if set, the result is written there (`results.write_result`) after the last batch.
     mesh: shard the batch over this mesh's data axes (the model must be on it too).
     progress: show a progress bar.
     meta: extra settings to record (checkpoint path, model preset, ...).
@@ -629,7 +606,7 @@ def evaluate(
     import tqdm
 
     bar = tqdm.tqdm(total=total, unit="q", desc=f"eval {name}", dynamic_ncols=True)
-  results: list[QuestionResult] = []
+  results: list[results_lib.QuestionResult] = []
   start = time.perf_counter()
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   try:
@@ -663,7 +640,7 @@ def evaluate(
           if not batch["example_valid"][b] or len(results) >= total:
             continue
           results.append(
-            QuestionResult(
+            results_lib.QuestionResult(
               question_id=str(host["question_id"][b]),
               video_id=str(host["video_id"][b]),
               duration_bucket=str(host["duration_bucket"][b] or ""),
@@ -693,7 +670,7 @@ def evaluate(
     "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     **dict(meta or {}),
   }
-  result = EvalResult.from_records(name, results, run)
+  result = results_lib.EvalResult.from_records(name, results, run)
   if out_dir is not None and jax.process_index() == 0:
-    write_result(result, out_dir)
+    results_lib.write_result(result, out_dir)
   return result

@@ -285,9 +285,8 @@ def score_views(
   )
   group = {"ordered": rl.num_generations, "disordered": rl.num_disordered}
   scores, host_metrics = {}, {}
-  for view, (tokens, mask) in gathered.items():
-    if view == "answer":
-      continue
+  for view in samples:
+    tokens, mask = gathered[view]
     comps, metrics = score_rollouts(
       tok, tokens, mask, gathered["answer"], group[view], options, **typed
     )

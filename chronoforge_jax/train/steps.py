@@ -113,11 +113,12 @@ def kf_grpo_step(
   return state, {**metrics, **loss_metrics, **opt_metrics}
 
 
-def views_fn(graphdef, params, batch):
-  """Encodes each union once; the video arrays of both views (grids are static, host)."""
-  views = kf_grpo.batch_views(nnx.merge(graphdef, params), batch)
+def views_fn(graphdef, params, batch, views: tuple[str, ...] = ("ordered", "disordered")):
+  """Encodes each union once; the video arrays of the views (the grids are static: the
+  sampler takes them on the host, `kf_grpo.view_grid`)."""
+  out = kf_grpo.batch_views(nnx.merge(graphdef, params), batch, views=views)
   return {
-    name: {k: v for k, v in view.items() if k != "video_grid_thw"} for name, view in views.items()
+    name: {k: v for k, v in view.items() if k != "video_grid_thw"} for name, view in out.items()
   }
 
 

@@ -279,6 +279,7 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
 
   from chronoforge_jax import models
   from chronoforge_jax.evaluation import evaluator as eval_lib
+  from chronoforge_jax.evaluation import results as results_lib
   from chronoforge_jax.models import sampling, vlm
 
   out = mixed[0]
@@ -355,7 +356,7 @@ def test_evaluation_tables_per_problem_type(mixed, monkeypatch):
     np.mean([s for v in want.values() for s in v])
   )
   assert "By problem type" in r.to_markdown()
-  assert any(row["group"] == "problem_type" for row in eval_lib.comparison_rows([r]))
+  assert any(row["group"] == "problem_type" for row in results_lib.comparison_rows([r]))
   with pytest.raises(ValueError, match="use mode 'generate'"):
     eval_lib.evaluate(
       model,

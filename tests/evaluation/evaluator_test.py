@@ -19,11 +19,12 @@ from chronoforge_jax import models, tad
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import pipeline, records
 from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.evaluation import results as results_lib
 from chronoforge_jax.models import sampling, vlm
 from chronoforge_jax.rl import rewards, scoring
 from chronoforge_jax.train import checkpoint as ckpt_lib
 
-QR = eval_lib.QuestionResult
+QR = results_lib.QuestionResult
 K = 4
 SIZE = 56  # Two merged 28-px units per side: 4 video tokens per temporal patch.
 
@@ -168,7 +169,7 @@ def test_grouping_of_hand_made_records():
     _record(4, "", "order", 3, 3),
     _record(5, "medium", "", 1, None),
   ]
-  t = eval_lib.accuracy_tables(recs)
+  t = results_lib.accuracy_tables(recs)
   assert t["overall"] == {
     "num_questions": 6,
     "num_correct": 3,
@@ -201,7 +202,7 @@ def test_grouping_of_hand_made_records():
 )
 def test_tables_equal_a_plain_recount(rows):
   recs = [_record(i, *r) for i, r in enumerate(rows)]
-  t = eval_lib.accuracy_tables(recs)
+  t = results_lib.accuracy_tables(recs)
   for group, col in (("duration_bucket", 0), ("task_type", 1)):
     count, correct, none = (collections.Counter(), collections.Counter(), collections.Counter())
     for r in rows:
@@ -219,15 +220,15 @@ def test_tables_equal_a_plain_recount(rows):
 
 
 def test_compare_and_round_trip(tmp_path):
-  a = eval_lib.EvalResult.from_records(
+  a = results_lib.EvalResult.from_records(
     "uniform",
     [_record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 0)],
     {"selector": "uniform"},
   )
-  b = eval_lib.EvalResult.from_records(
+  b = results_lib.EvalResult.from_records(
     "tad", [_record(0, "short", "t", 0, 0), _record(1, "long", "t", 1, 1)], {"selector": "tad"}
   )
-  table = eval_lib.compare_results([a, b])
+  table = results_lib.compare_results([a, b])
   lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
   assert [c.strip() for c in lines["all"].split("|")[2:6]] == ["2", "50.0%", "100.0%", "+50.0"]
   assert [c.strip() for c in lines["duration: short"].split("|")[3:6]] == [
@@ -240,10 +241,10 @@ def test_compare_and_round_trip(tmp_path):
     "100.0%",
     "+100.0",
   ]
-  paths = eval_lib.write_result(b, tmp_path)
-  back = eval_lib.load_result(paths["json"])
+  paths = results_lib.write_result(b, tmp_path)
+  back = results_lib.load_result(paths["json"])
   assert back.records == b.records and back.tables == b.tables and back.name == "tad"
-  cmp_paths = eval_lib.write_comparison(tmp_path, [a, b])
+  cmp_paths = results_lib.write_comparison(tmp_path, [a, b])
   rows = json.load(open(cmp_paths["json"]))["rows"]
   assert rows[0]["summaries"]["tad"]["accuracy"] == 1.0
 
@@ -459,8 +460,8 @@ def test_generate_mode_reads_answers_from_text(model, data, monkeypatch):
   ]
   assert [q.predicted_index for q in lm.records] == [2, None, 1, None, 3]
   assert lm.settings["scoring"] == "lmms_eval"
-  assert "lmms-eval's VideoMME rule" in eval_lib.scoring_note([lm])
-  assert "not comparable" in eval_lib.scoring_note([r, lm])
+  assert "lmms-eval's VideoMME rule" in results_lib.scoring_note([lm])
+  assert "not comparable" in results_lib.scoring_note([r, lm])
   assert kw["stop_tokens"] == tok.eos_ids
   assert inputs["video_embeds"].shape[0] == 2 * (K // 2) * 4
   np.testing.assert_array_equal(inputs["video_grid_thw"], [[K // 2, 4, 4]] * 2)
@@ -530,8 +531,8 @@ def test_generate_mode_is_greedy_on_the_keyframe_view(model, data, monkeypatch):
 
 
 def test_failure_mid_evaluation_keeps_earlier_result(model, data, tmp_path, monkeypatch):
-  earlier = eval_lib.EvalResult.from_records("run", [_record(0, "short", "t", 1, 1)])
-  paths = eval_lib.write_result(earlier, tmp_path)
+  earlier = results_lib.EvalResult.from_records("run", [_record(0, "short", "t", 1, 1)])
+  paths = results_lib.write_result(earlier, tmp_path)
   before = {k: open(p).read() for k, p in paths.items()}
   calls = []
   monkeypatch.setattr(eval_lib, "_option_scores", fake_scores(calls, fail_at=2))
@@ -559,17 +560,17 @@ def test_failure_mid_evaluation_keeps_earlier_result(model, data, tmp_path, monk
     out_dir=tmp_path,
     progress=False,
   )
-  assert len(eval_lib.load_result(paths["json"]).records) == 5
+  assert len(results_lib.load_result(paths["json"]).records) == 5
 
 
 def test_failed_write_leaves_files_untouched(tmp_path):
   good = tmp_path / "a.json"
   good.write_text("old")
   with pytest.raises(UnicodeEncodeError):  # The second file cannot be written.
-    eval_lib.write_files_atomic({str(good): "new", str(tmp_path / "b.json"): "\ud800"})
+    results_lib.write_files_atomic({str(good): "new", str(tmp_path / "b.json"): "\ud800"})
   os.mkdir(tmp_path / "c.md")  # A destination that cannot be replaced: caught up front.
   with pytest.raises(IsADirectoryError):
-    eval_lib.write_files_atomic({str(good): "new", str(tmp_path / "c.md"): "x"})
+    results_lib.write_files_atomic({str(good): "new", str(tmp_path / "c.md"): "x"})
   assert good.read_text() == "old"
   assert sorted(os.listdir(tmp_path)) == ["a.json", "c.md"]
 

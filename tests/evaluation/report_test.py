@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from chronoforge_jax.evaluation import evaluator as eval_lib
 from chronoforge_jax.evaluation import report
+from chronoforge_jax.evaluation import results as results_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,7 +56,7 @@ def _check_png(path, min_size=(200, 150)):
 
 def _result(name, rows):
   recs = [
-    eval_lib.QuestionResult(
+    results_lib.QuestionResult(
       question_id=f"q{i}",
       video_id="v",
       duration_bucket=b,
@@ -68,7 +68,7 @@ def _result(name, rows):
     )
     for i, (b, t, a, p) in enumerate(rows)
   ]
-  return eval_lib.EvalResult.from_records(name, recs, {"selector": name, "num_keyframes": 8})
+  return results_lib.EvalResult.from_records(name, recs, {"selector": name, "num_keyframes": 8})
 
 
 UNIFORM = _result(
@@ -146,7 +146,7 @@ def test_accuracy_bars_png(tmp_path, group):
 
 def test_write_report_links_everything(tmp_path):
   _metrics(str(tmp_path / "run"))
-  paths = eval_lib.write_result(UNIFORM, tmp_path / "eval")
+  paths = results_lib.write_result(UNIFORM, tmp_path / "eval")
   md_path = report.write_report(
     tmp_path / "report", results=[paths["json"], TAD], metrics=str(tmp_path / "run")
   )
@@ -166,7 +166,7 @@ def test_write_report_links_everything(tmp_path):
     assert os.path.exists(tmp_path / "report" / link), link
     if link.endswith(".png"):
       _check_png(tmp_path / "report" / link)
-  assert eval_lib.compare_results([UNIFORM, TAD]) in md
+  assert results_lib.compare_results([UNIFORM, TAD]) in md
   assert not [f for f in os.listdir(tmp_path / "report") if ".tmp" in f]
 
 
