@@ -84,7 +84,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data = data_config.get_config(data_variant)
   c.input = data.input
   c.tad = data.tad
-  c.features = data.features
 
   c.model = model_config.get_config(
     {"smoke": "smoke", "demo": "small", "demo_rl": "small"}.get(v, "default")
@@ -179,9 +178,7 @@ def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True
   # With `tad` and `model`: K, the selector and the vision patch sizes.
   data_config.validate_data(config)
   # configs/tad.py's own `input` section means decoding; here `input` is the pipeline.
-  tad_config.validate_tad(
-    ml_collections.ConfigDict({"tad": config.tad, "features": config.features})
-  )
+  tad_config.validate_tad(ml_collections.ConfigDict({"tad": config.tad}))
   rl_config.validate_rl(config)
   ckpt_config.validate_ckpt(config.ckpt)
   if require_data_dir:
