@@ -3,7 +3,9 @@
 Training configs take `config.input = data.input_config(variant)`; `launch/preprocess.py`
 reads `--config=configs/data.py[:variant]` for its defaults (flags override them).
 Keyframe count and selector live in the `tad` section (`tad.k`, `tad.selector`), frame
-features in `features` (configs/tad.py); this file embeds both so it stands alone.
+features in `features` (configs/tad.py); this file embeds both so it stands alone. The
+library checks the fields (data.pipeline.PipelineSettings, data.records.PreprocessSettings);
+the vision patch sizes are the model's (`model` section), not fields of `input`.
 Variants: `default` (real benchmarks at the paper's settings), `demo` (the learnable
 synthetic colour-order set, 2000 train / 400 eval questions at 56 px, sized for `make demo`
 and `launch.ablation` on a CPU), `smoke` (seconds, for tests; the `events` variant).

@@ -1,7 +1,9 @@
 """TAD keyframe selection settings: decoding, frame features, and the selector.
 
 Used by `launch/select_keyframes.py` and embedded (via `tad_section`, `features_section`)
-in the training configs. Variants: default, `smoke` (tiny sizes for CPU tests).
+in the training configs. Variants: default, `smoke` (tiny sizes for CPU tests). The
+library checks the fields: `tad` is chronoforge_jax.tad.TADSettings, `features` is
+tad.features.FeatureSettings, `input` (decoding) is data.decode.DecodeSettings.
 
 Examples:
   python -m launch.select_keyframes --video clip.mp4 --k 16 --fps 2 --out out/
