@@ -51,10 +51,17 @@ class SettingsError(ValueError):
 
 
 def require(ok: bool, owner: Any, field: str, value: Any, need: str) -> None:
-  """Raises SettingsError `<owner type>.<field>=<value>: <need>` unless `ok`."""
+  """Raises SettingsError `<owner>.<field>=<value>: <need>` unless `ok`.
+
+  `owner` is a settings object (its type's name is used), a name, or None for the bare
+  field name (a type whose fields are a function's keyword arguments).
+  """
   if not ok:
-    name = owner if isinstance(owner, str) else type(owner).__name__
-    raise SettingsError(f"{name}.{field}", value, need, field=field)
+    if owner is None:
+      name = field
+    else:
+      name = f"{owner if isinstance(owner, str) else type(owner).__name__}.{field}"
+    raise SettingsError(name, value, need, field=field)
 
 
 def is_int(x: Any, minimum: int | None = None) -> bool:

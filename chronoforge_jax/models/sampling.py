@@ -115,24 +115,25 @@ class SamplingParams:
   suppress: tuple[int, ...] = ()
 
   def __post_init__(self):
+    # Errors name the field bare (`top_p=1.5: ...`): it is `generate`'s argument too.
     req = settings_lib.require
     req(
       settings_lib.is_number(self.temperature, 0),
-      self,
+      None,
       "temperature",
       self.temperature,
       "use 0 for greedy or a positive finite number",
     )
     req(
       settings_lib.is_int(self.top_k, 0),
-      self,
+      None,
       "top_k",
       self.top_k,
       "use a non-negative int (0 turns it off)",
     )
     req(
       settings_lib.is_number(self.top_p) and 0.0 < self.top_p <= 1.0,
-      self,
+      None,
       "top_p",
       self.top_p,
       "need a value in (0, 1] (1 turns it off)",

@@ -132,7 +132,7 @@ def test_built_directly_a_type_names_itself():
     (lambda: models.ModelSettings(remat_policy="some"), "ModelSettings.remat_policy='some'"),
     (lambda: checkpoint.CheckpointSettings(keep=0), "CheckpointSettings.keep=0: "),
     (lambda: sampling.SamplingSettings(top_p=0.0), "SamplingSettings.top_p=0.0: "),
-    (lambda: sampling.SamplingParams(temperature=-1.0), "SamplingParams.temperature=-1.0: "),
+    (lambda: sampling.SamplingParams(temperature=-1.0), "temperature=-1.0: use 0"),
   ):
     with pytest.raises(settings.SettingsError, match=match.replace(".", r"\.")):
       build()
