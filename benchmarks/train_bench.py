@@ -112,7 +112,7 @@ def steps(args) -> None:
       batch,
       batch["prompt_ids"],
       batch["prompt_mask"],
-      rl,
+      s.rl,
       s.stop_tokens,
     )
     times = {}

@@ -195,11 +195,6 @@ def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True
     "optax.grad_accum",
     f"got {o.grad_accum!r}; need an int >= 1",
   )
-  check(
-    config.rl.temperature == 1.0,
-    "rl.temperature",
-    "the trainer's log-probs are of the untempered policy; use temperature 1.0",
-  )
   for axis in ("data", "fsdp", "tensor"):
     size = config.mesh[axis]
     check(

@@ -12,11 +12,11 @@ Where the defaults come from (see ../shared/PAPER.md):
 * Video-R1's T-GRPO, where the paper is silent: G = 8, bonus alpha = 0.3 when
   p >= mu * p~ with mu = 0.8 (`saliency.rule="ratio"`), disordered rollouts get no
   gradient, beta = 0.04 with the k3 KL, clip eps 0.2 both sides, one inner iteration
-  (mu = 1, TRL's default), per-sequence token mean (GRPO), temperature 1.0, up to 768
-  new tokens, reward weights 1. (Video-R1 used 4 shuffled rollouts.) Video-R1's length
-  control (+0.2 for correct answers of 320-512 tokens in groups with two or more correct
-  answers) is available as `length_bonus` but off: the paper's reward is accuracy +
-  format + saliency.
+  (mu = 1, TRL's default), per-sequence token mean (GRPO), up to 768 new tokens, reward
+  weights 1, temperature 1.0 (not a setting: the ratio and KL use the untempered policy's
+  log-probs). (Video-R1 used 4 shuffled rollouts.) Video-R1's length control (+0.2 for
+  correct answers of 320-512 tokens in groups with two or more correct answers) is
+  available as `length_bonus` but off: the paper's reward is accuracy + format + saliency.
 * The project's own choice: `advantage_estimator="batch_std"`. With GRPO's per-group std
   ("group_std") a bonus given to every correct answer of a group cancels out of the
   advantages (PAPER.md, "Make the bonus count"), so the saliency reward would change
@@ -25,9 +25,6 @@ Where the defaults come from (see ../shared/PAPER.md):
 """
 
 from __future__ import annotations
-
-import math
-import numbers
 
 import ml_collections
 
@@ -43,7 +40,6 @@ def rl_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.num_disordered = 8  # G' hybrid-disordered rollouts (paper: G on each view).
   c.train_on_disordered = False  # True: disordered rollouts also get a policy gradient
   # (own advantages, no bonus; loss weighted by G and G').
-  c.temperature = 1.0
   c.top_p = 1.0
   c.top_k = 0  # 0: no top-k filter.
   c.max_new_tokens = 768
@@ -108,143 +104,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
 def validate_rl(cfg: ml_collections.ConfigDict) -> None:
   """Checks the `rl` section (or a config holding one) before anything is compiled.
+
+  The checks are `RLSettings`'s (chronoforge_jax/rl/settings.py); this only names the
+  error as a config error.
 
   Raises:
     common.ConfigError: naming the first bad field and what it accepts.
   """
-  # Imported here so that reading a config does not import JAX.
-  from chronoforge_jax.rl import grpo, rewards
+  # Late: reading a config must not import JAX (launchers set XLA_FLAGS first).
+  from chronoforge_jax.rl import settings
 
-  rl = cfg.rl if "rl" in cfg else cfg
-  check = common.check
-  check(
-    _is_int(rl.num_generations) and rl.num_generations >= 2,
-    "rl.num_generations",
-    f"got {rl.num_generations!r}; group-relative advantages need an int >= 2",
-  )
-  check(
-    _is_int(rl.num_disordered) and rl.num_disordered >= 1,
-    "rl.num_disordered",
-    f"got {rl.num_disordered!r}; need an int >= 1",
-  )
-  check(
-    isinstance(rl.train_on_disordered, bool),
-    "rl.train_on_disordered",
-    f"got {rl.train_on_disordered!r}; need true/false",
-  )
-  check(
-    not rl.train_on_disordered or rl.saliency.enabled,
-    "rl.train_on_disordered",
-    "needs rl.saliency.enabled=true (no disordered rollouts are sampled otherwise)",
-  )
-  check(
-    _is_number(rl.temperature) and rl.temperature > 0,
-    "rl.temperature",
-    f"got {rl.temperature!r}; need a number > 0",
-  )
-  check(
-    _is_number(rl.top_p) and 0 < rl.top_p <= 1, "rl.top_p", f"got {rl.top_p!r}; need 0 < top_p <= 1"
-  )
-  check(
-    _is_int(rl.top_k) and rl.top_k >= 0, "rl.top_k", f"got {rl.top_k!r}; need an int >= 0 (0: off)"
-  )
-  check(
-    _is_int(rl.max_new_tokens) and rl.max_new_tokens >= 1,
-    "rl.max_new_tokens",
-    f"got {rl.max_new_tokens!r}; need an int >= 1",
-  )
-
-  known = set(rewards.REWARDS.names()) | {"saliency", "length"}
-  for name, weight in rl.reward_weights.items():
-    check(name in known, f"rl.reward_weights.{name}", f"unknown reward; known: {sorted(known)}")
-    check(_is_number(weight), f"rl.reward_weights.{name}", f"got {weight!r}; need a finite number")
-  check(
-    any(w != 0 for k, w in rl.reward_weights.items() if k != "saliency"),
-    "rl.reward_weights",
-    "every text reward has weight 0; nothing would be learned",
-  )
-
-  common.check_choice(rl.mc_rule, "rl.mc_rule", set(rewards.MC_RULES))
-
-  s = rl.saliency
-  check(isinstance(s.enabled, bool), "rl.saliency.enabled", f"got {s.enabled!r}; need true/false")
-  common.check_choice(s.rule, "rl.saliency.rule", set(rewards.SALIENCY_RULES.names()))
-  check(
-    _is_number(s.alpha) and s.alpha >= 0,
-    "rl.saliency.alpha",
-    f"got {s.alpha!r}; need a number >= 0",
-  )
-  check(_is_number(s.mu) and s.mu >= 0, "rl.saliency.mu", f"got {s.mu!r}; need a number >= 0")
-  check(
-    not s.enabled or "saliency" in rl.reward_weights,
-    "rl.reward_weights.saliency",
-    "missing while rl.saliency.enabled=true; add a weight (1.0 by default)",
-  )
-
-  lb = rl.length_bonus
-  check(
-    isinstance(lb.enabled, bool), "rl.length_bonus.enabled", f"got {lb.enabled!r}; need true/false"
-  )
-  check(_is_number(lb.bonus), "rl.length_bonus.bonus", f"got {lb.bonus!r}; need a number")
-  check(
-    _is_int(lb.min_tokens) and _is_int(lb.max_tokens) and 0 <= lb.min_tokens <= lb.max_tokens,
-    "rl.length_bonus.min_tokens",
-    f"got [{lb.min_tokens!r}, {lb.max_tokens!r}]; need ints 0 <= min_tokens <= max_tokens",
-  )
-  check(
-    _is_int(lb.min_correct) and lb.min_correct >= 1,
-    "rl.length_bonus.min_correct",
-    f"got {lb.min_correct!r}; need an int >= 1",
-  )
-  check(
-    not lb.enabled or "length" in rl.reward_weights,
-    "rl.reward_weights.length",
-    "missing while rl.length_bonus.enabled=true; add a weight (1.0 by default)",
-  )
-
-  common.check_choice(
-    rl.advantage_estimator, "rl.advantage_estimator", set(grpo.ADVANTAGE_ESTIMATORS.names())
-  )
-  check(
-    _is_number(rl.advantage_eps) and rl.advantage_eps > 0,
-    "rl.advantage_eps",
-    f"got {rl.advantage_eps!r}; need a number > 0 (keeps equal-reward groups finite)",
-  )
-  common.check_choice(rl.policy_loss, "rl.policy_loss", set(grpo.POLICY_LOSSES.names()))
-  check(
-    _is_number(rl.eps_low) and 0 <= rl.eps_low < 1,
-    "rl.eps_low",
-    f"got {rl.eps_low!r}; need 0 <= eps_low < 1",
-  )
-  check(
-    _is_number(rl.eps_high) and rl.eps_high >= 0,
-    "rl.eps_high",
-    f"got {rl.eps_high!r}; need eps_high >= 0",
-  )
-  check(
-    _is_number(rl.beta) and rl.beta >= 0,
-    "rl.beta",
-    f"got {rl.beta!r}; need beta >= 0 (0 skips the reference model)",
-  )
-  common.check_choice(rl.kl_estimator, "rl.kl_estimator", set(grpo.KL_ESTIMATORS.names()))
-  check(
-    _is_int(rl.num_iterations) and rl.num_iterations >= 1,
-    "rl.num_iterations",
-    f"got {rl.num_iterations!r}; need an int >= 1",
-  )
-  check(
-    isinstance(rl.get("use_rollout_logps", False), bool),
-    "rl.use_rollout_logps",
-    f"got {rl.get('use_rollout_logps')!r}; need true/false",
-  )
-  common.check_choice(rl.aggregation, "rl.aggregation", set(grpo.AGGREGATIONS.names()))
+  try:
+    settings.RLSettings.from_config(cfg.rl if "rl" in cfg else cfg)
+  except ValueError as e:
+    raise common.ConfigError(f"config.{e}") from None

@@ -3,7 +3,11 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+
+# The repository root: tests import `configs` and the torch oracle `tests.hf_reference`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"

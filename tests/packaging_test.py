@@ -66,7 +66,8 @@ def test_installed_wheel_trains_two_steps_from_another_folder(tmp_path):
     text=True,
     timeout=600,
   )
-  assert (site / "chronoforge_jax" / "train_lib.py").is_file()
+  for package in ("tad", "data", "models", "rl", "train", "evaluation"):
+    assert (site / "chronoforge_jax" / package / "__init__.py").is_file(), package
   assert not (site / "configs").exists() and not (site / "tests").exists()
   work = tmp_path / "work"
   work.mkdir()

@@ -8,7 +8,7 @@ Training curves come from the workdir's `metrics.jsonl` (`metrics.read_jsonl`); 
 panel gathers the metrics whose names match its pattern, whatever prefix the trainer
 gives them ("reward/accuracy", "train/reward/accuracy", ...): reward components, ordered
 vs disordered accuracy (the KF-GRPO saliency signal), KL to the reference, and losses.
-Accuracy bars compare any number of `eval_lib.EvalResult`s (TAD vs uniform keyframes,
+Accuracy bars compare any number of `results.EvalResult`s (TAD vs uniform keyframes,
 before vs after training) per duration bucket or task type.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never pyplot, so no
@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from chronoforge_jax import tokenizer as tokenizer_lib
-from chronoforge_jax.evaluation import evaluator as eval_lib
+from chronoforge_jax.evaluation import results as results_lib
 from chronoforge_jax.train import metrics as metrics_lib
 
 # (panel title, pattern on the metric name); a metric may appear in several panels.
@@ -151,7 +151,7 @@ def training_curves(
 
 
 def accuracy_series(
-  results: Sequence[eval_lib.EvalResult], group: str
+  results: Sequence[results_lib.EvalResult], group: str
 ) -> tuple[list[str], dict[str, list[float]], list[int]]:
   """The numbers an accuracy bar chart shows.
 
@@ -165,7 +165,7 @@ def accuracy_series(
   """
   if group not in GROUP_TITLES:
     raise ValueError(f"group={group!r}: choose one of {sorted(GROUP_TITLES)}")
-  rows = [r for r in eval_lib.comparison_rows(results) if r["group"] == group]
+  rows = [r for r in results_lib.comparison_rows(results) if r["group"] == group]
   names = list(rows[0]["summaries"]) if rows else [r.name for r in results]
   cats = [r["category"] for r in rows]
   acc = {
@@ -178,7 +178,7 @@ def accuracy_series(
 
 def accuracy_bars(
   path: str | os.PathLike,
-  results: Sequence[eval_lib.EvalResult],
+  results: Sequence[results_lib.EvalResult],
   group: str = "duration_bucket",
   *,
   title: str | None = None,
@@ -230,7 +230,7 @@ def accuracy_bars(
 # ---------------------------------------------------------------------------------------
 
 
-def most_frequent_answer(result: eval_lib.EvalResult) -> tuple[int | None, float]:
+def most_frequent_answer(result: results_lib.EvalResult) -> tuple[int | None, float]:
   """(the option index answered most often, its share of all questions); (None, 0.0) when
   no answer could be read. Ties go to the option answered first."""
   picks = collections.Counter(
@@ -242,7 +242,7 @@ def most_frequent_answer(result: eval_lib.EvalResult) -> tuple[int | None, float
   return index, count / max(len(result.records), 1)
 
 
-def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
+def prediction_summary(results: Sequence[results_lib.EvalResult]) -> str:
   """A Markdown table of how each result's answers are spread over the option letters.
 
   A model that ignores the video often answers one letter for every question; its
@@ -257,9 +257,9 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
   ]
   for r in results:
     # Letters exist for multiple choice only (the other Video-R1 types have no options).
-    mc = [q for q in r.records if q.problem_type == eval_lib.MULTIPLE_CHOICE]
+    mc = [q for q in r.records if q.problem_type == results_lib.MULTIPLE_CHOICE]
     if len(mc) < len(r.records):
-      r = eval_lib.EvalResult.from_records(r.name, mc, r.settings)
+      r = results_lib.EvalResult.from_records(r.name, mc, r.settings)
     n = max(len(r.records), 1)
     index, share = most_frequent_answer(r)
     gold = collections.Counter(q.answer_index for q in r.records)
@@ -274,7 +274,7 @@ def prediction_summary(results: Sequence[eval_lib.EvalResult]) -> str:
 def write_report(
   out_dir: str | os.PathLike,
   *,
-  results: Sequence[eval_lib.EvalResult | str] = (),
+  results: Sequence[results_lib.EvalResult | str] = (),
   metrics: str | os.PathLike | Sequence[Mapping[str, Any]] | None = None,
   title: str = "ChronoForge-RL evaluation report",
   notes: Sequence[str] = (),
@@ -283,7 +283,7 @@ def write_report(
 
   Args:
     out_dir: destination folder; PNGs and per-result tables go next to report.md.
-    results: EvalResults, or paths of results written by `eval_lib.write_result`.
+    results: EvalResults, or paths of results written by `results_lib.write_result`.
     metrics: a training workdir / metrics.jsonl / records for the curves (optional).
     title: the page title.
     notes: Markdown paragraphs placed under the title (e.g. what a run shows).
@@ -293,7 +293,7 @@ def write_report(
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  loaded = [eval_lib.load_result(r) if isinstance(r, (str, os.PathLike)) else r for r in results]
+  loaded = [results_lib.load_result(r) if isinstance(r, (str, os.PathLike)) else r for r in results]
   lines = [f"# {title}", ""]
   for note in notes:
     lines += [note, ""]
@@ -309,8 +309,8 @@ def write_report(
     lines += [
       "## Accuracy",
       "",
-      eval_lib.compare_results(loaded),
-      eval_lib.scoring_note(loaded),
+      results_lib.compare_results(loaded),
+      results_lib.scoring_note(loaded),
       "",
     ]
     for r in loaded:
@@ -328,7 +328,7 @@ def write_report(
         )
         if k in r.settings
       )
-      paths = eval_lib.write_result(r, out_dir)
+      paths = results_lib.write_result(r, out_dir)
       lines.append(
         f"- **{r.name}**: {settings} ([table]({os.path.basename(paths['md'])}), "
         f"[per question]({os.path.basename(paths['jsonl'])}))"
@@ -339,7 +339,7 @@ def write_report(
       ("duration_bucket", "accuracy_by_duration.png"),
       ("task_type", "accuracy_by_task.png"),
     ]
-    if any(r["group"] == "problem_type" for r in eval_lib.comparison_rows(loaded)):
+    if any(r["group"] == "problem_type" for r in results_lib.comparison_rows(loaded)):
       groups.append(("problem_type", "accuracy_by_problem_type.png"))
     for group, file in groups:
       accuracy_bars(os.path.join(out_dir, file), loaded, group)
@@ -348,5 +348,5 @@ def write_report(
   if metrics is None and not loaded:
     lines += ["Nothing to report: give evaluation results and/or a training workdir.", ""]
   path = os.path.join(out_dir, "report.md")
-  eval_lib.write_files_atomic({path: "\n".join(lines)})
+  results_lib.write_files_atomic({path: "\n".join(lines)})
   return path

@@ -25,7 +25,7 @@ Shapes: N responses (B prompts x G rollouts, flattened), T completion tokens, V 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -298,19 +298,6 @@ class LossConfig:
       raise ValueError(f"LossConfig.beta={self.beta}; need beta >= 0")
     if self.max_tokens is not None and self.max_tokens < 1:
       raise ValueError(f"LossConfig.max_tokens={self.max_tokens}; need >= 1 or None")
-
-  @classmethod
-  def from_config(cls, rl: Any) -> LossConfig:
-    """Builds the loss settings from the `config.rl` section (configs/rl.py)."""
-    return cls(
-      policy_loss=rl.policy_loss,
-      eps_low=rl.eps_low,
-      eps_high=rl.eps_high,
-      beta=rl.beta,
-      kl_estimator=rl.kl_estimator,
-      aggregation=rl.aggregation,
-      max_tokens=rl.max_new_tokens if rl.aggregation == "dr_grpo" else None,
-    )
 
 
 def grpo_loss(

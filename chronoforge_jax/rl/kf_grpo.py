@@ -14,19 +14,22 @@ temporal patches:
 Gathering equals encoding the gathered frames directly (tests/rl/kf_grpo_test.py).
 
 Public API:
-  VideoBatch                    static description (grid) of a batch's video
+  union_grid / view_grid        the static video grids (t, h, w) of the union and a view
   encode_union(model, frames_buhwc) -> tokens [B, U/2, P, D]
   view_inputs(tokens, patches_bk, timestamps_bu, *, real_time, repeat=1) -> dict of
       video kwargs for the model (video_embeds, video_grid_thw, patch_timestamps)
+  batch_views(model, batch) -> {view: video kwargs}: both views of a batch
   sft_loss(model, batch) -> (loss, metrics)
-  policy_logprobs(model, batch, completions, view) -> (logp, entropy) [B*G, A]
-  kf_grpo_loss(model, batch, rollout, loss_config, ref_logp=None) -> (loss, metrics)
+  completion_logprobs(model, batch, completions, mask, *, view, num_samples) -> [B*G, A]
+  LossInputs                    one view's completions, mask, advantages, old/ref logp
+  kf_grpo_loss(model, batch, inputs, loss_config=...) -> (loss, metrics)
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from flax import struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,7 +210,7 @@ def completion_logprobs(
 
   The completions are laid out prompt-major: rows [b*G, (b+1)*G) belong to prompt b.
   These are the untempered policy's log-probs; the trainer samples at temperature 1
-  (configs/kf_grpo.py checks it), so they are the sampling policy's too.
+  (rl/rollout.py's sampler calls), so they are the sampling policy's too.
   """
   video = batch_views(model, batch, repeat=num_samples, views=(view,))[view]
   prompt_ids = jnp.repeat(batch["prompt_ids"], num_samples, axis=0)
@@ -223,10 +226,26 @@ def completion_logprobs(
   )
 
 
+@struct.dataclass
+class LossInputs:
+  """One view's inputs of `kf_grpo_loss` (built by `rollout.loss_inputs`).
+
+  Attributes:
+    completions: [N, A] int32; mask: [N, A]; advantages: [N] float32;
+    old_logp, ref_logp: [N, A] or None (see `ViewRollout`).
+  """
+
+  completions: jax.Array
+  mask: jax.Array
+  advantages: jax.Array
+  old_logp: jax.Array | None = None
+  ref_logp: jax.Array | None = None
+
+
 def kf_grpo_loss(
   model: vlm_lib.VideoLanguageModel,
   batch: Batch,
-  rollout: Batch,
+  inputs: LossInputs,
   *,
   loss_config: grpo.LossConfig,
   num_samples: int,
@@ -239,8 +258,8 @@ def kf_grpo_loss(
   Args:
     model: the policy.
     batch: the input batch (frames, patches, prompts).
-    rollout: completions [N, T], mask [N, T], advantages [N], and optionally
-      old_logp [N, T] (mu > 1) and ref_logp [N, T] (beta > 0), N = B * G.
+    inputs: the view's completions, mask, advantages and optional old/reference
+      log-probs (N = B * G rows).
     loss_config: surrogate/KL/aggregation settings.
     num_samples: G.
     view: which view the completions were sampled on.
@@ -253,21 +272,21 @@ def kf_grpo_loss(
   logp_nt, entropy_nt = completion_logprobs(
     model,
     batch,
-    rollout["completions"],
-    rollout["mask"],
+    inputs.completions,
+    inputs.mask,
     view=view,
     num_samples=num_samples,
     return_entropy=True,
     vocab_chunk=vocab_chunk,
   )
   example_valid_n = jnp.repeat(batch["example_valid"], num_samples)
-  mask_nt = rollout["mask"].astype(jnp.float32) * example_valid_n[:, None]
+  mask_nt = inputs.mask.astype(jnp.float32) * example_valid_n[:, None]
   return grpo.grpo_loss(
     logp_nt,
-    rollout["advantages"],
+    inputs.advantages,
     mask_nt,
-    old_logp_nt=rollout.get("old_logp"),
-    ref_logp_nt=rollout.get("ref_logp"),
+    old_logp_nt=inputs.old_logp,
+    ref_logp_nt=inputs.ref_logp,
     entropy_nt=entropy_nt,
     config=loss_config,
     axis_name=axis_name,

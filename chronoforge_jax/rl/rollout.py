@@ -1,28 +1,145 @@
-"""KF-GRPO rollouts: sample both views, score them on the host.
+"""KF-GRPO rollouts: what is sampled on each view, how it is scored, and the loss inputs.
 
-sampler_calls: the sampler inputs of each view (G on the ordered keyframes, G' on the
-               hybrid disordered view when the saliency bonus is on).
-sample_views:  runs them through the KV-cache sampler.
-score_views:   decodes every completion on the host and scores accuracy and format.
+  sampler_calls: the sampler inputs of each view (G on the ordered keyframes, G' on the
+                 hybrid disordered view when the saliency bonus is on).
+  sample_views:  runs them through the KV-cache sampler.
+  score_views:   decodes every completion on the host and scores accuracy and format.
+  ViewRollout:   one view's completions, their rewards and (optional) old/reference
+                 log-probs; `Rollout` holds both views.
+  loss_inputs:   rewards -> saliency bonus (ordered view) -> advantages: a view's
+                 `kf_grpo.LossInputs`, the same code for both views.
+
+Shapes follow the dimension letters: B prompts, G rollouts per prompt on the view,
+N = B * G completions (prompt-major: rows [b*G, (b+1)*G) answer prompt b), A answer tokens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from flax import struct
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from chronoforge_jax import sharding
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.models import sampling
-from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import grpo, kf_grpo
 from chronoforge_jax.rl import rewards as rewards_lib
+from chronoforge_jax.rl import settings as settings_lib
 
 Batch = dict[str, Any]
+VIEWS = ("ordered", "disordered")
+
+
+@struct.dataclass
+class ViewRollout:
+  """One view's sampled completions and their host-scored rewards.
+
+  Attributes:
+    completions: [N, A] int32 sampled tokens.
+    mask: [N, A] 1 on generated tokens (the stop token included).
+    accuracy: [B, G] accuracy reward.
+    format: [B, G] format reward.
+    old_logp: [N, A] the sampling policy's log-probs (only with rl.num_iterations > 1).
+    ref_logp: [N, A] the frozen reference's log-probs (only with rl.beta > 0).
+  """
+
+  completions: jax.Array
+  mask: jax.Array
+  accuracy: jax.Array
+  format: jax.Array
+  old_logp: jax.Array | None = None
+  ref_logp: jax.Array | None = None
+
+
+@struct.dataclass
+class Rollout:
+  """A train step's rollouts: the ordered keyframe view and, with the saliency bonus on,
+  the hybrid disordered view (its accuracy decides the bonus; its completions get a
+  gradient only with rl.train_on_disordered).
+
+  Attributes:
+    ordered: the ordered-keyframe view.
+    disordered: the hybrid disordered view, None when the saliency bonus is off.
+    saliency_eligible: [B, G] 1 where a prompt may earn the bonus (still images may not);
+      None: every prompt may.
+  """
+
+  ordered: ViewRollout
+  disordered: ViewRollout | None = None
+  saliency_eligible: jax.Array | None = None
+
+
+def text_rewards(rl: settings_lib.RLSettings, view: ViewRollout) -> dict[str, jax.Array]:
+  """A view's reward components before any saliency bonus: accuracy, format, length."""
+  components = {"accuracy": view.accuracy, "format": view.format}
+  if rl.length_bonus.enabled:
+    lb = rl.length_bonus
+    components["length"] = rewards_lib.length_bonus(
+      view.accuracy,
+      view.mask.sum(-1).reshape(view.accuracy.shape),
+      bonus=lb.bonus,
+      min_tokens=lb.min_tokens,
+      max_tokens=lb.max_tokens,
+      min_correct=lb.min_correct,
+    )
+  return components
+
+
+def loss_inputs(
+  rl: settings_lib.RLSettings,
+  view: ViewRollout,
+  *,
+  bonus_against: jax.Array | None = None,
+  eligible_b: jax.Array | None = None,
+) -> tuple[kf_grpo.LossInputs, dict[str, jax.Array]]:
+  """Rewards -> advantages over the whole (global) batch: one view's loss inputs.
+
+  Args:
+    rl: the RL settings.
+    view: the view's rollouts.
+    bonus_against: [B, G'] the disordered view's accuracy, for the ordered view: its
+      correct answers earn the saliency bonus where ordered accuracy beats this
+      (`rewards.kf_grpo_rewards`, rl.saliency). None (the disordered view): text rewards
+      only.
+    eligible_b: [B] bool, prompts that may earn the bonus (None: all).
+
+  Returns:
+    (LossInputs, metrics: reward/*, saliency/* (ordered view), adv/abs_mean and, with a
+    bonus, adv/bonus_shift: how much the bonus moved the advantages).
+  """
+  components = text_rewards(rl, view)
+  if bonus_against is None:
+    total_bg, metrics = rewards_lib.combine_rewards(components, rl.weights)
+    bonus_bg = None
+  else:
+    total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
+      components,
+      bonus_against,
+      weights=rl.weights,
+      saliency=rl.saliency.enabled,
+      alpha=rl.saliency.alpha,
+      mu=rl.saliency.mu,
+      rule=rl.saliency.rule,
+      eligible_b=eligible_b,
+    )
+  adv_bg = grpo.compute_advantages(total_bg, rl.advantage_estimator, eps=rl.advantage_eps)
+  if bonus_bg is not None:
+    metrics["adv/bonus_shift"] = grpo.bonus_advantage_shift(
+      total_bg, bonus_bg, rl.advantage_estimator, eps=rl.advantage_eps
+    )
+  metrics["adv/abs_mean"] = jnp.abs(adv_bg).mean()
+  inputs = kf_grpo.LossInputs(
+    completions=view.completions,
+    mask=view.mask,
+    advantages=adv_bg.reshape(-1),
+    old_logp=view.old_logp,
+    ref_logp=view.ref_logp,
+  )
+  return inputs, metrics
 
 
 def sampler_calls(
@@ -31,7 +148,7 @@ def sampler_calls(
   batch: Batch,
   prompt_ids,
   prompt_mask,
-  rl: ml_collections.ConfigDict,
+  rl: settings_lib.RLSettings,
   stop_tokens: tuple[int, ...],
 ) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
   """(view, rng fold-in key, sampler inputs, sampler kwargs but rng) of each rollout view:
@@ -50,8 +167,8 @@ def sampler_calls(
     )
     # The sampler's log-probs are read only as old_logp (rl.use_rollout_logps, mu > 1) of
     # a view that is trained on; otherwise it computes none.
-    trained = name == "ordered" or rl.train_on_disordered
-    own_logps = rl.num_iterations > 1 and rl.get("use_rollout_logps", False) and trained
+    trained = name in dict(rl.trained_views)
+    own_logps = rl.num_iterations > 1 and rl.use_rollout_logps and trained
     calls.append(
       (
         name,
@@ -60,7 +177,7 @@ def sampler_calls(
         dict(
           max_new_tokens=rl.max_new_tokens,
           num_samples=g,
-          temperature=rl.temperature,
+          temperature=1.0,  # The ratio and KL use the untempered policy.
           top_k=rl.top_k,
           top_p=rl.top_p,
           stop_tokens=stop_tokens,
@@ -73,7 +190,7 @@ def sampler_calls(
 
 
 def sample_views(
-  model, views: dict, batch: Batch, rl: ml_collections.ConfigDict, stop_tokens: tuple[int, ...], rng
+  model, views: dict, batch: Batch, rl: settings_lib.RLSettings, stop_tokens: tuple[int, ...], rng
 ) -> dict[str, Any]:
   """Samples G completions on the ordered view and G' on the disordered view."""
   # The sampler checks and buckets prompts on the host: give every process the whole
@@ -132,18 +249,29 @@ def score_rollouts(
 def score_views(
   mesh: jax.sharding.Mesh,
   tok: tokenizer_lib.Tokenizer,
-  rl: ml_collections.ConfigDict,
+  rl: settings_lib.RLSettings,
   batch: Batch,
   host: dict,
   samples: dict[str, tuple[jax.Array, jax.Array]],
-):
-  """Rewards of both views' samples, scored on the host (every process, whole batch)."""
+) -> tuple[dict[str, dict[str, jax.Array]], jax.Array | None, int, dict[str, float]]:
+  """Rewards of every view's samples, scored on the host (every process, whole batch).
+
+  Args:
+    mesh: the device mesh (rewards come back sharded over its batch axes).
+    tok: decodes the completions.
+    rl: the RL settings (group sizes, multiple-choice rule).
+    batch: the global device batch (answer_index).
+    host: this process's host-side batch (options, problem types, solutions, media).
+    samples: {view: (completions [N, A], mask [N, A])}.
+
+  Returns:
+    ({view: {"accuracy": [B, G], "format": [B, G]}}, saliency_eligible [B, G] or None,
+    completion tokens sampled on the ordered view, host metrics (the disordered view's
+    prefixed "disordered/")).
+  """
   # Every process scores the whole global batch (cheap), so rewards need no gather later.
   gathered = multihost_utils.process_allgather(
-    {
-      "answer": batch["answer_index"],
-      **{f"{k}_{i}": v for k, pair in samples.items() for i, v in enumerate(pair)},
-    },
+    {"answer": batch["answer_index"], **samples},
     tiled=True,
   )
   options = host.get("options") if jax.process_count() == 1 else None
@@ -155,37 +283,23 @@ def score_views(
     if jax.process_count() == 1
     else dict(mc_rule=rl.mc_rule)
   )
-  rollout: dict[str, jax.Array] = {}
-  comps, host_metrics = score_rollouts(
-    tok,
-    gathered["ordered_0"],
-    gathered["ordered_1"],
-    gathered["answer"],
-    rl.num_generations,
-    options,
-    **typed,
-  )
-  rollout["accuracy"] = sharding.global_from_full(mesh, comps["accuracy"])
-  rollout["format"] = sharding.global_from_full(mesh, comps["format"])
+  group = {"ordered": rl.num_generations, "disordered": rl.num_disordered}
+  scores, host_metrics = {}, {}
+  for view, (tokens, mask) in gathered.items():
+    if view == "answer":
+      continue
+    comps, metrics = score_rollouts(
+      tok, tokens, mask, gathered["answer"], group[view], options, **typed
+    )
+    scores[view] = {k: sharding.global_from_full(mesh, comps[k]) for k in ("accuracy", "format")}
+    prefix = "" if view == "ordered" else f"{view}/"
+    host_metrics.update({f"{prefix}{k}": v for k, v in metrics.items()})
+  eligible = None
   if typed.get("problem_types_b") is not None:  # Still images earn no saliency bonus.
     still_b = np.array([m == "image" for m in host["media"]])
-    rollout["saliency_eligible"] = sharding.global_from_full(
-      mesh, np.broadcast_to(~still_b[:, None], comps["accuracy"].shape).astype(np.float32)
+    shape = (len(still_b), rl.num_generations)
+    eligible = sharding.global_from_full(
+      mesh, np.broadcast_to(~still_b[:, None], shape).astype(np.float32)
     )
-  if "disordered" in samples:
-    dis, dis_metrics = score_rollouts(
-      tok,
-      gathered["disordered_0"],
-      gathered["disordered_1"],
-      gathered["answer"],
-      rl.num_disordered,
-      options,
-      **typed,
-    )
-    host_metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
-    rollout["disordered_accuracy"] = sharding.global_from_full(mesh, dis["accuracy"])
-    if rl.train_on_disordered:
-      rollout["disordered_format"] = sharding.global_from_full(mesh, dis["format"])
-  else:
-    rollout["disordered_accuracy"] = jnp.zeros_like(rollout["accuracy"])
-  return rollout, gathered, host_metrics
+  num_tokens = int(np.asarray(gathered["ordered"][1]).sum())
+  return scores, eligible, num_tokens, host_metrics

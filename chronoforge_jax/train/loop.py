@@ -28,7 +28,6 @@ from typing import Any
 from flax import nnx
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from chronoforge_jax import sharding
@@ -37,6 +36,7 @@ from chronoforge_jax.data import pipeline
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.rl import rollout as rollout_lib
 from chronoforge_jax.rl import scoring
+from chronoforge_jax.rl import settings as settings_lib
 from chronoforge_jax.train import checkpoint as ckpt_lib
 from chronoforge_jax.train import metrics as metrics_lib
 from chronoforge_jax.train import state as state_lib
@@ -64,6 +64,7 @@ class Setup:
   logprobs: Any  # jitted: (params, batch, completions, mask, *, view,
   #          num_samples) -> [B*G, T]
   stop_tokens: tuple[int, ...]
+  rl: settings_lib.RLSettings
 
 
 def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
@@ -91,6 +92,7 @@ def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Setup:
     reset_reference=reset_reference,
     **steps_lib.step_functions(config, mesh, graphdef, tx, state_shardings),
     stop_tokens=stop_tokens,
+    rl=settings_lib.RLSettings.from_config(config.rl),
   )
 
 
@@ -160,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def run_step(kind, *args):
       """AOT-compiles each (kind, shapes) once, logging its memory analysis, then runs."""
-      key = (kind,) + tuple((k, v.shape) for a in args[1:] for k, v in sorted(a.items()))
+      inputs = args[1:]  # The batch (and the rollout): their structure and shapes.
+      key = (kind, jax.tree.structure(inputs), tuple(x.shape for x in jax.tree.leaves(inputs)))
       if key not in compiled:
         t0 = time.perf_counter()
         compiled[key] = (s.sft_step if kind == "sft" else s.grpo_step).lower(*args).compile()
@@ -207,9 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if step == config.sft_steps > 0 and "ref" in state:
             state = s.reset_reference(state)  # KL anchors to the SFT'd policy.
           rollout, tokens, host_metrics = make_rollout(
-            s, config, state, batch, host, jax.random.fold_in(rng, step), timer
+            s, state, batch, host, jax.random.fold_in(rng, step), timer
           )
-          for _ in range(config.rl.num_iterations):
+          for _ in range(s.rl.num_iterations):
             state, metrics = timer("update", run_step, "grpo", state, batch, rollout)
         metrics = jax.device_get(metrics)
         step += 1
@@ -241,49 +244,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def make_rollout(
   s: Setup,
-  config: ml_collections.ConfigDict,
   state,
   batch: Batch,
   host: dict,
   rng,
   timer: metrics_lib.PhaseTimer | None = None,
-) -> tuple[dict[str, jax.Array], int, dict[str, float]]:
+) -> tuple[rollout_lib.Rollout, int, dict[str, float]]:
   """Samples both views and scores them on the host.
 
   Phases timed by `timer`: views (vision tower), rollout (sampler prefill + decode on
   both views), scoring (host: gather, decode, rewards), logprobs (old-policy and
-  reference passes). With `rl.use_rollout_logps` the old-policy log-probs (needed when
-  `rl.num_iterations` > 1) are the sampler's, not a second forward pass.
+  reference passes of the trained views). With `rl.use_rollout_logps` the old-policy
+  log-probs (needed when `rl.num_iterations` > 1) are the sampler's, not a second pass.
 
   Returns:
-    (train-step inputs, completion tokens sampled on the ordered view, host-side reward
+    (the Rollout, completion tokens sampled on the ordered view, host-side reward
     metrics such as the unparseable fraction of each view).
   """
-  rl = config.rl
+  rl = s.rl
   timer = timer or metrics_lib.PhaseTimer()
   model = nnx.merge(s.graphdef, state["params"])
-  views = timer("views", s.views, state["params"], batch)
-  out = timer("rollout", rollout_lib.sample_views, model, views, batch, rl, s.stop_tokens, rng)
+  video = timer("views", s.views, state["params"], batch)
+  out = timer("rollout", rollout_lib.sample_views, model, video, batch, rl, s.stop_tokens, rng)
   samples = {k: (v.tokens, v.completion_mask) for k, v in out.items()}
-  rollout, gathered, host_metrics = timer(
+  scores, eligible, num_tokens, host_metrics = timer(
     "scoring", rollout_lib.score_views, s.mesh, s.tokenizer, rl, batch, host, samples
   )
-  trained = [("ordered", "", rl.num_generations)]
-  if rl.train_on_disordered:
-    trained.append(("disordered", "disordered_", rl.num_disordered))
-  for view, prefix, g in trained:
-    completions, mask = samples[view]
-    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = completions, mask
-    logp = functools.partial(timer, "logprobs", s.logprobs, view=view, num_samples=g)
-    if rl.num_iterations > 1:
-      # The sampler's own log-probs where `sampler_calls` asked for them, else a pass.
-      own = out[view].model_logprobs
-      rollout[f"{prefix}old_logp"] = (
-        own if own is not None else logp(state["params"], batch, completions, mask)
-      )
-    if "ref" in state:
-      rollout[f"{prefix}ref_logp"] = logp(state["ref"], batch, completions, mask)
-  return rollout, int(np.asarray(gathered["ordered_1"]).sum()), host_metrics
+  trained = dict(rl.trained_views)
+  views = {}
+  for view, (completions, mask) in samples.items():
+    logps = {}
+    if view in trained:
+      logp = functools.partial(timer, "logprobs", s.logprobs, view=view, num_samples=trained[view])
+      if rl.num_iterations > 1:
+        # The sampler's own log-probs where `sampler_calls` asked for them, else a pass.
+        own = out[view].model_logprobs
+        logps["old_logp"] = (
+          own if own is not None else logp(state["params"], batch, completions, mask)
+        )
+      if "ref" in state:
+        logps["ref_logp"] = logp(state["ref"], batch, completions, mask)
+    views[view] = rollout_lib.ViewRollout(
+      completions=completions, mask=mask, **scores[view], **logps
+    )
+  rollout = rollout_lib.Rollout(
+    ordered=views["ordered"], disordered=views.get("disordered"), saliency_eligible=eligible
+  )
+  return rollout, num_tokens, host_metrics
 
 
 def _memory_summary(mem) -> str:

@@ -44,6 +44,7 @@ from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import sampling
 from chronoforge_jax.models import text as text_lib
 from chronoforge_jax.rl import rollout as rollout_lib
+from chronoforge_jax.rl import settings as settings_lib
 from chronoforge_jax.train import state as state_lib
 from chronoforge_jax.train import steps as steps_lib
 
@@ -527,7 +528,7 @@ def compile_programs(
     One ProgramReport per program, in the order above.
   """
   say = progress or (lambda _: None)
-  rl = config.rl
+  rl = settings_lib.RLSettings.from_config(config.rl)
   graphdef, tx, state_shardings, abstract_state, _, _ = state_lib.build_state(
     config, mesh, model_cfg
   )
@@ -564,9 +565,7 @@ def compile_programs(
   if config.total_steps <= config.sft_steps:
     return reports
 
-  trained = [("ordered", "", rl.num_generations)]
-  if rl.train_on_disordered:
-    trained.append(("disordered", "disordered_", rl.num_disordered))
+  trained = dict(rl.trained_views)
   logp_runs = int("ref" in abstract_state) + int(rl.num_iterations > 1)
   need_rollout = wanted("grpo_step") or (logp_runs and wanted("logprobs"))
   views = run(
@@ -597,27 +596,25 @@ def compile_programs(
       ),
       need=need_rollout,
     )
-  rollout = {}
   b = batch["answer_index"].shape[0]
   reward = lambda g: jax.ShapeDtypeStruct(
     (b, g), jnp.float32, sharding=sharding.batch_sharding(mesh, (b, g))
   )
-  rollout["accuracy"] = rollout["format"] = reward(rl.num_generations)
-  rollout["disordered_accuracy"] = reward(
-    rl.num_disordered if "disordered" in samples else rl.num_generations
-  )
-  if rl.train_on_disordered:
-    rollout["disordered_format"] = reward(rl.num_disordered)
-  for view, prefix, g in trained:
-    out = samples.get(view)
+  views = {}
+  for view, out in samples.items():
     if out is None:
       return reports
-    rollout[f"{prefix}completions"], rollout[f"{prefix}mask"] = (out.tokens, out.completion_mask)
-    if logp_runs:
+    logps = {}
+    if view in trained and logp_runs:
       logp = run(
         f"logprobs[{view}]",
-        lambda view=view, g=g, out=out: steps["logprobs"].lower(
-          abstract_state["params"], batch, out.tokens, out.completion_mask, view=view, num_samples=g
+        lambda view=view, out=out: steps["logprobs"].lower(
+          abstract_state["params"],
+          batch,
+          out.tokens,
+          out.completion_mask,
+          view=view,
+          num_samples=trained[view],
         ),
         runs_per_step=logp_runs,
         need=wanted("grpo_step"),
@@ -626,9 +623,18 @@ def compile_programs(
         if logp is None:
           return reports
         if rl.num_iterations > 1:
-          rollout[f"{prefix}old_logp"] = logp
+          logps["old_logp"] = logp
         if "ref" in abstract_state:
-          rollout[f"{prefix}ref_logp"] = logp
+          logps["ref_logp"] = logp
+    g = out.tokens.shape[0] // b
+    views[view] = rollout_lib.ViewRollout(
+      completions=out.tokens,
+      mask=out.completion_mask,
+      accuracy=reward(g),
+      format=reward(g),
+      **logps,
+    )
+  rollout = rollout_lib.Rollout(ordered=views["ordered"], disordered=views.get("disordered"))
   run(
     "grpo_step",
     lambda: steps["grpo_step"].lower(abstract_state, batch, rollout),

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from chronoforge_jax.rl import grpo, kf_grpo
-from chronoforge_jax.rl import rewards as rewards_lib
+from chronoforge_jax.rl import kf_grpo
+from chronoforge_jax.rl import rollout as rollout_lib
+from chronoforge_jax.rl import settings as settings_lib
 
 
 def _apply_if_finite(state, grads, loss, tx):
@@ -57,109 +58,59 @@ def sft_step(graphdef, tx, vocab_chunk: int, state, batch):
 
 
 def kf_grpo_step(
-  graphdef, tx, rl: ml_collections.ConfigDict, vocab_chunk: int, state, batch, rollout
+  graphdef, tx, rl: settings_lib.RLSettings, vocab_chunk: int, state, batch, rollout
 ):
   """Rewards -> advantages -> clipped surrogate + KL -> update, on the global batch.
 
-  With `rl.train_on_disordered` the disordered rollouts get a gradient too: their own
-  group-relative advantages from accuracy + format (+ length) without the saliency
-  bonus, and the loss is the rollout-weighted mean (G L_ordered + G' L_disordered) /
-  (G + G'), so every rollout counts the same.
+  The ordered view's correct answers earn the saliency bonus against the disordered
+  view's accuracy. With `rl.train_on_disordered` the disordered rollouts get a gradient
+  too: their own group-relative advantages from the text rewards without the bonus, and
+  the loss is the rollout-weighted mean (G L_ordered + G' L_disordered) / (G + G'), so
+  every rollout counts the same.
+
+  Args:
+    graphdef, tx, rl, vocab_chunk: static (closed over by `step_functions`).
+    state: {params, opt_state, step[, ref]}, donated.
+    batch: the global input batch.
+    rollout: an `rollout.Rollout`.
   """
-  b, g = rollout["accuracy"].shape
-  components = _text_rewards(rl, rollout["accuracy"], rollout["format"], rollout["mask"])
-  total_bg, bonus_bg, metrics = rewards_lib.kf_grpo_rewards(
-    components,
-    rollout["disordered_accuracy"],
-    weights=dict(rl.reward_weights),
-    saliency=rl.saliency.enabled,
-    alpha=rl.saliency.alpha,
-    mu=rl.saliency.mu,
-    rule=rl.saliency.rule,
-    eligible_b=(
-      rollout["saliency_eligible"][:, 0] > 0.5 if "saliency_eligible" in rollout else None
-    ),
+  ordered, disordered = rollout.ordered, rollout.disordered
+  eligible_b = None
+  if rollout.saliency_eligible is not None:
+    eligible_b = rollout.saliency_eligible[:, 0] > 0.5
+  against = disordered.accuracy if disordered is not None else jnp.zeros_like(ordered.accuracy)
+  inputs, metrics = rollout_lib.loss_inputs(
+    rl, ordered, bonus_against=against, eligible_b=eligible_b
   )
-  adv_bg = grpo.compute_advantages(total_bg, rl.advantage_estimator, eps=rl.advantage_eps)
-  metrics["adv/bonus_shift"] = grpo.bonus_advantage_shift(
-    total_bg, bonus_bg, rl.advantage_estimator, eps=rl.advantage_eps
-  )
-  metrics["adv/abs_mean"] = jnp.abs(adv_bg).mean()
-  loss_rollout = dict(
-    completions=rollout["completions"], mask=rollout["mask"], advantages=adv_bg.reshape(b * g)
-  )
-  for key in ("old_logp", "ref_logp"):
-    if key in rollout:
-      loss_rollout[key] = rollout[key]
-  loss_config = grpo.LossConfig.from_config(rl)
-  dis_rollout, h = None, rl.num_disordered
+  trained = {"ordered": inputs}
   if rl.train_on_disordered:
-    dis_rollout, dis_metrics = _disordered_loss_inputs(rl, rollout, b, h)
-    metrics.update(dis_metrics)
+    trained["disordered"], dis_metrics = rollout_lib.loss_inputs(rl, disordered)
+    metrics.update({f"disordered/{k}": v for k, v in dis_metrics.items()})
+  group = dict(rl.trained_views)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    loss, loss_metrics = kf_grpo.kf_grpo_loss(
-      model, batch, loss_rollout, loss_config=loss_config, num_samples=g, vocab_chunk=vocab_chunk
-    )
-    if dis_rollout is None:
-      return loss, loss_metrics
-    dis_loss, dis_metrics = kf_grpo.kf_grpo_loss(
-      model,
-      batch,
-      dis_rollout,
-      loss_config=loss_config,
-      num_samples=h,
-      view="disordered",
-      vocab_chunk=vocab_chunk,
-    )
-    total = (g * loss + h * dis_loss) / (g + h)
-    return total, {
-      **loss_metrics,
-      **{f"disordered/{k}": v for k, v in dis_metrics.items()},
-      "ordered/loss": loss,
-      "loss": total,
-    }
+    losses, out = {}, {}
+    for view, view_inputs in trained.items():
+      losses[view], view_metrics = kf_grpo.kf_grpo_loss(
+        model,
+        batch,
+        view_inputs,
+        loss_config=rl.loss,
+        num_samples=group[view],
+        view=view,
+        vocab_chunk=vocab_chunk,
+      )
+      prefix = "" if view == "ordered" else f"{view}/"
+      out.update({f"{prefix}{k}": v for k, v in view_metrics.items()})
+    if len(losses) == 1:
+      return losses["ordered"], out
+    total = sum(group[v] * losses[v] for v in losses) / sum(group[v] for v in losses)
+    return total, {**out, "ordered/loss": losses["ordered"], "loss": total}
 
   (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   state, opt_metrics = _apply_if_finite(state, grads, loss, tx)
   return state, {**metrics, **loss_metrics, **opt_metrics}
-
-
-def _text_rewards(
-  rl: ml_collections.ConfigDict, accuracy_bg, format_bg, mask_nt
-) -> dict[str, jax.Array]:
-  """One view's reward components before any saliency bonus: accuracy, format, length."""
-  components = {"accuracy": accuracy_bg, "format": format_bg}
-  if rl.length_bonus.enabled:
-    lb = rl.length_bonus
-    components["length"] = rewards_lib.length_bonus(
-      accuracy_bg,
-      mask_nt.sum(-1).reshape(accuracy_bg.shape),
-      bonus=lb.bonus,
-      min_tokens=lb.min_tokens,
-      max_tokens=lb.max_tokens,
-      min_correct=lb.min_correct,
-    )
-  return components
-
-
-def _disordered_loss_inputs(rl: ml_collections.ConfigDict, rollout, b: int, h: int):
-  """The disordered rollouts' loss inputs: their own rewards (no bonus) and advantages."""
-  components = _text_rewards(
-    rl, rollout["disordered_accuracy"], rollout["disordered_format"], rollout["disordered_mask"]
-  )
-  total_bh, metrics = rewards_lib.combine_rewards(components, dict(rl.reward_weights))
-  adv_bh = grpo.compute_advantages(total_bh, rl.advantage_estimator, eps=rl.advantage_eps)
-  out = dict(
-    completions=rollout["disordered_completions"],
-    mask=rollout["disordered_mask"],
-    advantages=adv_bh.reshape(b * h),
-  )
-  for key in ("old_logp", "ref_logp"):
-    if f"disordered_{key}" in rollout:
-      out[key] = rollout[f"disordered_{key}"]
-  return out, {f"disordered/{k}": v for k, v in metrics.items()}
 
 
 def views_fn(graphdef, params, batch):
@@ -211,7 +162,9 @@ def step_functions(
       out_shardings=(state_shardings, replicated),
     ),
     grpo_step=jax.jit(
-      functools.partial(kf_grpo_step, graphdef, tx, config.rl, chunk),
+      functools.partial(
+        kf_grpo_step, graphdef, tx, settings_lib.RLSettings.from_config(config.rl), chunk
+      ),
       donate_argnums=0,
       out_shardings=(state_shardings, replicated),
     ),

@@ -206,7 +206,7 @@ def test_save_hf_from_two_processes(tmp_path):
 
   hf = _hf(False)
   hf.save_pretrained(tmp_path / "hf")
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": repo}
   env.pop("XLA_FLAGS", None)  # One CPU device per process.
   address = f"localhost:{testing.free_port()}"

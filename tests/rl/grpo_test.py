@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from chronoforge_jax.rl import grpo, rewards
+from chronoforge_jax.rl import settings as rl_settings
 from configs import common
 from configs import rl as rl_config
 
@@ -362,10 +363,10 @@ def test_loss_config_rejects_bad_fields(kwargs, match):
 def test_rl_config_variants_validate_and_build_loss_config(variant):
   config = rl_config.get_config(variant)
   rl_config.validate_rl(config)
-  loss_config = grpo.LossConfig.from_config(config.rl)
+  loss_config = rl_settings.RLSettings.from_config(config.rl).loss
   assert loss_config.beta == config.rl.beta and loss_config.max_tokens is None
   config.rl.aggregation = "dr_grpo"
-  assert grpo.LossConfig.from_config(config.rl).max_tokens == config.rl.max_new_tokens
+  assert rl_settings.RLSettings.from_config(config.rl).loss.max_tokens == config.rl.max_new_tokens
 
 
 @pytest.mark.parametrize(
@@ -375,7 +376,8 @@ def test_rl_config_variants_validate_and_build_loss_config(variant):
     ("advantage_estimator", "gruop_std", "rl.advantage_estimator"),
     ("aggregation", "mean", "rl.aggregation"),
     ("eps_low", 1.5, "rl.eps_low"),
-    ("temperature", 0.0, "rl.temperature"),
+    ("top_p", 0.0, "rl.top_p"),
+    ("policy_loss", "ppo", "rl.policy_loss"),
     ("saliency.rule", "loose", "rl.saliency.rule"),
     ("saliency.alpha", -0.3, "rl.saliency.alpha"),
     ("reward_weights.lenght", 0.2, "rl.reward_weights.lenght"),

@@ -19,7 +19,7 @@ from chronoforge_jax.train import checkpoint
 from configs import ckpt as ckpt_config
 from configs import common
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ The end-to-end runs use the `smoke` config (tiny model, synthetic set): 2 SFT st
 KF-GRPO steps with rollouts on both views.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,13 +22,14 @@ import pytest
 
 from chronoforge_jax import sharding, testing
 from chronoforge_jax.data import pipeline
+from chronoforge_jax.rl import rollout as rollout_lib
 from chronoforge_jax.train import checkpoint as ckpt_lib
 from chronoforge_jax.train import loop
 from chronoforge_jax.train import metrics as metrics_lib
 from chronoforge_jax.train import steps as steps_lib
 from configs import kf_grpo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
 
 
@@ -278,9 +280,8 @@ def test_train_steps_on_222_mesh_match_one_device(data_dir):
         "format": (rng.random((b, g)) < 0.5).astype(np.float32),
         "disordered_accuracy": (rng.random((b, config.rl.num_disordered)) < 0.3).astype(np.float32),
       }
-      rollout = {
-        k: jax.device_put(v, sharding.batch_sharding(mesh, v.shape)) for k, v in rollout.items()
-      }
+      put = lambda v, mesh=mesh: jax.device_put(v, sharding.batch_sharding(mesh, v.shape))
+      rollout = _typed(rollout, put)
       state, grpo_metrics = s.grpo_step(state, batch, rollout)
       results.append(
         (
@@ -306,7 +307,7 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
   """
   from flax import nnx
 
-  from chronoforge_jax.rl import grpo, kf_grpo
+  from chronoforge_jax.rl import kf_grpo
 
   config = _config(data_dir, **{"rl.beta": 0.0, "rl.train_on_disordered": True})
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -335,20 +336,19 @@ def test_train_on_disordered_adds_the_disordered_views_loss(data_dir):
     r = rollout["disordered_accuracy"] + rollout["disordered_format"]
     centred = r - r.mean(-1, keepdims=True)
     adv = centred / (np.sqrt((centred**2).mean()) + config.rl.advantage_eps)
-    loss_config = grpo.LossConfig.from_config(config.rl)
     dis_loss, _ = kf_grpo.kf_grpo_loss(
       model,
       batch,
-      {
-        "completions": rollout["disordered_completions"],
-        "mask": rollout["disordered_mask"],
-        "advantages": jnp.asarray(adv.reshape(-1)),
-      },
-      loss_config=loss_config,
+      kf_grpo.LossInputs(
+        completions=jnp.asarray(rollout["disordered_completions"]),
+        mask=jnp.asarray(rollout["disordered_mask"]),
+        advantages=jnp.asarray(adv.reshape(-1)),
+      ),
+      loss_config=s.rl.loss,
       num_samples=h,
       view="disordered",
     )
-    state, metrics = s.grpo_step(state, batch, {k: jnp.asarray(v) for k, v in rollout.items()})
+    state, metrics = s.grpo_step(state, batch, _typed(rollout))
   ordered = float(metrics["ordered/loss"])
   np.testing.assert_allclose(float(metrics["disordered/loss"]), float(dis_loss), rtol=1e-5)
   np.testing.assert_allclose(
@@ -510,8 +510,7 @@ def grpo_case(data_dir):
   def sgd_step(estimator):
     """jit(steps_lib.kf_grpo_step) with plain SGD and the given advantage estimator."""
     if estimator not in steps:
-      rl = config.rl.copy_and_resolve_references()
-      rl.advantage_estimator = estimator
+      rl = dataclasses.replace(s.rl, advantage_estimator=estimator)
       steps[estimator] = jax.jit(
         functools.partial(
           steps_lib.kf_grpo_step, s.graphdef, optax.sgd(SGD_LR), rl, config.model.vocab_chunk
@@ -562,8 +561,32 @@ def grpo_case(data_dir):
   )
 
 
+def _typed(flat, put=jnp.asarray):
+  """A flat {name / disordered_name: array} dict -> the trainer's typed Rollout.
+
+  A disordered view given only by its accuracy (not trained on) gets empty completions.
+  """
+
+  def view(prefix, like=None):
+    arrays = {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+    if prefix == "":
+      arrays = {k: v for k, v in arrays.items() if not k.startswith("disordered_")}
+    if "completions" not in arrays:
+      n = arrays["accuracy"].size
+      arrays["completions"] = np.zeros((n, like.shape[1]), np.int32)
+      arrays["mask"] = np.zeros((n, like.shape[1]), bool)
+      arrays["format"] = np.zeros_like(arrays["accuracy"])
+    return rollout_lib.ViewRollout(**{k: put(v) for k, v in arrays.items()})
+
+  ordered = view("")
+  disordered = (
+    view("disordered_", like=flat["completions"]) if "disordered_accuracy" in flat else None
+  )
+  return rollout_lib.Rollout(ordered=ordered, disordered=disordered)
+
+
 def _device_rollout(rollout):
-  return {k: jnp.asarray(v) for k, v in rollout.items()}
+  return _typed(rollout)
 
 
 def _rollout(case, accuracy, disordered_accuracy, seed=0):
@@ -739,19 +762,19 @@ def test_rollout_logps_give_the_loss_and_update_of_a_log_prob_pass(data_dir):
   with jax.set_mesh(mesh):
     batch = sharding.to_global(mesh, local)
     for use in (False, True):
-      config.rl.use_rollout_logps = use
+      s = dataclasses.replace(s, rl=dataclasses.replace(s.rl, use_rollout_logps=use))
       state = s.init_state()
       timer = metrics_lib.PhaseTimer()
-      rollout, _, _ = loop.make_rollout(s, config, state, batch, host, jax.random.key(7), timer)
+      rollout, _, _ = loop.make_rollout(s, state, batch, host, jax.random.key(7), timer)
       phases = set(timer.metrics())
       state, metrics = s.grpo_step(state, batch, rollout)
       results[use] = jax.device_get((rollout, metrics, state["params"]))
       assert ("time/logprobs_s" in phases) == (not use), phases
   (r0, m0, p0), (r1, m1, p1) = results[False], results[True]
-  np.testing.assert_array_equal(r0["completions"], r1["completions"])
-  mask = np.asarray(r0["mask"], bool)
+  np.testing.assert_array_equal(r0.ordered.completions, r1.ordered.completions)
+  mask = np.asarray(r0.ordered.mask, bool)
   assert mask.sum() > 0
-  np.testing.assert_allclose(r1["old_logp"][mask], r0["old_logp"][mask], atol=1e-5)
+  np.testing.assert_allclose(r1.ordered.old_logp[mask], r0.ordered.old_logp[mask], atol=1e-5)
   np.testing.assert_allclose(float(m1["loss"]), float(m0["loss"]), rtol=1e-4, atol=1e-6)
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, atol=1e-5)
