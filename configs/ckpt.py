@@ -9,7 +9,7 @@ overridden on the command line, e.g.
 Resume order (chronoforge_jax.train.checkpoint.restore_or_init): the run's own latest
 checkpoint in `<workdir>/<subdir>` -> `resume` -> `init_from` -> scratch.
 
-Fields:
+Fields (checked by chronoforge_jax.train.checkpoint.CheckpointSettings):
   subdir: checkpoint directory, relative to the workdir.
   save_every: save every this many steps (plus a final save at the end and on SIGTERM).
   keep: keep the latest this many checkpoints.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from chronoforge_jax.train import checkpoint
 from configs import common
 
 VARIANTS = ("default", "smoke")
@@ -59,39 +60,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def validate_ckpt(config: ml_collections.ConfigDict, prefix: str = "ckpt") -> None:
-  """Checks the `ckpt` section; raises common.ConfigError naming the bad field."""
-  common.check(
-    isinstance(config.subdir, str) and config.subdir.strip() != "",
-    f"{prefix}.subdir",
-    "must be a non-empty relative directory name",
-  )
-  common.check(
-    not config.subdir.startswith("/") and "://" not in config.subdir,
-    f"{prefix}.subdir",
-    f"got {config.subdir!r}; it is relative to the "
-    "workdir (use resume/init_from to read other directories)",
-  )
-  for field in ("save_every", "keep"):
-    value = config[field]
-    common.check(
-      isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-      f"{prefix}.{field}",
-      f"got {value!r}; must be an integer >= 1",
-    )
-  common.check(
-    isinstance(config.keep_every, int) and config.keep_every >= 0,
-    f"{prefix}.keep_every",
-    f"got {config.keep_every!r}; must be an integer >= 0 (0 turns it off)",
-  )
-  common.check(
-    isinstance(config.async_save, bool),
-    f"{prefix}.async_save",
-    f"got {config.async_save!r}; must be true or false",
-  )
-  for field in ("resume", "init_from"):
-    common.check(
-      isinstance(config[field], str),
-      f"{prefix}.{field}",
-      f"got {config[field]!r}; must be a path string ('' for none)",
-    )
+def validate_ckpt(config: ml_collections.ConfigDict) -> checkpoint.CheckpointSettings:
+  """Builds `checkpoint.CheckpointSettings`; raises common.ConfigError naming the field."""
+  return common.build(checkpoint.CheckpointSettings.from_config, config)

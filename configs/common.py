@@ -7,13 +7,30 @@ big_vision. Field overrides use `--config.section.field=value`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import ml_collections
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
   """A config field has a bad value; the message names the field and the fix."""
+
+
+def build(from_config: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+  """Builds a library settings type from config sections (`X.from_config(section)`).
+
+  The one place where the library's ValueError (a `settings.SettingsError` naming
+  `config.<section>.<field>=<value>` and what it needs) becomes a ConfigError, as does
+  a FileNotFoundError for a path field (e.g. a `model.hf_dir` without config.json).
+  """
+  try:
+    return from_config(*args, **kwargs)
+  except ConfigError:
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    raise ConfigError(str(e)) from None
 
 
 def _coerce(key: str, value: str, default: Any) -> Any:

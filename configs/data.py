@@ -3,7 +3,9 @@
 Training configs take `config.input = data.input_config(variant)`; `launch/preprocess.py`
 reads `--config=configs/data.py[:variant]` for its defaults (flags override them).
 Keyframe count and selector live in the `tad` section (`tad.k`, `tad.selector`), frame
-features in `features` (configs/tad.py); this file embeds both so it stands alone.
+features in `features` (configs/tad.py); this file embeds both so it stands alone. The
+library checks the fields (data.pipeline.PipelineSettings, data.records.PreprocessSettings);
+the vision patch sizes are the model's (`model` section), not fields of `input`.
 Variants: `default` (real benchmarks at the paper's settings), `demo` (the learnable
 synthetic colour-order set, 2000 train / 400 eval questions at 56 px, sized for `make demo`
 and `launch.ablation` on a CPU), `smoke` (seconds, for tests; the `events` variant).
@@ -22,18 +24,15 @@ Examples:
 
 from __future__ import annotations
 
-import numbers
-
 import ml_collections
 from ml_collections import config_dict
 
-from chronoforge_jax.data import prompts
+from chronoforge_jax.data import pipeline, records
 from chronoforge_jax.rl import scoring
 from configs import common
 from configs import tad as tad_config
 
 VARIANTS = ("default", "demo", "smoke")
-FORMATS = ("videomme", "lvbench", "videor1", "synthetic")
 
 
 def input_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -49,8 +48,6 @@ def input_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.num_nonkey_pairs = -1  # M non-keyframe patches stored; -1: round(ratio * P).
   c.patch_mode = "pair"  # "pair": 2 keyframes per temporal patch (P = K/2 patches);
   # "duplicate": each frame repeated into its own (P = K).
-  c.patch_size = 14  # Qwen2.5-VL vision patch side.
-  c.spatial_merge_size = 2  # 2x2 patches merge into one video token.
   c.prompt_buckets = (128, 256, 512)  # Prompt lengths, not counting video tokens.
   c.target_buckets = (64, 128, 256)  # Reference-answer lengths (SFT targets).
   c.target_reasoning = True  # SFT targets keep the annotation's <think> reasoning.
@@ -94,7 +91,7 @@ def preprocess_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.format = "synthetic"  # videomme | lvbench | videor1 | synthetic.
   c.fps = 1.0  # Resample rate (frames per second).
   c.max_frames = 256  # Cap per video (even subsampling beyond it).
-  c.size = 448  # Square frame side; a multiple of patch * merge (28).
+  c.size = 448  # Square frame side; a multiple of the vision patch * merge (28).
   c.resize = "pad"  # "pad" (letterbox) or "crop" (centre crop).
   c.videos_per_shard = 8  # Unit of parallel work and of resuming.
   c.workers = 4  # Worker processes (0: in the launcher's process).
@@ -153,104 +150,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def _int(x) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _buckets(value, field: str) -> None:
-  ok = (
-    isinstance(value, (tuple, list))
-    and len(value) > 0
-    and all(_int(b) and b > 0 for b in value)
-    and list(value) == sorted(set(value))
-  )
-  common.check(ok, field, f"got {value!r}; need increasing positive lengths, e.g. (128, 256)")
-
-
 def validate_data(config: ml_collections.ConfigDict) -> None:
-  """Checks the `input` and `preprocess` sections (whichever are present).
+  """Builds the library settings of the `input` and `preprocess` sections (whichever
+  are present): data.pipeline.PipelineSettings for training and for evaluation (with
+  the `tad` and `model` sections where present) and data.records.PreprocessSettings.
 
   Raises:
     common.ConfigError: naming the first bad field and what it accepts.
   """
-  check = common.check
   if "input" in config:
-    c = config.input
-    for f in ("batch_size", "eval_batch_size"):
-      check(_int(c[f]) and c[f] >= 1, f"input.{f}", f"got {c[f]!r}; need an int >= 1")
-    common.check_choice(c.patch_mode, "input.patch_mode", {"pair", "duplicate"})
-    pairing = c.patch_mode == "pair"
-    check(
-      _int(c.eval_num_keyframes)
-      and c.eval_num_keyframes >= 1
-      and not (pairing and c.eval_num_keyframes % 2),
-      "input.eval_num_keyframes",
-      f"got {c.eval_num_keyframes!r}; need an even int >= 2 (frames pair into patches; "
-      "input.patch_mode='duplicate' takes any K >= 1)",
-    )
-    check(
-      isinstance(c.disorder_ratio, numbers.Real) and 0 <= c.disorder_ratio <= 1,
-      "input.disorder_ratio",
-      f"got {c.disorder_ratio!r}; need a number in [0, 1]",
-    )
-    check(
-      _int(c.num_nonkey_pairs) and c.num_nonkey_pairs >= -1,
-      "input.num_nonkey_pairs",
-      f"got {c.num_nonkey_pairs!r}; need -1 (auto) or an int >= 0",
-    )
-    for f in ("patch_size", "spatial_merge_size"):
-      check(_int(c[f]) and c[f] >= 1, f"input.{f}", f"got {c[f]!r}; need an int >= 1")
-    _buckets(c.prompt_buckets, "input.prompt_buckets")
+    common.build(pipeline.PipelineSettings.from_config, config, train=True)
+    common.build(pipeline.PipelineSettings.from_config, config, train=False)
+    # How evaluation reads answers: a name in the scoring registry.
     common.check_choice(
-      c.prompt_template, "input.prompt_template", set(prompts.PROMPT_TEMPLATES.names())
+      config.input.eval_scoring, "input.eval_scoring", set(scoring.SCORINGS.names())
     )
-    common.check_choice(c.eval_scoring, "input.eval_scoring", set(scoring.SCORINGS.names()))
-    _buckets(c.target_buckets, "input.target_buckets")
-    check(
-      c.num_epochs is None or (_int(c.num_epochs) and c.num_epochs >= 1),
-      "input.num_epochs",
-      f"got {c.num_epochs!r}; need None (forever) or an int >= 1",
-    )
-    for f in ("prefetch_workers", "read_threads"):
-      check(_int(c[f]) and c[f] >= 0, f"input.{f}", f"got {c[f]!r}; need an int >= 0")
-    check(
-      _int(c.prefetch_buffer) and c.prefetch_buffer >= 1,
-      "input.prefetch_buffer",
-      f"got {c.prefetch_buffer!r}; need an int >= 1",
-    )
-    if "tad" in config:
-      check(
-        _int(config.tad.k) and config.tad.k >= 1 and not (pairing and config.tad.k % 2),
-        "tad.k",
-        f"got {config.tad.k!r}; training needs an even K >= 2 (consecutive keyframes "
-        "pair into Qwen2.5-VL temporal patches; input.patch_mode='duplicate' takes "
-        "any K >= 1)",
-      )
   if "preprocess" in config:
-    p = config.preprocess
-    common.check_choice(p.format, "preprocess.format", set(FORMATS))
-    check(
-      p.fps is None or (isinstance(p.fps, numbers.Real) and p.fps > 0),
-      "preprocess.fps",
-      f"got {p.fps!r}; need a positive rate",
-    )
-    for f in ("max_frames", "size", "videos_per_shard"):
-      check(_int(p[f]) and p[f] >= 1, f"preprocess.{f}", f"got {p[f]!r}; need an int >= 1")
-    check(
-      _int(p.workers) and p.workers >= 0,
-      "preprocess.workers",
-      f"got {p.workers!r}; need an int >= 0",
-    )
-    common.check_choice(p.resize, "preprocess.resize", {"pad", "crop"})
-    check(
-      p.compression == "uncompressed" or str(p.compression).startswith("zstd:"),
-      "preprocess.compression",
-      f"got {p.compression!r}; 'uncompressed' or 'zstd:LEVEL'",
-    )
-    if "input" in config:
-      unit = config.input.patch_size * config.input.spatial_merge_size
-      check(
-        p.size % unit == 0,
-        "preprocess.size",
-        f"got {p.size}; need a multiple of input.patch_size * spatial_merge_size = {unit}",
-      )
+    common.build(records.PreprocessSettings.from_config, config)

@@ -84,7 +84,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data = data_config.get_config(data_variant)
   c.input = data.input
   c.tad = data.tad
-  c.features = data.features
 
   c.model = model_config.get_config(
     {"smoke": "smoke", "demo": "small", "demo_rl": "small"}.get(v, "default")
@@ -159,8 +158,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every section before anything is compiled (raises common.ConfigError)."""
+def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True) -> None:
+  """Checks every section before anything is compiled (raises common.ConfigError).
+
+  The sections are checked by the library's settings types (configs/data.py,
+  configs/tad.py, configs/model.py, configs/ckpt.py build them); configs/rl.py checks
+  `rl`. `require_data_dir=False` allows an empty input.data_dir (launch.plan reads no
+  data).
+  """
   check = common.check
   for f in ("total_steps", "log_every", "max_bad_steps"):
     check(isinstance(config[f], int) and config[f] >= 1, f, f"got {config[f]!r}; need >= 1")
@@ -169,19 +174,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "sft_steps",
     f"got {config.sft_steps!r}; need 0 <= sft_steps <= total_steps",
   )
+  model_config.validate(config.model)
+  # With `tad` and `model`: K, the selector and the vision patch sizes.
   data_config.validate_data(config)
   # configs/tad.py's own `input` section means decoding; here `input` is the pipeline.
-  tad_config.validate_tad(
-    ml_collections.ConfigDict({"tad": config.tad, "features": config.features})
-  )
+  tad_config.validate_tad(ml_collections.ConfigDict({"tad": config.tad}))
   rl_config.validate_rl(config)
   ckpt_config.validate_ckpt(config.ckpt)
-  check(
-    bool(config.input.data_dir),
-    "input.data_dir",
-    "empty; point it at a folder written by `python -m launch.preprocess`",
-  )
-  model_config.validate(config.model)
+  if require_data_dir:
+    check(
+      bool(config.input.data_dir),
+      "input.data_dir",
+      "empty; point it at a folder written by `python -m launch.preprocess`",
+    )
   o = config.optax
   for f in ("learning_rate", "sft_learning_rate"):
     check(o[f] > 0, f"optax.{f}", f"got {o[f]}; need > 0")

@@ -7,7 +7,9 @@ the command line, e.g.
       --config.model.hf_dir=/models/Qwen2.5-VL-7B-Instruct \
       --config.model.remat_policy=full --config.ckpt.init_from=/ckpt/qwen7b/params
 
-and `chronoforge_jax.models.create_model(config.model, rngs=...)` builds the model.
+and `chronoforge_jax.models.create_model(config.model, rngs=...)` builds the model. The
+fields are checked by `chronoforge_jax.models.ModelSettings` (choices come from the
+library: presets, dtypes, remat policies, attention implementations).
 
 Fields:
   preset: a `chronoforge_jax.models.config` preset (tiny, small, qwen2_5_vl_3b, qwen2_5_vl_7b,
@@ -39,12 +41,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from chronoforge_jax import models
 from configs import common
 
 VARIANTS = ("default", "smoke", "small")
-PRESETS = ("tiny", "small", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "qwen2_5_vl_32b", "qwen2_5_vl_72b")
-DTYPES = ("float32", "bfloat16", "float16")
-REMAT = ("none", "full", "dots", "dots_no_batch")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -83,27 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the section's fields; raises ConfigError naming the field."""
-  common.check(
-    bool(config.hf_dir) or config.preset in PRESETS,
-    "model.preset",
-    f"got {config.preset!r}; choose one of {PRESETS} or set model.hf_dir",
-  )
-  common.check_choice(config.dtype, "model.dtype", DTYPES)
-  common.check_choice(config.param_dtype, "model.param_dtype", DTYPES)
-  common.check_choice(config.remat_policy, "model.remat_policy", REMAT)
-  common.check_choice(
-    config.attention_impl,
-    "model.attention_impl",
-    ("xla", "chunked", "cudnn", "splash", "splash_interpret"),
-  )
-  common.check(
-    isinstance(config.attention_chunk, int) and config.attention_chunk >= 1,
-    "model.attention_chunk",
-    f"got {config.attention_chunk!r}; need an int >= 1",
-  )
-  common.check_choice(
-    config.text_position_after_video, "model.text_position_after_video", ("", "max", "spatial")
-  )
-  common.check(config.vocab_chunk > 0, "model.vocab_chunk", "must be > 0")
+def validate(config: ml_collections.ConfigDict) -> models.ModelSettings:
+  """Builds `models.ModelSettings` from the section; raises ConfigError naming the field."""
+  return common.build(models.ModelSettings.from_config, config)

@@ -6,7 +6,8 @@
 Variants: `default` (KF-GRPO rollouts: G = 8 samples at temperature 1.0, up to 768 new
 tokens, as Video-R1's recipe in ../shared/PAPER.md), `eval` (greedy, one answer, 512 new
 tokens), `smoke` (seconds on a CPU). `sampling_kwargs(section)` turns the section into
-`generate` keyword arguments.
+`generate` keyword arguments; `chronoforge_jax.models.sampling.SamplingSettings` checks the
+fields.
 
 Fields:
   max_new_tokens: answer buffer length T (one compile per value).
@@ -26,10 +27,10 @@ from typing import Any
 
 import ml_collections
 
+from chronoforge_jax.models import sampling
 from configs import common
 
 VARIANTS = ("default", "eval", "smoke")
-_CACHE_DTYPES = ("", "float32", "bfloat16", "float16")
 
 
 def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -53,51 +54,15 @@ def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
-def validate(c: Any) -> None:
-  """Raises ConfigError naming the first bad field of a `sampling` section."""
-  common.check(
-    isinstance(c.max_new_tokens, int) and c.max_new_tokens >= 1,
-    "sampling.max_new_tokens",
-    f"got {c.max_new_tokens!r}; need an int >= 1",
-  )
-  common.check(
-    isinstance(c.num_samples, int) and c.num_samples >= 1,
-    "sampling.num_samples",
-    f"got {c.num_samples!r}; need an int >= 1",
-  )
-  common.check(
-    c.temperature >= 0,
-    "sampling.temperature",
-    f"got {c.temperature!r}; use 0 for greedy or a positive number",
-  )
-  common.check(
-    isinstance(c.top_k, int) and c.top_k >= 0,
-    "sampling.top_k",
-    f"got {c.top_k!r}; need an int >= 0 (0 turns it off)",
-  )
-  common.check(
-    0 < c.top_p <= 1, "sampling.top_p", f"got {c.top_p!r}; need a value in (0, 1] (1 turns it off)"
-  )
-  common.check(
-    isinstance(c.bucket, int) and c.bucket >= -1,
-    "sampling.bucket",
-    f"got {c.bucket!r}; use -1 (automatic), 0 (off) or a positive multiple",
-  )
-  common.check_choice(c.cache_dtype, "sampling.cache_dtype", set(_CACHE_DTYPES))
+def validate(c: Any) -> sampling.SamplingSettings:
+  """Builds `sampling.SamplingSettings` from a `sampling` section (ConfigError naming the
+  first bad field)."""
+  return common.build(sampling.SamplingSettings.from_config, c)
 
 
 def sampling_kwargs(c: Any) -> dict[str, Any]:
   """Validates a `sampling` section and returns the matching `generate` kwargs."""
-  validate(c)
-  return dict(
-    max_new_tokens=c.max_new_tokens,
-    num_samples=c.num_samples,
-    temperature=float(c.temperature),
-    top_k=c.top_k,
-    top_p=float(c.top_p),
-    bucket=True if c.bucket == -1 else (False if c.bucket == 0 else c.bucket),
-    cache_dtype=c.cache_dtype or None,
-  )
+  return validate(c).generate_kwargs()
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

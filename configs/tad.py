@@ -1,7 +1,9 @@
 """TAD keyframe selection settings: decoding, frame features, and the selector.
 
 Used by `launch/select_keyframes.py` and embedded (via `tad_section`, `features_section`)
-in the training configs. Variants: default, `smoke` (tiny sizes for CPU tests).
+in the training configs. Variants: default, `smoke` (tiny sizes for CPU tests). The
+library checks the fields: `tad` is chronoforge_jax.tad.TADSettings, `features` is
+tad.features.FeatureSettings, `input` (decoding) is data.decode.DecodeSettings.
 
 Examples:
   python -m launch.select_keyframes --video clip.mp4 --k 16 --fps 2 --out out/
@@ -17,13 +19,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from chronoforge_jax import tad
+from chronoforge_jax.data import decode
+from chronoforge_jax.tad import features
 from configs import common
-
-SELECTORS = ("tad", "uniform")
-DISTANCES = ("cosine", "l2")
-BOOST_MODES = ("add", "mul")
-COLORS = ("rgb", "luma")
-RESIZES = ("pad", "crop")
 
 
 def input_section() -> ml_collections.ConfigDict:
@@ -81,91 +80,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def tad_kwargs(tad: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The `tad.analyze` / `tad.select_keyframes` keyword arguments of a `tad` section."""
-  return dict(
-    distance=tad.distance,
-    smooth=tad.smooth,
-    prominence=tad.prominence,
-    min_prominence=tad.min_prominence,
-    window=tad.window,
-    boost=tad.boost,
-    boost_mode=tad.boost_mode,
-  )
+def tad_kwargs(section: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The `tad.analyze` / `tad.select` keyword arguments of a `tad` section."""
+  return common.build(tad.TADSettings.from_config, section).select_kwargs()
 
 
-def features_kwargs(features: ml_collections.ConfigDict) -> dict[str, Any]:
+def features_kwargs(section: ml_collections.ConfigDict) -> dict[str, Any]:
   """The `features.frame_features` keyword arguments of a `features` section."""
-  return dict(grid=features.grid, color=features.color, center=features.center)
+  return common.build(features.FeatureSettings.from_config, section).frame_kwargs()
 
 
 def validate_tad(config: ml_collections.ConfigDict) -> None:
-  """Checks the `tad` section (and `features`, `input` where present).
+  """Builds the library settings of the `tad` section (and `features`, and the decoding
+  `input`, where present): tad.TADSettings, features.FeatureSettings,
+  decode.DecodeSettings.
 
   Raises:
     common.ConfigError: naming the first bad field and what would fix it.
   """
-  check, choice = common.check, common.check_choice
-  tad = config.tad
-  choice(tad.selector, "tad.selector", SELECTORS)
-  check(
-    isinstance(tad.k, int) and tad.k >= 1,
-    "tad.k",
-    f"got {tad.k!r}; need a positive number of keyframes",
-  )
-  choice(tad.distance, "tad.distance", DISTANCES)
-  check(
-    isinstance(tad.smooth, int) and tad.smooth >= 0,
-    "tad.smooth",
-    f"got {tad.smooth!r}; need a non-negative window half-width (0 = off)",
-  )
-  check(
-    tad.prominence >= 0,
-    "tad.prominence",
-    f"got {tad.prominence!r}; need >= 0 (a fraction of the score range)",
-  )
-  check(tad.min_prominence >= 0, "tad.min_prominence", f"got {tad.min_prominence!r}; need >= 0")
-  check(
-    isinstance(tad.window, int) and tad.window >= 1,
-    "tad.window",
-    f"got {tad.window!r}; need at least 1 frame",
-  )
-  check(tad.boost >= 0, "tad.boost", f"got {tad.boost!r}; need a non-negative bonus")
-  choice(tad.boost_mode, "tad.boost_mode", BOOST_MODES)
+  common.build(tad.TADSettings.from_config, config.tad)
+  feats = None
   if "features" in config:
-    feats = config.features
-    check(
-      isinstance(feats.grid, int) and feats.grid >= 1,
-      "features.grid",
-      f"got {feats.grid!r}; need a positive number of blocks per side",
-    )
-    choice(feats.color, "features.color", COLORS)
-    check(
-      isinstance(feats.chunk, int) and feats.chunk >= 1,
-      "features.chunk",
-      f"got {feats.chunk!r}; need a positive number of frames per device call",
-    )
+    feats = common.build(features.FeatureSettings.from_config, config.features)
   if "input" in config:
-    inp = config.input
-    check(
-      inp.fps is None or inp.fps > 0,
-      "input.fps",
-      f"got {inp.fps!r}; need a positive rate, or None for the native rate",
-    )
-    check(
-      inp.max_frames is None or inp.max_frames >= 1,
-      "input.max_frames",
-      f"got {inp.max_frames!r}; need a positive cap, or None",
-    )
-    check(
-      isinstance(inp.size, int) and inp.size >= 1,
-      "input.size",
-      f"got {inp.size!r}; need a positive frame side in pixels",
-    )
-    choice(inp.resize, "input.resize", RESIZES)
-    if "features" in config:
-      check(
-        inp.size >= config.features.grid,
-        "input.size",
-        f"{inp.size} pixels is smaller than features.grid={config.features.grid}",
-      )
+    inp = common.build(decode.DecodeSettings.from_config, config.input)
+    if feats is not None:
+      common.build(feats.check_frame_size, inp.size, "config.input.size")

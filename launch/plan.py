@@ -123,8 +123,14 @@ def main(argv):
     models,
     sharding,
   )
+  from configs import common
+  from configs import kf_grpo as kf_grpo_config
 
   config = _CONFIG.value
+  try:
+    kf_grpo_config.validate(config, require_data_dir=False)  # Before anything compiles.
+  except common.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   model_cfg = models.config_from_section(config.model)
   tok = _tokenizer(config)
   if config.model.match_tokenizer:

@@ -84,16 +84,7 @@ def run(
   if not annotations:
     raise benchmarks.AnnotationError(f"--annotations is required for --format={fmt}")
   items, rejects = benchmarks.load_annotations(fmt, annotations, video_dir)
-  settings = records.PreprocessSettings(
-    fps=p.fps,
-    max_frames=p.max_frames,
-    size=p.size,
-    resize=p.resize,
-    videos_per_shard=p.videos_per_shard,
-    feature_grid=config.features.grid,
-    feature_color=config.features.color,
-    compression=p.compression,
-  )
+  settings = records.PreprocessSettings.from_config(config)
   meta = {"format": fmt, "annotations": os.path.abspath(annotations), "video_dir": video_dir}
   return records.preprocess(
     items,

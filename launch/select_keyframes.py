@@ -42,7 +42,7 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
   """Decodes `video`, selects keyframes per `config`, writes PNGs; returns the report."""
   from chronoforge_jax.data import decode
 
-  inp, feat_cfg, tad_cfg = config.input, config.features, config.tad
+  inp = decode.DecodeSettings.from_config(config.input)
   start = time.perf_counter()
   info = decode.probe_video(video)  # Bad files fail here, before JAX starts up.
 
@@ -52,8 +52,9 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
   from chronoforge_jax import tad
   from chronoforge_jax.evaluation import plots
   from chronoforge_jax.tad import features
-  from configs import tad as tad_config
 
+  feats = features.FeatureSettings.from_config(config.features)
+  tad_settings = tad.TADSettings.from_config(config.tad)
   indices = decode.capped_indices(decode.output_length(info, inp.fps), inp.max_frames)
   times = []
 
@@ -68,18 +69,16 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
 
   # Two passes keep memory flat for long videos: features while decoding, then only
   # the selected frames again for the contact sheet.
-  feats_td = features.video_features(
-    stream(), chunk=feat_cfg.chunk, **tad_config.features_kwargs(feat_cfg)
-  )
+  feats_td = features.video_features(stream(), chunk=feats.chunk, **feats.frame_kwargs())
   if not len(times):
     raise decode.VideoDecodeError(video, "no decodable frames")
   logging.info(
     "decoded and featurised %d frames in %.1f s", len(times), time.perf_counter() - start
   )
 
-  k, kwargs = tad_cfg.k, tad_config.tad_kwargs(tad_cfg)
+  k, selector, kwargs = tad_settings.k, tad_settings.selector, tad_settings.select_kwargs()
   analysis = jax.jit(lambda x: tad.analyze(x, **kwargs))(feats_td)
-  picked, valid = jax.jit(lambda x: tad.select(tad_cfg.selector, x, k, **kwargs))(feats_td)
+  picked, valid = jax.jit(lambda x: tad.select(selector, x, k, **kwargs))(feats_td)
   picked = np.asarray(picked)[np.asarray(valid)]
   scores = np.asarray(analysis.scores, np.float64)
   inflections = np.flatnonzero(np.asarray(analysis.inflections))
@@ -87,7 +86,7 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
 
   report = {
     "video": os.fspath(video),
-    "selector": tad_cfg.selector,
+    "selector": selector,
     "k": k,
     "fps": inp.fps if inp.fps is not None else info.native_fps,
     "native_fps": info.native_fps,
@@ -114,7 +113,7 @@ def run(video: str, config, out_dir: str | None = None) -> dict:
       analysis.inflections,
       picked,
       times,
-      title=f"{name}: {tad_cfg.selector}, k={k}",
+      title=f"{name}: {selector}, k={k}",
     )
     sheet = plots.contact_sheet(
       os.path.join(out_dir, "contact_sheet.png"),

@@ -12,9 +12,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
+
+from chronoforge_jax import settings as settings_lib
+
+RESIZES = ("pad", "crop")
 
 # Timestamps within this many seconds count as equal: it absorbs time-base rounding
 # (e.g. 1/30 s stored as 512/15360) without ever merging two distinct frames.
@@ -224,6 +228,49 @@ def _check_args(fps, max_frames, resize):
     raise ValueError(f"max_frames={max_frames!r}: expected a positive count or None")
   if resize not in ("pad", "crop"):
     raise ValueError(f"resize={resize!r}: choose 'pad' or 'crop'")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeSettings:
+  """How a video is decoded into frames (`iter_frames` / `decode_video` arguments).
+
+  Attributes:
+    fps: output frame rate (> 0), or None for the video's native rate.
+    max_frames: cap on frames (>= 1; longer videos are evenly subsampled), or None.
+    size: square frame side in pixels (>= 1).
+    resize: one of RESIZES: "pad" (letterbox) or "crop" (centre crop), both keeping
+      the aspect ratio.
+  """
+
+  fps: float | None = None
+  max_frames: int | None = None
+  size: int = 448
+  resize: str = "pad"
+
+  def __post_init__(self):
+    req = settings_lib.require
+    req(
+      self.fps is None or settings_lib.is_number(self.fps) and self.fps > 0,
+      self,
+      "fps",
+      self.fps,
+      "need a positive rate, or None for the native rate",
+    )
+    req(
+      self.max_frames is None or settings_lib.is_int(self.max_frames, 1),
+      self,
+      "max_frames",
+      self.max_frames,
+      "need a positive cap, or None",
+    )
+    req(settings_lib.is_int(self.size, 1), self, "size", self.size, "need a positive side")
+    settings_lib.choice(self, "resize", self.resize, RESIZES)
+
+  @classmethod
+  def from_config(cls, section: Any, name: str = "input") -> DecodeSettings:
+    """From a config section holding fps, max_frames, size, resize (configs/tad.py's
+    `input`); a bad field is reported as `config.<name>.<field>`."""
+    return settings_lib.from_section(cls, section, name)
 
 
 def iter_frames(

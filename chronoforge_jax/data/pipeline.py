@@ -35,8 +35,11 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
+from chronoforge_jax import models, tad
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.data import prompts, records
 from chronoforge_jax.rl import answer_rules
@@ -56,20 +59,23 @@ HOST_KEYS = (
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PipelineSettings:
-  """What a batch looks like and how it is produced.
+  """What a batch looks like and how it is produced: the `input` config section, with
+  K and the selector from `tad` and the patch sizes from `model` (`from_config`).
 
   Attributes:
     batch_size: GLOBAL batch size (all processes); each process gets batch_size/count.
     num_keyframes: K (even when pairing: consecutive keyframes share a temporal patch).
     selector: keyframe selector registered in `tad.SELECTORS` ("tad", "uniform").
-    select_kwargs: selector settings (e.g. `configs.tad.tad_kwargs(config.tad)`).
-    disorder_ratio: fraction of the disordered view taken from non-keyframes.
+    select_kwargs: TAD settings (`tad.TADSettings.select_kwargs()`; any subset of them).
+    disorder_ratio: fraction of the disordered view taken from non-keyframes, in [0, 1].
     num_nonkey_pairs: M non-keyframe temporal patches stored; -1 = round(ratio * P);
       0 = none.
     patch_mode: "pair" (two keyframes per temporal patch) or "duplicate" (each frame
       repeated into a patch of its own: exact per-frame encoding, twice the tokens).
-    patch_size, merge_size: Qwen2.5-VL vision patch side and spatial merge; a temporal
-      patch of HxW frames gives (H/patch/merge) * (W/patch/merge) video tokens.
+    patch_size, merge_size: the model's vision patch side and spatial merge
+      (`VisionConfig.patch_size`, `.spatial_merge_size`; `from_config` reads them from
+      the `model` section); a temporal patch of HxW frames gives
+      (H/patch/merge) * (W/patch/merge) video tokens.
     prompt_buckets: allowed prompt lengths NOT counting the video tokens.
     target_buckets: allowed reference-answer lengths.
     prompt_template: the user text's template, a name in `prompts.PROMPT_TEMPLATES`
@@ -79,12 +85,12 @@ class PipelineSettings:
       in a few dozen steps).
     seed: shuffling and per-example randomness.
     shuffle: shuffle questions (train) or keep file order (eval).
-    num_epochs: passes over the data; None repeats forever.
+    num_epochs: passes over the data (>= 1); None repeats forever.
     pad_final_batch: pad the last global batch with invalid examples instead of dropping
       it (evaluation: every question is seen exactly once).
     prefetch_workers: Grain worker processes (0 = build batches in this process).
-    prefetch_buffer: batches buffered per worker / reader.
-    read_threads: threads building batches in each process.
+    prefetch_buffer: batches buffered per worker / reader (>= 1).
+    read_threads: threads building batches in each process (0 = Grain's default).
   """
 
   batch_size: int
@@ -94,8 +100,8 @@ class PipelineSettings:
   disorder_ratio: float = 0.5
   num_nonkey_pairs: int = -1
   patch_mode: str = "pair"
-  patch_size: int = 14
-  merge_size: int = 2
+  patch_size: int = models.VisionConfig.patch_size
+  merge_size: int = models.VisionConfig.spatial_merge_size
   prompt_buckets: tuple[int, ...] = (128, 256, 512)
   target_buckets: tuple[int, ...] = (64, 128, 256)
   prompt_template: str = "short"
@@ -109,39 +115,135 @@ class PipelineSettings:
   read_threads: int = 1
 
   def __post_init__(self):
-    def bad(field, msg):
-      raise ValueError(f"PipelineSettings.{field}: {msg}")
-
-    if self.batch_size < 1:
-      bad("batch_size", f"got {self.batch_size}; need >= 1")
-    if self.patch_mode not in views_lib.PATCH_MODES:
-      bad("patch_mode", f"got {self.patch_mode!r}; need one of {views_lib.PATCH_MODES}")
-    if self.patch_mode == "pair" and (self.num_keyframes < 2 or self.num_keyframes % 2):
-      bad(
-        "num_keyframes",
-        f"got {self.num_keyframes}; need an even K >= 2 (pairs of "
-        "consecutive keyframes form Qwen2.5-VL temporal patches; patch_mode="
-        "'duplicate' takes any K)",
-      )
-    if self.num_keyframes < 1:
-      bad("num_keyframes", f"got {self.num_keyframes}; need K >= 1")
-    if not 0.0 <= self.disorder_ratio <= 1.0:
-      bad("disorder_ratio", f"got {self.disorder_ratio}; need a value in [0, 1]")
-    if self.num_nonkey_pairs < -1:
-      bad("num_nonkey_pairs", f"got {self.num_nonkey_pairs}; need -1 (auto) or >= 0")
+    req, is_int = settings_lib.require, settings_lib.is_int
+    req(is_int(self.batch_size, 1), self, "batch_size", self.batch_size, "need an int >= 1")
+    settings_lib.choice(self, "patch_mode", self.patch_mode, views_lib.PATCH_MODES)
+    pairing = self.patch_mode == "pair"
+    req(
+      is_int(self.num_keyframes, 1) and not (pairing and self.num_keyframes % 2),
+      self,
+      "num_keyframes",
+      self.num_keyframes,
+      "need an even K >= 2 (pairs of consecutive keyframes form Qwen2.5-VL temporal "
+      "patches; input.patch_mode='duplicate' takes any K >= 1)"
+      if pairing
+      else "need K >= 1",
+    )
+    known = tuple(tad.analyze_defaults())
+    unknown = sorted(set(self.select_kwargs) - set(known))
+    req(
+      not unknown,
+      self,
+      "select_kwargs",
+      dict(self.select_kwargs),
+      f"unknown TAD settings {unknown}; known: {list(known)}",
+    )
+    with settings_lib.renamed({"selector": f"{type(self).__name__}.selector"}):
+      tad.TADSettings(selector=self.selector, **self.select_kwargs)
+    req(
+      settings_lib.is_number(self.disorder_ratio) and 0.0 <= self.disorder_ratio <= 1.0,
+      self,
+      "disorder_ratio",
+      self.disorder_ratio,
+      "need a number in [0, 1]",
+    )
+    req(
+      is_int(self.num_nonkey_pairs, -1),
+      self,
+      "num_nonkey_pairs",
+      self.num_nonkey_pairs,
+      "need -1 (auto) or an int >= 0",
+    )
+    for field in ("patch_size", "merge_size"):
+      value = getattr(self, field)
+      req(is_int(value, 1), self, field, value, "need an int >= 1")
     for field in ("prompt_buckets", "target_buckets"):
-      b = tuple(getattr(self, field))
-      if not b or list(b) != sorted(set(b)) or b[0] < 1:
-        bad(field, f"got {b}; need increasing positive lengths")
-    if self.prompt_template not in prompts.PROMPT_TEMPLATES:
-      bad(
-        "prompt_template",
-        f"got {self.prompt_template!r}; need one of {prompts.PROMPT_TEMPLATES.names()}",
+      b = getattr(self, field)
+      ok = (
+        isinstance(b, (tuple, list))
+        and len(b) > 0
+        and all(is_int(x, 1) for x in b)
+        and list(b) == sorted(set(b))
       )
-    if self.num_epochs is not None and self.num_epochs < 1:
-      bad("num_epochs", f"got {self.num_epochs}; need >= 1 or None")
-    if self.patch_size < 1 or self.merge_size < 1:
-      bad("patch_size", "patch_size and merge_size must be positive")
+      req(ok, self, field, b, "need increasing positive lengths, e.g. (128, 256)")
+      object.__setattr__(self, field, tuple(b))
+    settings_lib.choice(self, "prompt_template", self.prompt_template, prompts.PROMPT_TEMPLATES)
+    for field in ("target_reasoning", "shuffle", "pad_final_batch"):
+      value = getattr(self, field)
+      req(isinstance(value, bool), self, field, value, "need true or false")
+    req(is_int(self.seed), self, "seed", self.seed, "need an int")
+    req(
+      self.num_epochs is None or is_int(self.num_epochs, 1),
+      self,
+      "num_epochs",
+      self.num_epochs,
+      "need None (forever) or an int >= 1",
+    )
+    for field, low in (("prefetch_workers", 0), ("prefetch_buffer", 1), ("read_threads", 0)):
+      value = getattr(self, field)
+      req(is_int(value, low), self, field, value, f"need an int >= {low}")
+
+  @classmethod
+  def from_config(
+    cls, config: Any, *, train: bool = True, selector: str | None = None
+  ) -> PipelineSettings:
+    """From a config's `input` section, its `tad` section (K, selector, TAD settings)
+    and its `model` section (the vision patch sizes).
+
+    Args:
+      config: a ConfigDict with `input` (configs/data.py) and usually `tad`
+        (configs/tad.py) and `model` (configs/model.py). Without `tad`, TAD's defaults
+        (K = 16); without `model`, Qwen2.5-VL's vision (14-pixel patches merged 2x2).
+      train: training settings (tad.k keyframes, shuffled, disordered view) or evaluation
+        settings (input.eval_num_keyframes, file order, padded last batch).
+      selector: overrides tad.selector (e.g. evaluate "uniform" and "tad" side by side).
+
+    Returns:
+      PipelineSettings. A bad field raises SettingsError naming it as the config does
+      (`config.input.batch_size=0: ...`, `config.tad.k=5: ...`).
+    """
+    inp = config.input
+    tad_settings = tad.TADSettings.from_config(config.tad) if "tad" in config else tad.TADSettings()
+    vision = (
+      models.ModelSettings.from_config(config.model).model_config().vision
+      if "model" in config
+      else models.VisionConfig
+    )
+    names = {f.name: f"config.input.{f.name}" for f in dataclasses.fields(cls)}
+    names.update(
+      selector="config.tad.selector",
+      patch_size="config.model (its vision patch_size)",
+      merge_size="config.model (its vision spatial_merge_size)",
+    )
+    if train:
+      names.update(num_keyframes="config.tad.k")
+      mode = dict(num_keyframes=tad_settings.k, batch_size=inp.batch_size)
+      mode.update(num_nonkey_pairs=inp.num_nonkey_pairs, num_epochs=inp.num_epochs)
+    else:
+      names.update(
+        num_keyframes="config.input.eval_num_keyframes",
+        batch_size="config.input.eval_batch_size",
+      )
+      mode = dict(num_keyframes=inp.eval_num_keyframes, batch_size=inp.eval_batch_size)
+      mode.update(shuffle=False, num_epochs=1, pad_final_batch=True, num_nonkey_pairs=0)
+    with settings_lib.renamed(names):
+      return cls(
+        selector=selector or tad_settings.selector,
+        select_kwargs=tad_settings.select_kwargs(),
+        disorder_ratio=inp.disorder_ratio,
+        patch_mode=inp.patch_mode,
+        patch_size=vision.patch_size,
+        merge_size=vision.spatial_merge_size,
+        prompt_buckets=inp.prompt_buckets,
+        target_buckets=inp.target_buckets,
+        target_reasoning=inp.target_reasoning,
+        prompt_template=inp.prompt_template,
+        seed=inp.seed,
+        prefetch_workers=inp.prefetch_workers,
+        prefetch_buffer=inp.prefetch_buffer,
+        read_threads=inp.read_threads,
+        **mode,
+      )
 
   @property
   def num_pairs(self) -> int:
@@ -161,7 +263,11 @@ class PipelineSettings:
 
 
 def num_video_tokens(
-  num_patches: int, height: int, width: int, patch_size: int = 14, merge_size: int = 2
+  num_patches: int,
+  height: int,
+  width: int,
+  patch_size: int = models.VisionConfig.patch_size,
+  merge_size: int = models.VisionConfig.spatial_merge_size,
 ) -> int:
   """`<|video_pad|>` count for `num_patches` temporal patches of HxW frames."""
   unit = patch_size * merge_size
@@ -186,10 +292,6 @@ def _bucket(length: int, buckets: Sequence[int], what: str, field: str) -> int:
 @functools.lru_cache(maxsize=8)
 def _cpu_select(name: str, k: int, kwargs: tuple) -> Any:
   """A jitted selector pinned to the host CPU (never the accelerator the trainer uses)."""
-  import jax
-
-  from chronoforge_jax import tad
-
   fn = jax.jit(lambda f, m: tad.select(name, f, k, m, **dict(kwargs)))
   cpu = jax.local_devices(backend="cpu")[0]  # This process's own CPU (multi-process safe).
 
@@ -482,58 +584,11 @@ def make_dataset(
   return ds
 
 
-_TAD_FIELDS = (
-  "distance",
-  "smooth",
-  "prominence",
-  "min_prominence",
-  "window",
-  "boost",
-  "boost_mode",
-)
-
-
 def settings_from_config(
   config, *, train: bool = True, selector: str | None = None
 ) -> PipelineSettings:
-  """PipelineSettings from a config's `input` section and its `tad` section (K, selector).
-
-  Args:
-    config: a ConfigDict with `input` (configs/data.py) and usually `tad` (configs/tad.py).
-    train: training settings (tad.k keyframes, shuffled, disordered view) or evaluation
-      settings (input.eval_num_keyframes, file order, padded last batch).
-    selector: overrides tad.selector (e.g. evaluate "uniform" and "tad" side by side).
-
-  Returns:
-    PipelineSettings.
-  """
-  inp = config.input
-  tad = config.tad if "tad" in config else None
-  shared = dict(
-    selector=selector or (tad.selector if tad is not None else "tad"),
-    select_kwargs={f: tad[f] for f in _TAD_FIELDS if tad is not None and f in tad},
-    disorder_ratio=inp.disorder_ratio,
-    patch_size=inp.patch_size,
-    merge_size=inp.spatial_merge_size,
-    prompt_buckets=tuple(inp.prompt_buckets),
-    target_buckets=tuple(inp.target_buckets),
-    target_reasoning=inp.target_reasoning,
-    prompt_template=inp.prompt_template,
-    patch_mode=inp.patch_mode,
-    seed=inp.seed,
-    prefetch_workers=inp.prefetch_workers,
-    prefetch_buffer=inp.prefetch_buffer,
-    read_threads=inp.read_threads,
-  )
-  if train:
-    return train_settings(
-      inp.batch_size,
-      num_keyframes=tad.k if tad is not None else 16,
-      num_nonkey_pairs=inp.num_nonkey_pairs,
-      num_epochs=inp.num_epochs,
-      **shared,
-    )
-  return eval_settings(inp.eval_batch_size, num_keyframes=inp.eval_num_keyframes, **shared)
+  """`PipelineSettings.from_config` (the trainer and the planner call it by this name)."""
+  return PipelineSettings.from_config(config, train=train, selector=selector)
 
 
 def train_settings(batch_size: int, **overrides) -> PipelineSettings:

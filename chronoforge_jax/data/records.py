@@ -27,7 +27,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from chronoforge_jax import fileio
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax.data import benchmarks, decode
+from chronoforge_jax.models.config import VisionConfig
 from chronoforge_jax.tad import features
 
 INDEX = "index.json"
@@ -36,6 +38,8 @@ REJECTED = "rejected.jsonl"
 SHARD_DIR = "shards"
 _MAGIC = b"CFR1"
 _KINDS = ("frames", "videos", "qa")
+# Pixels per video token side: Qwen2.5-VL's vision patch_size * spatial_merge_size.
+VIDEO_UNIT = VisionConfig.patch_size * VisionConfig.spatial_merge_size
 
 
 # ---------------------------------------------------------------- record encoding
@@ -418,17 +422,21 @@ class PreprocessedData:
 # ---------------------------------------------------------------- preprocess driver
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PreprocessSettings:
-  """How videos become records; stored in settings.json and index.json.
+  """How videos become records: the `preprocess` config section (with `features`).
+
+  Stored in settings.json and index.json; a rerun resumes only with equal settings.
 
   Attributes:
-    fps: frames per second to resample to (None keeps native frames).
-    max_frames: cap per video; longer videos keep this many evenly spread frames.
-    size: frame side (square output); keep it a multiple of 28 for Qwen2.5-VL patches.
+    fps: frames per second to resample to (> 0; None keeps native frames).
+    max_frames: cap per video (>= 1); longer videos keep this many evenly spread frames.
+    size: frame side (square output), a multiple of the Qwen2.5-VL vision unit
+      VIDEO_UNIT (patch_size * spatial_merge_size = 28 pixels): one video token per
+      28 x 28 block.
     resize: "pad" (letterbox) or "crop" (centre crop), both keeping the aspect ratio.
-    videos_per_shard: videos per shard (the unit of parallel work and of resuming).
-    feature_grid, feature_color: TAD features (see `features.frame_features`).
+    videos_per_shard: videos per shard (>= 1; the unit of parallel work and of resuming).
+    feature_grid, feature_color: TAD features (`features.FeatureSettings` grid, color).
     compression: ArrayRecord compression of the records: "zstd:N" (zstd:1 read faster
       than uncompressed records in data_bench on synthetic frames, at 1/10 the disk) or
       "uncompressed".
@@ -444,14 +452,72 @@ class PreprocessSettings:
   compression: str = "zstd:1"
 
   def __post_init__(self):
-    if self.fps is not None and not self.fps > 0:
-      raise ValueError(f"fps={self.fps}: must be positive (or None for native frames)")
-    if self.max_frames < 1 or self.size < 1 or self.videos_per_shard < 1:
-      raise ValueError("max_frames, size and videos_per_shard must be positive")
-    if self.resize not in ("pad", "crop"):
-      raise ValueError(f"resize={self.resize!r}: choose 'pad' or 'crop'")
-    if self.compression != "uncompressed" and not self.compression.startswith("zstd:"):
-      raise ValueError(f"compression={self.compression!r}: 'uncompressed' or 'zstd:LEVEL'")
+    req, is_int = settings_lib.require, settings_lib.is_int
+    owner = type(self).__name__
+    req(is_int(self.max_frames, 1), self, "max_frames", self.max_frames, "need an int >= 1")
+    with settings_lib.renamed(owner):
+      decode.DecodeSettings(
+        fps=self.fps, max_frames=self.max_frames, size=self.size, resize=self.resize
+      )
+    req(
+      self.size % VIDEO_UNIT == 0,
+      self,
+      "size",
+      self.size,
+      f"need a multiple of the vision patch_size * spatial_merge_size = {VIDEO_UNIT} "
+      "(one video token per block)",
+    )
+    req(
+      is_int(self.videos_per_shard, 1),
+      self,
+      "videos_per_shard",
+      self.videos_per_shard,
+      "need an int >= 1",
+    )
+    with settings_lib.renamed({"grid": f"{owner}.feature_grid", "color": f"{owner}.feature_color"}):
+      feats = features.FeatureSettings(grid=self.feature_grid, color=self.feature_color)
+    with settings_lib.renamed(owner):
+      feats.check_frame_size(self.size, f"{owner}.size")
+    req(
+      self.compression == "uncompressed"
+      or (isinstance(self.compression, str) and self.compression.startswith("zstd:")),
+      self,
+      "compression",
+      self.compression,
+      "need 'uncompressed' or 'zstd:LEVEL'",
+    )
+
+  @classmethod
+  def from_config(cls, config: Any) -> PreprocessSettings:
+    """From a config's `preprocess` section and its `features` section (grid, color).
+
+    Bad fields are reported as `config.preprocess.<field>` / `config.features.<field>`.
+    The section's `format` and `workers` (which annotations to read and how many
+    processes write: arguments of `preprocess`, not settings of the records) are
+    checked here too. Without a `features` section, FeatureSettings' defaults.
+    """
+    p = config.preprocess
+    settings_lib.choice("config.preprocess", "format", p.format, benchmarks.FORMATS)
+    settings_lib.require(
+      settings_lib.is_int(p.workers, 0),
+      "config.preprocess",
+      "workers",
+      p.workers,
+      "need an int >= 0 (0: in this process)",
+    )
+    feats = (
+      features.FeatureSettings.from_config(config.features)
+      if "features" in config
+      else features.FeatureSettings()
+    )
+    names = {f.name: f"config.preprocess.{f.name}" for f in dataclasses.fields(cls)}
+    names.update(feature_grid="config.features.grid", feature_color="config.features.color")
+    with settings_lib.renamed(names):
+      return cls(
+        **settings_lib.section_kwargs(cls, p, skip=("feature_grid", "feature_color")),
+        feature_grid=feats.grid,
+        feature_color=feats.color,
+      )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ import dataclasses
 from typing import Any, Mapping
 
 _ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")
-_TEXT_AFTER_VIDEO = ("max", "spatial")
+TEXT_AFTER_VIDEO = ("max", "spatial")
 
 
 def _require(cond: bool, field: str, message: str) -> None:
@@ -281,9 +281,9 @@ class ModelConfig:
         f"{value!r} is not a token id in [0, vocab_size={self.text.vocab_size})",
       )
     _require(
-      self.text_position_after_video in _TEXT_AFTER_VIDEO,
+      self.text_position_after_video in TEXT_AFTER_VIDEO,
       "text_position_after_video",
-      f"got {self.text_position_after_video!r}; choose one of {_TEXT_AFTER_VIDEO}",
+      f"got {self.text_position_after_video!r}; choose one of {TEXT_AFTER_VIDEO}",
     )
 
   @property

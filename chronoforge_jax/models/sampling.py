@@ -47,6 +47,7 @@ not asked for is None):
 
 Public API:
   SamplingParams(temperature, top_k, top_p, suppress)   frozen, validated.
+  SamplingSettings.from_config(section).generate_kwargs()   the `sampling` config section.
   SampleOutput                                   frozen pytree (fields above + tokens,
                                                  completion_mask, lengths, stopped).
   generate(model, inputs, *, ...) -> SampleOutput
@@ -66,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Mapping, Sequence
 
 from flax import nnx
@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax.models.text import KVCache, SharedPrefixCache
 
 INPUT_KEYS = (
@@ -114,18 +115,29 @@ class SamplingParams:
   suppress: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if not (
-      isinstance(self.temperature, (int, float))
-      and self.temperature >= 0
-      and math.isfinite(self.temperature)
-    ):
-      raise ValueError(
-        f"temperature={self.temperature!r}: use 0 for greedy or a positive finite number"
-      )
-    if not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
-      raise ValueError(f"top_k={self.top_k!r}: use a non-negative int (0 turns it off)")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p={self.top_p!r}: must be in (0, 1] (1 turns it off)")
+    # Errors name the field bare (`top_p=1.5: ...`): it is `generate`'s argument too.
+    req = settings_lib.require
+    req(
+      settings_lib.is_number(self.temperature, 0),
+      None,
+      "temperature",
+      self.temperature,
+      "use 0 for greedy or a positive finite number",
+    )
+    req(
+      settings_lib.is_int(self.top_k, 0),
+      None,
+      "top_k",
+      self.top_k,
+      "use a non-negative int (0 turns it off)",
+    )
+    req(
+      settings_lib.is_number(self.top_p) and 0.0 < self.top_p <= 1.0,
+      None,
+      "top_p",
+      self.top_p,
+      "need a value in (0, 1] (1 turns it off)",
+    )
     object.__setattr__(self, "temperature", float(self.temperature))
     object.__setattr__(self, "top_k", int(self.top_k))
     object.__setattr__(self, "top_p", float(self.top_p))
@@ -134,6 +146,70 @@ class SamplingParams:
   @property
   def greedy(self) -> bool:
     return self.temperature == 0.0
+
+
+CACHE_DTYPES = ("", "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplingSettings:
+  """How `generate` draws answers: the `sampling` config section.
+
+  The token-drawing fields are checked by SamplingParams (`params`); the rest here.
+
+  Attributes:
+    max_new_tokens: answer buffer length T (>= 1; one compile per value).
+    num_samples: G answers per prompt, sharing the prompt's prefill (>= 1).
+    temperature, top_k, top_p: see SamplingParams.
+    bucket: prompt-length padding: -1 = automatic buckets (`bucket_length`), 0 = none
+      (the input pipeline already buckets), N > 0 = pad to a multiple of N.
+    cache_dtype: KV cache dtype, a name in CACHE_DTYPES ("" = the model's compute dtype).
+  """
+
+  max_new_tokens: int = 768
+  num_samples: int = 8
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  bucket: int = -1
+  cache_dtype: str = ""
+
+  def __post_init__(self):
+    req, is_int = settings_lib.require, settings_lib.is_int
+    for field in ("max_new_tokens", "num_samples"):
+      value = getattr(self, field)
+      req(is_int(value, 1), self, field, value, "need an int >= 1")
+    with settings_lib.renamed(type(self).__name__):
+      self.params  # noqa: B018  (SamplingParams checks the drawing fields)
+    req(
+      is_int(self.bucket, -1),
+      self,
+      "bucket",
+      self.bucket,
+      "use -1 (automatic), 0 (off) or a positive multiple",
+    )
+    settings_lib.choice(self, "cache_dtype", self.cache_dtype, CACHE_DTYPES)
+
+  @classmethod
+  def from_config(cls, section: Any) -> SamplingSettings:
+    """From a `sampling` config section; a bad field is reported as `config.sampling.*`."""
+    return settings_lib.from_section(cls, section, "sampling")
+
+  @property
+  def params(self) -> SamplingParams:
+    return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+  def generate_kwargs(self) -> dict[str, Any]:
+    """The matching `generate` keyword arguments."""
+    return dict(
+      max_new_tokens=self.max_new_tokens,
+      num_samples=self.num_samples,
+      temperature=float(self.temperature),
+      top_k=self.top_k,
+      top_p=float(self.top_p),
+      bucket={-1: True, 0: False}.get(self.bucket, self.bucket),
+      cache_dtype=self.cache_dtype or None,
+    )
 
 
 @functools.partial(

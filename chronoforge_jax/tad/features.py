@@ -8,16 +8,74 @@ instead; nothing in `tad.py` depends on how features were made.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from chronoforge_jax import settings as settings_lib
+
 # ITU-R BT.601 luma weights, as in most video pipelines.
 _LUMA = (0.299, 0.587, 0.114)
 COLORS = ("rgb", "luma")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FeatureSettings:
+  """Which pixel features TAD scores: the `features` config section.
+
+  Attributes:
+    grid: blocks per side (>= 1); D = grid * grid * channels.
+    color: one of COLORS: "rgb" (three channels per block) or "luma" (one).
+    center: map pixels to [-1, 1] so cosine distance sees brightness.
+    chunk: frames per device call when featurising a long video (>= 1).
+  """
+
+  grid: int = 8
+  color: str = "rgb"
+  center: bool = True
+  chunk: int = 256
+
+  def __post_init__(self):
+    req = settings_lib.require
+    req(
+      settings_lib.is_int(self.grid, 1),
+      self,
+      "grid",
+      self.grid,
+      "need a positive number of blocks per side",
+    )
+    settings_lib.choice(self, "color", self.color, COLORS)
+    req(isinstance(self.center, bool), self, "center", self.center, "need true or false")
+    req(
+      settings_lib.is_int(self.chunk, 1),
+      self,
+      "chunk",
+      self.chunk,
+      "need a positive number of frames per device call",
+    )
+
+  @classmethod
+  def from_config(cls, section: Any) -> FeatureSettings:
+    """From a `features` config section; a bad field is reported as `config.features.*`."""
+    return settings_lib.from_section(cls, section, "features")
+
+  def frame_kwargs(self) -> dict[str, Any]:
+    """`frame_features`' keyword arguments (grid, color, center)."""
+    return dict(grid=self.grid, color=self.color, center=self.center)
+
+  def check_frame_size(self, size: int, name: str) -> None:
+    """Requires frames of side `size` (the field `name`) to hold `grid` blocks."""
+    settings_lib.require(
+      size >= self.grid,
+      name.rpartition(".")[0] or name,
+      name.rpartition(".")[2],
+      size,
+      f"{size} pixels is smaller than features.grid={self.grid}; decode larger or lower the grid",
+    )
 
 
 def feature_dim(grid: int = 8, color: Literal["rgb", "luma"] = "rgb") -> int:

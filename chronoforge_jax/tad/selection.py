@@ -18,13 +18,15 @@ Python loop over frames, and all run under jit, vmap, pmap and shard_map.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax.registry import Registry
 
 _TINY = 1e-12
@@ -367,6 +369,69 @@ def select(
 ) -> tuple[jax.Array, jax.Array]:
   """Runs the selector registered as `name` ("tad" or "uniform"); see SELECTORS."""
   return SELECTORS.get(name)(features_btd, k, mask_bt, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TADSettings:
+  """Which selector picks the K keyframes, and TAD's settings: the `tad` config section.
+
+  The one place that knows TAD's settings: the pipeline, launch/select_keyframes.py and
+  configs/tad.py read them from here. Defaults are `analyze`'s.
+
+  Attributes:
+    selector: a name registered in SELECTORS ("tad", "uniform").
+    k: keyframes per video (>= 1; the pipeline also needs K even when pairing).
+    distance: variation distance, one of DISTANCES ("cosine", "l2").
+    smooth: half-width of the triangular smoothing of the variation curve (0: off).
+    prominence: inflection prominence, relative to the video's score range (>= 0).
+    min_prominence: absolute prominence floor (>= 0; flat curves have no apex).
+    window: frames searched each side for a peak's prominence base (>= 1).
+    boost: inflection bonus (>= 0); >= 1 with "add" keeps every inflection first.
+    boost_mode: one of BOOST_MODES: "add" (in units of the score range) or "mul".
+  """
+
+  selector: str = "tad"
+  k: int = 16
+  distance: str = "cosine"
+  smooth: int = 0
+  prominence: float = 0.1
+  min_prominence: float = 1e-6
+  window: int = 16
+  boost: float = 1.0
+  boost_mode: str = "add"
+
+  def __post_init__(self):
+    req, is_int, is_num = settings_lib.require, settings_lib.is_int, settings_lib.is_number
+    settings_lib.choice(self, "selector", self.selector, SELECTORS)
+    req(is_int(self.k, 1), self, "k", self.k, "need a positive number of keyframes")
+    settings_lib.choice(self, "distance", self.distance, DISTANCES)
+    req(
+      is_int(self.smooth, 0),
+      self,
+      "smooth",
+      self.smooth,
+      "need a non-negative window half-width (0 = off)",
+    )
+    req(
+      is_num(self.prominence, 0),
+      self,
+      "prominence",
+      self.prominence,
+      "need a number >= 0 (a fraction of the score range)",
+    )
+    req(is_num(self.min_prominence, 0), self, "min_prominence", self.min_prominence, "need >= 0")
+    req(is_int(self.window, 1), self, "window", self.window, "need at least 1 frame")
+    req(is_num(self.boost, 0), self, "boost", self.boost, "need a non-negative bonus")
+    settings_lib.choice(self, "boost_mode", self.boost_mode, BOOST_MODES)
+
+  @classmethod
+  def from_config(cls, section: Any) -> TADSettings:
+    """From a `tad` config section; a bad field is reported as `config.tad.<field>`."""
+    return settings_lib.from_section(cls, section, "tad")
+
+  def select_kwargs(self) -> dict[str, Any]:
+    """`analyze`'s keyword arguments (what `select(self.selector, ...)` takes)."""
+    return {name: getattr(self, name) for name in analyze_defaults()}
 
 
 # ----------------------------------------------------------------------------------

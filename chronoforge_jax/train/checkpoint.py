@@ -51,6 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from chronoforge_jax import fileio
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax.models import stack
 
 PyTree = Any
@@ -259,6 +260,68 @@ def _restore_step(
 # ---------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointSettings:
+  """When to save, how many to keep, where to resume from: the `ckpt` config section.
+
+  Attributes:
+    subdir: checkpoint directory, relative to the workdir (non-empty, not absolute).
+    save_every: save every this many steps (>= 1; plus a final save and on SIGTERM).
+    keep: keep the latest this many checkpoints (>= 1).
+    keep_every: also keep every step that is a multiple of this, forever (0: off).
+    async_save: write checkpoints in a background thread.
+    resume: another run's checkpoint directory or step directory to continue ("": none).
+    init_from: a params-only start (`save_params` output or a training checkpoint; "":
+      none). Whether the paths exist is checked by `check_sources` when training starts.
+  """
+
+  subdir: str = "checkpoints"
+  save_every: int = 1000
+  keep: int = 3
+  keep_every: int = 0
+  async_save: bool = True
+  resume: str = ""
+  init_from: str = ""
+
+  def __post_init__(self):
+    req, is_int = settings_lib.require, settings_lib.is_int
+    req(
+      isinstance(self.subdir, str) and self.subdir.strip() != "",
+      self,
+      "subdir",
+      self.subdir,
+      "need a non-empty directory name, relative to the workdir",
+    )
+    req(
+      not self.subdir.startswith("/") and "://" not in self.subdir,
+      self,
+      "subdir",
+      self.subdir,
+      "need a directory relative to the workdir (use resume/init_from to read others)",
+    )
+    for field in ("save_every", "keep"):
+      value = getattr(self, field)
+      req(is_int(value, 1), self, field, value, "need an int >= 1")
+    req(
+      is_int(self.keep_every, 0),
+      self,
+      "keep_every",
+      self.keep_every,
+      "need an int >= 0 (0 turns it off)",
+    )
+    req(isinstance(self.async_save, bool), self, "async_save", self.async_save, "need true/false")
+    for field in ("resume", "init_from"):
+      value = getattr(self, field)
+      req(isinstance(value, str), self, field, value, "need a path string ('' for none)")
+
+  @classmethod
+  def from_config(cls, section: Any) -> CheckpointSettings:
+    """From a `ckpt` config section; a bad field is reported as `config.ckpt.<field>`."""
+    if isinstance(section, cls):
+      return section
+    return settings_lib.from_section(cls, section, "ckpt")
+
+
 class Checkpointer:
   """This run's checkpoints: async saves every `save_every` steps, the last `keep` kept.
 
@@ -312,13 +375,14 @@ class Checkpointer:
 
   @classmethod
   def from_config(cls, workdir: str, config: Any) -> Checkpointer:
-    """Builds one from the `ckpt` config section (see configs/ckpt.py)."""
+    """Builds one from the `ckpt` config section (configs/ckpt.py) or CheckpointSettings."""
+    s = CheckpointSettings.from_config(config)
     return cls(
-      os.path.join(workdir, config.subdir),
-      save_every=config.save_every,
-      keep=config.keep,
-      async_save=config.async_save,
-      keep_every=config.keep_every,
+      os.path.join(workdir, s.subdir),
+      save_every=s.save_every,
+      keep=s.keep,
+      async_save=s.async_save,
+      keep_every=s.keep_every,
     )
 
   def latest_step(self) -> int | None:

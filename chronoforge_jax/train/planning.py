@@ -45,7 +45,6 @@ from chronoforge_jax.models import sampling
 from chronoforge_jax.models import text as text_lib
 from chronoforge_jax.rl import rollout as rollout_lib
 from chronoforge_jax.rl import settings as settings_lib
-from chronoforge_jax.rl import views
 from chronoforge_jax.train import state as state_lib
 from chronoforge_jax.train import steps as steps_lib
 
@@ -85,15 +84,11 @@ def tree_row(name: str, abstract_tree: Any, shardings: Any) -> Row:
 
 def rollout_prompt_length(config: ml_collections.ConfigDict, frame_size: int) -> int:
   """Tokens of the longest rollout prompt: the largest text bucket plus one view's video."""
-  i = config.input
+  st = pipeline.settings_from_config(config)
   video = pipeline.num_video_tokens(
-    views.view_patches(config.tad.k, i.patch_mode),
-    frame_size,
-    frame_size,
-    i.patch_size,
-    i.spatial_merge_size,
+    st.num_patches, frame_size, frame_size, st.patch_size, st.merge_size
   )
-  return max(i.prompt_buckets) + video
+  return max(st.prompt_buckets) + video
 
 
 def rollout_cache_shapes(

@@ -36,8 +36,8 @@ def test_kwargs_are_exactly_the_library_arguments():
 @pytest.mark.parametrize(
   "field,value,match",
   [
-    ("tad.selector", "random", "tad.selector: got 'random'"),
-    ("tad.k", 0, "tad.k: got 0"),
+    ("tad.selector", "random", "config.tad.selector='random': choose one of"),
+    ("tad.k", 0, "config.tad.k=0: need a positive"),
     ("tad.distance", "cos", "tad.distance"),
     ("tad.smooth", -1, "tad.smooth"),
     ("tad.prominence", -0.1, "tad.prominence"),
@@ -47,7 +47,7 @@ def test_kwargs_are_exactly_the_library_arguments():
     ("features.grid", 0, "features.grid"),
     ("input.fps", -1.0, "input.fps"),
     ("input.resize", "stretch", "input.resize"),
-    ("input.size", 4, "input.size: 4 pixels is smaller than features.grid=8"),
+    ("input.size", 4, "config.input.size=4: 4 pixels is smaller than features.grid=8"),
   ],
 )
 def test_bad_fields_are_named(field, value, match):

@@ -271,7 +271,7 @@ def test_settings_from_config_and_errors(dataset):
   d = pipeline.settings_from_config(config)
   assert (d.patch_mode, d.num_patches, d.num_pairs) == ("duplicate", 5, 2)
   config.input.patch_mode = "pair"
-  with pytest.raises(data_config.common.ConfigError, match="tad.k: got 5"):
+  with pytest.raises(data_config.common.ConfigError, match="config.tad.k=5: need an even K"):
     data_config.validate_data(config)
   config.input.patch_mode = "triple"
   with pytest.raises(data_config.common.ConfigError, match="input.patch_mode"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import hypothesis
@@ -225,6 +226,44 @@ def test_bad_arguments_have_clear_errors():
     tad.select_keyframes(np.zeros(5), 3)
   with pytest.raises(ValueError, match="method='topk'"):
     tad.soft_select(x_btd, 3, method="topk")
+
+
+def test_tad_settings_are_analyze_settings_plus_selector_and_k():
+  """TADSettings' fields are exactly `analyze`'s keyword arguments (with its defaults),
+  the selector and K; select_kwargs() feeds `analyze` / `select` unchanged."""
+  s = tad.TADSettings()
+  assert s.select_kwargs() == tad.analyze_defaults()
+  names = [f.name for f in dataclasses.fields(tad.TADSettings)]
+  assert names == ["selector", "k", *tad.analyze_defaults()]
+  x_btd, mask_bt = random_case(5, b=2, t=40)
+  tuned = tad.TADSettings(k=6, window=3, smooth=1, boost_mode="mul", boost=0.5)
+  got = tad.select(tuned.selector, x_btd, tuned.k, mask_bt, **tuned.select_kwargs())
+  want = tad.select_keyframes(x_btd, 6, mask_bt, window=3, smooth=1, boost_mode="mul", boost=0.5)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("selector", "random", r"TADSettings.selector='random': choose one of \['tad', 'uniform'\]"),
+    ("k", 0, "TADSettings.k=0: need a positive number"),
+    ("k", 2.0, "TADSettings.k=2.0"),
+    ("distance", "cos", "TADSettings.distance='cos'"),
+    ("smooth", -1, "TADSettings.smooth=-1"),
+    ("prominence", float("nan"), "TADSettings.prominence=nan"),
+    ("min_prominence", -1e-3, "TADSettings.min_prominence"),
+    ("window", 0, "TADSettings.window=0: need at least 1 frame"),
+    ("boost", -1.0, "TADSettings.boost=-1.0"),
+    ("boost_mode", "pow", "TADSettings.boost_mode='pow'"),
+  ],
+)
+def test_tad_settings_name_the_bad_field(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    tad.TADSettings(**{field: value})
+  section = {**dataclasses.asdict(tad.TADSettings()), field: value}
+  with pytest.raises(ValueError, match="config." + match.replace("TADSettings", "tad")):
+    tad.TADSettings.from_config(section)
 
 
 # ------------------------------------------------------------------------------------
