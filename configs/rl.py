@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from chronoforge_jax.rl import settings
 from configs import common
 
 
@@ -107,16 +108,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def validate_rl(cfg: ml_collections.ConfigDict) -> None:
   """Checks the `rl` section (or a config holding one) before anything is compiled.
 
-  The checks are `RLSettings`'s (chronoforge_jax/rl/settings.py); this only names the
-  error as a config error.
+  The checks are `RLSettings`'s (chronoforge_jax/rl/settings.py).
 
   Raises:
-    common.ConfigError: naming the first bad field and what it accepts.
+    common.ConfigError: naming the first bad field (`config.rl.<field>`) and what it
+      accepts.
   """
-  # Late: reading a config must not import JAX (launchers set XLA_FLAGS first).
-  from chronoforge_jax.rl import settings
-
-  try:
-    settings.RLSettings.from_config(cfg.rl if "rl" in cfg else cfg)
-  except ValueError as e:
-    raise common.ConfigError(f"config.{e}") from None
+  common.build(settings.RLSettings.from_config, cfg.rl if "rl" in cfg else cfg)

@@ -30,7 +30,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from chronoforge_jax import settings as base
 from chronoforge_jax.registry import Registry
+from chronoforge_jax.settings import is_int, is_number, require
 
 ADVANTAGE_ESTIMATORS: Registry[Callable[..., jax.Array]] = Registry("advantage estimator")
 POLICY_LOSSES: Registry[Callable[..., tuple]] = Registry("policy loss")
@@ -281,23 +283,27 @@ class LossConfig:
   max_tokens: int | None = None
 
   def __post_init__(self):
-    for field, registry in (
-      ("policy_loss", POLICY_LOSSES),
-      ("kl_estimator", KL_ESTIMATORS),
-      ("aggregation", AGGREGATIONS),
-    ):
-      if getattr(self, field) not in registry:
-        raise ValueError(
-          f"LossConfig.{field}={getattr(self, field)!r}; choose one of {registry.names()}"
-        )
-    if not 0.0 <= self.eps_low < 1.0:
-      raise ValueError(f"LossConfig.eps_low={self.eps_low}; need 0 <= eps_low < 1")
-    if self.eps_high < 0.0:
-      raise ValueError(f"LossConfig.eps_high={self.eps_high}; need eps_high >= 0")
-    if self.beta < 0.0:
-      raise ValueError(f"LossConfig.beta={self.beta}; need beta >= 0")
-    if self.max_tokens is not None and self.max_tokens < 1:
-      raise ValueError(f"LossConfig.max_tokens={self.max_tokens}; need >= 1 or None")
+    base.choice(self, "policy_loss", self.policy_loss, POLICY_LOSSES)
+    base.choice(self, "kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+    base.choice(self, "aggregation", self.aggregation, AGGREGATIONS)
+    require(
+      is_number(self.eps_low, 0) and self.eps_low < 1,
+      self,
+      "eps_low",
+      self.eps_low,
+      "need 0 <= eps_low < 1",
+    )
+    require(is_number(self.eps_high, 0), self, "eps_high", self.eps_high, "need eps_high >= 0")
+    require(
+      is_number(self.beta, 0), self, "beta", self.beta, "need beta >= 0 (0 skips the reference)"
+    )
+    require(
+      self.max_tokens is None or is_int(self.max_tokens, 1),
+      self,
+      "max_tokens",
+      self.max_tokens,
+      "need an int >= 1 or None",
+    )
 
 
 def grpo_loss(

@@ -6,7 +6,7 @@ anything compiles. Frozen and hashable, so the jitted steps close over it as a s
 value. Each check lives with the type that owns the setting: the loss fields are
 `grpo.LossConfig`'s, top-k/top-p are `sampling.SamplingParams`'s, the choices are the
 registries' (`rewards.REWARDS`, `rewards.SALIENCY_RULES`, `grpo.ADVANTAGE_ESTIMATORS`,
-...); errors name the config field (`rl.eps_low=1.5: ...`).
+...); errors name the config field (`config.rl.eps_low=1.5: ...`; chronoforge_jax/settings.py).
 
 The trainer samples at temperature 1: the GRPO ratio and KL use the untempered
 policy's log-probs, so that is not a setting.
@@ -15,34 +15,12 @@ policy's log-probs, so that is not a setting.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any
 
+from chronoforge_jax import settings as base
 from chronoforge_jax.models import sampling
 from chronoforge_jax.rl import grpo, rewards
-
-
-def _is_number(x: Any) -> bool:
-  return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _is_int(x: Any) -> bool:
-  return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _check(ok: bool, field: str, value: Any, need: str) -> None:
-  if not ok:
-    raise ValueError(f"rl.{field}={value!r}: {need}")
-
-
-def _owned(prefix: str, build):
-  """Builds a sub-settings object, naming its fields as the `rl` section does."""
-  try:
-    return build()
-  except ValueError as e:
-    message = str(e).replace("LossConfig.", "")
-    raise ValueError(f"rl.{prefix}{message}") from None
+from chronoforge_jax.settings import is_int, is_number, require
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,15 +40,10 @@ class SaliencySettings:
   mu: float = 0.8
 
   def __post_init__(self):
-    _check(isinstance(self.enabled, bool), "saliency.enabled", self.enabled, "need true/false")
-    _check(
-      self.rule in rewards.SALIENCY_RULES,
-      "saliency.rule",
-      self.rule,
-      f"choose one of {rewards.SALIENCY_RULES.names()}",
-    )
-    _check(_is_number(self.alpha) and self.alpha >= 0, "saliency.alpha", self.alpha, "need >= 0")
-    _check(_is_number(self.mu) and self.mu >= 0, "saliency.mu", self.mu, "need >= 0")
+    require(isinstance(self.enabled, bool), self, "enabled", self.enabled, "need true/false")
+    base.choice(self, "rule", self.rule, rewards.SALIENCY_RULES)
+    require(is_number(self.alpha, 0), self, "alpha", self.alpha, "need a number >= 0")
+    require(is_number(self.mu, 0), self, "mu", self.mu, "need a number >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,22 +57,16 @@ class LengthBonusSettings:
   min_correct: int = 2
 
   def __post_init__(self):
-    _check(isinstance(self.enabled, bool), "length_bonus.enabled", self.enabled, "need true/false")
-    _check(_is_number(self.bonus), "length_bonus.bonus", self.bonus, "need a number")
-    _check(
-      _is_int(self.min_tokens)
-      and _is_int(self.max_tokens)
-      and 0 <= self.min_tokens <= self.max_tokens,
-      "length_bonus.min_tokens",
-      (self.min_tokens, self.max_tokens),
-      "need ints 0 <= min_tokens <= max_tokens",
+    require(isinstance(self.enabled, bool), self, "enabled", self.enabled, "need true/false")
+    require(is_number(self.bonus), self, "bonus", self.bonus, "need a number")
+    require(
+      is_int(self.min_tokens, 0) and is_int(self.max_tokens) and self.min_tokens <= self.max_tokens,
+      self,
+      "min_tokens",
+      self.min_tokens,
+      f"need ints 0 <= min_tokens <= max_tokens (max_tokens={self.max_tokens!r})",
     )
-    _check(
-      _is_int(self.min_correct) and self.min_correct >= 1,
-      "length_bonus.min_correct",
-      self.min_correct,
-      "need an int >= 1",
-    )
+    require(is_int(self.min_correct, 1), self, "min_correct", self.min_correct, "need an int >= 1")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -143,86 +110,76 @@ class RLSettings:
   use_rollout_logps: bool = False
 
   def __post_init__(self):
-    _check(
-      _is_int(self.num_generations) and self.num_generations >= 2,
+    require(
+      is_int(self.num_generations, 2),
+      self,
       "num_generations",
       self.num_generations,
       "group-relative advantages need an int >= 2",
     )
-    _check(
-      _is_int(self.num_disordered) and self.num_disordered >= 1,
+    require(
+      is_int(self.num_disordered, 1),
+      self,
       "num_disordered",
       self.num_disordered,
       "need an int >= 1",
     )
-    _check(
-      isinstance(self.train_on_disordered, bool),
-      "train_on_disordered",
-      self.train_on_disordered,
-      "need true/false",
-    )
-    _check(
+    for field in ("train_on_disordered", "use_rollout_logps"):
+      value = getattr(self, field)
+      require(isinstance(value, bool), self, field, value, "need true/false")
+    require(
       not self.train_on_disordered or self.saliency.enabled,
+      self,
       "train_on_disordered",
       self.train_on_disordered,
       "needs rl.saliency.enabled=true (no disordered rollouts are sampled otherwise)",
     )
-    _owned("", lambda: sampling.SamplingParams(top_k=self.top_k, top_p=self.top_p))
-    _check(
-      _is_int(self.max_new_tokens) and self.max_new_tokens >= 1,
+    sampling.SamplingParams(top_k=self.top_k, top_p=self.top_p)  # Its own checks.
+    require(
+      is_int(self.max_new_tokens, 1),
+      self,
       "max_new_tokens",
       self.max_new_tokens,
       "need an int >= 1",
     )
     known = set(rewards.REWARDS.names()) | {"saliency", "length"}
     for name, weight in self.reward_weights:
-      _check(
-        name in known, f"reward_weights.{name}", weight, f"unknown reward; known: {sorted(known)}"
-      )
-      _check(_is_number(weight), f"reward_weights.{name}", weight, "need a finite number")
-    _check(
+      field = f"reward_weights.{name}"
+      require(name in known, self, field, weight, f"unknown reward; known: {sorted(known)}")
+      require(is_number(weight), self, field, weight, "need a finite number")
+    require(
       any(w != 0 for k, w in self.reward_weights if k not in ("saliency", "length")),
+      self,
       "reward_weights",
-      dict(self.reward_weights),
+      self.weights,
       "every text reward has weight 0; nothing would be learned",
     )
-    for name, on in (("saliency", self.saliency.enabled), ("length", self.length_bonus.enabled)):
-      _check(
+    for name, section, on in (
+      ("saliency", "saliency", self.saliency.enabled),
+      ("length", "length_bonus", self.length_bonus.enabled),
+    ):
+      require(
         not on or name in self.weights,
+        self,
         f"reward_weights.{name}",
         None,
-        f"missing while rl.{name if name == 'saliency' else 'length_bonus'}.enabled=true; "
-        "add a weight (1.0 by default)",
+        f"missing while rl.{section}.enabled=true; add a weight (1.0 by default)",
       )
-    _check(
-      self.mc_rule in rewards.MC_RULES,
-      "mc_rule",
-      self.mc_rule,
-      f"choose one of {list(rewards.MC_RULES)}",
-    )
-    _check(
-      self.advantage_estimator in grpo.ADVANTAGE_ESTIMATORS,
-      "advantage_estimator",
-      self.advantage_estimator,
-      f"choose one of {grpo.ADVANTAGE_ESTIMATORS.names()}",
-    )
-    _check(
-      _is_number(self.advantage_eps) and self.advantage_eps > 0,
+    base.choice(self, "mc_rule", self.mc_rule, rewards.MC_RULES)
+    base.choice(self, "advantage_estimator", self.advantage_estimator, grpo.ADVANTAGE_ESTIMATORS)
+    require(
+      is_number(self.advantage_eps) and self.advantage_eps > 0,
+      self,
       "advantage_eps",
       self.advantage_eps,
       "need a number > 0 (keeps equal-reward groups finite)",
     )
-    _check(
-      _is_int(self.num_iterations) and self.num_iterations >= 1,
+    require(
+      is_int(self.num_iterations, 1),
+      self,
       "num_iterations",
       self.num_iterations,
       "need an int >= 1",
-    )
-    _check(
-      isinstance(self.use_rollout_logps, bool),
-      "use_rollout_logps",
-      self.use_rollout_logps,
-      "need true/false",
     )
 
   @property
@@ -245,10 +202,15 @@ class RLSettings:
 
   @classmethod
   def from_config(cls, rl: Any) -> RLSettings:
-    """The settings of an `rl` config section (configs/rl.py); ValueError names the field."""
-    loss = _owned(
-      "",
-      lambda: grpo.LossConfig(
+    """The settings of an `rl` config section (configs/rl.py).
+
+    Raises:
+      settings.SettingsError: naming the field as `config.rl.<field>`.
+    """
+    saliency = base.from_section(SaliencySettings, rl.saliency, "rl.saliency")
+    length_bonus = base.from_section(LengthBonusSettings, rl.length_bonus, "rl.length_bonus")
+    with base.renamed("config.rl"):
+      loss = grpo.LossConfig(
         policy_loss=rl.policy_loss,
         eps_low=rl.eps_low,
         eps_high=rl.eps_high,
@@ -256,22 +218,21 @@ class RLSettings:
         kl_estimator=rl.kl_estimator,
         aggregation=rl.aggregation,
         max_tokens=rl.max_new_tokens if rl.aggregation == "dr_grpo" else None,
-      ),
-    )
-    return cls(
-      num_generations=rl.num_generations,
-      num_disordered=rl.num_disordered,
-      train_on_disordered=rl.train_on_disordered,
-      top_k=rl.top_k,
-      top_p=rl.top_p,
-      max_new_tokens=rl.max_new_tokens,
-      reward_weights=tuple(dict(rl.reward_weights).items()),
-      mc_rule=rl.mc_rule,
-      saliency=SaliencySettings(**dict(rl.saliency)),
-      length_bonus=LengthBonusSettings(**dict(rl.length_bonus)),
-      advantage_estimator=rl.advantage_estimator,
-      advantage_eps=rl.advantage_eps,
-      loss=loss,
-      num_iterations=rl.num_iterations,
-      use_rollout_logps=rl.get("use_rollout_logps", False),
-    )
+      )
+      return cls(
+        num_generations=rl.num_generations,
+        num_disordered=rl.num_disordered,
+        train_on_disordered=rl.train_on_disordered,
+        top_k=rl.top_k,
+        top_p=rl.top_p,
+        max_new_tokens=rl.max_new_tokens,
+        reward_weights=tuple(dict(rl.reward_weights).items()),
+        mc_rule=rl.mc_rule,
+        saliency=saliency,
+        length_bonus=length_bonus,
+        advantage_estimator=rl.advantage_estimator,
+        advantage_eps=rl.advantage_eps,
+        loss=loss,
+        num_iterations=rl.num_iterations,
+        use_rollout_logps=rl.get("use_rollout_logps", False),
+      )
