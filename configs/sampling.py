@@ -14,9 +14,6 @@ Fields:
   temperature: 0 for greedy decoding.
   top_k: keep the k most likely tokens (0: off).
   top_p: nucleus mass (1.0: off).
-  bucket: prompt-length padding: -1 = automatic buckets (`sampling.bucket_length`,
-    at most ~25% padding), 0 = none (the input pipeline already buckets), N > 0 = pad to
-    a multiple of N.
   cache_dtype: KV cache dtype name ("" = the model's compute dtype).
 """
 
@@ -41,7 +38,6 @@ def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.temperature = 1.0
   c.top_k = 0
   c.top_p = 1.0
-  c.bucket = -1
   c.cache_dtype = ""
   if variant == "eval":
     c.max_new_tokens = 512
@@ -78,11 +74,6 @@ def validate(c: Any) -> None:
   common.check(
     0 < c.top_p <= 1, "sampling.top_p", f"got {c.top_p!r}; need a value in (0, 1] (1 turns it off)"
   )
-  common.check(
-    isinstance(c.bucket, int) and c.bucket >= -1,
-    "sampling.bucket",
-    f"got {c.bucket!r}; use -1 (automatic), 0 (off) or a positive multiple",
-  )
   common.check_choice(c.cache_dtype, "sampling.cache_dtype", set(_CACHE_DTYPES))
 
 
@@ -95,7 +86,6 @@ def sampling_kwargs(c: Any) -> dict[str, Any]:
     temperature=float(c.temperature),
     top_k=c.top_k,
     top_p=float(c.top_p),
-    bucket=True if c.bucket == -1 else (False if c.bucket == 0 else c.bucket),
     cache_dtype=c.cache_dtype or None,
   )
 

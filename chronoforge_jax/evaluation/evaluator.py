@@ -336,7 +336,6 @@ def _generate(
     temperature=0.0,
     stop_tokens=tokenizer.eos_ids,
     pad_id=tokenizer.pad_id,
-    bucket=False,
     logprobs=(),
   )
   tokens, mask = _to_host(out.tokens), _to_host(out.completion_mask).astype(bool)

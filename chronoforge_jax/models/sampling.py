@@ -3,7 +3,7 @@
   out = generate(model, inputs, max_new_tokens=256, num_samples=8, temperature=1.0,
                  top_k=0, top_p=1.0, stop_tokens=None, rng=jax.random.key(0))
 
-One jit-compiled program per (batch, prompt-length bucket, max_new_tokens, num_samples,
+One jit-compiled program per (batch, prompt length, max_new_tokens, num_samples,
 sampling settings, video grid) does all of it on device, with no host round trip per token:
 
 1. Prefill: the vision tower and the prompt run once per prompt (B rows), into a cache
@@ -25,9 +25,9 @@ sampling settings, video grid) does all of it on device, with no host round trip
 `attention_mask`, and optionally `pixel_values_videos`, `video_grid_thw` (static: NumPy
 or tuples), `second_per_grid_ts`, `patch_timestamps`, or `video_embeds` (precomputed
 tokens, e.g. temporal patches gathered from one `encode_video` call, with the grid that
-describes them). Prompts may be left- or right-padded; the prompt length is padded on
-the left up to a bucket (`bucket_length`) so that a stream of prompts of slightly
-different lengths compiles a handful of programs, not one per length.
+describes them). Prompts may be left- or right-padded; they are used at the length they
+come with (the input pipeline pads prompts to a few bucket lengths, `prompt_buckets`, so
+a stream of prompts compiles a handful of programs, not one per length).
 
 Randomness: `rng` is split into one key per row as fold_in(fold_in(rng, b), g), and each
 step folds in the step index, so the same key gives the same samples, group members get
@@ -54,7 +54,6 @@ Public API:
   process_logits(logits_bv, params) -> logits_bv               pure; -inf outside support
   sample_step(keys_b, logits_bv, params, want=LOGPROBS)
       -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)    (None where not wanted)
-  bucket_length(n, *, min_bucket=16, steps_per_octave=4) -> int
   row_keys(rng, batch, num_samples) -> [B*G] keys
   share_prefix(cache, num_samples, answer_len) -> SharedPrefixCache   group sharing
   repeat_cache(cache, num_samples, max_len) -> KVCache    the former one (G copies)
@@ -288,31 +287,6 @@ def row_keys(rng: jax.Array, batch: int, num_samples: int) -> jax.Array:
   return jax.vmap(lambda b, g: jax.random.fold_in(jax.random.fold_in(rng, b), g))(b_r, g_r)
 
 
-def bucket_length(n: int, *, min_bucket: int = 16, steps_per_octave: int = 4) -> int:
-  """Rounds a prompt length up to a bucket, so few distinct lengths get compiled.
-
-  Buckets are multiples of max(min_bucket, 2^floor(log2 n) / steps_per_octave): at most
-  ~1/steps_per_octave of the padded length is padding, and lengths within a factor of 2
-  share steps_per_octave buckets.
-
-  Args:
-    n: the longest prompt of the batch (>= 1).
-    min_bucket: the smallest bucket step.
-    steps_per_octave: buckets per doubling of the length.
-
-  Returns:
-    The padded prompt length (>= n).
-  """
-  if n < 1:
-    raise ValueError(f"prompt length {n} must be >= 1")
-  if min_bucket < 1 or steps_per_octave < 1:
-    raise ValueError(
-      f"min_bucket={min_bucket} and steps_per_octave={steps_per_octave} must be >= 1"
-    )
-  step = max(min_bucket, (1 << (n.bit_length() - 1)) // steps_per_octave)
-  return -(-n // step) * step
-
-
 def answer_slots(max_new_tokens: int) -> int:
   """Answer cache slots per row: T - 1 (the first token comes from the prefill logits,
   each later one is written before the next is drawn); at least 1 for fixed shapes."""
@@ -432,7 +406,7 @@ class _Static:
 
 
 def _decode_loop(
-  model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r, static: _Static
+  model, last_logits_rv, cache: KVCache, keys_r, stop_rk, static: _Static
 ) -> SampleOutput:
   """Samples up to max_new_tokens tokens per row inside one lax.while_loop."""
   r = last_logits_rv.shape[0]
@@ -447,7 +421,7 @@ def _decode_loop(
     live = ~done_r
     tok = jnp.where(live, tok, static.pad_id)
     hit_stop = live & jnp.any(tok[:, None] == stop_rk, axis=-1)
-    done = done_r | hit_stop | (step + 1 >= budget_r)
+    done = done_r | hit_stop | (step + 1 >= t_max)
     # Buffers: tokens, mask, then the wanted log-probs (0 where the row has ended).
     values = (tok, live) + tuple(jnp.where(live, lp, 0.0) for lp in lps if lp is not None)
     return values, hit_stop, done
@@ -462,8 +436,7 @@ def _decode_loop(
     jnp.zeros((r, t_max), jnp.float32) for _ in want
   )
   # The first token comes from the prefill logits; every later one costs a decode step.
-  done0 = budget_r <= 0
-  values, stopped, done = sample(0, last_logits_rv, done0)
+  values, stopped, done = sample(0, last_logits_rv, jnp.zeros((r,), bool))
   bufs = write(bufs, 0, values)
   tok, live = values[:2]
 
@@ -513,12 +486,11 @@ def _generate_jit(
   last_logits_rv = jnp.repeat(last_logits_bv, g, axis=0)
   keys_r = row_keys(rng, b, g)
   stop_rk = jnp.repeat(arrays["stop_tokens"], g, axis=0)
-  budget_r = jnp.repeat(arrays["max_lengths"], g, axis=0)
-  return _decode_loop(model, last_logits_rv, cache, keys_r, stop_rk, budget_r, static)
+  return _decode_loop(model, last_logits_rv, cache, keys_r, stop_rk, static)
 
 
 # ------------------------------------------------------------------------------------
-# Host-side entry point: validation, bucketing, then one call of the compiled program.
+# Host-side entry point: validation, then one call of the compiled program.
 # ------------------------------------------------------------------------------------
 
 
@@ -603,15 +575,13 @@ def _prepare_call(
   top_p: float = 1.0,
   stop_tokens=None,
   rng: jax.Array | None = None,
-  max_lengths=None,
   suppress_tokens: Sequence[int] | None = None,
   pad_id: int | None = None,
-  bucket: bool | int = True,
   cache_dtype=None,
   shared_prefix: bool = True,
   logprobs: Sequence[str] = LOGPROBS,
 ) -> tuple[Any, ...]:
-  """Validates and pads on the host; returns the compiled program's arguments."""
+  """Validates on the host; returns the compiled program's arguments."""
   cfg = model.config
   vocab = cfg.text.vocab_size
   if suppress_tokens is None:
@@ -639,35 +609,17 @@ def _prepare_call(
   ids, mask = _check_inputs(inputs, vocab, cfg.video_token_id)
   b, s = ids.shape
 
-  if bucket is True:
-    s_pad = bucket_length(s)
-  elif bucket is False:
-    s_pad = s
-  else:
-    s_pad = -(-s // int(bucket)) * int(bucket)
   arrays = {k: inputs[k] for k in _VIDEO_ARRAY_KEYS if inputs.get(k) is not None}
-  # Left padding up to the bucket keeps each row's last real token at the end. Device
-  # arrays are padded on device (before the compiled call, whose key is the padded shape).
+  # Device arrays stay on device (the compiled call's key is their shape).
   xp = np if isinstance(ids, np.ndarray) and isinstance(mask, np.ndarray) else jnp
-  widths = ((0, 0), (s_pad - s, 0))
   if isinstance(ids, jax.ShapeDtypeStruct):  # Abstract prompts: lower_generate, planning.
     arrays["input_ids"], arrays["attention_mask"] = (
-      jax.ShapeDtypeStruct((b, s_pad), jnp.int32, sharding=x.sharding) for x in (ids, mask)
+      jax.ShapeDtypeStruct((b, s), jnp.int32, sharding=x.sharding) for x in (ids, mask)
     )
   else:
-    arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths, constant_values=pad_id)
-    arrays["attention_mask"] = xp.pad(xp.asarray(mask).astype(np.int32), widths)
+    arrays["input_ids"] = xp.asarray(ids).astype(np.int32)
+    arrays["attention_mask"] = xp.asarray(mask).astype(np.int32)
   arrays["stop_tokens"] = _stop_array(stop_tokens, b, cfg.eos_token_ids, vocab)
-  if max_lengths is None:
-    budget = np.full((b,), max_new_tokens, np.int32)
-  else:
-    budget = np.asarray(max_lengths, np.int32).reshape(-1)
-    if budget.shape != (b,) or (budget < 0).any() or (budget > max_new_tokens).any():
-      raise ValueError(
-        f"max_lengths {budget.tolist()} must be [B={b}] ints in "
-        f"[0, max_new_tokens={max_new_tokens}]"
-      )
-  arrays["max_lengths"] = budget
   grid = inputs.get("video_grid_thw")
   grid = (
     None
@@ -699,10 +651,8 @@ def generate(
   top_p: float = 1.0,
   stop_tokens: Sequence[int] | np.ndarray | None = None,
   rng: jax.Array | None = None,
-  max_lengths: np.ndarray | None = None,
   suppress_tokens: Sequence[int] | None = None,
   pad_id: int | None = None,
-  bucket: bool | int = True,
   cache_dtype=None,
   shared_prefix: bool = True,
   logprobs: Sequence[str] = LOGPROBS,
@@ -722,12 +672,9 @@ def generate(
     stop_tokens: ids that end a row (included in the answer): a list for every prompt,
       or a [B, K] array per prompt padded with -1. None: the model's eos ids.
     rng: a PRNG key (required unless greedy).
-    max_lengths: optional [B] per-prompt answer budgets (<= max_new_tokens).
     suppress_tokens: ids never generated; None: the image and video placeholders.
-    pad_id: id written after a row ends and used to pad prompts to a bucket (default:
-      the model's pad id, else 0). Must not be the video placeholder id.
-    bucket: True pads the prompt length with `bucket_length`; an int pads it to a
-      multiple of that int; False keeps it.
+    pad_id: id written after a row ends (default: the model's pad id, else 0). Must not
+      be the video placeholder id.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
     shared_prefix: True (default): each prompt's keys/values once, plus each row's own
       answer cache (`share_prefix`); False: the former layout, G full copies of the
@@ -750,10 +697,8 @@ def generate(
       top_p=top_p,
       stop_tokens=stop_tokens,
       rng=rng,
-      max_lengths=max_lengths,
       suppress_tokens=suppress_tokens,
       pad_id=pad_id,
-      bucket=bucket,
       cache_dtype=cache_dtype,
       shared_prefix=shared_prefix,
       logprobs=logprobs,

@@ -336,7 +336,8 @@ def grpo_loss(
       mu inner iterations; None means on-policy (mu = 1): ratio 1, gradient A.
     ref_logp_nt: frozen reference log-probs; required when beta > 0, optional (KL is
       then only logged) when beta = 0.
-    entropy_nt: optional per-token policy entropy (see `token_logprobs`), logged only.
+    entropy_nt: optional per-token policy entropy (`VideoLanguageModel.token_logprobs(...,
+      return_entropy=True)`), logged only.
     config: loss settings.
     axis_name: mapped axis the batch is split over; counts and sums become global.
       The loss then has the global value on every device, and its gradient is the
@@ -410,22 +411,3 @@ def grpo_loss(
     metrics["loss"] = jax.lax.pmax(metrics["loss"], axis_name)
     metrics["pg_loss"] = jax.lax.pmax(metrics["pg_loss"], axis_name)
   return loss, metrics
-
-
-def token_logprobs(
-  logits_ntv: jax.Array, targets_nt: jax.Array, temperature: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
-  """Log-probs of the target tokens and the policy entropy per position.
-
-  Args:
-    logits_ntv: logits predicting each completion token (already shifted by one).
-    targets_nt: the sampled token ids.
-    temperature: the sampling temperature; the rollout's log-probs are of logits / T.
-
-  Returns:
-    (logp [N, T] float32, entropy [N, T] float32).
-  """
-  logprobs_ntv = jax.nn.log_softmax(logits_ntv.astype(jnp.float32) / temperature, axis=-1)
-  logp_nt = jnp.take_along_axis(logprobs_ntv, targets_nt[..., None], axis=-1)[..., 0]
-  entropy_nt = -(jnp.exp(logprobs_ntv) * logprobs_ntv).sum(-1)
-  return logp_nt, entropy_nt

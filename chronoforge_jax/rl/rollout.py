@@ -64,7 +64,6 @@ def sampler_calls(
           top_k=rl.top_k,
           top_p=rl.top_p,
           stop_tokens=stop_tokens,
-          bucket=False,
           logprobs=("model_logprobs",) if own_logps else (),
         ),
       )

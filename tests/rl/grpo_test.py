@@ -273,20 +273,6 @@ def test_kl_estimators():
   np.testing.assert_allclose(grpo.KL_ESTIMATORS.get("k2")(logp, ref), d**2 / 2, rtol=1e-6)
 
 
-def test_token_logprobs_and_entropy():
-  rng = np.random.default_rng(6)
-  logits = rng.normal(0, 3, (3, 5, 11))
-  targets = rng.integers(0, 11, (3, 5))
-  logp, entropy = grpo.token_logprobs(_f32(logits), jnp.asarray(targets), temperature=0.7)
-  z = logits / 0.7
-  logsm = z - z.max(-1, keepdims=True)
-  logsm -= np.log(np.exp(logsm).sum(-1, keepdims=True))
-  np.testing.assert_allclose(
-    logp, np.take_along_axis(logsm, targets[..., None], -1)[..., 0], rtol=1e-5, atol=1e-5
-  )
-  np.testing.assert_allclose(entropy, -(np.exp(logsm) * logsm).sum(-1), rtol=1e-5, atol=1e-5)
-
-
 # ----------------------------------------------------------------------------------------
 # jit vs pmap vs shard_map on 8 fake devices.
 # ----------------------------------------------------------------------------------------
