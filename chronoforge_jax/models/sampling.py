@@ -9,12 +9,12 @@ sampling settings, video grid) does all of it on device, with no host round trip
 1. Prefill: the vision tower and the prompt run once per prompt (B rows), into a cache
    of the prompt's length S.
 2. Group sharing (`share_prefix`): the prompt cache is kept as it is, once per prompt,
-   and each of the B*G rows gets its own answer cache of T - 1 slots (the first token
+   and each of the N = B*G rows gets its own answer cache of A - 1 slots (the first token
    comes from the prefill logits); the last logits and the next positions are repeated
-   G = `num_samples` times. Row r = b * G + g is sample g of prompt b (`jnp.repeat`
+   G = `num_samples` times. Row n = b * G + g is sample g of prompt b (`jnp.repeat`
    order). Each decode step attends to the row's prompt and its own answer and merges
    the two softmax parts exactly (`layers.prefix_decode_attention`): the cache holds
-   S + G*(T-1) slots per prompt instead of G*(S+T-1) (`kv_cache_bytes`), and the G rows
+   S + G*(A-1) slots per prompt instead of G*(S+A-1) (`kv_cache_bytes`), and the G rows
    of a prompt read its keys together. `shared_prefix=False` runs the former layout
    (`repeat_cache`: G full copies of the prompt), kept for comparison.
 3. Decode: a `lax.while_loop` samples one token per row and feeds it back through
@@ -33,7 +33,7 @@ Randomness: `rng` is split into one key per row as fold_in(fold_in(rng, b), g), 
 step folds in the step index, so the same key gives the same samples, group members get
 different keys, and sample g of prompt b does not depend on the other rows.
 
-Log-probs (all float32 [B*G, T], 0 at masked positions) of each sampled token, each
+Log-probs (all float32 [N, A], 0 at masked positions) of each sampled token, each
 computed only when asked for (`generate(..., logprobs=...)`; default all three; a field
 not asked for is None):
   `logprobs`         the distribution actually sampled from: softmax of the processed
@@ -54,7 +54,7 @@ Public API:
   process_logits(logits_bv, params) -> logits_bv               pure; -inf outside support
   sample_step(keys_b, logits_bv, params, want=LOGPROBS)
       -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)    (None where not wanted)
-  row_keys(rng, batch, num_samples) -> [B*G] keys
+  row_keys(rng, batch, num_samples) -> [N] keys
   share_prefix(cache, num_samples, answer_len) -> SharedPrefixCache   group sharing
   repeat_cache(cache, num_samples, max_len) -> KVCache    the former one (G copies)
   answer_slots(max_new_tokens) -> int                     answer cache slots per row
@@ -150,16 +150,16 @@ class SamplingParams:
 )
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-  """Generated answers; rows are prompt-major (row r = sample r % G of prompt r // G).
+  """Generated answers; rows are prompt-major (row n = sample n % G of prompt n // G).
 
   Attributes:
-    tokens: [B*G, T] int32 sampled ids; `pad_id` after a row's end.
-    completion_mask: [B*G, T] int32, 1 for generated tokens (a stop token included).
-    logprobs: [B*G, T] float32 log-prob under the processed sampling distribution.
-    policy_logprobs: [B*G, T] float32 log_softmax(logits / temperature)[token].
-    model_logprobs: [B*G, T] float32 log_softmax(logits)[token] (the training forward's).
-    lengths: [B*G] int32 number of generated tokens (sum of completion_mask).
-    stopped: [B*G] bool, True where the row ended with one of its stop tokens.
+    tokens: [N, A] int32 sampled ids; `pad_id` after a row's end.
+    completion_mask: [N, A] int32, 1 for generated tokens (a stop token included).
+    logprobs: [N, A] float32 log-prob under the processed sampling distribution.
+    policy_logprobs: [N, A] float32 log_softmax(logits / temperature)[token].
+    model_logprobs: [N, A] float32 log_softmax(logits)[token] (the training forward's).
+    lengths: [N] int32 number of generated tokens (sum of completion_mask).
+    stopped: [N] bool, True where the row ended with one of its stop tokens.
     num_samples: G (static).
   """
 
@@ -281,14 +281,14 @@ def sample_step(
 
 
 def row_keys(rng: jax.Array, batch: int, num_samples: int) -> jax.Array:
-  """One key per row r = b * G + g: fold_in(fold_in(rng, b), g)."""
-  b_r = jnp.repeat(jnp.arange(batch), num_samples)
-  g_r = jnp.tile(jnp.arange(num_samples), batch)
-  return jax.vmap(lambda b, g: jax.random.fold_in(jax.random.fold_in(rng, b), g))(b_r, g_r)
+  """One key per row n = b * G + g: fold_in(fold_in(rng, b), g)."""
+  b_n = jnp.repeat(jnp.arange(batch), num_samples)
+  g_n = jnp.tile(jnp.arange(num_samples), batch)
+  return jax.vmap(lambda b, g: jax.random.fold_in(jax.random.fold_in(rng, b), g))(b_n, g_n)
 
 
 def answer_slots(max_new_tokens: int) -> int:
-  """Answer cache slots per row: T - 1 (the first token comes from the prefill logits,
+  """Answer cache slots per row: A - 1 (the first token comes from the prefill logits,
   each later one is written before the next is drawn); at least 1 for fixed shapes."""
   return max(int(max_new_tokens) - 1, 1)
 
@@ -331,14 +331,14 @@ def kv_cache_bytes(
 ) -> int:
   """Bytes of keys and values the sampler's cache holds per prompt.
 
-  Shared prefix: (S + G * answer_slots(T)) slots; the former layout (`repeat_cache`):
-  G * (S + T - 1). A slot is 2 (K and V) * layers * kv_heads * head_dim elements of
+  Shared prefix: (S + G * answer_slots(A)) slots; the former layout (`repeat_cache`):
+  G * (S + A - 1). A slot is 2 (K and V) * layers * kv_heads * head_dim elements of
   `dtype`. The [rows, slots] bool masks (1 byte a slot and row) are not counted.
 
   Args:
     text_config: the decoder's config (`ModelConfig.text`).
     prompt_len: S, the (bucketed) prompt length.
-    max_new_tokens: T.
+    max_new_tokens: A.
     num_samples: G.
     dtype: the cache dtype.
     shared_prefix: the layout.
@@ -359,7 +359,7 @@ def kv_cache_bytes(
 
 def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
   """The former group sharing (`shared_prefix=False`): G full copies of each prompt,
-  [B] rows of S slots -> [B*G] rows of max_len.
+  [B] rows of S slots -> [N] rows of max_len.
 
   Row b * G + g holds a copy of row b; slots [S, max_len) are empty and masked, and
   `end` stays at S so decoding continues right after the prompt.
@@ -370,7 +370,7 @@ def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
     max_len: slots of the new cache (>= S).
 
   Returns:
-    The [B*G]-row cache, with the cache's logical shardings applied.
+    The [N]-row cache, with the cache's logical shardings applied.
   """
   s = cache.k.shape[2]
   if max_len < s:
@@ -406,22 +406,22 @@ class _Static:
 
 
 def _decode_loop(
-  model, last_logits_rv, cache: KVCache, keys_r, stop_rk, static: _Static
+  model, last_logits_nv, cache: KVCache, keys_n, stops_n, static: _Static
 ) -> SampleOutput:
   """Samples up to max_new_tokens tokens per row inside one lax.while_loop."""
-  r = last_logits_rv.shape[0]
+  n = last_logits_nv.shape[0]
   t_max = static.max_new_tokens
   params = static.params
 
   want = static.logprobs
 
-  def sample(step, logits_rv, done_r):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)
-    tok, *lps = sample_step(keys, logits_rv, params, want)
-    live = ~done_r
+  def sample(step, logits_nv, done_n):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_n, step)
+    tok, *lps = sample_step(keys, logits_nv, params, want)
+    live = ~done_n
     tok = jnp.where(live, tok, static.pad_id)
-    hit_stop = live & jnp.any(tok[:, None] == stop_rk, axis=-1)
-    done = done_r | hit_stop | (step + 1 >= t_max)
+    hit_stop = live & jnp.any(tok[:, None] == stops_n, axis=-1)
+    done = done_n | hit_stop | (step + 1 >= t_max)
     # Buffers: tokens, mask, then the wanted log-probs (0 where the row has ended).
     values = (tok, live) + tuple(jnp.where(live, lp, 0.0) for lp in lps if lp is not None)
     return values, hit_stop, done
@@ -432,11 +432,11 @@ def _decode_loop(
       for buf, val in zip(bufs, values)
     )
 
-  bufs = (jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32)) + tuple(
-    jnp.zeros((r, t_max), jnp.float32) for _ in want
+  bufs = (jnp.full((n, t_max), static.pad_id, jnp.int32), jnp.zeros((n, t_max), jnp.int32)) + tuple(
+    jnp.zeros((n, t_max), jnp.float32) for _ in want
   )
   # The first token comes from the prefill logits; every later one costs a decode step.
-  values, stopped, done = sample(0, last_logits_rv, jnp.zeros((r,), bool))
+  values, stopped, done = sample(0, last_logits_nv, jnp.zeros((n,), bool))
   bufs = write(bufs, 0, values)
   tok, live = values[:2]
 
@@ -483,10 +483,10 @@ def _generate_jit(
     cache = share_prefix(cache, g, answer_slots(static.max_new_tokens))
   else:
     cache = repeat_cache(cache, g, s + static.max_new_tokens - 1)
-  last_logits_rv = jnp.repeat(last_logits_bv, g, axis=0)
-  keys_r = row_keys(rng, b, g)
-  stop_rk = jnp.repeat(arrays["stop_tokens"], g, axis=0)
-  return _decode_loop(model, last_logits_rv, cache, keys_r, stop_rk, static)
+  last_logits_nv = jnp.repeat(last_logits_bv, g, axis=0)
+  keys_n = row_keys(rng, b, g)
+  stops_n = jnp.repeat(arrays["stop_tokens"], g, axis=0)
+  return _decode_loop(model, last_logits_nv, cache, keys_n, stops_n, static)
 
 
 # ------------------------------------------------------------------------------------
@@ -520,13 +520,13 @@ def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int) ->
     getattr(x, "is_fully_addressable", True) and not isinstance(x, jax.ShapeDtypeStruct)
     for x in (ids, mask)
   ):
-    ids_np, mask_np = np.asarray(ids), np.asarray(mask)
-    if not mask_np.any(axis=1).all():
-      rows = np.flatnonzero(~mask_np.any(axis=1)).tolist()
+    ids_host, mask_host = np.asarray(ids), np.asarray(mask)
+    if not mask_host.any(axis=1).all():
+      rows = np.flatnonzero(~mask_host.any(axis=1)).tolist()
       raise ValueError(f"prompt rows {rows} have no real tokens (attention_mask all 0)")
-    if ids_np.min() < 0 or ids_np.max() >= vocab:
+    if ids_host.min() < 0 or ids_host.max() >= vocab:
       raise ValueError(f"input_ids hold ids outside [0, vocab_size={vocab})")
-    if not has_video and ((ids_np == video_token_id) & (mask_np > 0)).any():
+    if not has_video and ((ids_host == video_token_id) & (mask_host > 0)).any():
       raise ValueError(
         f"input_ids hold video placeholders (id {video_token_id}) but no "
         "pixel_values_videos or video_embeds were given"
@@ -543,7 +543,7 @@ def _stop_array(stop_tokens, batch: int, default: Sequence[int], vocab: int) -> 
   if stop.ndim != 2 or stop.shape[0] != batch:
     raise ValueError(
       f"stop_tokens has shape {stop.shape}; give a list of ids for all "
-      f"prompts or a [B={batch}, K] array (pad with -1) per prompt"
+      f"prompts or a [B={batch}, stops] array (pad with -1) per prompt"
     )
   if (stop >= vocab).any() or (stop < -1).any():
     raise ValueError(f"stop_tokens {stop.tolist()} must be ids in [0, {vocab}) or -1 (none)")
@@ -664,13 +664,13 @@ def generate(
       `config` holding token ids).
     inputs: prefill inputs by HF processor name (see the module docstring); arrays may be
       NumPy or jax (already sharded under a mesh is fine).
-    max_new_tokens: T, the answer buffer length (static: one compile per value).
+    max_new_tokens: A, the answer buffer length (static: one compile per value).
     num_samples: G answers per prompt, sharing the prompt's prefill.
     temperature: 0 for greedy; else the softmax temperature.
     top_k: keep the k most likely tokens (0: off).
     top_p: nucleus mass (1.0: off).
     stop_tokens: ids that end a row (included in the answer): a list for every prompt,
-      or a [B, K] array per prompt padded with -1. None: the model's eos ids.
+      or a [B, stops] array per prompt padded with -1. None: the model's eos ids.
     rng: a PRNG key (required unless greedy).
     suppress_tokens: ids never generated; None: the image and video placeholders.
     pad_id: id written after a row ends (default: the model's pad id, else 0). Must not

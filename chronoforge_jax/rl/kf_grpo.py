@@ -266,9 +266,9 @@ def kf_grpo_loss(
     logp_nt,
     rollout["advantages"],
     mask_nt,
-    old_logp_nt=rollout.get("old_logp"),
-    ref_logp_nt=rollout.get("ref_logp"),
-    entropy_nt=entropy_nt,
+    old_logp_na=rollout.get("old_logp"),
+    ref_logp_na=rollout.get("ref_logp"),
+    entropy_na=entropy_nt,
     config=loss_config,
     axis_name=axis_name,
   )

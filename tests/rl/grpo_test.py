@@ -196,9 +196,9 @@ def _loss_and_grad(batch, config, *, with_ref=True, with_old=True, axis_name=Non
       logp,
       batch["adv"],
       batch["mask"],
-      old_logp_nt=batch["old"] if with_old else None,
-      ref_logp_nt=batch["ref"] if with_ref else None,
-      entropy_nt=batch["entropy"],
+      old_logp_na=batch["old"] if with_old else None,
+      ref_logp_na=batch["ref"] if with_ref else None,
+      entropy_na=batch["entropy"],
       config=config,
       axis_name=axis_name,
     )
@@ -239,7 +239,7 @@ def test_beta_zero_needs_no_reference():
   assert "kl" not in no_ref and float(with_ref["kl"]) > 0
   np.testing.assert_allclose(no_ref["loss"], with_ref["loss"], rtol=1e-6)
   np.testing.assert_allclose(grad_no_ref, grad_ref, rtol=1e-6)
-  with pytest.raises(ValueError, match="beta=0.04 needs ref_logp_nt"):
+  with pytest.raises(ValueError, match="beta=0.04 needs ref_logp_na"):
     grpo.grpo_loss(batch["logp"], batch["adv"], batch["mask"])
 
 
