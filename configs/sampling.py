@@ -15,9 +15,6 @@ Fields:
   temperature: 0 for greedy decoding.
   top_k: keep the k most likely tokens (0: off).
   top_p: nucleus mass (1.0: off).
-  bucket: prompt-length padding: -1 = automatic buckets (`sampling.bucket_length`,
-    at most ~25% padding), 0 = none (the input pipeline already buckets), N > 0 = pad to
-    a multiple of N.
   cache_dtype: KV cache dtype name ("" = the model's compute dtype).
 """
 
@@ -42,7 +39,6 @@ def sampling_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.temperature = 1.0
   c.top_k = 0
   c.top_p = 1.0
-  c.bucket = -1
   c.cache_dtype = ""
   if variant == "eval":
     c.max_new_tokens = 512

@@ -294,7 +294,7 @@ def _generate(
   grid = kf_grpo.view_grid(
     dev["frames"].shape, dev["ordered_patches"].shape[1], model.config.vision
   )
-  # The sampler checks and buckets prompts on the host: the global batch's, in NumPy.
+  # The sampler checks prompts on the host: the global batch's, in NumPy.
   inputs = dict(input_ids=prompts[0], attention_mask=prompts[1], video_grid_thw=grid, **view)
   out = sampling.generate(
     model,
@@ -304,7 +304,6 @@ def _generate(
     temperature=0.0,
     stop_tokens=tokenizer.eos_ids,
     pad_id=tokenizer.pad_id,
-    bucket=False,
     logprobs=(),
   )
   tokens, mask = _to_host(out.tokens), _to_host(out.completion_mask).astype(bool)

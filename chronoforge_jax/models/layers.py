@@ -5,7 +5,7 @@
   GatedMLP       SwiGLU: down(act(gate(x)) * up(x)).
   attention()    softmax attention with grouped-query heads and a boolean mask, logits
                  and softmax in float32 (as the reference's eager/SDPA paths do), in one of
-                 ATTENTION_IMPLS: "xla" (one [B, H, Q, K] logits tensor; lowered for a CPU
+                 ATTENTION_IMPLS: "xla" (one [B, H, Q, S] logits tensor; lowered for a CPU
                  it runs in query blocks instead, see `_cpu_blocked_attention`), "chunked"
                  (query blocks under jax.checkpoint: the logits of one block live at a
                  time, forward and backward), "cudnn" (cuDNN's fused flash attention
@@ -34,6 +34,7 @@ import dataclasses
 import functools
 from typing import Callable
 
+import einops
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -168,9 +169,9 @@ def apply_rotary(x_bshd: jax.Array, cos_bsd: jax.Array, sin_bsd: jax.Array) -> j
   """Applies a rotate-half rotary embedding in float32.
 
   Args:
-    x_bshd: [..., S, H, hd] queries or keys.
-    cos_bsd: [..., S, hd] cosines (broadcast over heads).
-    sin_bsd: [..., S, hd] sines.
+    x_bshd: [..., S, H, D] queries or keys.
+    cos_bsd: [..., S, D] cosines (broadcast over heads).
+    sin_bsd: [..., S, D] sines.
 
   Returns:
     The rotated tensor, in x's dtype.
@@ -207,16 +208,16 @@ class CausalMask:
 
 def attention(
   q_bqhd: jax.Array,
-  k_bkgd: jax.Array,
-  v_bkgd: jax.Array,
-  mask_bqk: jax.Array | CausalMask | None,
+  k_bsjd: jax.Array,
+  v_bsjd: jax.Array,
+  mask_bqs: jax.Array | CausalMask | None,
   *,
   impl: str = "xla",
   chunk_size: int = 512,
 ) -> jax.Array:
   """Scaled dot-product attention with grouped-query heads.
 
-  Query head h attends with key/value head h // (H / G), as HF's `repeat_kv` does.
+  Query head h attends with key/value head h // R (R = H / J), as HF's `repeat_kv` does.
   Fully masked query rows (padding) get a uniform average instead of NaN.
 
   "splash" and "splash_interpret" serve only a `CausalMask` over equal query and key
@@ -225,62 +226,61 @@ def attention(
   padding query rows differ from "xla" (see `models/splash.py`); real rows agree.
 
   Args:
-    q_bqhd: [B, Q, H, hd] queries.
-    k_bkgd: [B, K, G, hd] keys (G divides H).
-    v_bkgd: [B, K, G, hd] values.
-    mask_bqk: [B, Q, K] boolean, True where attention is allowed; a CausalMask (Q == K);
+    q_bqhd: [B, Q, H, D] queries.
+    k_bsjd: [B, S, J, D] keys (J divides H).
+    v_bsjd: [B, S, J, D] values.
+    mask_bqs: [B, Q, S] boolean, True where attention is allowed; a CausalMask (Q == S);
       or None for all.
     impl: one of ATTENTION_IMPLS (module docstring). They agree to rounding.
     chunk_size: query rows per block with impl="chunked".
 
   Returns:
-    [B, Q, H, hd] outputs in q's dtype.
+    [B, Q, H, D] outputs in q's dtype.
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention impl {impl!r}: choose one of {ATTENTION_IMPLS}")
   causal = False
-  if isinstance(mask_bqk, CausalMask):
-    if q_bqhd.shape[1] != k_bkgd.shape[1]:
+  if isinstance(mask_bqs, CausalMask):
+    if q_bqhd.shape[1] != k_bsjd.shape[1]:
       raise ValueError(
-        f"CausalMask is for self-attention: {q_bqhd.shape[1]} queries, {k_bkgd.shape[1]} keys"
+        f"CausalMask is for self-attention: {q_bqhd.shape[1]} queries, {k_bsjd.shape[1]} keys"
       )
     if impl in ("splash", "splash_interpret"):
       return splash.splash_attention(
-        q_bqhd, k_bkgd, v_bkgd, mask_bqk.valid_bs, interpret=impl == "splash_interpret"
+        q_bqhd, k_bsjd, v_bsjd, mask_bqs.valid_bs, interpret=impl == "splash_interpret"
       )
-    mask_bqk, causal = mask_bqk.dense(q_bqhd.shape[1]), True
+    mask_bqs, causal = mask_bqs.dense(q_bqhd.shape[1]), True
   if impl == "chunked" and q_bqhd.shape[1] > chunk_size:
-    return _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size)
+    return _chunked_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs, chunk_size)
   if impl == "cudnn":
-    return _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
+    return _cudnn_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs)
   if q_bqhd.shape[1] == 1 or not CPU_BLOCKED:  # KV-cache decode: nothing to block.
-    return _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk)
+    return _xla_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs)
   # Chosen when the program is lowered, for the platform it is lowered for (so an AOT
   # compile for a TPU on a CPU host gets the TPU program). Only the chosen branch is
   # lowered, and XLA drops the other's (zero) residuals: the TPU/GPU program is the one
   # `_xla_attention` alone gives.
   return jax.lax.platform_dependent(
     q_bqhd,
-    k_bkgd,
-    v_bkgd,
-    mask_bqk,
+    k_bsjd,
+    v_bsjd,
+    mask_bqs,
     cpu=functools.partial(_cpu_blocked_attention, causal=causal),
     default=_xla_attention,
   )
 
 
-def _xla_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
-  b, q, h, d = q_bqhd.shape
-  g = k_bkgd.shape[2]
-  q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd, preferred_element_type=jnp.float32) * (
+def _xla_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs):
+  d = q_bqhd.shape[-1]
+  q_bqjrd = einops.rearrange(q_bqhd, "b q (j r) d -> b q j r d", j=k_bsjd.shape[2])
+  logits = jnp.einsum("bqjrd,bsjd->bjrqs", q_bqjrd, k_bsjd, preferred_element_type=jnp.float32) * (
     d**-0.5
   )
-  if mask_bqk is not None:
-    logits = jnp.where(mask_bqk[:, None, None], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v_bkgd.dtype)
-  out = jnp.einsum("bgrqk,bkgd->bqgrd", probs, v_bkgd)
-  return out.reshape(b, q, h, d).astype(q_bqhd.dtype)
+  if mask_bqs is not None:
+    logits = jnp.where(mask_bqs[:, None, None], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v_bsjd.dtype)
+  out = jnp.einsum("bjrqs,bsjd->bqjrd", probs, v_bsjd)
+  return einops.rearrange(out, "b q j r d -> b q (j r) d").astype(q_bqhd.dtype)
 
 
 # "xla" lowered for a CPU runs `_cpu_blocked_attention` (False: `_xla_attention`, as on
@@ -291,35 +291,40 @@ CPU_QUERY_BLOCK = 64
 CPU_MAX_BLOCKS = 32
 
 
-def _cpu_blocked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, *, causal: bool):
-  """ "xla" attention as lowered for a CPU: query blocks, no [Q, K] tensor kept.
+def _cpu_blocked_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs, *, causal: bool):
+  """ "xla" attention as lowered for a CPU: query blocks, no [Q, S] tensor kept.
 
   The same function as `_xla_attention` (to float rounding, padding rows included), laid
   out for a CPU's caches rather than an accelerator's: the queries go in blocks of
   `CPU_QUERY_BLOCK` rows (more when that would unroll over `CPU_MAX_BLOCKS` blocks), so
-  one block's logits (B*H*block*K floats) stay in cache through the masking, softmax and
+  one block's logits (B*H*block*S floats) stay in cache through the masking, softmax and
   both matmuls; with a causal mask a block skips the keys after its last row (about half
   the work); and the backward pass recomputes each block's probabilities from the saved
-  row max and normaliser (as flash attention does) instead of storing a [B, H, Q, K]
+  row max and normaliser (as flash attention does) instead of storing a [B, H, Q, S]
   float32 tensor per layer and reading it back. On the CPU model benchmark this takes the
   attention's forward+backward from over a third of a 512-token step to a tenth; on
-  accelerators the fused [B, H, Q, K] path (or "splash"/"cudnn") is the better program, so
+  accelerators the fused [B, H, Q, S] path (or "splash"/"cudnn") is the better program, so
   `attention` picks this one only when lowering for a CPU.
 
   Args:
-    q_bqhd, k_bkgd, v_bkgd, mask_bqk: as `_xla_attention` (mask [B or 1, Q, K] or None).
+    q_bqhd, k_bsjd, v_bsjd, mask_bqs: as `_xla_attention` (mask [B or 1, Q, S] or None).
     causal: the mask allows no key after its query (key j > query i), as a dense
       `CausalMask` does: blocks then skip those keys.
   """
-  b, q, h, d = q_bqhd.shape
-  k_len, g = k_bkgd.shape[1], k_bkgd.shape[2]
+  b, q = q_bqhd.shape[:2]
+  k_len = k_bsjd.shape[1]
   block = max(CPU_QUERY_BLOCK, -(-q // CPU_MAX_BLOCKS))
-  if mask_bqk is not None:
-    mask_bqk = jnp.broadcast_to(mask_bqk, (b, q, k_len))
+  if mask_bqs is not None:
+    mask_bqs = jnp.broadcast_to(mask_bqs, (b, q, k_len))
   out = _blocked_softmax_attention(
-    q_bqhd.reshape(b, q, g, h // g, d), k_bkgd, v_bkgd, mask_bqk, causal and q == k_len, block
+    einops.rearrange(q_bqhd, "b q (j r) d -> b q j r d", j=k_bsjd.shape[2]),
+    k_bsjd,
+    v_bsjd,
+    mask_bqs,
+    causal and q == k_len,
+    block,
   )
-  return out.reshape(b, q, h, d)
+  return einops.rearrange(out, "b q j r d -> b q (j r) d")
 
 
 def _query_blocks(q: int, k_len: int, block: int, causal: bool):
@@ -330,34 +335,34 @@ def _query_blocks(q: int, k_len: int, block: int, causal: bool):
   ]
 
 
-def _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh):
-  d = q_bqgrd.shape[-1]
+def _block_logits(q_bqjrd, k_bsjd, mask_bqs, lo, hi, kh):
+  d = q_bqjrd.shape[-1]
   logits = jnp.einsum(
-    "bqgrd,bkgd->bgrqk", q_bqgrd[:, lo:hi], k_bkgd[:, :kh], preferred_element_type=jnp.float32
+    "bqjrd,bsjd->bjrqs", q_bqjrd[:, lo:hi], k_bsjd[:, :kh], preferred_element_type=jnp.float32
   ) * (d**-0.5)
-  if mask_bqk is not None:
-    logits = jnp.where(mask_bqk[:, None, None, lo:hi, :kh], logits, _MASK_VALUE)
+  if mask_bqs is not None:
+    logits = jnp.where(mask_bqs[:, None, None, lo:hi, :kh], logits, _MASK_VALUE)
   return logits
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _blocked_softmax_attention(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block):
-  return _blocked_fwd(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block)[0]
+def _blocked_softmax_attention(q_bqjrd, k_bsjd, v_bsjd, mask_bqs, causal, block):
+  return _blocked_fwd(q_bqjrd, k_bsjd, v_bsjd, mask_bqs, causal, block)[0]
 
 
-def _blocked_fwd(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block):
-  q, k_len = q_bqgrd.shape[1], k_bkgd.shape[1]
+def _blocked_fwd(q_bqjrd, k_bsjd, v_bsjd, mask_bqs, causal, block):
+  q, k_len = q_bqjrd.shape[1], k_bsjd.shape[1]
   outs, maxes, inv_sums = [], [], []
   blocks = _query_blocks(q, k_len, block, causal)
   for lo, hi, kh in blocks:
-    logits = _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh)
-    row_max = jnp.max(logits, axis=-1)  # [b, g, r, q]
+    logits = _block_logits(q_bqjrd, k_bsjd, mask_bqs, lo, hi, kh)
+    row_max = jnp.max(logits, axis=-1)  # [b, j, r, q]
     p = jnp.exp(logits - row_max[..., None])
     inv_sum = 1.0 / jnp.sum(p, axis=-1)
     o = jnp.einsum(
-      "bgrqk,bkgd->bqgrd",
-      p.astype(v_bkgd.dtype),
-      v_bkgd[:, :kh],
+      "bjrqs,bsjd->bqjrd",
+      p.astype(v_bsjd.dtype),
+      v_bsjd[:, :kh],
       preferred_element_type=jnp.float32,
     )
     outs.append(o * jnp.moveaxis(inv_sum, 3, 1)[..., None])
@@ -366,88 +371,88 @@ def _blocked_fwd(q_bqgrd, k_bkgd, v_bkgd, mask_bqk, causal, block):
   o = jnp.concatenate(outs, axis=1)
   row_max, inv_sum = jnp.concatenate(maxes, axis=3), jnp.concatenate(inv_sums, axis=3)
   dead = None
-  if mask_bqk is not None and any(kh < k_len for _, _, kh in blocks):
-    # A row with no allowed key is a uniform average over all K keys in one softmax over
-    # K (`_xla_attention`), but its block saw only its first keys: average them all here.
-    dead = ~jnp.any(mask_bqk, axis=-1)  # [b, q]
-    v_mean = jnp.mean(v_bkgd.astype(jnp.float32), axis=1)  # [b, g, d]
+  if mask_bqs is not None and any(kh < k_len for _, _, kh in blocks):
+    # A row with no allowed key is a uniform average over all S keys in one softmax over
+    # S (`_xla_attention`), but its block saw only its first keys: average them all here.
+    dead = ~jnp.any(mask_bqs, axis=-1)  # [b, q]
+    v_mean = jnp.mean(v_bsjd.astype(jnp.float32), axis=1)  # [b, j, d]
     o = jnp.where(dead[:, :, None, None, None], v_mean[:, None, :, None, :], o)
     inv_sum = jnp.where(dead[:, None, None, :], 0.0, inv_sum)  # and out of the blocks.
-  o = o.astype(q_bqgrd.dtype)
-  return o, (q_bqgrd, k_bkgd, v_bkgd, mask_bqk, o, row_max, inv_sum, dead)
+  o = o.astype(q_bqjrd.dtype)
+  return o, (q_bqjrd, k_bsjd, v_bsjd, mask_bqs, o, row_max, inv_sum, dead)
 
 
-def _blocked_bwd(causal, block, res, do_bqgrd):
-  q_bqgrd, k_bkgd, v_bkgd, mask_bqk, o, row_max, inv_sum, dead = res
-  q, k_len, d = q_bqgrd.shape[1], k_bkgd.shape[1], q_bqgrd.shape[-1]
+def _blocked_bwd(causal, block, res, do_bqjrd):
+  q_bqjrd, k_bsjd, v_bsjd, mask_bqs, o, row_max, inv_sum, dead = res
+  q, k_len, d = q_bqjrd.shape[1], k_bsjd.shape[1], q_bqjrd.shape[-1]
   # sum_k p * dp per row, from the outputs (flash attention's delta).
   delta = jnp.moveaxis(
-    jnp.sum(do_bqgrd.astype(jnp.float32) * o.astype(jnp.float32), -1), 1, 3
-  )  # [b, g, r, q]
+    jnp.sum(do_bqjrd.astype(jnp.float32) * o.astype(jnp.float32), -1), 1, 3
+  )  # [b, j, r, q]
   dqs = []
-  dk = jnp.zeros(k_bkgd.shape, jnp.float32)
-  dv = jnp.zeros(v_bkgd.shape, jnp.float32)
+  dk = jnp.zeros(k_bsjd.shape, jnp.float32)
+  dv = jnp.zeros(v_bsjd.shape, jnp.float32)
   for lo, hi, kh in _query_blocks(q, k_len, block, causal):
-    logits = _block_logits(q_bqgrd, k_bkgd, mask_bqk, lo, hi, kh)
+    logits = _block_logits(q_bqjrd, k_bsjd, mask_bqs, lo, hi, kh)
     p = jnp.exp(logits - row_max[..., lo:hi, None]) * inv_sum[..., lo:hi, None]
-    do = do_bqgrd[:, lo:hi]
+    do = do_bqjrd[:, lo:hi]
     dv_blk = jnp.einsum(
-      "bgrqk,bqgrd->bkgd", p.astype(do.dtype), do, preferred_element_type=jnp.float32
+      "bjrqs,bqjrd->bsjd", p.astype(do.dtype), do, preferred_element_type=jnp.float32
     )
-    dp = jnp.einsum("bqgrd,bkgd->bgrqk", do, v_bkgd[:, :kh], preferred_element_type=jnp.float32)
+    dp = jnp.einsum("bqjrd,bsjd->bjrqs", do, v_bsjd[:, :kh], preferred_element_type=jnp.float32)
     dlogits = p * (dp - delta[..., lo:hi, None])
-    if mask_bqk is not None:
-      dlogits = jnp.where(mask_bqk[:, None, None, lo:hi, :kh], dlogits, 0.0)
-    dlogits = (dlogits * (d**-0.5)).astype(q_bqgrd.dtype)
+    if mask_bqs is not None:
+      dlogits = jnp.where(mask_bqs[:, None, None, lo:hi, :kh], dlogits, 0.0)
+    dlogits = (dlogits * (d**-0.5)).astype(q_bqjrd.dtype)
     dqs.append(
-      jnp.einsum("bgrqk,bkgd->bqgrd", dlogits, k_bkgd[:, :kh], preferred_element_type=jnp.float32)
+      jnp.einsum("bjrqs,bsjd->bqjrd", dlogits, k_bsjd[:, :kh], preferred_element_type=jnp.float32)
     )
     dk_blk = jnp.einsum(
-      "bgrqk,bqgrd->bkgd", dlogits, q_bqgrd[:, lo:hi], preferred_element_type=jnp.float32
+      "bjrqs,bqjrd->bsjd", dlogits, q_bqjrd[:, lo:hi], preferred_element_type=jnp.float32
     )
     if kh == k_len:
       dk, dv = dk + dk_blk, dv + dv_blk
     else:
       dk, dv = dk.at[:, :kh].add(dk_blk), dv.at[:, :kh].add(dv_blk)
   if dead is not None:
-    dead_do = jnp.where(dead[:, :, None, None, None], do_bqgrd.astype(jnp.float32), 0.0)
+    dead_do = jnp.where(dead[:, :, None, None, None], do_bqjrd.astype(jnp.float32), 0.0)
     dv = dv + (jnp.sum(dead_do, axis=(1, 3)) / k_len)[:, None]
   dq = jnp.concatenate(dqs, axis=1)
-  return (dq.astype(q_bqgrd.dtype), dk.astype(k_bkgd.dtype), dv.astype(v_bkgd.dtype), None)
+  return (dq.astype(q_bqjrd.dtype), dk.astype(k_bsjd.dtype), dv.astype(v_bsjd.dtype), None)
 
 
 _blocked_softmax_attention.defvjp(_blocked_fwd, _blocked_bwd)
 
 
-def _chunked_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk, chunk_size: int):
+def _chunked_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs, chunk_size: int):
   """Attention over query blocks of `chunk_size` rows, one block's logits at a time.
 
   Each block is exact (a full softmax over all keys), so the result equals "xla". The
   block function is rematerialised: the backward pass recomputes a block's logits
-  instead of storing all of them, so peak memory is O(chunk_size * K) per head rather
-  than O(Q * K), at the price of a second logits matmul in the backward pass.
+  instead of storing all of them, so peak memory is O(chunk_size * S) per head rather
+  than O(Q * S), at the price of a second logits matmul in the backward pass.
   """
   b, q, h, d = q_bqhd.shape
   n = -(-q // chunk_size)
   pad = n * chunk_size - q
-  if mask_bqk is None:
-    mask_bqk = jnp.ones((b, q, k_bkgd.shape[1]), bool)
-  mask_bqk = jnp.broadcast_to(mask_bqk, (b, q, k_bkgd.shape[1]))
+  if mask_bqs is None:
+    mask_bqs = jnp.ones((b, q, k_bsjd.shape[1]), bool)
+  mask_bqs = jnp.broadcast_to(mask_bqs, (b, q, k_bsjd.shape[1]))
   if pad:  # Padded query rows attend to everything and are dropped below.
     q_bqhd = jnp.pad(q_bqhd, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    mask_bqk = jnp.pad(mask_bqk, ((0, 0), (0, pad), (0, 0)), constant_values=True)
-  q_nbchd = q_bqhd.reshape(b, n, chunk_size, h, d).swapaxes(0, 1)
-  mask_nbck = mask_bqk.reshape(b, n, chunk_size, -1).swapaxes(0, 1)
+    mask_bqs = jnp.pad(mask_bqs, ((0, 0), (0, pad), (0, 0)), constant_values=True)
+  q_chunks = q_bqhd.reshape(b, n, chunk_size, h, d).swapaxes(0, 1)
+  mask_chunks = mask_bqs.reshape(b, n, chunk_size, -1).swapaxes(0, 1)
 
   @jax.checkpoint
-  def block(q_bchd, mask_bck):
-    return _xla_attention(q_bchd, k_bkgd, v_bkgd, mask_bck)
+  def block(q_chunk, mask_chunk):
+    return _xla_attention(q_chunk, k_bsjd, v_bsjd, mask_chunk)
 
-  out_nbchd = jax.lax.map(lambda args: block(*args), (q_nbchd, mask_nbck))
-  return out_nbchd.swapaxes(0, 1).reshape(b, n * chunk_size, h, d)[:, :q]
+  out_chunks = jax.lax.map(lambda args: block(*args), (q_chunks, mask_chunks))
+  return out_chunks.swapaxes(0, 1).reshape(b, n * chunk_size, h, d)[:, :q]
 
 
-def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
+def _cudnn_attention(q_bqhd, k_bsjd, v_bsjd, mask_bqs):
   """cuDNN fused attention (flash attention on Ampere and newer NVIDIA GPUs)."""
   if jax.default_backend() != "gpu":
     raise ValueError(
@@ -459,8 +464,8 @@ def _cudnn_attention(q_bqhd, k_bkgd, v_bkgd, mask_bqk):
       f"attention impl 'cudnn' computes in bfloat16/float16, got "
       f"{q_bqhd.dtype}; set model.dtype=bfloat16 or use 'chunked'"
     )
-  mask = None if mask_bqk is None else mask_bqk[:, None]  # [B, 1, Q, K]: all heads.
-  out = jax.nn.dot_product_attention(q_bqhd, k_bkgd, v_bkgd, mask=mask, implementation="cudnn")
+  mask = None if mask_bqs is None else mask_bqs[:, None]  # [B, 1, Q, S]: all heads.
+  out = jax.nn.dot_product_attention(q_bqhd, k_bsjd, v_bsjd, mask=mask, implementation="cudnn")
   return out.astype(q_bqhd.dtype)
 
 
@@ -481,7 +486,7 @@ class SoftmaxPart:
   Attributes:
     max_bqh: [B, Q, H] float32.
     sum_bqh: [B, Q, H] float32.
-    out_bqhd: [B, Q, H, hd] float32.
+    out_bqhd: [B, Q, H, D] float32.
   """
 
   max_bqh: jax.Array
@@ -490,36 +495,37 @@ class SoftmaxPart:
 
 
 def softmax_part(
-  q_bqhd: jax.Array, k_bkgd: jax.Array, v_bkgd: jax.Array, mask_bqk: jax.Array | None
+  q_bqhd: jax.Array, k_bsjd: jax.Array, v_bsjd: jax.Array, mask_bqs: jax.Array | None
 ) -> SoftmaxPart:
   """One block's `SoftmaxPart` (grouped-query heads and masking as `attention`).
 
   Args:
-    q_bqhd: [B, Q, H, hd] queries.
-    k_bkgd, v_bkgd: [B, K, G, hd] keys and values of the block (G divides H).
-    mask_bqk: [B, Q, K] boolean (broadcastable), True where attention is allowed.
+    q_bqhd: [B, Q, H, D] queries.
+    k_bsjd, v_bsjd: [B, S, J, D] keys and values of the block (J divides H).
+    mask_bqs: [B, Q, S] boolean (broadcastable), True where attention is allowed.
 
   Returns:
     The block's SoftmaxPart. A fully masked query row gets max = the mask value and
-    sum = K, so it drops out of a merge with any block that has a real key (and a merge
+    sum = S, so it drops out of a merge with any block that has a real key (and a merge
     of only such rows averages all values uniformly, as `attention` does).
   """
-  b, q, h, d = q_bqhd.shape
-  g = k_bkgd.shape[2]
-  q_bqgrd = q_bqhd.reshape(b, q, g, h // g, d)
-  logits = jnp.einsum("bqgrd,bkgd->bgrqk", q_bqgrd, k_bkgd, preferred_element_type=jnp.float32) * (
+  d = q_bqhd.shape[-1]
+  q_bqjrd = einops.rearrange(q_bqhd, "b q (j r) d -> b q j r d", j=k_bsjd.shape[2])
+  logits = jnp.einsum("bqjrd,bsjd->bjrqs", q_bqjrd, k_bsjd, preferred_element_type=jnp.float32) * (
     d**-0.5
   )
-  if mask_bqk is not None:
-    logits = jnp.where(mask_bqk[:, None, None], logits, _MASK_VALUE)
+  if mask_bqs is not None:
+    logits = jnp.where(mask_bqs[:, None, None], logits, _MASK_VALUE)
   m = jnp.max(logits, axis=-1)
   p = jnp.exp(logits - m[..., None])
   out = jnp.einsum(
-    "bgrqk,bkgd->bqgrd", p.astype(v_bkgd.dtype), v_bkgd, preferred_element_type=jnp.float32
+    "bjrqs,bsjd->bqjrd", p.astype(v_bsjd.dtype), v_bsjd, preferred_element_type=jnp.float32
   )
-  to_bqh = lambda x: jnp.moveaxis(x, -1, 1).reshape(b, q, h)
+  to_bqh = lambda x: einops.rearrange(x, "b j r q -> b q (j r)")
   return SoftmaxPart(
-    max_bqh=to_bqh(m), sum_bqh=to_bqh(jnp.sum(p, axis=-1)), out_bqhd=out.reshape(b, q, h, d)
+    max_bqh=to_bqh(m),
+    sum_bqh=to_bqh(jnp.sum(p, axis=-1)),
+    out_bqhd=einops.rearrange(out, "b q j r d -> b q (j r) d"),
   )
 
 
@@ -529,7 +535,7 @@ def merge_softmax_parts(parts: list[SoftmaxPart], dtype: Dtype) -> jax.Array:
   With M = max_i max_i-part: out = sum_i exp(max_i - M) out_i / sum_i exp(max_i - M) sum_i.
 
   Returns:
-    [B, Q, H, hd] in `dtype`.
+    [B, Q, H, D] in `dtype`.
   """
   m = functools.reduce(jnp.maximum, [p.max_bqh for p in parts])
   scales = [jnp.exp(p.max_bqh - m) for p in parts]
@@ -539,43 +545,47 @@ def merge_softmax_parts(parts: list[SoftmaxPart], dtype: Dtype) -> jax.Array:
 
 
 def prefix_decode_attention(
-  q_r1hd: jax.Array,
-  prefix_k_bsgd: jax.Array,
-  prefix_v_bsgd: jax.Array,
+  q_n1hd: jax.Array,
+  prefix_k_bsjd: jax.Array,
+  prefix_v_bsjd: jax.Array,
   prefix_mask_bs: jax.Array,
-  suffix_k_rtgd: jax.Array,
-  suffix_v_rtgd: jax.Array,
-  suffix_mask_rt: jax.Array,
+  suffix_k_najd: jax.Array,
+  suffix_v_najd: jax.Array,
+  suffix_mask_na: jax.Array,
 ) -> jax.Array:
   """One decode step's attention for groups of rows that share a prompt.
 
-  Row r = b * N + n (N = R / B rows per prompt, `jnp.repeat` order) attends to its
+  Row n = b * G + g (G = N / B rows per prompt, `jnp.repeat` order) attends to its
   prompt's keys (stored once per prompt) and to its own answer keys; the two softmax
   parts are merged exactly (`merge_softmax_parts`), so the result equals `attention`
-  over the row's prompt keys followed by its answer keys. The N rows of a prompt read
-  its keys together, as N queries of one [N, S] attention.
+  over the row's prompt keys followed by its answer keys. The G rows of a prompt read
+  its keys together, as G queries of one [G, S] attention.
 
   Args:
-    q_r1hd: [R, 1, H, hd] the new tokens' queries.
-    prefix_k_bsgd, prefix_v_bsgd: [B, S, G, hd] the prompts' keys and values.
+    q_n1hd: [N, 1, H, D] the new tokens' queries.
+    prefix_k_bsjd, prefix_v_bsjd: [B, S, J, D] the prompts' keys and values.
     prefix_mask_bs: [B, S] bool, True for real prompt tokens.
-    suffix_k_rtgd, suffix_v_rtgd: [R, T, G, hd] each row's answer keys and values.
-    suffix_mask_rt: [R, T] bool, True for the answer slots the row may attend to.
+    suffix_k_najd, suffix_v_najd: [N, A, J, D] each row's answer keys and values.
+    suffix_mask_na: [N, A] bool, True for the answer slots the row may attend to.
 
   Returns:
-    [R, 1, H, hd] in q's dtype.
+    [N, 1, H, D] in q's dtype.
   """
-  r, _, h, d = q_r1hd.shape
-  b = prefix_k_bsgd.shape[0]
-  if r % b:
-    raise ValueError(f"{r} rows do not split into groups over {b} prompts")
+  n, _, h, d = q_n1hd.shape
+  b = prefix_k_bsjd.shape[0]
+  if n % b:
+    raise ValueError(f"{n} rows do not split into groups over {b} prompts")
+  # A prompt's G rows are G queries of one attention over its keys.
   prefix = softmax_part(
-    q_r1hd.reshape(b, r // b, h, d), prefix_k_bsgd, prefix_v_bsgd, prefix_mask_bs[:, None, :]
+    einops.rearrange(q_n1hd, "(b g) 1 h d -> b g h d", b=b),
+    prefix_k_bsjd,
+    prefix_v_bsjd,
+    prefix_mask_bs[:, None, :],
   )
   prefix = SoftmaxPart(
-    max_bqh=prefix.max_bqh.reshape(r, 1, h),
-    sum_bqh=prefix.sum_bqh.reshape(r, 1, h),
-    out_bqhd=prefix.out_bqhd.reshape(r, 1, h, d),
+    max_bqh=einops.rearrange(prefix.max_bqh, "b g h -> (b g) 1 h"),
+    sum_bqh=einops.rearrange(prefix.sum_bqh, "b g h -> (b g) 1 h"),
+    out_bqhd=einops.rearrange(prefix.out_bqhd, "b g h d -> (b g) 1 h d"),
   )
-  suffix = softmax_part(q_r1hd, suffix_k_rtgd, suffix_v_rtgd, suffix_mask_rt[:, None, :])
-  return merge_softmax_parts([prefix, suffix], q_r1hd.dtype)
+  suffix = softmax_part(q_n1hd, suffix_k_najd, suffix_v_najd, suffix_mask_na[:, None, :])
+  return merge_softmax_parts([prefix, suffix], q_n1hd.dtype)

@@ -3,18 +3,18 @@
   out = generate(model, inputs, max_new_tokens=256, num_samples=8, temperature=1.0,
                  top_k=0, top_p=1.0, stop_tokens=None, rng=jax.random.key(0))
 
-One jit-compiled program per (batch, prompt-length bucket, max_new_tokens, num_samples,
+One jit-compiled program per (batch, prompt length, max_new_tokens, num_samples,
 sampling settings, video grid) does all of it on device, with no host round trip per token:
 
 1. Prefill: the vision tower and the prompt run once per prompt (B rows), into a cache
    of the prompt's length S.
 2. Group sharing (`share_prefix`): the prompt cache is kept as it is, once per prompt,
-   and each of the B*G rows gets its own answer cache of T - 1 slots (the first token
+   and each of the N = B*G rows gets its own answer cache of A - 1 slots (the first token
    comes from the prefill logits); the last logits and the next positions are repeated
-   G = `num_samples` times. Row r = b * G + g is sample g of prompt b (`jnp.repeat`
+   G = `num_samples` times. Row n = b * G + g is sample g of prompt b (`jnp.repeat`
    order). Each decode step attends to the row's prompt and its own answer and merges
    the two softmax parts exactly (`layers.prefix_decode_attention`): the cache holds
-   S + G*(T-1) slots per prompt instead of G*(S+T-1) (`kv_cache_bytes`), and the G rows
+   S + G*(A-1) slots per prompt instead of G*(S+A-1) (`kv_cache_bytes`), and the G rows
    of a prompt read its keys together. `shared_prefix=False` runs the former layout
    (`repeat_cache`: G full copies of the prompt), kept for comparison.
 3. Decode: a `lax.while_loop` samples one token per row and feeds it back through
@@ -25,15 +25,15 @@ sampling settings, video grid) does all of it on device, with no host round trip
 `attention_mask`, and optionally `pixel_values_videos`, `video_grid_thw` (static: NumPy
 or tuples), `second_per_grid_ts`, `patch_timestamps`, or `video_embeds` (precomputed
 tokens, e.g. temporal patches gathered from one `encode_video` call, with the grid that
-describes them). Prompts may be left- or right-padded; the prompt length is padded on
-the left up to a bucket (`bucket_length`) so that a stream of prompts of slightly
-different lengths compiles a handful of programs, not one per length.
+describes them). Prompts may be left- or right-padded; they are used at the length they
+come with (the input pipeline pads prompts to a few bucket lengths, `prompt_buckets`, so
+a stream of prompts compiles a handful of programs, not one per length).
 
 Randomness: `rng` is split into one key per row as fold_in(fold_in(rng, b), g), and each
 step folds in the step index, so the same key gives the same samples, group members get
 different keys, and sample g of prompt b does not depend on the other rows.
 
-Log-probs (all float32 [B*G, T], 0 at masked positions) of each sampled token, each
+Log-probs (all float32 [N, A], 0 at masked positions) of each sampled token, each
 computed only when asked for (`generate(..., logprobs=...)`; default all three; a field
 not asked for is None):
   `logprobs`         the distribution actually sampled from: softmax of the processed
@@ -55,8 +55,7 @@ Public API:
   process_logits(logits_bv, params) -> logits_bv               pure; -inf outside support
   sample_step(keys_b, logits_bv, params, want=LOGPROBS)
       -> (tokens_b, logprobs_b, policy_lp_b, model_lp_b)    (None where not wanted)
-  bucket_length(n, *, min_bucket=16, steps_per_octave=4) -> int
-  row_keys(rng, batch, num_samples) -> [B*G] keys
+  row_keys(rng, batch, num_samples) -> [N] keys
   share_prefix(cache, num_samples, answer_len) -> SharedPrefixCache   group sharing
   repeat_cache(cache, num_samples, max_len) -> KVCache    the former one (G copies)
   answer_slots(max_new_tokens) -> int                     answer cache slots per row
@@ -158,11 +157,9 @@ class SamplingSettings:
   The token-drawing fields are checked by SamplingParams (`params`); the rest here.
 
   Attributes:
-    max_new_tokens: answer buffer length T (>= 1; one compile per value).
+    max_new_tokens: answer buffer length A (>= 1; one compile per value).
     num_samples: G answers per prompt, sharing the prompt's prefill (>= 1).
     temperature, top_k, top_p: see SamplingParams.
-    bucket: prompt-length padding: -1 = automatic buckets (`bucket_length`), 0 = none
-      (the input pipeline already buckets), N > 0 = pad to a multiple of N.
     cache_dtype: KV cache dtype, a name in CACHE_DTYPES ("" = the model's compute dtype).
   """
 
@@ -171,7 +168,6 @@ class SamplingSettings:
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  bucket: int = -1
   cache_dtype: str = ""
 
   def __post_init__(self):
@@ -181,13 +177,6 @@ class SamplingSettings:
       req(is_int(value, 1), self, field, value, "need an int >= 1")
     with settings_lib.renamed(type(self).__name__):
       self.params  # noqa: B018  (SamplingParams checks the drawing fields)
-    req(
-      is_int(self.bucket, -1),
-      self,
-      "bucket",
-      self.bucket,
-      "use -1 (automatic), 0 (off) or a positive multiple",
-    )
     settings_lib.choice(self, "cache_dtype", self.cache_dtype, CACHE_DTYPES)
 
   @classmethod
@@ -207,7 +196,6 @@ class SamplingSettings:
       temperature=float(self.temperature),
       top_k=self.top_k,
       top_p=float(self.top_p),
-      bucket={-1: True, 0: False}.get(self.bucket, self.bucket),
       cache_dtype=self.cache_dtype or None,
     )
 
@@ -227,16 +215,16 @@ class SamplingSettings:
 )
 @dataclasses.dataclass(frozen=True)
 class SampleOutput:
-  """Generated answers; rows are prompt-major (row r = sample r % G of prompt r // G).
+  """Generated answers; rows are prompt-major (row n = sample n % G of prompt n // G).
 
   Attributes:
-    tokens: [B*G, T] int32 sampled ids; `pad_id` after a row's end.
-    completion_mask: [B*G, T] int32, 1 for generated tokens (a stop token included).
-    logprobs: [B*G, T] float32 log-prob under the processed sampling distribution.
-    policy_logprobs: [B*G, T] float32 log_softmax(logits / temperature)[token].
-    model_logprobs: [B*G, T] float32 log_softmax(logits)[token] (the training forward's).
-    lengths: [B*G] int32 number of generated tokens (sum of completion_mask).
-    stopped: [B*G] bool, True where the row ended with one of its stop tokens.
+    tokens: [N, A] int32 sampled ids; `pad_id` after a row's end.
+    completion_mask: [N, A] int32, 1 for generated tokens (a stop token included).
+    logprobs: [N, A] float32 log-prob under the processed sampling distribution.
+    policy_logprobs: [N, A] float32 log_softmax(logits / temperature)[token].
+    model_logprobs: [N, A] float32 log_softmax(logits)[token] (the training forward's).
+    lengths: [N] int32 number of generated tokens (sum of completion_mask).
+    stopped: [N] bool, True where the row ended with one of its stop tokens.
     num_samples: G (static).
   """
 
@@ -358,39 +346,14 @@ def sample_step(
 
 
 def row_keys(rng: jax.Array, batch: int, num_samples: int) -> jax.Array:
-  """One key per row r = b * G + g: fold_in(fold_in(rng, b), g)."""
-  b_r = jnp.repeat(jnp.arange(batch), num_samples)
-  g_r = jnp.tile(jnp.arange(num_samples), batch)
-  return jax.vmap(lambda b, g: jax.random.fold_in(jax.random.fold_in(rng, b), g))(b_r, g_r)
-
-
-def bucket_length(n: int, *, min_bucket: int = 16, steps_per_octave: int = 4) -> int:
-  """Rounds a prompt length up to a bucket, so few distinct lengths get compiled.
-
-  Buckets are multiples of max(min_bucket, 2^floor(log2 n) / steps_per_octave): at most
-  ~1/steps_per_octave of the padded length is padding, and lengths within a factor of 2
-  share steps_per_octave buckets.
-
-  Args:
-    n: the longest prompt of the batch (>= 1).
-    min_bucket: the smallest bucket step.
-    steps_per_octave: buckets per doubling of the length.
-
-  Returns:
-    The padded prompt length (>= n).
-  """
-  if n < 1:
-    raise ValueError(f"prompt length {n} must be >= 1")
-  if min_bucket < 1 or steps_per_octave < 1:
-    raise ValueError(
-      f"min_bucket={min_bucket} and steps_per_octave={steps_per_octave} must be >= 1"
-    )
-  step = max(min_bucket, (1 << (n.bit_length() - 1)) // steps_per_octave)
-  return -(-n // step) * step
+  """One key per row n = b * G + g: fold_in(fold_in(rng, b), g)."""
+  b_n = jnp.repeat(jnp.arange(batch), num_samples)
+  g_n = jnp.tile(jnp.arange(num_samples), batch)
+  return jax.vmap(lambda b, g: jax.random.fold_in(jax.random.fold_in(rng, b), g))(b_n, g_n)
 
 
 def answer_slots(max_new_tokens: int) -> int:
-  """Answer cache slots per row: T - 1 (the first token comes from the prefill logits,
+  """Answer cache slots per row: A - 1 (the first token comes from the prefill logits,
   each later one is written before the next is drawn); at least 1 for fixed shapes."""
   return max(int(max_new_tokens) - 1, 1)
 
@@ -433,14 +396,14 @@ def kv_cache_bytes(
 ) -> int:
   """Bytes of keys and values the sampler's cache holds per prompt.
 
-  Shared prefix: (S + G * answer_slots(T)) slots; the former layout (`repeat_cache`):
-  G * (S + T - 1). A slot is 2 (K and V) * layers * kv_heads * head_dim elements of
+  Shared prefix: (S + G * answer_slots(A)) slots; the former layout (`repeat_cache`):
+  G * (S + A - 1). A slot is 2 (K and V) * layers * kv_heads * head_dim elements of
   `dtype`. The [rows, slots] bool masks (1 byte a slot and row) are not counted.
 
   Args:
     text_config: the decoder's config (`ModelConfig.text`).
     prompt_len: S, the (bucketed) prompt length.
-    max_new_tokens: T.
+    max_new_tokens: A.
     num_samples: G.
     dtype: the cache dtype.
     shared_prefix: the layout.
@@ -461,7 +424,7 @@ def kv_cache_bytes(
 
 def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
   """The former group sharing (`shared_prefix=False`): G full copies of each prompt,
-  [B] rows of S slots -> [B*G] rows of max_len.
+  [B] rows of S slots -> [N] rows of max_len.
 
   Row b * G + g holds a copy of row b; slots [S, max_len) are empty and masked, and
   `end` stays at S so decoding continues right after the prompt.
@@ -472,7 +435,7 @@ def repeat_cache(cache: KVCache, num_samples: int, max_len: int) -> KVCache:
     max_len: slots of the new cache (>= S).
 
   Returns:
-    The [B*G]-row cache, with the cache's logical shardings applied.
+    The [N]-row cache, with the cache's logical shardings applied.
   """
   s = cache.k.shape[2]
   if max_len < s:
@@ -508,22 +471,22 @@ class _Static:
 
 
 def _decode_loop(
-  model, last_logits_rv, cache: KVCache, keys_r, stop_rk, budget_r, static: _Static
+  model, last_logits_nv, cache: KVCache, keys_n, stops_n, static: _Static
 ) -> SampleOutput:
   """Samples up to max_new_tokens tokens per row inside one lax.while_loop."""
-  r = last_logits_rv.shape[0]
+  n = last_logits_nv.shape[0]
   t_max = static.max_new_tokens
   params = static.params
 
   want = static.logprobs
 
-  def sample(step, logits_rv, done_r):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_r, step)
-    tok, *lps = sample_step(keys, logits_rv, params, want)
-    live = ~done_r
+  def sample(step, logits_nv, done_n):
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_n, step)
+    tok, *lps = sample_step(keys, logits_nv, params, want)
+    live = ~done_n
     tok = jnp.where(live, tok, static.pad_id)
-    hit_stop = live & jnp.any(tok[:, None] == stop_rk, axis=-1)
-    done = done_r | hit_stop | (step + 1 >= budget_r)
+    hit_stop = live & jnp.any(tok[:, None] == stops_n, axis=-1)
+    done = done_n | hit_stop | (step + 1 >= t_max)
     # Buffers: tokens, mask, then the wanted log-probs (0 where the row has ended).
     values = (tok, live) + tuple(jnp.where(live, lp, 0.0) for lp in lps if lp is not None)
     return values, hit_stop, done
@@ -534,12 +497,11 @@ def _decode_loop(
       for buf, val in zip(bufs, values)
     )
 
-  bufs = (jnp.full((r, t_max), static.pad_id, jnp.int32), jnp.zeros((r, t_max), jnp.int32)) + tuple(
-    jnp.zeros((r, t_max), jnp.float32) for _ in want
+  bufs = (jnp.full((n, t_max), static.pad_id, jnp.int32), jnp.zeros((n, t_max), jnp.int32)) + tuple(
+    jnp.zeros((n, t_max), jnp.float32) for _ in want
   )
   # The first token comes from the prefill logits; every later one costs a decode step.
-  done0 = budget_r <= 0
-  values, stopped, done = sample(0, last_logits_rv, done0)
+  values, stopped, done = sample(0, last_logits_nv, jnp.zeros((n,), bool))
   bufs = write(bufs, 0, values)
   tok, live = values[:2]
 
@@ -586,15 +548,14 @@ def _generate_jit(
     cache = share_prefix(cache, g, answer_slots(static.max_new_tokens))
   else:
     cache = repeat_cache(cache, g, s + static.max_new_tokens - 1)
-  last_logits_rv = jnp.repeat(last_logits_bv, g, axis=0)
-  keys_r = row_keys(rng, b, g)
-  stop_rk = jnp.repeat(arrays["stop_tokens"], g, axis=0)
-  budget_r = jnp.repeat(arrays["max_lengths"], g, axis=0)
-  return _decode_loop(model, last_logits_rv, cache, keys_r, stop_rk, budget_r, static)
+  last_logits_nv = jnp.repeat(last_logits_bv, g, axis=0)
+  keys_n = row_keys(rng, b, g)
+  stops_n = jnp.repeat(arrays["stop_tokens"], g, axis=0)
+  return _decode_loop(model, last_logits_nv, cache, keys_n, stops_n, static)
 
 
 # ------------------------------------------------------------------------------------
-# Host-side entry point: validation, bucketing, then one call of the compiled program.
+# Host-side entry point: validation, then one call of the compiled program.
 # ------------------------------------------------------------------------------------
 
 
@@ -624,13 +585,13 @@ def _check_inputs(inputs: Mapping[str, Any], vocab: int, video_token_id: int) ->
     getattr(x, "is_fully_addressable", True) and not isinstance(x, jax.ShapeDtypeStruct)
     for x in (ids, mask)
   ):
-    ids_np, mask_np = np.asarray(ids), np.asarray(mask)
-    if not mask_np.any(axis=1).all():
-      rows = np.flatnonzero(~mask_np.any(axis=1)).tolist()
+    ids_host, mask_host = np.asarray(ids), np.asarray(mask)
+    if not mask_host.any(axis=1).all():
+      rows = np.flatnonzero(~mask_host.any(axis=1)).tolist()
       raise ValueError(f"prompt rows {rows} have no real tokens (attention_mask all 0)")
-    if ids_np.min() < 0 or ids_np.max() >= vocab:
+    if ids_host.min() < 0 or ids_host.max() >= vocab:
       raise ValueError(f"input_ids hold ids outside [0, vocab_size={vocab})")
-    if not has_video and ((ids_np == video_token_id) & (mask_np > 0)).any():
+    if not has_video and ((ids_host == video_token_id) & (mask_host > 0)).any():
       raise ValueError(
         f"input_ids hold video placeholders (id {video_token_id}) but no "
         "pixel_values_videos or video_embeds were given"
@@ -647,7 +608,7 @@ def _stop_array(stop_tokens, batch: int, default: Sequence[int], vocab: int) -> 
   if stop.ndim != 2 or stop.shape[0] != batch:
     raise ValueError(
       f"stop_tokens has shape {stop.shape}; give a list of ids for all "
-      f"prompts or a [B={batch}, K] array (pad with -1) per prompt"
+      f"prompts or a [B={batch}, stops] array (pad with -1) per prompt"
     )
   if (stop >= vocab).any() or (stop < -1).any():
     raise ValueError(f"stop_tokens {stop.tolist()} must be ids in [0, {vocab}) or -1 (none)")
@@ -679,15 +640,13 @@ def _prepare_call(
   top_p: float = 1.0,
   stop_tokens=None,
   rng: jax.Array | None = None,
-  max_lengths=None,
   suppress_tokens: Sequence[int] | None = None,
   pad_id: int | None = None,
-  bucket: bool | int = True,
   cache_dtype=None,
   shared_prefix: bool = True,
   logprobs: Sequence[str] = LOGPROBS,
 ) -> tuple[Any, ...]:
-  """Validates and pads on the host; returns the compiled program's arguments."""
+  """Validates on the host; returns the compiled program's arguments."""
   cfg = model.config
   vocab = cfg.text.vocab_size
   if suppress_tokens is None:
@@ -715,35 +674,17 @@ def _prepare_call(
   ids, mask = _check_inputs(inputs, vocab, cfg.video_token_id)
   b, s = ids.shape
 
-  if bucket is True:
-    s_pad = bucket_length(s)
-  elif bucket is False:
-    s_pad = s
-  else:
-    s_pad = -(-s // int(bucket)) * int(bucket)
   arrays = {k: inputs[k] for k in _VIDEO_ARRAY_KEYS if inputs.get(k) is not None}
-  # Left padding up to the bucket keeps each row's last real token at the end. Device
-  # arrays are padded on device (before the compiled call, whose key is the padded shape).
+  # Device arrays stay on device (the compiled call's key is their shape).
   xp = np if isinstance(ids, np.ndarray) and isinstance(mask, np.ndarray) else jnp
-  widths = ((0, 0), (s_pad - s, 0))
   if isinstance(ids, jax.ShapeDtypeStruct):  # Abstract prompts: lower_generate, planning.
     arrays["input_ids"], arrays["attention_mask"] = (
-      jax.ShapeDtypeStruct((b, s_pad), jnp.int32, sharding=x.sharding) for x in (ids, mask)
+      jax.ShapeDtypeStruct((b, s), jnp.int32, sharding=x.sharding) for x in (ids, mask)
     )
   else:
-    arrays["input_ids"] = xp.pad(xp.asarray(ids).astype(np.int32), widths, constant_values=pad_id)
-    arrays["attention_mask"] = xp.pad(xp.asarray(mask).astype(np.int32), widths)
+    arrays["input_ids"] = xp.asarray(ids).astype(np.int32)
+    arrays["attention_mask"] = xp.asarray(mask).astype(np.int32)
   arrays["stop_tokens"] = _stop_array(stop_tokens, b, cfg.eos_token_ids, vocab)
-  if max_lengths is None:
-    budget = np.full((b,), max_new_tokens, np.int32)
-  else:
-    budget = np.asarray(max_lengths, np.int32).reshape(-1)
-    if budget.shape != (b,) or (budget < 0).any() or (budget > max_new_tokens).any():
-      raise ValueError(
-        f"max_lengths {budget.tolist()} must be [B={b}] ints in "
-        f"[0, max_new_tokens={max_new_tokens}]"
-      )
-  arrays["max_lengths"] = budget
   grid = inputs.get("video_grid_thw")
   grid = (
     None
@@ -775,10 +716,8 @@ def generate(
   top_p: float = 1.0,
   stop_tokens: Sequence[int] | np.ndarray | None = None,
   rng: jax.Array | None = None,
-  max_lengths: np.ndarray | None = None,
   suppress_tokens: Sequence[int] | None = None,
   pad_id: int | None = None,
-  bucket: bool | int = True,
   cache_dtype=None,
   shared_prefix: bool = True,
   logprobs: Sequence[str] = LOGPROBS,
@@ -790,20 +729,17 @@ def generate(
       `config` holding token ids).
     inputs: prefill inputs by HF processor name (see the module docstring); arrays may be
       NumPy or jax (already sharded under a mesh is fine).
-    max_new_tokens: T, the answer buffer length (static: one compile per value).
+    max_new_tokens: A, the answer buffer length (static: one compile per value).
     num_samples: G answers per prompt, sharing the prompt's prefill.
     temperature: 0 for greedy; else the softmax temperature.
     top_k: keep the k most likely tokens (0: off).
     top_p: nucleus mass (1.0: off).
     stop_tokens: ids that end a row (included in the answer): a list for every prompt,
-      or a [B, K] array per prompt padded with -1. None: the model's eos ids.
+      or a [B, stops] array per prompt padded with -1. None: the model's eos ids.
     rng: a PRNG key (required unless greedy).
-    max_lengths: optional [B] per-prompt answer budgets (<= max_new_tokens).
     suppress_tokens: ids never generated; None: the image and video placeholders.
-    pad_id: id written after a row ends and used to pad prompts to a bucket (default:
-      the model's pad id, else 0). Must not be the video placeholder id.
-    bucket: True pads the prompt length with `bucket_length`; an int pads it to a
-      multiple of that int; False keeps it.
+    pad_id: id written after a row ends (default: the model's pad id, else 0). Must not
+      be the video placeholder id.
     cache_dtype: KV cache dtype (default: the model's compute dtype).
     shared_prefix: True (default): each prompt's keys/values once, plus each row's own
       answer cache (`share_prefix`); False: the former layout, G full copies of the
@@ -826,10 +762,8 @@ def generate(
       top_p=top_p,
       stop_tokens=stop_tokens,
       rng=rng,
-      max_lengths=max_lengths,
       suppress_tokens=suppress_tokens,
       pad_id=pad_id,
-      bucket=bucket,
       cache_dtype=cache_dtype,
       shared_prefix=shared_prefix,
       logprobs=logprobs,

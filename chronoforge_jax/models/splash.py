@@ -19,7 +19,7 @@ How the decoder's attention maps onto the kernel:
                padding rows differ between the two paths, real rows agree to rounding,
                and nothing reads padding rows (their keys are masked for real queries and
                their losses are masked out).
-  GQA          the kernel's multi-head form takes K/V with G heads and H = R * G query
+  GQA          the kernel's multi-head form takes K/V with J heads and H = J * R query
                heads (query head h reads key head h // R, as HF's `repeat_kv`), so
                keys and values are not repeated.
   lengths      the kernel needs sequence tiles of a multiple of 128. S is padded to a
@@ -89,19 +89,19 @@ def _kernel(num_heads: int, seq_len: int, block: int, interpret: bool):
   )
 
 
-def _local_attention(q_bhsd, k_bgsd, v_bgsd, seg_bs, *, block: int, interpret: bool):
+def _local_attention(q_bhsd, k_bjsd, v_bjsd, seg_bs, *, block: int, interpret: bool):
   """The kernel over one device's (or the whole) batch: vmapped over B."""
   kernel = _kernel(q_bhsd.shape[1], q_bhsd.shape[2], block, interpret)
   if seg_bs is None:
-    return jax.vmap(kernel)(q_bhsd, k_bgsd, v_bgsd)
+    return jax.vmap(kernel)(q_bhsd, k_bjsd, v_bjsd)
   seg = sa.SegmentIds(q=seg_bs, kv=seg_bs)
-  return jax.vmap(kernel)(q_bhsd, k_bgsd, v_bgsd, seg)
+  return jax.vmap(kernel)(q_bhsd, k_bjsd, v_bjsd, seg)
 
 
 def splash_attention(
   q_bqhd: jax.Array,
-  k_bkgd: jax.Array,
-  v_bkgd: jax.Array,
+  k_bsjd: jax.Array,
+  v_bsjd: jax.Array,
   valid_bs: jax.Array | None,
   *,
   interpret: bool = False,
@@ -109,14 +109,14 @@ def splash_attention(
   """Causal grouped-query self-attention with a padding mask, by the splash kernel.
 
   Args:
-    q_bqhd: [B, S, H, hd] queries.
-    k_bkgd: [B, S, G, hd] keys (G divides H); same length as the queries.
-    v_bkgd: [B, S, G, hd] values.
+    q_bqhd: [B, S, H, D] queries.
+    k_bsjd: [B, S, J, D] keys (J divides H); same length as the queries.
+    v_bsjd: [B, S, J, D] values.
     valid_bs: [B, S] bool, True for real tokens; None when every token is real.
     interpret: run the kernel in Pallas interpret mode (any backend; slow).
 
   Returns:
-    [B, S, H, hd] in q's dtype. Real query rows equal `layers.attention(..., impl="xla")`
+    [B, S, H, D] in q's dtype. Real query rows equal `layers.attention(..., impl="xla")`
     with the mask causal & valid[:, None, :] to rounding; padding rows differ (see the
     module docstring).
 
@@ -130,18 +130,18 @@ def splash_attention(
       "'splash_interpret' to run the kernel in Pallas interpret mode (slow; for tests)"
     )
   b, s, h, d = q_bqhd.shape
-  g = k_bkgd.shape[2]
-  if k_bkgd.shape[1] != s:
-    raise ValueError(f"splash attention is self-attention: {s} queries but {k_bkgd.shape[1]} keys")
+  j = k_bsjd.shape[2]
+  if k_bsjd.shape[1] != s:
+    raise ValueError(f"splash attention is self-attention: {s} queries but {k_bsjd.shape[1]} keys")
   block = block_size(s)
   pad = -(-s // block) * block - s
   scale = d**-0.5
   q_bhsd = (q_bqhd.astype(jnp.float32) * scale).astype(q_bqhd.dtype).transpose(0, 2, 1, 3)
-  k_bgsd, v_bgsd = k_bkgd.transpose(0, 2, 1, 3), v_bkgd.transpose(0, 2, 1, 3)
+  k_bjsd, v_bjsd = k_bsjd.transpose(0, 2, 1, 3), v_bsjd.transpose(0, 2, 1, 3)
   seg_bs = None if valid_bs is None else valid_bs.astype(jnp.int32)
   if pad:  # padded keys sit after every real query, so causality hides them.
     widths = ((0, 0), (0, 0), (0, pad), (0, 0))
-    q_bhsd, k_bgsd, v_bgsd = (jnp.pad(x, widths) for x in (q_bhsd, k_bgsd, v_bgsd))
+    q_bhsd, k_bjsd, v_bjsd = (jnp.pad(x, widths) for x in (q_bhsd, k_bjsd, v_bjsd))
     if seg_bs is not None:
       seg_bs = jnp.pad(seg_bs, ((0, 0), (0, pad)))
   run = functools.partial(_local_attention, block=block, interpret=interpret)
@@ -153,15 +153,15 @@ def splash_attention(
       ("batch", "act_heads", None, None), shape=(b, h, s_pad, d), mesh=mesh
     )
     kv_spec = sharding.logical_to_spec(
-      ("batch", "act_kv_heads", None, None), shape=(b, g, s_pad, d), mesh=mesh
+      ("batch", "act_kv_heads", None, None), shape=(b, j, s_pad, d), mesh=mesh
     )
     if kv_spec[1] != q_spec[1]:
       # The tensor axis splits the query heads but not the K/V heads: give K/V H heads
       # so each device holds the K/V heads of its query heads.
-      k_bgsd, v_bgsd = (jnp.repeat(x, h // g, axis=1) for x in (k_bgsd, v_bgsd))
+      k_bjsd, v_bjsd = (jnp.repeat(x, h // j, axis=1) for x in (k_bjsd, v_bjsd))
     kv_spec = q_spec
     seg_spec = P(q_spec[0], None)
     in_specs = (q_spec, kv_spec, kv_spec, None if seg_bs is None else seg_spec)
     run = jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=q_spec, check_vma=False)
-  out_bhsd = run(q_bhsd, k_bgsd, v_bgsd, seg_bs)
+  out_bhsd = run(q_bhsd, k_bjsd, v_bjsd, seg_bs)
   return out_bhsd[:, :, :s].transpose(0, 2, 1, 3).astype(q_bqhd.dtype)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import einops
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -114,10 +115,10 @@ class Attention(nnx.Module):
     )
 
   def qkv(self, x_bsd, cos_bsd, sin_bsd):
-    b, s, _ = x_bsd.shape
-    q = self.q(x_bsd).reshape(b, s, self.num_heads, self.head_dim)
-    k = self.k(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
-    v = self.v(x_bsd).reshape(b, s, self.num_kv, self.head_dim)
+    heads = lambda x, n: einops.rearrange(x, "b s (h d) -> b s h d", h=n)
+    q = heads(self.q(x_bsd), self.num_heads)
+    k = heads(self.k(x_bsd), self.num_kv)
+    v = heads(self.v(x_bsd), self.num_kv)
     q = sharding.shard(
       layers.apply_rotary(q, cos_bsd, sin_bsd), ("batch", "act_seq", "act_heads", None)
     )
@@ -128,8 +129,7 @@ class Attention(nnx.Module):
     return q, k, v
 
   def out(self, o_bshd):
-    b, s = o_bshd.shape[:2]
-    return self.o(o_bshd.reshape(b, s, -1))
+    return self.o(einops.rearrange(o_bshd, "b s h d -> b s (h d)"))
 
 
 class DecoderLayer(nnx.Module):

@@ -1,8 +1,8 @@
 """The Qwen2.5-VL ViT tower: 3D patch embedding, window/full attention, 2D RoPE, merger.
 
-`VisionTower(pixel_values_np, grid_thw)` maps HF-processor patches
-([N, C*temporal_patch*patch*patch], in the processor's order) to merged LLM tokens
-([N / merge^2, out_hidden_size]) in the reference's output order: video by video,
+`VisionTower(pixel_values, grid_thw)` maps HF-processor patches
+([P, C*temporal_patch*patch*patch], in the processor's order) to merged LLM tokens
+([P / merge^2, out_hidden_size]) in the reference's output order: video by video,
 temporal patch by temporal patch, merged tokens row-major. So each temporal patch's merged
 tokens are contiguous, and views that reorder or subsample whole temporal patches can
 gather them from one encoding (attention never crosses temporal patches).
@@ -26,6 +26,7 @@ import dataclasses
 import functools
 from typing import Sequence
 
+import einops
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -64,10 +65,10 @@ def static_grid(grid_thw) -> np.ndarray:
 class _Plan:
   """Static layout of one (H, W) patch grid in padded window order."""
 
-  src: np.ndarray  # [Lp] processor-order token index inside a temporal patch
-  valid: np.ndarray  # [Lp] False for padding dummies
-  hpos: np.ndarray  # [Lp] patch row, for the 2D RoPE
-  wpos: np.ndarray  # [Lp] patch column
+  src: np.ndarray  # [P'] processor-order patch index inside a temporal patch (P' padded)
+  valid: np.ndarray  # [P'] False for padding dummies
+  hpos: np.ndarray  # [P'] patch row, for the 2D RoPE
+  wpos: np.ndarray  # [P'] patch column
   unit_out: np.ndarray  # [Hm*Wm] padded merged-unit slot of each output token
   num_windows: int
   window_len: int  # tokens per window = window^2 * merge^2
@@ -135,16 +136,18 @@ class VisionBlock(nnx.Module):
     self.num_heads = cfg.num_heads
 
   def __call__(
-    self, x_bld: jax.Array, cos_bld: jax.Array, sin_bld: jax.Array, mask_bll: jax.Array
+    self, x_bpd: jax.Array, cos_bpd: jax.Array, sin_bpd: jax.Array, mask_bpp: jax.Array
   ) -> jax.Array:
-    b, n, d = x_bld.shape
-    qkv = self.qkv(self.norm1(x_bld)).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    q = layers.apply_rotary(qkv[:, :, 0], cos_bld, sin_bld)
-    k = layers.apply_rotary(qkv[:, :, 1], cos_bld, sin_bld)
-    attn = layers.attention(q, k, qkv[:, :, 2], mask_bll).reshape(b, n, d)
-    x_bld = x_bld + self.proj(attn)
-    x_bld = sharding.shard(x_bld, ("vision_batch", "act_seq", "act_embed"))
-    return x_bld + self.mlp(self.norm2(x_bld))
+    """B windows or temporal patches of P patches each; masks [B, P, P]."""
+    q_bphd, k_bphd, v_bphd = einops.rearrange(
+      self.qkv(self.norm1(x_bpd)), "b p (three h d) -> three b p h d", three=3, h=self.num_heads
+    )
+    q_bphd = layers.apply_rotary(q_bphd, cos_bpd, sin_bpd)
+    k_bphd = layers.apply_rotary(k_bphd, cos_bpd, sin_bpd)
+    attn_bphd = layers.attention(q_bphd, k_bphd, v_bphd, mask_bpp)
+    x_bpd = x_bpd + self.proj(einops.rearrange(attn_bphd, "b p h d -> b p (h d)"))
+    x_bpd = sharding.shard(x_bpd, ("vision_batch", "act_seq", "act_embed"))
+    return x_bpd + self.mlp(self.norm2(x_bpd))
 
 
 class PatchMerger(nnx.Module):
@@ -162,9 +165,9 @@ class PatchMerger(nnx.Module):
     )
     self.group = cfg.spatial_merge_size**2
 
-  def __call__(self, x_bld: jax.Array) -> jax.Array:
-    b, n, d = x_bld.shape
-    x = self.norm(x_bld).reshape(b, n // self.group, self.group * d)
+  def __call__(self, x_bpd: jax.Array) -> jax.Array:
+    # Each merge unit's m^2 consecutive patches become one token of m^2 * D features.
+    x = einops.rearrange(self.norm(x_bpd), "b (p m) d -> b p (m d)", m=self.group)
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
 
 
@@ -203,28 +206,27 @@ class VisionTower(nnx.Module):
     self.remat_policy = remat_policy
     self.scan_layers = scan_layers
 
-  def _run_group(self, x_tld: jax.Array, h: int, w: int) -> jax.Array:
+  def _run_group(self, x_tpd: jax.Array, h: int, w: int) -> jax.Array:
     """Runs the tower on temporal patches that all have an h x w patch grid."""
     cfg = self.cfg
     plan = _plan(h, w, cfg.spatial_merge_size, cfg.window_merged)
-    t = x_tld.shape[0]
-    x = x_tld[:, plan.src]  # [T, Lp, D] window order
-    lp = x.shape[1]
+    t = x_tpd.shape[0]
+    x = x_tpd[:, plan.src]  # [T, P', D] window order, P' = windows * window_len
+    pp = x.shape[1]
     cos, sin = rope.vision_cos_sin(
       jnp.asarray(plan.hpos), jnp.asarray(plan.wpos), cfg.head_dim, cfg.rope_theta
     )
     valid = jnp.asarray(plan.valid)
-    nw, wl = plan.num_windows, plan.window_len
-    full_mask = jnp.broadcast_to(valid[None, None, :], (1, lp, lp))
-    win_valid = valid.reshape(nw, wl)
-    win_mask = jnp.broadcast_to(win_valid[:, None, :], (nw, wl, wl))
-    win_mask = jnp.tile(win_mask, (t, 1, 1))
-    win_cos = jnp.tile(cos.reshape(nw, wl, -1), (t, 1, 1))
-    win_sin = jnp.tile(sin.reshape(nw, wl, -1), (t, 1, 1))
+    nw = plan.num_windows
+    full_mask = jnp.broadcast_to(valid[None, None, :], (1, pp, pp))
+    # Window attention: each temporal patch's windows are rows (t w) of a batch.
+    win_mask = einops.repeat(valid, "(w k) -> (t w) q k", w=nw, t=t, q=plan.window_len)
+    win_cos = einops.repeat(cos, "(w p) d -> (t w) p d", w=nw, t=t)
+    win_sin = einops.repeat(sin, "(w p) d -> (t w) p d", w=nw, t=t)
 
     def window_block(block, x, i):
-      y = block(x.reshape(t * nw, wl, -1), win_cos, win_sin, win_mask)
-      return y.reshape(t, lp, -1), None
+      y = block(einops.rearrange(x, "t (w p) d -> (t w) p d", w=nw), win_cos, win_sin, win_mask)
+      return einops.rearrange(y, "(t w) p d -> t (w p) d", t=t), None
 
     def full_block(block, x, i):
       return block(x, cos[None], sin[None], full_mask), None
@@ -240,29 +242,29 @@ class VisionTower(nnx.Module):
         start=start,
         stop=stop,
       )
-    merged = self.merger(x)  # [T, Lp/m^2, D_out]
-    out = merged[:, plan.unit_out]  # [T, Hm*Wm, D_out]
-    return out.reshape(t * out.shape[1], -1)
+    merged = self.merger(x)  # [T, P'/m^2, D_out]
+    out = merged[:, plan.unit_out]  # [T, (h/m)*(w/m), D_out]
+    return einops.rearrange(out, "t p d -> (t p) d")
 
-  def __call__(self, pixel_values_np: jax.Array, grid_thw) -> jax.Array:
+  def __call__(self, pixel_values: jax.Array, grid_thw) -> jax.Array:
     """Encodes videos.
 
     Args:
-      pixel_values_np: [N, patch_dim] patches in the HF processor's order.
+      pixel_values: [P, patch_dim] patches in the HF processor's order.
       grid_thw: static [V, 3] patch grids (see `static_grid`).
 
     Returns:
-      [N / merge^2, out_hidden_size] merged tokens in the reference's order.
+      [P / merge^2, out_hidden_size] merged tokens in the reference's order.
     """
     cfg = self.cfg
     grid = static_grid(grid_thw)
     n = int(np.sum(np.prod(grid, axis=1)))
-    if pixel_values_np.ndim != 2 or pixel_values_np.shape != (n, cfg.patch_dim):
+    if pixel_values.ndim != 2 or pixel_values.shape != (n, cfg.patch_dim):
       raise ValueError(
-        f"pixel_values_videos has shape {tuple(pixel_values_np.shape)}; the grid "
+        f"pixel_values_videos has shape {tuple(pixel_values.shape)}; the grid "
         f"{grid.tolist()} needs [{n}, {cfg.patch_dim}]"
       )
-    x = self.patch_embed(pixel_values_np)  # [N, D]
+    x_pd = self.patch_embed(pixel_values)
     starts = np.concatenate([[0], np.cumsum(np.prod(grid, axis=1))])
     groups: dict[tuple[int, int], list[int]] = {}
     for v, (_, h, w) in enumerate(grid.tolist()):
@@ -270,9 +272,9 @@ class VisionTower(nnx.Module):
     outs, order = [], []
     for (h, w), vids in groups.items():
       rows = np.concatenate([np.arange(starts[v], starts[v + 1]) for v in vids])
-      x_g = x if len(groups) == 1 else x[rows]
+      x_g = x_pd if len(groups) == 1 else x_pd[rows]
       t_g = int(sum(grid[v, 0] for v in vids))
-      outs.append(self._run_group(x_g.reshape(t_g, h * w, -1), h, w))
+      outs.append(self._run_group(einops.rearrange(x_g, "(t p) d -> t p d", t=t_g), h, w))
       order.extend(vids)
     if len(groups) == 1:
       return outs[0]

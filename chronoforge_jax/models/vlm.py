@@ -24,7 +24,7 @@ Interface (the trainer, the sampler and the converter rely on these names):
       Tower + merger. Tokens come video by video, temporal patch by temporal patch, so
       each temporal patch's H*W/merge^2 tokens are contiguous.
 
-  model.token_logprobs(prompt_ids_bp, prompt_mask_bp, completion_ids_ba,
+  model.token_logprobs(prompt_ids_bs, prompt_mask_bs, completion_ids_ba,
                        completion_mask_ba=None, *, <video args>, vocab_chunk=8192,
                        return_entropy=False) -> logprobs_ba (, entropy_ba)
       Log-probabilities of the completion tokens given the prompt and the preceding
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import einops
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -240,8 +241,8 @@ class VideoLanguageModel(nnx.Module):
   # -- per-token log-probs -----------------------------------------------------------
   def token_logprobs(
     self,
-    prompt_ids_bp,
-    prompt_mask_bp,
+    prompt_ids_bs,
+    prompt_mask_bs,
     completion_ids_ba,
     completion_mask_ba=None,
     *,
@@ -256,8 +257,8 @@ class VideoLanguageModel(nnx.Module):
     """Log-probs [B, A] of completion tokens (and entropies [B, A] if asked).
 
     Args:
-      prompt_ids_bp: [B, P] prompt ids (left- or right-padded).
-      prompt_mask_bp: [B, P] prompt mask.
+      prompt_ids_bs: [B, S] prompt ids (left- or right-padded).
+      prompt_mask_bs: [B, S] prompt mask.
       completion_ids_ba: [B, A] sampled completion ids.
       completion_mask_ba: [B, A] 1 for real completion tokens (default all); masked
         tokens neither attend nor advance positions, their outputs are meaningless.
@@ -269,9 +270,9 @@ class VideoLanguageModel(nnx.Module):
     Returns:
       logprobs_ba (float32), or (logprobs_ba, entropy_ba).
     """
-    x_p, pos_p, deltas, mask_p = self._prepare(
-      prompt_ids_bp,
-      prompt_mask_bp,
+    x_bsd, pos_3bs, deltas_b, mask_bs = self._prepare(
+      prompt_ids_bs,
+      prompt_mask_bs,
       pixel_values_videos,
       video_grid_thw,
       second_per_grid_ts,
@@ -280,29 +281,29 @@ class VideoLanguageModel(nnx.Module):
     )
     completion_ids_ba = jnp.asarray(completion_ids_ba)
     b, a = completion_ids_ba.shape
-    mask_c = (
+    mask_ba = (
       jnp.ones((b, a), jnp.int32)
       if completion_mask_ba is None
       else jnp.asarray(completion_mask_ba).astype(jnp.int32)
     )
     # Completion tokens are text: they continue from the prompt's next position, exactly
     # as decode_step numbers them.
-    next_pos = jnp.sum(mask_p, axis=1).astype(jnp.int32) + deltas
-    pos_c = next_pos[:, None] + jnp.cumsum(mask_c, axis=1) - mask_c
-    pos_c = jnp.where(mask_c > 0, pos_c, 0)
-    x = jnp.concatenate([x_p, self.text.embed_tokens(completion_ids_ba)], axis=1)
-    pos = jnp.concatenate([pos_p, jnp.broadcast_to(pos_c[None], (3, b, a))], axis=2)
-    mask = jnp.concatenate([mask_p.astype(jnp.int32), mask_c], axis=1)
-    h = self.text.hidden(x, pos, mask)
-    p = x_p.shape[1]
-    # Token j of the completion is predicted from position p + j - 1. With a
+    next_pos_b = jnp.sum(mask_bs, axis=1).astype(jnp.int32) + deltas_b
+    pos_ba = next_pos_b[:, None] + jnp.cumsum(mask_ba, axis=1) - mask_ba
+    pos_ba = jnp.where(mask_ba > 0, pos_ba, 0)
+    x = jnp.concatenate([x_bsd, self.text.embed_tokens(completion_ids_ba)], axis=1)
+    pos = jnp.concatenate([pos_3bs, jnp.broadcast_to(pos_ba[None], (3, b, a))], axis=2)
+    mask = jnp.concatenate([mask_bs.astype(jnp.int32), mask_ba], axis=1)
+    h = self.text.hidden(x, pos, mask)  # [B, S + A, D]
+    s = x_bsd.shape[1]
+    # Token j of the completion is predicted from position s + j - 1. With a
     # right-padded prompt that position would be padding, so use each row's last real
     # prompt token for j = 0.
-    last_p = _last_valid_index(mask_p)
-    h_first = jnp.take_along_axis(h, last_p[:, None, None], axis=1)
-    h_bad = jnp.concatenate([h_first, h[:, p : p + a - 1]], axis=1)
+    last_b = _last_valid_index(mask_bs)
+    h_first = jnp.take_along_axis(h, last_b[:, None, None], axis=1)
+    predicting = jnp.concatenate([h_first, h[:, s : s + a - 1]], axis=1)  # [B, A, D]
     return chunked_logprobs(
-      h_bad,
+      predicting,
       self.text.head_weight(),
       completion_ids_ba,
       chunk=vocab_chunk,
@@ -366,7 +367,7 @@ def _last_valid_index(mask_bs: jax.Array) -> jax.Array:
 
 
 def chunked_logprobs(
-  h_bad: jax.Array,
+  hidden: jax.Array,
   w_dv: jax.Array,
   targets_ba: jax.Array,
   *,
@@ -381,7 +382,7 @@ def chunked_logprobs(
   backward pass stores only the [B, A] carries.
 
   Args:
-    h_bad: [B, A, D] hidden states.
+    hidden: [B, A, D] hidden states.
     w_dv: [D, V] head matrix.
     targets_ba: [B, A] token ids.
     chunk: vocabulary columns per step.
@@ -391,25 +392,26 @@ def chunked_logprobs(
   Returns:
     logprobs_ba float32, or (logprobs_ba, entropy_ba).
   """
-  d, v = w_dv.shape
+  v = w_dv.shape[1]
   chunk = max(1, min(chunk, v))
-  n = -(-v // chunk)
-  h = h_bad.astype(dtype)
-  w = jnp.pad(w_dv.astype(dtype), ((0, 0), (0, n * chunk - v)))
-  w_ndc = w.reshape(d, n, chunk).transpose(1, 0, 2)
-  col_valid = (jnp.arange(n * chunk) < v).reshape(n, chunk)
+  num_chunks = -(-v // chunk)
+  h = hidden.astype(dtype)
+  w = jnp.pad(w_dv.astype(dtype), ((0, 0), (0, num_chunks * chunk - v)))
+  # The scan runs over the chunks: [chunks, D, columns of a chunk].
+  w_chunks = einops.rearrange(w, "d (n v) -> n d v", n=num_chunks)
+  valid_chunks = einops.rearrange(jnp.arange(num_chunks * chunk) < v, "(n v) -> n v", n=num_chunks)
 
   @jax.checkpoint
   def body(carry, xs):
     m, s, t = carry
-    w_dc, valid_c = xs
-    logits = jnp.einsum("bad,dc->bac", h, w_dc, preferred_element_type=jnp.float32)
-    logits = jnp.where(valid_c, logits, -1e30)
+    w_chunk, valid_chunk = xs  # [D, columns], [columns]
+    logits = jnp.einsum("bad,dv->bav", h, w_chunk, preferred_element_type=jnp.float32)
+    logits = jnp.where(valid_chunk, logits, -1e30)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
     scale = jnp.exp(m - m_new)
     p = jnp.exp(logits - m_new[..., None])
     s = s * scale + jnp.sum(p, axis=-1)
-    t = t * scale + jnp.sum(p * jnp.where(valid_c, logits, 0.0), axis=-1)
+    t = t * scale + jnp.sum(p * jnp.where(valid_chunk, logits, 0.0), axis=-1)
     return (m_new, s, t), None
 
   b, a = targets_ba.shape
@@ -418,7 +420,7 @@ def chunked_logprobs(
     jnp.zeros((b, a), jnp.float32),
     jnp.zeros((b, a), jnp.float32),
   )
-  (m, s, t), _ = jax.lax.scan(body, init, (w_ndc, col_valid))
+  (m, s, t), _ = jax.lax.scan(body, init, (w_chunks, valid_chunks))
   lse = m + jnp.log(s)
   w_target = jnp.take(w_dv.astype(dtype).T, targets_ba, axis=0)  # [B, A, D]
   target_logit = jnp.einsum("bad,bad->ba", h, w_target, preferred_element_type=jnp.float32)
@@ -474,9 +476,16 @@ def frames_to_pixel_values(
   std = jnp.asarray(image_std, jnp.float32) * jnp.float32(255.0)
   x = (frames.astype(jnp.float32) - mean) / std  # [B, T, H, W, C]
   gt, gh, gw = t // tp, h // p, w // p
-  x = x.reshape(b, gt, tp, gh // m, m, p, gw // m, m, p, c)
-  # -> [B, gt, gh/m, gw/m, m, m, C, tp, p, p], the processor's patch order and layout.
-  x = x.transpose(0, 1, 3, 6, 4, 7, 9, 2, 5, 8)
-  pixel_values = x.reshape(b * gt * gh * gw, c * tp * p * p)
+  # The processor's patch order (merge units row-major, then the m x m patches of a
+  # unit) and layout inside a patch (channel, frame, pixel row, pixel column).
+  pixel_values = einops.rearrange(
+    x,
+    "b (gt tp) (hm mh ph) (wm mw pw) c -> (b gt hm wm mh mw) (c tp ph pw)",
+    tp=tp,
+    mh=m,
+    ph=p,
+    mw=m,
+    pw=p,
+  )
   grid = np.tile(np.array([[gt, gh, gw]], np.int64), (b, 1))
   return pixel_values, grid

@@ -19,7 +19,8 @@ The pieces, each in a small registry keyed by config strings:
 Every function takes an optional `axis_name`: then sums and counts that span the batch
 are psum-ed over that mapped axis, so the same code gives the global loss under `jax.jit`
 on the full batch, under `jax.pmap` and under `jax.shard_map` on per-device shards.
-Shapes: N responses (B prompts x G rollouts, flattened), T completion tokens, V vocab.
+Shapes: N responses (B prompts x G rollouts, flattened), A completion (answer) tokens
+(README, "Dimension letters").
 """
 
 from __future__ import annotations
@@ -170,49 +171,49 @@ def bonus_advantage_shift(
 
 @POLICY_LOSSES.register("clipped")
 def clipped_surrogate(
-  logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
+  logratio_na: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) per token.
 
   Returns:
-    (loss [N, T], clipped-low [N, T] bool, clipped-high [N, T] bool), where "clipped"
+    (loss [N, A], clipped-low [N, A] bool, clipped-high [N, A] bool), where "clipped"
     means the clip bound is the active term, so the token gives no gradient.
   """
-  ratio_nt = jnp.exp(logratio_nt)
-  clipped_nt = jnp.clip(ratio_nt, 1.0 - eps_low, 1.0 + eps_high)
-  loss_nt = -jnp.minimum(ratio_nt * adv_n1, clipped_nt * adv_n1)
-  low_nt = (ratio_nt < 1.0 - eps_low) & (adv_n1 < 0)
-  high_nt = (ratio_nt > 1.0 + eps_high) & (adv_n1 > 0)
-  return loss_nt, low_nt, high_nt
+  ratio_na = jnp.exp(logratio_na)
+  clipped_na = jnp.clip(ratio_na, 1.0 - eps_low, 1.0 + eps_high)
+  loss_na = -jnp.minimum(ratio_na * adv_n1, clipped_na * adv_n1)
+  low_na = (ratio_na < 1.0 - eps_low) & (adv_n1 < 0)
+  high_na = (ratio_na > 1.0 + eps_high) & (adv_n1 > 0)
+  return loss_na, low_na, high_na
 
 
 @POLICY_LOSSES.register("unclipped")
 def unclipped_surrogate(
-  logratio_nt: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
+  logratio_na: jax.Array, adv_n1: jax.Array, eps_low: float, eps_high: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-rho A: importance-weighted policy gradient without a trust region (ablation)."""
   del eps_low, eps_high
-  no_clip = jnp.zeros(logratio_nt.shape, bool)
-  return -jnp.exp(logratio_nt) * adv_n1, no_clip, no_clip
+  no_clip = jnp.zeros(logratio_na.shape, bool)
+  return -jnp.exp(logratio_na) * adv_n1, no_clip, no_clip
 
 
 @KL_ESTIMATORS.register("k3")
-def kl_k3(logp_nt: jax.Array, ref_logp_nt: jax.Array) -> jax.Array:
+def kl_k3(logp_na: jax.Array, ref_logp_na: jax.Array) -> jax.Array:
   """exp(ref - logp) - (ref - logp) - 1: unbiased, non-negative (GRPO)."""
-  d = ref_logp_nt - logp_nt
+  d = ref_logp_na - logp_na
   return jnp.exp(d) - d - 1.0
 
 
 @KL_ESTIMATORS.register("k1")
-def kl_k1(logp_nt: jax.Array, ref_logp_nt: jax.Array) -> jax.Array:
+def kl_k1(logp_na: jax.Array, ref_logp_na: jax.Array) -> jax.Array:
   """logp - ref: unbiased, high variance, can be negative."""
-  return logp_nt - ref_logp_nt
+  return logp_na - ref_logp_na
 
 
 @KL_ESTIMATORS.register("k2")
-def kl_k2(logp_nt: jax.Array, ref_logp_nt: jax.Array) -> jax.Array:
+def kl_k2(logp_na: jax.Array, ref_logp_na: jax.Array) -> jax.Array:
   """(logp - ref)^2 / 2: biased, low variance."""
-  return 0.5 * (logp_nt - ref_logp_nt) ** 2
+  return 0.5 * (logp_na - ref_logp_na) ** 2
 
 
 # ----------------------------------------------------------------------------------------
@@ -222,13 +223,13 @@ def kl_k2(logp_nt: jax.Array, ref_logp_nt: jax.Array) -> jax.Array:
 
 @AGGREGATIONS.register("sequence_mean")
 def sequence_mean(
-  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+  values_na: jax.Array, mask_na: jax.Array, *, max_tokens: int | None, axis_name: str | None
 ) -> jax.Array:
   """Mean over each response's tokens, then over responses that have any token."""
   del max_tokens
-  tokens_n = mask_nt.sum(1)
-  per_seq_n = _safe_div((values_nt * mask_nt).sum(1), tokens_n)
-  has_tokens_n = (tokens_n > 0).astype(values_nt.dtype)
+  tokens_n = mask_na.sum(1)
+  per_seq_n = _safe_div((values_na * mask_na).sum(1), tokens_n)
+  has_tokens_n = (tokens_n > 0).astype(values_na.dtype)
   return _safe_div(
     _global_sum((per_seq_n * has_tokens_n).sum(), axis_name), _psum(has_tokens_n.sum(), axis_name)
   )
@@ -236,23 +237,23 @@ def sequence_mean(
 
 @AGGREGATIONS.register("token_mean")
 def token_mean(
-  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+  values_na: jax.Array, mask_na: jax.Array, *, max_tokens: int | None, axis_name: str | None
 ) -> jax.Array:
   """Sum over all tokens of the global batch / global token count."""
   del max_tokens
   return _safe_div(
-    _global_sum((values_nt * mask_nt).sum(), axis_name), _psum(mask_nt.sum(), axis_name)
+    _global_sum((values_na * mask_na).sum(), axis_name), _psum(mask_na.sum(), axis_name)
   )
 
 
 @AGGREGATIONS.register("dr_grpo")
 def dr_grpo_sum(
-  values_nt: jax.Array, mask_nt: jax.Array, *, max_tokens: int | None, axis_name: str | None
+  values_na: jax.Array, mask_na: jax.Array, *, max_tokens: int | None, axis_name: str | None
 ) -> jax.Array:
   """Sum over all tokens / (global number of responses x max_tokens), length-unbiased."""
-  max_tokens = values_nt.shape[1] if max_tokens is None else max_tokens
-  num_seqs = _psum(jnp.asarray(values_nt.shape[0], values_nt.dtype), axis_name)
-  return _global_sum((values_nt * mask_nt).sum(), axis_name) / (num_seqs * max_tokens)
+  max_tokens = values_na.shape[1] if max_tokens is None else max_tokens
+  num_seqs = _psum(jnp.asarray(values_na.shape[0], values_na.dtype), axis_name)
+  return _global_sum((values_na * mask_na).sum(), axis_name) / (num_seqs * max_tokens)
 
 
 # ----------------------------------------------------------------------------------------
@@ -307,13 +308,13 @@ class LossConfig:
 
 
 def grpo_loss(
-  logp_nt: jax.Array,
+  logp_na: jax.Array,
   advantages_n: jax.Array,
-  mask_nt: jax.Array,
+  mask_na: jax.Array,
   *,
-  old_logp_nt: jax.Array | None = None,
-  ref_logp_nt: jax.Array | None = None,
-  entropy_nt: jax.Array | None = None,
+  old_logp_na: jax.Array | None = None,
+  ref_logp_na: jax.Array | None = None,
+  entropy_na: jax.Array | None = None,
   config: LossConfig = LossConfig(),
   axis_name: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -322,79 +323,80 @@ def grpo_loss(
   loss = agg(policy_loss(logp - old_logp, A)) + beta * agg(KL(pi || pi_ref)).
 
   Args:
-    logp_nt: log-probs of the sampled completion tokens under the current params.
+    logp_na: log-probs of the sampled completion tokens under the current params.
     advantages_n: one advantage per response (flattened [B, G]).
-    mask_nt: 1 on completion tokens, 0 on padding (bool or float weights).
-    old_logp_nt: log-probs stored by the rollout pass, the ratio's denominator for the
+    mask_na: 1 on completion tokens, 0 on padding (bool or float weights).
+    old_logp_na: log-probs stored by the rollout pass, the ratio's denominator for the
       mu inner iterations; None means on-policy (mu = 1): ratio 1, gradient A.
-    ref_logp_nt: frozen reference log-probs; required when beta > 0, optional (KL is
+    ref_logp_na: frozen reference log-probs; required when beta > 0, optional (KL is
       then only logged) when beta = 0.
-    entropy_nt: optional per-token policy entropy (see `token_logprobs`), logged only.
+    entropy_na: optional per-token policy entropy (`VideoLanguageModel.token_logprobs(...,
+      return_entropy=True)`), logged only.
     config: loss settings.
     axis_name: mapped axis the batch is split over; counts and sums become global.
       The loss then has the global value on every device, and its gradient is the
       gradient of this device's share: sum gradients over the axis (see `_global_sum`).
 
   Returns:
-    (scalar loss, metrics: loss, pg_loss, kl (if ref_logp_nt), clip_frac, clip_frac_low,
-    clip_frac_high, ratio_mean, entropy (if entropy_nt), num_tokens), the metrics
+    (scalar loss, metrics: loss, pg_loss, kl (if ref_logp_na), clip_frac, clip_frac_low,
+    clip_frac_high, ratio_mean, entropy (if entropy_na), num_tokens), the metrics
     replicated over `axis_name`.
   """
   if (
-    logp_nt.ndim != 2 or mask_nt.shape != logp_nt.shape or advantages_n.shape != (logp_nt.shape[0],)
+    logp_na.ndim != 2 or mask_na.shape != logp_na.shape or advantages_n.shape != (logp_na.shape[0],)
   ):
     raise ValueError(
-      f"grpo_loss: need logp [N, T], mask [N, T], advantages [N]; got "
-      f"{logp_nt.shape}, {mask_nt.shape}, {advantages_n.shape}"
+      f"grpo_loss: need logp [N, A], mask [N, A], advantages [N]; got "
+      f"{logp_na.shape}, {mask_na.shape}, {advantages_n.shape}"
     )
-  if config.beta > 0 and ref_logp_nt is None:
+  if config.beta > 0 and ref_logp_na is None:
     raise ValueError(
-      f"grpo_loss: beta={config.beta} needs ref_logp_nt; pass the frozen "
+      f"grpo_loss: beta={config.beta} needs ref_logp_na; pass the frozen "
       "reference's log-probs or set config.rl.beta=0"
     )
-  mask_nt = jnp.asarray(mask_nt, jnp.float32)
-  valid_nt = mask_nt > 0
-  logp_nt = logp_nt.astype(jnp.float32)
-  old_nt = (
-    jax.lax.stop_gradient(logp_nt) if old_logp_nt is None else old_logp_nt.astype(jnp.float32)
+  mask_na = jnp.asarray(mask_na, jnp.float32)
+  valid_na = mask_na > 0
+  logp_na = logp_na.astype(jnp.float32)
+  old_na = (
+    jax.lax.stop_gradient(logp_na) if old_logp_na is None else old_logp_na.astype(jnp.float32)
   )
   # Padding may hold -inf log-probs; zeroing them first keeps values and grads finite.
-  logratio_nt = jnp.where(valid_nt, logp_nt - old_nt, 0.0)
+  logratio_na = jnp.where(valid_na, logp_na - old_na, 0.0)
   adv_n1 = jnp.asarray(advantages_n, jnp.float32)[:, None]
-  pg_nt, low_nt, high_nt = POLICY_LOSSES.get(config.policy_loss)(
-    logratio_nt, adv_n1, config.eps_low, config.eps_high
+  pg_na, low_na, high_na = POLICY_LOSSES.get(config.policy_loss)(
+    logratio_na, adv_n1, config.eps_low, config.eps_high
   )
 
   aggregate = AGGREGATIONS.get(config.aggregation)
 
-  def agg(values_nt):
-    return aggregate(values_nt, mask_nt, max_tokens=config.max_tokens, axis_name=axis_name)
+  def agg(values_na):
+    return aggregate(values_na, mask_na, max_tokens=config.max_tokens, axis_name=axis_name)
 
-  num_tokens = _psum(mask_nt.sum(), axis_name)
+  num_tokens = _psum(mask_na.sum(), axis_name)
 
-  def token_avg(values_nt):
-    total = _psum((values_nt.astype(jnp.float32) * mask_nt).sum(), axis_name)
+  def token_avg(values_na):
+    total = _psum((values_na.astype(jnp.float32) * mask_na).sum(), axis_name)
     return _safe_div(jax.lax.stop_gradient(total), num_tokens)
 
-  pg_loss = agg(pg_nt)
+  pg_loss = agg(pg_na)
   loss = pg_loss
   metrics = {"pg_loss": pg_loss}
-  if ref_logp_nt is not None:
-    safe_logp_nt = jnp.where(valid_nt, logp_nt, 0.0)
-    safe_ref_nt = jnp.where(valid_nt, ref_logp_nt.astype(jnp.float32), 0.0)
-    kl_nt = KL_ESTIMATORS.get(config.kl_estimator)(safe_logp_nt, safe_ref_nt)
+  if ref_logp_na is not None:
+    safe_logp_na = jnp.where(valid_na, logp_na, 0.0)
+    safe_ref_na = jnp.where(valid_na, ref_logp_na.astype(jnp.float32), 0.0)
+    kl_na = KL_ESTIMATORS.get(config.kl_estimator)(safe_logp_na, safe_ref_na)
     if config.beta > 0:
-      loss = loss + config.beta * agg(kl_nt)
-    metrics["kl"] = token_avg(kl_nt)
+      loss = loss + config.beta * agg(kl_na)
+    metrics["kl"] = token_avg(kl_na)
   metrics.update(
-    clip_frac_low=token_avg(low_nt),
-    clip_frac_high=token_avg(high_nt),
-    clip_frac=token_avg(low_nt | high_nt),
-    ratio_mean=token_avg(jnp.exp(logratio_nt)),
+    clip_frac_low=token_avg(low_na),
+    clip_frac_high=token_avg(high_na),
+    clip_frac=token_avg(low_na | high_na),
+    ratio_mean=token_avg(jnp.exp(logratio_na)),
     num_tokens=num_tokens,
   )
-  if entropy_nt is not None:
-    metrics["entropy"] = token_avg(jnp.where(valid_nt, entropy_nt, 0.0))
+  if entropy_na is not None:
+    metrics["entropy"] = token_avg(jnp.where(valid_na, entropy_na, 0.0))
   metrics["loss"] = loss
   metrics = jax.tree.map(jax.lax.stop_gradient, metrics)
   if axis_name is not None:
@@ -403,22 +405,3 @@ def grpo_loss(
     metrics["loss"] = jax.lax.pmax(metrics["loss"], axis_name)
     metrics["pg_loss"] = jax.lax.pmax(metrics["pg_loss"], axis_name)
   return loss, metrics
-
-
-def token_logprobs(
-  logits_ntv: jax.Array, targets_nt: jax.Array, temperature: float = 1.0
-) -> tuple[jax.Array, jax.Array]:
-  """Log-probs of the target tokens and the policy entropy per position.
-
-  Args:
-    logits_ntv: logits predicting each completion token (already shifted by one).
-    targets_nt: the sampled token ids.
-    temperature: the sampling temperature; the rollout's log-probs are of logits / T.
-
-  Returns:
-    (logp [N, T] float32, entropy [N, T] float32).
-  """
-  logprobs_ntv = jax.nn.log_softmax(logits_ntv.astype(jnp.float32) / temperature, axis=-1)
-  logp_nt = jnp.take_along_axis(logprobs_ntv, targets_nt[..., None], axis=-1)[..., 0]
-  entropy_nt = -(jnp.exp(logprobs_ntv) * logprobs_ntv).sum(-1)
-  return logp_nt, entropy_nt

@@ -269,7 +269,7 @@ def kf_grpo_loss(
   Returns:
     (loss, metrics).
   """
-  logp_nt, entropy_nt = completion_logprobs(
+  logp_na, entropy_na = completion_logprobs(
     model,
     batch,
     inputs.completions,
@@ -280,14 +280,14 @@ def kf_grpo_loss(
     vocab_chunk=vocab_chunk,
   )
   example_valid_n = jnp.repeat(batch["example_valid"], num_samples)
-  mask_nt = inputs.mask.astype(jnp.float32) * example_valid_n[:, None]
+  mask_na = inputs.mask.astype(jnp.float32) * example_valid_n[:, None]
   return grpo.grpo_loss(
-    logp_nt,
+    logp_na,
     inputs.advantages,
-    mask_nt,
-    old_logp_nt=inputs.old_logp,
-    ref_logp_nt=inputs.ref_logp,
-    entropy_nt=entropy_nt,
+    mask_na,
+    old_logp_na=inputs.old_logp,
+    ref_logp_na=inputs.ref_logp,
+    entropy_na=entropy_na,
     config=loss_config,
     axis_name=axis_name,
   )

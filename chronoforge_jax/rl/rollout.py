@@ -181,7 +181,6 @@ def sampler_calls(
           top_k=rl.top_k,
           top_p=rl.top_p,
           stop_tokens=stop_tokens,
-          bucket=False,
           logprobs=("model_logprobs",) if own_logps else (),
         ),
       )
@@ -193,7 +192,7 @@ def sample_views(
   model, views: dict, batch: Batch, rl: settings_lib.RLSettings, stop_tokens: tuple[int, ...], rng
 ) -> dict[str, Any]:
   """Samples G completions on the ordered view and G' on the disordered view."""
-  # The sampler checks and buckets prompts on the host: give every process the whole
+  # The sampler checks prompts on the host: give every process the whole
   # (small) global prompt batch; the video embeddings stay sharded on device.
   prompt_ids, prompt_mask = multihost_utils.process_allgather(
     (batch["prompt_ids"], batch["prompt_mask"]), tiled=True

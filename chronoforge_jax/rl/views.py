@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import einops
 import numpy as np
 
 PATCH_MODES = ("pair", "duplicate")
@@ -41,9 +42,9 @@ class Views:
       the module docstring (U = K + 2M pairing, 2(K + M) duplicating).
     frame_valid: bool [U]; False where the video had too few frames (the index then
       repeats a valid frame so gathers stay in range).
-    ordered_patches: int32 [P], the ordered view: arange(P), P = K/2 pairing, K
+    ordered_patches: int32 [E], the ordered view: arange(E), E = K/2 pairing, K
       duplicating.
-    disordered_patches: int32 [P], patch indices into the union's P + M patches.
+    disordered_patches: int32 [E], patch indices into the union's E + M patches.
     keyframe_indices: int32 [K], the keyframes in chronological order.
   """
 
@@ -55,18 +56,18 @@ class Views:
 
 
 def view_patches(num_keyframes: int, patch_mode: str = "pair") -> int:
-  """P, temporal patches in a view of K keyframes."""
+  """E, temporal patches in a view of K keyframes."""
   _check_mode(patch_mode)
   return num_keyframes // 2 if patch_mode == "pair" else num_keyframes
 
 
 def union_frames(num_keyframes: int, num_pairs: int, patch_mode: str = "pair") -> int:
-  """U, frames stored per example: two per patch of the union's P + M patches."""
+  """U, frames stored per example: two per patch of the union's E + M patches."""
   return 2 * (view_patches(num_keyframes, patch_mode) + num_pairs)
 
 
 def default_num_pairs(num_keyframes: int, disorder_ratio: float, patch_mode: str = "pair") -> int:
-  """Non-keyframe patches M the disordered view needs: round(ratio * P)."""
+  """Non-keyframe patches M the disordered view needs: round(ratio * E)."""
   return int(round(disorder_ratio * view_patches(num_keyframes, patch_mode)))
 
 
@@ -156,34 +157,34 @@ def disordered_patches(
   """The hybrid disordered view: a shuffled mix of keyframe and non-keyframe patches.
 
   Args:
-    num_keyframes: K; the view has P patches (`view_patches`).
-    num_pairs: M non-keyframe patches available (indices P .. P+M-1).
+    num_keyframes: K; the view has E patches (`view_patches`).
+    num_pairs: M non-keyframe patches available (indices E .. E+M-1).
     disorder_ratio: fraction of the view's patches taken from non-keyframes.
     rng: the example's generator.
-    keyframe_patch_valid: optional bool [P]; valid patches are preferred.
+    keyframe_patch_valid: optional bool [E]; valid patches are preferred.
     nonkey_patch_valid: optional bool [M]; only valid non-keyframe patches are used.
     patch_mode: "pair" or "duplicate" (module docstring).
 
   Returns:
-    int32 [P] patch indices; never equal to arange(P) when P > 1.
+    int32 [E] patch indices; never equal to arange(E) when E > 1.
   """
   _check(num_keyframes, num_pairs, disorder_ratio, patch_mode)
-  p = view_patches(num_keyframes, patch_mode)
+  e = view_patches(num_keyframes, patch_mode)
   key_ok = (
-    np.ones(p, bool) if keyframe_patch_valid is None else np.asarray(keyframe_patch_valid, bool)
+    np.ones(e, bool) if keyframe_patch_valid is None else np.asarray(keyframe_patch_valid, bool)
   )
   non_ok = (
     np.ones(num_pairs, bool) if nonkey_patch_valid is None else np.asarray(nonkey_patch_valid, bool)
   )
-  non_ids = p + np.flatnonzero(non_ok)
-  n_non = min(int(round(disorder_ratio * p)), non_ids.size)
+  non_ids = e + np.flatnonzero(non_ok)
+  n_non = min(int(round(disorder_ratio * e)), non_ids.size)
   # Valid keyframe patches first in a random order, invalid ones only to fill up.
   key_ids = np.concatenate(
     [rng.permutation(np.flatnonzero(key_ok)), rng.permutation(np.flatnonzero(~key_ok))]
   )
-  mix = np.concatenate([key_ids[: p - n_non], rng.choice(non_ids, size=n_non, replace=False)])
+  mix = np.concatenate([key_ids[: e - n_non], rng.choice(non_ids, size=n_non, replace=False)])
   out = rng.permutation(mix).astype(np.int32)
-  if p > 1 and np.array_equal(out, np.arange(p)):
+  if e > 1 and np.array_equal(out, np.arange(e)):
     out = np.roll(out, 1)  # Only reachable with no non-keyframes: keep it disordered.
   return out
 
@@ -229,8 +230,9 @@ def build_views(
     num_pairs,
     disorder_ratio,
     rng,
-    keyframe_patch_valid=key_valid.reshape(-1, per_patch).all(-1),
-    nonkey_patch_valid=non_valid.reshape(-1, per_patch).all(-1),
+    # A patch is valid when its frames are: [frames] -> [patches, frames of a patch].
+    keyframe_patch_valid=einops.rearrange(key_valid, "(e f) -> e f", f=per_patch).all(-1),
+    nonkey_patch_valid=einops.rearrange(non_valid, "(m f) -> m f", f=per_patch).all(-1),
     patch_mode=patch_mode,
   )
   frames = np.concatenate([key_idx, non_idx]).astype(np.int32)

@@ -92,7 +92,13 @@ def test_patch_sizes_come_from_the_model(tmp_path):
     (model_config.get_config, model_config.validate, "text_position_after_video", "x", "choose"),
     (ckpt_config.get_config, ckpt_config.validate_ckpt, "subdir", " ", "non-empty"),
     (ckpt_config.get_config, ckpt_config.validate_ckpt, "resume", None, "path string"),
-    (lambda: sampling_config.get_config().sampling, sampling_config.validate, "bucket", -2, "-1"),
+    (
+      lambda: sampling_config.get_config().sampling,
+      sampling_config.validate,
+      "num_samples",
+      0,
+      ">= 1",
+    ),
     (lambda: sampling_config.get_config().sampling, sampling_config.validate, "top_k", -1, "int"),
     (
       lambda: sampling_config.get_config().sampling,
@@ -151,6 +157,5 @@ def test_library_choices_are_the_registries():
     models.ModelSettings(attention_impl=impl)
   for name in tad.SELECTORS.names():
     tad.TADSettings(selector=name)
-  kw = sampling.SamplingSettings(bucket=0, cache_dtype="bfloat16").generate_kwargs()
-  assert (kw["bucket"], kw["cache_dtype"]) == (False, "bfloat16")
-  assert sampling.SamplingSettings(bucket=64).generate_kwargs()["bucket"] == 64
+  kw = sampling.SamplingSettings(cache_dtype="bfloat16").generate_kwargs()
+  assert kw["cache_dtype"] == "bfloat16" and "bucket" not in kw

@@ -132,26 +132,6 @@ def test_greedy_sample_step_takes_the_unsuppressed_argmax():
   np.testing.assert_array_equal(plp, mlp)
 
 
-def test_bucket_length():
-  assert [sampling.bucket_length(n) for n in (1, 16, 17, 63, 64, 65, 100, 1000)] == [
-    16,
-    16,
-    32,
-    64,
-    64,
-    80,
-    112,
-    1024,
-  ]
-  buckets = [sampling.bucket_length(n) for n in range(1, 4097)]
-  assert all(b >= n for n, b in zip(range(1, 4097), buckets))
-  assert all(b <= 1.25 * n for n, b in zip(range(64, 4097), buckets[63:]))
-  assert buckets == sorted(buckets) and len(set(buckets)) <= 40
-  assert sampling.bucket_length(33, min_bucket=8, steps_per_octave=2) == 48
-  with pytest.raises(ValueError, match="prompt length 0"):
-    sampling.bucket_length(0)
-
-
 def test_row_keys_distinct_deterministic_and_batch_independent():
   rng = jax.random.key(7)
   data = jax.random.key_data(sampling.row_keys(rng, 3, 4))
@@ -172,7 +152,7 @@ def test_config_section_gives_generate_kwargs():
       temperature=kw["temperature"], top_k=kw["top_k"], top_p=kw["top_p"]
     )
     assert params.greedy == (variant == "eval")
-    assert kw["num_samples"] == section.num_samples and kw["bucket"] is True
+    assert kw["num_samples"] == section.num_samples
   section = sampling_config.get_config("smoke").sampling
   section.top_p = 1.5
   with pytest.raises(common.ConfigError, match="sampling.top_p"):
@@ -415,7 +395,7 @@ def test_sampled_logprobs_match_training_forward(model, batch):
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scan", "unrolled"])
 def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers):
   """Same rng, same tokens: the shared prompt cache vs G full copies (`repeat_cache`),
-  with stop tokens and per-prompt budgets so finished rows are exercised too."""
+  with stop tokens so finished rows are exercised too."""
   sampler_model = model if scan_layers else unrolled(model)
   kw = dict(
     max_new_tokens=T_NEW,
@@ -424,7 +404,6 @@ def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers
     top_k=30,
     rng=jax.random.key(11),
     stop_tokens=[15, 37, 47],
-    max_lengths=[T_NEW, 4],
   )
   shared = sampling.generate(sampler_model, batch, **kw)
   former = sampling.generate(sampler_model, batch, shared_prefix=False, **kw)
@@ -435,7 +414,7 @@ def test_shared_prefix_samples_equal_the_former_layout(model, batch, scan_layers
       getattr(shared, name), getattr(former, name), atol=2e-6, err_msg=name
     )
   assert len({tuple(t) for t in np.asarray(shared.tokens)}) > 1
-  # Some rows stop on a stop token, others run into their budget (sizes of this model).
+  # Some rows stop on a stop token, others run to max_new_tokens (sizes of this model).
   assert 0 < np.asarray(shared.stopped).sum() < 6
 
 
@@ -496,7 +475,7 @@ def test_kv_cache_bytes_formula_matches_the_caches(model):
   assert sampling.answer_slots(1) == 1
 
 
-def test_stop_tokens_lengths_and_budgets(model, batch):
+def test_stop_tokens_and_lengths(model, batch):
   free = sampling.generate(model, batch, max_new_tokens=T_NEW, temperature=0.0, stop_tokens=[])
   tokens = np.asarray(free.tokens)
   # Row 0 stops at its 2nd token, row 1 at the first occurrence of its 4th token.
@@ -512,12 +491,8 @@ def test_stop_tokens_lengths_and_budgets(model, batch):
     np.testing.assert_array_equal(out.completion_mask[i], np.arange(T_NEW) < n)
     np.testing.assert_array_equal(out.model_logprobs[i, n:], 0.0)
     np.testing.assert_allclose(out.model_logprobs[i, :n], free.model_logprobs[i, :n], atol=1e-6)
-  budget = sampling.generate(
-    model, batch, max_new_tokens=T_NEW, temperature=0.0, stop_tokens=[], max_lengths=[2, 5]
-  )
-  np.testing.assert_array_equal(budget.lengths, [2, 5])
-  np.testing.assert_array_equal(budget.stopped, [False, False])
-  np.testing.assert_array_equal(budget.tokens[1, :5], tokens[1, :5])
+  np.testing.assert_array_equal(free.lengths, [T_NEW, T_NEW])
+  np.testing.assert_array_equal(free.stopped, [False, False])
 
 
 def test_group_samples_share_one_prefill_and_match_the_full_forward(model, batch, monkeypatch):
@@ -575,21 +550,6 @@ def test_precomputed_video_embeds_of_a_reordered_view(model):
   )
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
-
-
-def test_prompt_bucketing_bounds_recompiles(model):
-  rng = np.random.default_rng(6)
-  text = lambda n: {"input_ids": rng.integers(0, 140, (2, n)).astype(np.int32)}
-  before = sampling._generate_jit._cache_size()
-  outs = [sampling.generate(model, text(n), max_new_tokens=4, temperature=0.0) for n in (9, 11, 14)]
-  assert sampling._generate_jit._cache_size() == before + 1
-  # Bucket padding changes nothing: the same prompt unpadded gives the same answer.
-  prompt = text(11)
-  a = sampling.generate(model, prompt, max_new_tokens=4, temperature=0.0)
-  b = sampling.generate(model, prompt, max_new_tokens=4, temperature=0.0, bucket=False)
-  np.testing.assert_array_equal(a.tokens, b.tokens)
-  np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
-  assert all(o.tokens.shape == (2, 4) for o in outs)
 
 
 @pytest.mark.slow

@@ -211,6 +211,17 @@ def test_chunked_logprobs_match_dense_with_gradients():
     return vlm.chunked_logprobs(h, w, t, chunk=6)
 
   np.testing.assert_allclose(jax.jit(chunked)(h, w), dense(h, w), atol=1e-5)
+  # Entropy, against a float64 NumPy log-softmax (29 columns: the last chunk is padded).
+  z = np.einsum("bad,dv->bav", np.float64(h), np.float64(w))
+  logsm = z - z.max(-1, keepdims=True)
+  logsm -= np.log(np.exp(logsm).sum(-1, keepdims=True))
+  logp, entropy = jax.jit(lambda h, w: vlm.chunked_logprobs(h, w, t, chunk=6, return_entropy=True))(
+    h, w
+  )
+  np.testing.assert_allclose(
+    logp, np.take_along_axis(logsm, np.asarray(t)[..., None], -1)[..., 0], atol=1e-5
+  )
+  np.testing.assert_allclose(entropy, -(np.exp(logsm) * logsm).sum(-1), atol=1e-5)
   g_dense = jax.jit(jax.grad(lambda h, w: dense(h, w).sum(), argnums=(0, 1)))(h, w)
   g_chunk = jax.jit(jax.grad(lambda h, w: chunked(h, w).sum(), argnums=(0, 1)))(h, w)
   for a, b in zip(g_chunk, g_dense):
