@@ -198,15 +198,15 @@ def sft_loss(
 def completion_logprobs(
   model: vlm_lib.VideoLanguageModel,
   batch: Batch,
-  completions_nt: jax.Array,
-  mask_nt: jax.Array,
+  completions_na: jax.Array,
+  mask_na: jax.Array,
   *,
   view: str,
   num_samples: int,
   return_entropy: bool = False,
   vocab_chunk: int = 8192,
 ):
-  """Log-probs [B*G, T] of G sampled completions per prompt on one view.
+  """Log-probs [N, A] (N = B * G) of G sampled completions per prompt on one view.
 
   The completions are laid out prompt-major: rows [b*G, (b+1)*G) belong to prompt b.
   These are the untempered policy's log-probs; the trainer samples at temperature 1
@@ -218,8 +218,8 @@ def completion_logprobs(
   return model.token_logprobs(
     prompt_ids,
     prompt_mask,
-    completions_nt,
-    mask_nt,
+    completions_na,
+    mask_na,
     return_entropy=return_entropy,
     vocab_chunk=vocab_chunk,
     **video,

@@ -217,7 +217,7 @@ def score_rollouts(
   solutions_b=None,
   mc_rule: str = "lenient",
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-  """Decodes [B*G, T] completions and scores accuracy and format, [B, G] each.
+  """Decodes [N, A] completions (N = B * G) and scores accuracy and format, [B, G] each.
 
   Items of the other Video-R1 problem types (`problem_types_b`) are scored against their
   solution text (`solutions_b`) by the type's rule (`rewards.ANSWER_RULES`).

@@ -62,7 +62,7 @@ class Setup:
   grpo_step: Any  # jitted, donates the state
   views: Any  # jitted: (params, batch) -> both views' video arrays
   logprobs: Any  # jitted: (params, batch, completions, mask, *, view,
-  #          num_samples) -> [B*G, T]
+  #          num_samples) -> [N, A]
   stop_tokens: tuple[int, ...]
   rl: settings_lib.RLSettings
 
