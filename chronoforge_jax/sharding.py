@@ -27,6 +27,7 @@ replicated), so tiny test models with prime sizes still run on 8 devices.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -34,6 +35,8 @@ from flax import nnx
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
+
+from chronoforge_jax import settings as settings_lib
 
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = "logical_axes"  # the nnx.Variable metadata key holding logical axis names
@@ -133,10 +136,41 @@ def make_mesh(
   return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshSettings:
+  """The `mesh` config section: devices per axis, -1 for one axis taking the rest."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+  def __post_init__(self):
+    sizes = [getattr(self, axis) for axis in MESH_AXES]
+    for axis, size in zip(MESH_AXES, sizes):
+      settings_lib.require(
+        settings_lib.is_int(size) and (size >= 1 or size == -1),
+        self,
+        axis,
+        size,
+        "need a positive int or -1 (all remaining devices)",
+      )
+    settings_lib.require(
+      sizes.count(-1) <= 1, self, "data", self.data, "at most one axis may be -1"
+    )
+
+  @classmethod
+  def from_config(cls, section: Any) -> MeshSettings:
+    """From a `mesh` config section; a bad size is reported as `config.mesh.<axis>`."""
+    return settings_lib.from_section(cls, section, "mesh")
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return (self.data, self.fsdp, self.tensor)
+
+
 def mesh_from_config(cfg: Mapping[str, Any] | Any) -> Mesh:
-  """Builds the mesh from a config section with integer fields data, fsdp, tensor."""
-  get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
-  return make_mesh([int(get(axis, 1)) for axis in MESH_AXES])
+  """Builds the mesh from a `mesh` config section (data, fsdp, tensor sizes)."""
+  return make_mesh(MeshSettings.from_config(cfg).shape)
 
 
 def _mesh_sizes(mesh) -> dict[str, int]:

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from chronoforge_jax import sharding
 from configs import common
 from configs import model as model_config
 from configs import tad as tad_config
@@ -146,10 +147,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"eval.{field}",
       f"got {value!r}; need one or more distinct names, e.g. --config.eval.{field}=\"('a',)\"",
     )
-  for axis in ("data", "fsdp", "tensor"):
-    size = config.mesh[axis]
-    check(
-      isinstance(size, int) and (size >= 1 or size == -1),
-      f"mesh.{axis}",
-      f"got {size!r}; need a positive int or -1 (all remaining devices)",
-    )
+  common.build(sharding.MeshSettings.from_config, config.mesh)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from chronoforge_jax import sharding
 from configs import ckpt as ckpt_config
 from configs import common
 from configs import data as data_config
@@ -195,10 +196,4 @@ def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True
     "optax.grad_accum",
     f"got {o.grad_accum!r}; need an int >= 1",
   )
-  for axis in ("data", "fsdp", "tensor"):
-    size = config.mesh[axis]
-    check(
-      isinstance(size, int) and (size >= 1 or size == -1),
-      f"mesh.{axis}",
-      f"got {size!r}; need a positive int or -1 (all remaining devices)",
-    )
+  common.build(sharding.MeshSettings.from_config, config.mesh)
