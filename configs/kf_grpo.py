@@ -51,6 +51,7 @@ from __future__ import annotations
 import ml_collections
 
 from chronoforge_jax import sharding
+from chronoforge_jax.train import state
 from configs import ckpt as ckpt_config
 from configs import common
 from configs import data as data_config
@@ -168,13 +169,8 @@ def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True
   data).
   """
   check = common.check
-  for f in ("total_steps", "log_every", "max_bad_steps"):
+  for f in ("log_every", "max_bad_steps"):
     check(isinstance(config[f], int) and config[f] >= 1, f, f"got {config[f]!r}; need >= 1")
-  check(
-    isinstance(config.sft_steps, int) and 0 <= config.sft_steps <= config.total_steps,
-    "sft_steps",
-    f"got {config.sft_steps!r}; need 0 <= sft_steps <= total_steps",
-  )
   model_config.validate(config.model)
   # With `tad` and `model`: K, the selector and the vision patch sizes.
   data_config.validate_data(config)
@@ -188,12 +184,5 @@ def validate(config: ml_collections.ConfigDict, *, require_data_dir: bool = True
       "input.data_dir",
       "empty; point it at a folder written by `python -m launch.preprocess`",
     )
-  o = config.optax
-  for f in ("learning_rate", "sft_learning_rate"):
-    check(o[f] > 0, f"optax.{f}", f"got {o[f]}; need > 0")
-  check(
-    isinstance(o.grad_accum, int) and o.grad_accum >= 1,
-    "optax.grad_accum",
-    f"got {o.grad_accum!r}; need an int >= 1",
-  )
+  common.build(state.OptimizerSettings.from_config, config)
   common.build(sharding.MeshSettings.from_config, config.mesh)

@@ -11,6 +11,7 @@ SFT and KF-GRPO steps have their own learning rates (`optax.sft_learning_rate`,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from flax import nnx
@@ -20,9 +21,11 @@ import ml_collections
 import optax
 
 from chronoforge_jax import models, sharding
+from chronoforge_jax import settings as settings_lib
 from chronoforge_jax import tokenizer as tokenizer_lib
 from chronoforge_jax.models import config as model_config_lib
 from chronoforge_jax.models import vlm
+from chronoforge_jax.settings import is_int, is_number, require
 
 
 def model_config(
@@ -39,13 +42,84 @@ def model_config(
   return cfg
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerSettings:
+  """The `optax` config section plus the step counts its schedule spans.
+
+  Attributes:
+    total_steps: optimizer steps, the SFT warm-up included.
+    sft_steps: steps < sft_steps are cross-entropy steps on the reference answers.
+    learning_rate, sft_learning_rate: the peak rates of the KF-GRPO and SFT phases.
+    warmup_steps: linear warmup at the start of each phase.
+    end_lr_fraction: the cosine decays to this fraction of each phase's peak.
+    b1, b2, weight_decay: AdamW's.
+    grad_clip: global-norm clipping, 0 disables it.
+    freeze_vision: the vision tower gets no updates.
+    grad_accum: micro-batches per optimizer update.
+  """
+
+  total_steps: int
+  sft_steps: int = 0
+  learning_rate: float = 1e-6
+  sft_learning_rate: float = 1e-6
+  warmup_steps: int = 10
+  end_lr_fraction: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.999
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0
+  freeze_vision: bool = False
+  grad_accum: int = 1
+
+  def __post_init__(self):
+    require(is_int(self.total_steps, 1), self, "total_steps", self.total_steps, "need an int >= 1")
+    require(
+      is_int(self.sft_steps, 0) and self.sft_steps <= self.total_steps,
+      self,
+      "sft_steps",
+      self.sft_steps,
+      f"need an int with 0 <= sft_steps <= total_steps ({self.total_steps})",
+    )
+    for field in ("learning_rate", "sft_learning_rate"):
+      value = getattr(self, field)
+      require(is_number(value) and value > 0, self, field, value, "need a number > 0")
+    require(
+      is_int(self.warmup_steps, 0), self, "warmup_steps", self.warmup_steps, "need an int >= 0"
+    )
+    for field in ("end_lr_fraction", "b1", "b2"):
+      value = getattr(self, field)
+      require(is_number(value, 0) and value <= 1, self, field, value, "need 0 <= value <= 1")
+    for field in ("weight_decay", "grad_clip"):
+      value = getattr(self, field)
+      require(is_number(value, 0), self, field, value, "need a number >= 0 (0 turns it off)")
+    require(
+      isinstance(self.freeze_vision, bool),
+      self,
+      "freeze_vision",
+      self.freeze_vision,
+      "need true/false",
+    )
+    require(is_int(self.grad_accum, 1), self, "grad_accum", self.grad_accum, "need an int >= 1")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> OptimizerSettings:
+    """From a training config's `optax` section and its step counts (`config.optax.*`,
+    `config.total_steps` and `config.sft_steps` in errors)."""
+    with settings_lib.renamed(
+      {"total_steps": "config.total_steps", "sft_steps": "config.sft_steps"}
+    ):
+      steps = cls(total_steps=config.total_steps, sft_steps=config.sft_steps)
+    return settings_lib.from_section(
+      cls, config.optax, "optax", total_steps=steps.total_steps, sft_steps=steps.sft_steps
+    )
+
+
+def learning_rate_schedule(o: OptimizerSettings) -> optax.Schedule:
   """Warmup + cosine decay, restarted at the switch from SFT warm-up to KF-GRPO.
 
-  SFT steps use `optax.sft_learning_rate`, KF-GRPO steps `optax.learning_rate` (RL wants
-  much smaller steps than supervised warm-up: a large RL step collapses the policy).
+  SFT steps use `sft_learning_rate`, KF-GRPO steps `learning_rate` (RL wants much smaller
+  steps than supervised warm-up: a large RL step collapses the policy).
   """
-  o = config.optax
 
   def phase(peak, steps):
     return optax.warmup_cosine_decay_schedule(
@@ -56,22 +130,20 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
       end_value=peak * o.end_lr_fraction,
     )
 
-  rl = phase(o.learning_rate, config.total_steps - config.sft_steps)
-  if config.sft_steps == 0:
+  rl = phase(o.learning_rate, o.total_steps - o.sft_steps)
+  if o.sft_steps == 0:
     return rl
-  return optax.join_schedules(
-    [phase(o.sft_learning_rate, config.sft_steps), rl], [config.sft_steps]
-  )
+  return optax.join_schedules([phase(o.sft_learning_rate, o.sft_steps), rl], [o.sft_steps])
 
 
 def make_optimizer(
   config: ml_collections.ConfigDict, params: nnx.State
 ) -> optax.GradientTransformation:
   """AdamW with the phase schedule, global-norm clipping, optional frozen tower."""
-  o = config.optax
+  o = OptimizerSettings.from_config(config)
   tx = optax.chain(
     optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
-    optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
+    optax.adamw(learning_rate_schedule(o), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
   )
   if o.freeze_vision:
     labels = jax.tree_util.tree_map_with_path(
