@@ -72,6 +72,12 @@ def test_patch_sizes_come_from_the_model(tmp_path):
     data_config.validate_data(config)
 
 
+def _training():
+  config = kf_grpo_config.get_config("smoke")
+  config.input.data_dir = "data"
+  return config
+
+
 @pytest.mark.parametrize(
   "make, validate, field, value, message",
   [
@@ -100,6 +106,12 @@ def test_patch_sizes_come_from_the_model(tmp_path):
       ">= 1",
     ),
     (lambda: sampling_config.get_config().sampling, sampling_config.validate, "top_k", -1, "int"),
+    (_training, kf_grpo_config.validate, "optax.grad_accum", 0, ">= 1"),
+    (_training, kf_grpo_config.validate, "optax.b2", 1.5, "<= 1"),
+    (_training, kf_grpo_config.validate, "sft_steps", 9, "<= total_steps"),
+    (_training, kf_grpo_config.validate, "mesh.fsdp", 0, "-1"),
+    (_training, kf_grpo_config.validate, "rl.num_generations", 1, ">= 2"),
+    (_training, kf_grpo_config.validate, "rl.saliency.alpha", -0.3, ">= 0"),
     (
       lambda: sampling_config.get_config().sampling,
       sampling_config.validate,
