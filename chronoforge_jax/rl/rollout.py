@@ -159,9 +159,7 @@ def sampler_calls(
   """
   grid = kf_grpo.view_grid(batch["frames"].shape, batch["ordered_patches"].shape[1], vision_config)
   calls = []
-  for name, g, key in (("ordered", rl.num_generations, 0), ("disordered", rl.num_disordered, 1)):
-    if name == "disordered" and not rl.saliency.enabled:
-      continue
+  for key, (name, g) in enumerate(rl.sampled_views):
     inputs = dict(
       input_ids=prompt_ids, attention_mask=prompt_mask, video_grid_thw=grid, **views[name]
     )
@@ -282,7 +280,7 @@ def score_views(
     if jax.process_count() == 1
     else dict(mc_rule=rl.mc_rule)
   )
-  group = {"ordered": rl.num_generations, "disordered": rl.num_disordered}
+  group = dict(rl.sampled_views)
   scores, host_metrics = {}, {}
   for view in samples:
     tokens, mask = gathered[view]

@@ -193,12 +193,18 @@ class RLSettings:
     return self.loss.beta
 
   @property
-  def trained_views(self) -> tuple[tuple[str, int], ...]:
-    """(view, rollouts per prompt) of each view that gets a policy gradient."""
+  def sampled_views(self) -> tuple[tuple[str, int], ...]:
+    """(view, rollouts per prompt) of each view sampled: the disordered view only with
+    the saliency bonus on (its accuracy decides the bonus)."""
     views = (("ordered", self.num_generations),)
-    if self.train_on_disordered:
+    if self.saliency.enabled:
       views += (("disordered", self.num_disordered),)
     return views
+
+  @property
+  def trained_views(self) -> tuple[tuple[str, int], ...]:
+    """(view, rollouts per prompt) of each view that gets a policy gradient."""
+    return self.sampled_views if self.train_on_disordered else self.sampled_views[:1]
 
   @classmethod
   def from_config(cls, rl: Any) -> RLSettings:
